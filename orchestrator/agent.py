@@ -1,0 +1,154 @@
+"""Defining agents: an agent type, its capabilities and async handlers by request type.
+
+Example::
+
+    from orchestrator.agent import Agent, RequestContext
+
+    agent = Agent("docs", capabilities=["python", "markdown"], version="1")
+
+    @agent.handler("render_module")
+    async def render(payload: dict, ctx: RequestContext) -> dict:
+        ...
+
+Built-in agents are found by name through the ``orchestrator.agents`` entry-point group, so
+the runtime never imports a particular agent.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Any
+
+from .errors import InvalidInput, OrchestratorError
+from .messages import AgentRequest
+
+if TYPE_CHECKING:
+    from .bus import EventBus
+
+__all__ = [
+    "Agent",
+    "Handler",
+    "RequestContext",
+    "HandlerError",
+    "builtin_agents",
+    "load_agents",
+]
+
+log = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "orchestrator.agents"
+
+
+@dataclass(frozen=True)
+class RequestContext:
+    """What a handler knows about the request it serves."""
+
+    request: AgentRequest
+    agent_id: str
+    agent_type: str
+    log: logging.LoggerAdapter[logging.Logger]
+    bus: EventBus | None = None
+
+    @property
+    def fencing(self) -> dict[str, int]:
+        """Fencing token of each lock the requester holds, by resource."""
+        return self.request.fencing
+
+    async def check_fencing(self, resource: str) -> int:
+        """Call before changing ``resource``: returns the request's fencing token for it.
+
+        Raises:
+            HandlerError: ``missing_fencing_token`` when the requester did not hold the lock,
+                ``stale_fencing_token`` when a newer holder has already been seen.
+        """
+        token = self.request.fencing.get(resource)
+        if token is None:
+            raise HandlerError(
+                "missing_fencing_token",
+                f"changing {resource!r} requires holding its lock (call with locks=[{resource!r}])",
+            )
+        if self.bus is not None:
+            newer = await self.bus.check_fence(resource, token)
+            if newer is not None:
+                raise HandlerError(
+                    "stale_fencing_token",
+                    f"fencing token {token} for {resource!r} is older than {newer}: the lock "
+                    "was lost to a newer holder, so this write is refused",
+                )
+        return token
+
+
+Handler = Callable[[dict[str, Any], RequestContext], Awaitable[Any]]
+
+
+class HandlerError(OrchestratorError):
+    """Raise from a handler to answer with a specific error code.
+
+    ``retryable`` tells the requester whether trying again may succeed.
+    """
+
+    code = "handler_error"
+
+    def __init__(self, code: str, message: str, *, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.code = code
+        self.retryable = retryable
+
+
+@dataclass
+class Agent:
+    """An agent type with its handlers."""
+
+    agent_type: str
+    capabilities: list[str] = field(default_factory=list)
+    version: str = "1"
+    description: str = ""
+    handlers: dict[str, Handler] = field(default_factory=dict)
+
+    def handler(self, request_type: str) -> Callable[[Handler], Handler]:
+        def register(fn: Handler) -> Handler:
+            if request_type in self.handlers:
+                raise ValueError(f"{self.agent_type} already handles {request_type!r}")
+            self.handlers[request_type] = fn
+            return fn
+
+        return register
+
+    def with_handlers(self, handlers: dict[str, Handler]) -> Agent:
+        """A copy of this agent whose handlers are replaced by ``handlers`` (tests use it)."""
+        return Agent(self.agent_type, list(self.capabilities), self.version, self.description,
+                     dict(handlers))
+
+
+def builtin_agents() -> dict[str, Agent]:
+    """The built-in agents registered under the ``orchestrator.agents`` entry points."""
+    found: dict[str, Agent] = {}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            agent = ep.load()
+        except Exception as exc:  # one broken plug-in must not hide the others
+            log.error("could not load agent %s from %s: %s", ep.name, ep.value, exc)
+            continue
+        if not isinstance(agent, Agent):
+            log.error("entry point %s does not point at an Agent", ep.value)
+            continue
+        found[agent.agent_type] = agent
+    return found
+
+
+def load_agents(names: list[str]) -> list[Agent]:
+    """The built-in agents with these type names.
+
+    Raises:
+        InvalidInput: a name is not a known agent type; the message lists the known ones.
+    """
+    available = builtin_agents()
+    unknown = [n for n in names if n not in available]
+    if unknown:
+        raise InvalidInput(
+            f"unknown agent type(s) {', '.join(unknown)}; known: {', '.join(sorted(available))}"
+        )
+    return [available[n] for n in names]

@@ -1,0 +1,385 @@
+"""The event bus: agent request/response over Redis Streams, plus the broadcast events stream.
+
+Keys (all under the settings' namespace ``ns``):
+
+* ``ns:req:<agent_type>:<priority>`` — request streams; the consumer group is named after the
+  agent type, so every instance of a type shares the load.
+* ``ns:reply:<process_id>`` — one reply stream per requesting process, read by one reader
+  task for all in-flight requests (no blocked connection per request).
+* ``ns:resp:<request_id>`` — the stored response, kept for the retention period, so that a
+  redelivered or re-sent request is answered from the store instead of executed again.
+* ``ns:inflight:<request_id>`` — a short-lived claim while one consumer executes a request.
+* ``ns:dlq:<agent_type>`` — dead letters, with their reason.
+* ``ns:events`` — the capped broadcast events stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from .messages import PRIORITIES, AgentRequest, AgentResponse, Event, Priority
+
+__all__ = ["EventBus", "Delivery", "BusKeys", "DecodeFailure"]
+
+log = logging.getLogger(__name__)
+
+_FIELD = b"m"
+_REPLY_MAXLEN = 100_000
+_REPLY_TTL_S = 3600
+
+# Accept a fencing token unless a newer one was already seen for the resource; remember it.
+_FENCE_LUA = """
+local seen = tonumber(redis.call('GET', KEYS[1]) or '0')
+local token = tonumber(ARGV[1])
+if token < seen then return seen end
+redis.call('SET', KEYS[1], ARGV[1])
+return -1
+"""
+
+
+@dataclass(frozen=True)
+class BusKeys:
+    namespace: str
+
+    def requests(self, agent_type: str, priority: Priority) -> str:
+        return f"{self.namespace}:req:{agent_type}:{priority}"
+
+    def reply(self, process_id: str) -> str:
+        return f"{self.namespace}:reply:{process_id}"
+
+    def response(self, request_id: str) -> str:
+        return f"{self.namespace}:resp:{request_id}"
+
+    def inflight(self, request_id: str) -> str:
+        return f"{self.namespace}:inflight:{request_id}"
+
+    def dead_letters(self, agent_type: str) -> str:
+        return f"{self.namespace}:dlq:{agent_type}"
+
+    def fence(self, resource: str) -> str:
+        return f"{self.namespace}:fence:{resource}"
+
+    @property
+    def events(self) -> str:
+        return f"{self.namespace}:events"
+
+
+class DecodeFailure(Exception):
+    """A stream entry that is not a valid message."""
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One request read from a request stream by a consumer."""
+
+    stream: str
+    message_id: str
+    request: AgentRequest | None
+    raw: bytes | None
+    problem: str | None = None
+
+
+def encode(model: AgentRequest | AgentResponse | Event) -> dict[bytes, bytes]:
+    return {_FIELD: model.model_dump_json().encode()}
+
+
+def decode_request(fields: dict[bytes, bytes]) -> AgentRequest:
+    raw = fields.get(_FIELD)
+    if raw is None:
+        raise DecodeFailure(f"no {_FIELD.decode()!r} field in the entry")
+    try:
+        return AgentRequest.model_validate_json(raw)
+    except ValidationError as exc:
+        raise DecodeFailure(f"invalid request: {exc.errors()[0]['msg']}") from None
+
+
+class EventBus:
+    """Request/response and events over one Redis client.
+
+    Use as an async context manager (or call :meth:`start` / :meth:`close`): it runs the
+    reply reader while open.
+    """
+
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        namespace: str,
+        process_id: str,
+        response_retention: int = 86_400,
+        events_maxlen: int = 10_000,
+    ) -> None:
+        self.redis = redis
+        self.keys = BusKeys(namespace)
+        self.process_id = process_id
+        self.reply_stream = self.keys.reply(process_id)
+        self.response_retention = response_retention
+        self.events_maxlen = events_maxlen
+        self._waiters: dict[str, asyncio.Future[AgentResponse]] = {}
+        self._reader: asyncio.Task[None] | None = None
+        self._groups: set[str] = set()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._reader is None:
+            self._reader = asyncio.create_task(self._read_replies(), name="bus-reply-reader")
+
+    async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+            self._reader = None
+        for fut in self._waiters.values():
+            if not fut.done():
+                fut.cancel()
+        self._waiters.clear()
+        with contextlib.suppress(Exception):
+            await self.redis.delete(self.reply_stream)
+
+    async def __aenter__(self) -> EventBus:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- requester side ----------------------------------------------------------------------
+
+    async def send(self, request: AgentRequest) -> Awaitable[AgentResponse]:
+        """Queue ``request`` and return an awaitable for its response.
+
+        The waiter is registered before the request is written, so a fast reply is never
+        missed. The caller must await it (with a timeout) or call :meth:`forget`.
+        """
+        if request.reply_to != self.reply_stream:
+            request = request.model_copy(update={"reply_to": self.reply_stream})
+        fut = self._waiters.get(request.request_id)
+        if fut is None or fut.done():
+            fut = asyncio.get_running_loop().create_future()
+            self._waiters[request.request_id] = fut
+        await self.redis.xadd(self.keys.requests(request.target, request.priority), encode(request))
+        return fut
+
+    async def request(self, request: AgentRequest, timeout: float) -> AgentResponse:
+        """Send ``request`` and wait up to ``timeout`` seconds for its response.
+
+        Raises:
+            TimeoutError: no response in time (the request may still run later).
+        """
+        fut = await self.send(request)
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), timeout)
+        finally:
+            self.forget(request.request_id)
+
+    def forget(self, request_id: str) -> None:
+        fut = self._waiters.pop(request_id, None)
+        if fut is not None and not fut.done():
+            fut.cancel()
+
+    def new_reply_stream_request(self, **fields: Any) -> AgentRequest:
+        """An :class:`AgentRequest` addressed back to this process."""
+        return AgentRequest(source=self.process_id, reply_to=self.reply_stream, **fields)
+
+    async def _read_replies(self) -> None:
+        last_id = b"0-0"  # the stream is ours alone: everything in it is for us
+        backoff = 0.05
+        while True:
+            try:
+                entries = await self.redis.xread({self.reply_stream: last_id}, count=500, block=5000)
+                backoff = 0.05
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # connection trouble: keep the reader alive
+                log.warning("reply reader: %s; retrying in %.2fs", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
+            if not entries:
+                continue
+            for _stream, messages in entries:
+                for message_id, fields in messages:
+                    last_id = message_id
+                    self._dispatch_reply(fields)
+            with contextlib.suppress(Exception):
+                await self.redis.xtrim(self.reply_stream, minid=last_id)
+
+    def _dispatch_reply(self, fields: dict[bytes, bytes]) -> None:
+        raw = fields.get(_FIELD)
+        try:
+            response = AgentResponse.model_validate_json(raw or b"")
+        except ValidationError:
+            log.warning("dropping an undecodable reply on %s", self.reply_stream)
+            return
+        fut = self._waiters.get(response.request_id)
+        if fut is not None and not fut.done():
+            fut.set_result(response)
+
+    # -- consumer side -----------------------------------------------------------------------
+
+    async def ensure_group(self, agent_type: str) -> None:
+        """Create the agent type's consumer group on each priority stream (idempotent)."""
+        if agent_type in self._groups:
+            return
+        for priority in PRIORITIES:
+            try:
+                await self.redis.xgroup_create(
+                    self.keys.requests(agent_type, priority), agent_type, id="0", mkstream=True
+                )
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+        self._groups.add(agent_type)
+
+    async def read_requests(
+        self, agent_type: str, consumer: str, *, count: int, block_ms: int
+    ) -> list[Delivery]:
+        """Read up to ``count`` new requests, higher priorities first.
+
+        Streams are polled without blocking in priority order; only when all are empty does
+        the call block (up to ``block_ms``) on all of them at once.
+        """
+        await self.ensure_group(agent_type)
+        streams = [self.keys.requests(agent_type, p) for p in PRIORITIES]
+        for stream in streams:
+            entries = await self.redis.xreadgroup(agent_type, consumer, {stream: ">"}, count=count)
+            if entries:
+                return self._deliveries(entries)
+        entries = await self.redis.xreadgroup(
+            agent_type, consumer, dict.fromkeys(streams, ">"), count=count, block=block_ms
+        )
+        deliveries = self._deliveries(entries or [])
+        order = {s: i for i, s in enumerate(streams)}
+        deliveries.sort(key=lambda d: order.get(d.stream, 99))
+        return deliveries
+
+    @staticmethod
+    def _deliveries(entries: Any) -> list[Delivery]:
+        if isinstance(entries, dict):  # RESP3
+            entries = list(entries.items())
+        out: list[Delivery] = []
+        for stream, messages in entries:
+            stream_name = stream.decode() if isinstance(stream, bytes) else str(stream)
+            for message_id, fields in messages:
+                mid = message_id.decode() if isinstance(message_id, bytes) else str(message_id)
+                if fields is None:  # entry deleted while pending
+                    continue
+                raw = fields.get(_FIELD)
+                try:
+                    out.append(Delivery(stream_name, mid, decode_request(fields), raw))
+                except DecodeFailure as exc:
+                    out.append(Delivery(stream_name, mid, None, raw, str(exc)))
+        return out
+
+    async def stored_response(self, request_id: str) -> AgentResponse | None:
+        raw = await self.redis.get(self.keys.response(request_id))
+        if raw is None:
+            return None
+        try:
+            return AgentResponse.model_validate_json(raw)
+        except ValidationError:
+            return None
+
+    async def claim_execution(self, request_id: str, owner: str, ttl_ms: int) -> bool:
+        """Claim the right to execute ``request_id``; False while another consumer holds it."""
+        return bool(await self.redis.set(self.keys.inflight(request_id), owner, nx=True, px=ttl_ms))
+
+    async def renew_execution(self, request_id: str, owner: str, ttl_ms: int) -> None:
+        key = self.keys.inflight(request_id)
+        current = await self.redis.get(key)
+        if current is not None and current.decode() == owner:
+            await self.redis.pexpire(key, ttl_ms)
+
+    async def execution_claimed(self, request_id: str) -> bool:
+        return bool(await self.redis.exists(self.keys.inflight(request_id)))
+
+    async def respond(
+        self,
+        delivery: Delivery,
+        request: AgentRequest,
+        response: AgentResponse,
+        *,
+        agent_type: str,
+        store: bool = True,
+    ) -> None:
+        """Store the response, send it to the requester and acknowledge, in one transaction."""
+        data = encode(response)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            if store:
+                pipe.set(self.keys.response(request.request_id), data[_FIELD],
+                         ex=self.response_retention)
+            pipe.xadd(request.reply_to, data, maxlen=_REPLY_MAXLEN, approximate=True)
+            pipe.expire(request.reply_to, _REPLY_TTL_S)
+            pipe.xack(delivery.stream, agent_type, delivery.message_id)
+            pipe.delete(self.keys.inflight(request.request_id))
+            await pipe.execute()
+
+    async def dead_letter(self, delivery: Delivery, *, agent_type: str, reason: str) -> None:
+        """Move a delivery to the agent type's dead-letter stream and acknowledge it."""
+        entry: dict[bytes, bytes] = {
+            b"reason": reason.encode(),
+            b"stream": delivery.stream.encode(),
+            b"message_id": delivery.message_id.encode(),
+            b"at": str(time.time()).encode(),
+        }
+        if delivery.raw is not None:
+            entry[_FIELD] = delivery.raw
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xadd(self.keys.dead_letters(agent_type), entry, maxlen=100_000, approximate=True)
+            pipe.xack(delivery.stream, agent_type, delivery.message_id)
+            await pipe.execute()
+
+    async def backlog(self, agent_type: str) -> int:
+        """Entries not yet delivered plus delivered but unacknowledged, over all priorities."""
+        total = 0
+        for priority in PRIORITIES:
+            stream = self.keys.requests(agent_type, priority)
+            try:
+                groups = await self.redis.xinfo_groups(stream)
+            except ResponseError:
+                continue
+            for group in groups:
+                name = group.get("name") or group.get(b"name")
+                if isinstance(name, bytes):
+                    name = name.decode()
+                if name == agent_type:
+                    total += int(group.get("lag") or 0) + int(group.get("pending") or 0)
+        return total
+
+    async def check_fence(self, resource: str, token: int) -> int | None:
+        """Record ``token`` as seen for ``resource``; returns the newer token that makes it
+        stale, or None when it is current."""
+        newest = int(await self.redis.eval(_FENCE_LUA, 1, self.keys.fence(resource), token))
+        return None if newest < 0 else newest
+
+    # -- events ------------------------------------------------------------------------------
+
+    async def publish(self, event_type: str, data: dict[str, Any] | None = None) -> None:
+        """Append an event to the capped events stream. Best effort: never raises."""
+        event = Event(type=event_type, source=self.process_id, data=data or {})
+        try:
+            await self.redis.xadd(
+                self.keys.events, encode(event), maxlen=self.events_maxlen, approximate=True
+            )
+        except Exception as exc:
+            log.debug("could not publish %s: %s", event_type, exc)
+
+    async def recent_events(self, count: int = 100) -> list[Event]:
+        entries = await self.redis.xrevrange(self.keys.events, count=count)
+        events = []
+        for _mid, fields in reversed(entries):
+            with contextlib.suppress(ValidationError):
+                events.append(Event.model_validate_json(fields.get(_FIELD, b"")))
+        return events

@@ -1,0 +1,203 @@
+"""``call_agent``: how graph nodes reach agents.
+
+A call checks the registry (no live agent of the type: :class:`AgentUnavailable` at once),
+acquires the requested locks in sorted order, sends the request with the locks' fencing
+tokens, waits for the response, releases the locks, and returns the result with the state
+updates that record it.
+
+Inside a graph node the request id is deterministic — derived from the thread id, the task's
+checkpoint namespace (which carries LangGraph's task id) and the call's index within the task —
+so a node re-run after a crash gets the stored answer instead of redoing the work.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from langgraph.types import RetryPolicy
+
+from state.schema import now_iso
+
+from .errors import AgentError, AgentTimeout, AgentUnavailable, DeadLettered, OrchestratorError
+from .messages import AgentRequest, AgentResponse, Priority
+from .metrics import BUS_LATENCY, BUS_REQUESTS
+from .runtime import Runtime, current_runtime
+
+__all__ = ["AgentCall", "call_agent", "is_transient", "AGENT_RETRY", "request_id_for"]
+
+log = logging.getLogger(__name__)
+
+_REQUEST_NS = uuid.UUID("6f1c3f5e-2b7a-4f43-9d55-0c1e0b7a9d11")
+
+
+@dataclass
+class AgentCall:
+    """The outcome of a successful call: the result and the state updates recording it."""
+
+    request_id: str
+    target: str
+    agent_id: str
+    result: Any
+    response: AgentResponse
+    updates: dict[str, Any] = field(default_factory=dict)
+
+
+def request_id_for(thread_id: str, task_key: str, index: int) -> str:
+    """The deterministic request id of call number ``index`` of a graph task."""
+    return str(uuid.uuid5(_REQUEST_NS, f"{thread_id}|{task_key}|{index}"))
+
+
+def _graph_context() -> tuple[str | None, str | None]:
+    """(thread id, task key) when called inside a LangGraph node, else (None, None)."""
+    try:
+        from langgraph.config import get_config
+
+        config = get_config()
+    except RuntimeError:
+        return None, None
+    configurable = config.get("configurable", {})
+    thread_id = configurable.get("thread_id")
+    task_key = configurable.get("checkpoint_ns") or configurable.get("__pregel_task_id")
+    return (str(thread_id) if thread_id else None), (str(task_key) if task_key else None)
+
+
+async def call_agent(
+    target: str,
+    request_type: str,
+    payload: dict[str, Any] | None = None,
+    *,
+    locks: Sequence[str] = (),
+    timeout: float | None = None,
+    priority: Priority = "normal",
+    subtask: str | None = None,
+    lock_ttl: float = 60.0,
+    lock_wait: float = 60.0,
+    runtime: Runtime | None = None,
+) -> AgentCall:
+    """Ask an agent of type ``target`` to do ``request_type`` with ``payload``.
+
+    Args:
+        locks: resources to hold for the duration of the call (``repo:<path>``...).
+        timeout: seconds to wait for the answer (default: settings.request_timeout); it is
+            also the request's deadline, so an agent never starts it late.
+        subtask: the key under which ``agent_assignments`` records who did the work.
+
+    Raises:
+        AgentUnavailable: no live agent of that type is registered.
+        ResourceLocked: a lock could not be acquired in ``lock_wait`` seconds.
+        AgentTimeout: no answer in time.
+        AgentError: the agent answered with an error (``retryable`` says if trying again helps).
+        DeadLettered: the request was dead-lettered.
+    """
+    rt = runtime or await current_runtime()
+    timeout = timeout if timeout is not None else rt.settings.request_timeout
+    thread_id, task_key = _graph_context()
+    if thread_id and task_key:
+        request_id = request_id_for(thread_id, task_key, rt.next_call_index(f"{thread_id}|{task_key}"))
+    else:
+        request_id = str(uuid.uuid4())
+    if not await rt.registry.has_live(target):
+        BUS_REQUESTS.labels(target, "unavailable").inc()
+        raise AgentUnavailable(target)
+
+    holder = f"{rt.process_id}:{thread_id or '-'}:{task_key or request_id}"
+    started = time.perf_counter()
+    if locks:
+        async with rt.locks.acquire_many(locks, holder, ttl=lock_ttl, wait_timeout=lock_wait) as leases:
+            fencing = {lease.resource: lease.token for lease in leases}
+            response = await _send(rt, request_id, target, request_type, payload, priority,
+                                   timeout, thread_id, fencing)
+    else:
+        response = await _send(rt, request_id, target, request_type, payload, priority, timeout,
+                               thread_id, {})
+    BUS_LATENCY.labels(target, response.status).observe(time.perf_counter() - started)
+    BUS_REQUESTS.labels(target, response.status).inc()
+    key = subtask or request_type
+    updates: dict[str, Any] = {
+        "agent_assignments": {key: response.source},
+        "agent_status": {response.source: response.status},
+        "updated_at": now_iso(),
+    }
+    if response.status == "success":
+        return AgentCall(request_id, target, response.source, response.result, response, updates)
+    error = response.error
+    code = error.code if error else response.status
+    message = error.message if error else f"request ended with status {response.status}"
+    exc: OrchestratorError
+    if response.status == "dead_lettered":
+        exc = DeadLettered(f"{target}.{request_type} was dead-lettered: {message}")
+    elif response.status == "timeout":
+        exc = AgentTimeout(target, request_type, timeout, request_id)
+    else:
+        exc = AgentError(target, code, message, retryable=bool(error and error.retryable))
+    exc.updates = {  # type: ignore[attr-defined]
+        **updates,
+        "error_log": [
+            {"at": now_iso(), "node": task_key or "", "code": code, "message": message,
+             "subtask": key}
+        ],
+    }
+    raise exc
+
+
+async def _send(
+    rt: Runtime,
+    request_id: str,
+    target: str,
+    request_type: str,
+    payload: dict[str, Any] | None,
+    priority: Priority,
+    timeout: float,
+    thread_id: str | None,
+    fencing: dict[str, int],
+) -> AgentResponse:
+    request = AgentRequest(
+        request_id=request_id,
+        source=rt.process_id,
+        target=target,
+        request_type=request_type,
+        payload=payload or {},
+        priority=priority,
+        deadline=datetime.now(UTC) + timedelta(seconds=timeout),
+        correlation_id=thread_id,
+        reply_to=rt.bus.reply_stream,
+        fencing=fencing,
+    )
+    try:
+        return await rt.bus.request(request, timeout)
+    except TimeoutError:
+        BUS_REQUESTS.labels(target, "timeout").inc()
+        raise AgentTimeout(target, request_type, timeout, request_id) from None
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether retrying may help: timeouts, lost connections, agent errors marked retryable."""
+    if isinstance(exc, AgentError):
+        return exc.retryable
+    if isinstance(exc, AgentTimeout):
+        return True
+    if isinstance(exc, OrchestratorError):
+        return False
+    try:
+        from psycopg import OperationalError
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+    except ImportError:  # pragma: no cover
+        return isinstance(exc, TimeoutError | ConnectionError)
+    return isinstance(
+        exc, TimeoutError | ConnectionError | OperationalError | RedisConnectionError | RedisTimeoutError
+    )
+
+
+#: Retry policy for nodes that call agents: transient failures only, exponential backoff
+#: with jitter (LangGraph's own mechanism, not a home-made loop).
+AGENT_RETRY = RetryPolicy(
+    initial_interval=0.5, backoff_factor=2.0, max_interval=30.0, max_attempts=3, jitter=True,
+    retry_on=is_transient,
+)

@@ -1,0 +1,453 @@
+"""The ``Orchestrator`` facade: run, resume, inspect and recover workflows.
+
+Example::
+
+    async with Orchestrator.from_env() as orch:
+        result = await orch.run("parallel_docs", {"package": "json", "output": "docs"})
+        print(result.status, result.final_result)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import psutil
+from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+from langgraph.types import Command
+
+from state.checkpointer import make_checkpointer
+from state.schema import now_iso
+from state.workflows import WorkflowRecord
+
+from .agent import Agent
+from .errors import InvalidInput, OrchestratorError, StaleWorkflowVersion, WorkflowBusy
+from .graphs import WorkflowSpec, get_workflow, validate_input
+from .metrics import WORKFLOW_RUNS, WORKFLOW_STEP_SECONDS
+from .runtime import Runtime, use_runtime
+from .settings import Settings
+
+__all__ = ["Orchestrator", "RunResult", "Progress", "WorkflowDetails", "HistoryEntry"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """Where an invocation (run or resume) left the workflow."""
+
+    thread_id: str
+    workflow_type: str
+    status: str  # running | interrupted | completed | failed
+    final_result: Any = None
+    interrupts: list[dict[str, Any]] = field(default_factory=list)
+    error: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "thread_id": self.thread_id,
+            "workflow_type": self.workflow_type,
+            "status": self.status,
+            "final_result": self.final_result,
+            "interrupts": self.interrupts,
+            "error": self.error,
+        }
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One finished graph step, for progress display: ``done`` of ``total`` subtasks."""
+
+    thread_id: str
+    node: str
+    done: int
+    total: int
+    label: str
+
+
+@dataclass(frozen=True)
+class WorkflowDetails:
+    record: WorkflowRecord
+    values: dict[str, Any]
+    next: list[str]
+    interrupts: list[dict[str, Any]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.record.to_dict(), "values": self.values, "next": self.next,
+                "interrupts": self.interrupts}
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    checkpoint_id: str
+    step: int
+    source: str
+    created_at: str
+    next: list[str]
+    names: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+class Orchestrator:
+    """Runs workflows durably. An async context manager; build it with :meth:`from_env`.
+
+    Args:
+        settings: the runtime configuration.
+        agents: agents to host in this process; default: the built-in agents when
+            ``settings.local_agents`` is true, none otherwise.
+        workflows: extra workflows by name, beside those registered as entry points.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        agents: Sequence[Agent] | None = None,
+        workflows: dict[str, WorkflowSpec] | None = None,
+    ) -> None:
+        self.settings = settings
+        self._agents = agents
+        self._extra = dict(workflows or {})
+        self._stack: contextlib.AsyncExitStack | None = None
+        self._runtime: Runtime | None = None
+        self._saver: AsyncPostgresSaver | None = None
+        self._compiled: dict[str, Any] = {}
+        self._heartbeat: asyncio.Task[None] | None = None
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> Orchestrator:
+        """Settings from ``ORCHESTRATOR_*`` variables; keyword overrides win."""
+        return cls(Settings.from_env(**overrides))
+
+    async def __aenter__(self) -> Orchestrator:
+        stack = contextlib.AsyncExitStack()
+        try:
+            self._runtime = await stack.enter_async_context(
+                Runtime.open(self.settings, agents=self._agents)
+            )
+            self._saver = make_checkpointer(self._runtime.db)
+            self._heartbeat = asyncio.create_task(self._heartbeat_loop(), name="workflow-lease")
+        except BaseException:
+            await stack.aclose()
+            raise
+        self._stack = stack
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat
+        if self._stack is not None:
+            await self._stack.aclose()
+        self._stack = None
+        self._runtime = None
+
+    @property
+    def runtime(self) -> Runtime:
+        if self._runtime is None:
+            raise RuntimeError("use the Orchestrator inside `async with`")
+        return self._runtime
+
+    @property
+    def owner(self) -> str:
+        return self.runtime.process_id
+
+    # -- running -------------------------------------------------------------------------------
+
+    def graph(self, name: str) -> Any:
+        """The workflow's graph compiled with this orchestrator's checkpointer."""
+        spec = get_workflow(name, self._extra)
+        if name not in self._compiled:
+            self._compiled[name] = spec.builder.compile(checkpointer=self._saver)
+        return self._compiled[name]
+
+    async def run(
+        self,
+        workflow: str,
+        input: dict[str, Any],
+        thread_id: str | None = None,
+        *,
+        on_progress: ProgressCallback | None = None,
+    ) -> RunResult:
+        """Start ``workflow`` on ``input`` and run it until it completes, fails or pauses.
+
+        Raises:
+            InvalidInput: unknown workflow, bad input, or a thread id already in use.
+        """
+        spec = get_workflow(workflow, self._extra)
+        validated = validate_input(spec, input)
+        thread_id = thread_id or str(uuid.uuid4())
+        try:
+            record = await self.runtime.workflows.create(
+                thread_id, workflow, validated.model_dump(mode="json"), owner=self.owner
+            )
+        except ValueError:
+            raise InvalidInput(
+                f"thread id {thread_id!r} is already used; resume it with "
+                f"`orchestrator resume {thread_id}` or pick another id"
+            ) from None
+        now = now_iso()
+        graph_input = {
+            **spec.make_input(validated),
+            "task_id": thread_id,
+            "workflow_type": workflow,
+            "started_at": now,
+            "updated_at": now,
+        }
+        await self.runtime.bus.publish("workflow.started", {"thread_id": thread_id,
+                                                            "workflow_type": workflow})
+        return await self._invoke(record, graph_input, on_progress)
+
+    async def resume(
+        self,
+        thread_id: str,
+        value: Any = None,
+        *,
+        on_progress: ProgressCallback | None = None,
+    ) -> RunResult:
+        """Continue a workflow: answer its pending interrupt with ``value``, or carry on from
+        its last checkpoint after a crash or a failure.
+
+        Raises:
+            WorkflowNotFound: no such thread id.
+            WorkflowBusy: another live process is running it.
+        """
+        record = await self.runtime.workflows.get(thread_id)
+        if record.status == "completed":
+            return RunResult(thread_id, record.workflow_type, "completed", record.result)
+        if record.status == "running" and record.owner != self.owner and self._owner_alive(record):
+            raise WorkflowBusy(
+                f"workflow {thread_id} is running in live process {record.owner}; "
+                "wait for it, or stop that process and resume again"
+            )
+        try:
+            record = await self.runtime.workflows.update(
+                thread_id, record.version, status="running", owner=self.owner, heartbeat_at="now",
+                error=None,
+            )
+        except StaleWorkflowVersion as exc:
+            raise WorkflowBusy(f"workflow {thread_id} was claimed by another process") from exc
+        graph_input: Any = None
+        if record.status == "running":
+            snapshot = await self.graph(record.workflow_type).aget_state(self._config(thread_id))
+            if snapshot.interrupts:
+                graph_input = Command(resume=value)
+        await self.runtime.bus.publish("workflow.resumed", {"thread_id": thread_id})
+        return await self._invoke(record, graph_input, on_progress)
+
+    async def recover(self, *, on_progress: ProgressCallback | None = None) -> list[RunResult]:
+        """Continue every ``running`` workflow whose owning process died, from its last
+        checkpoint. Workflows another process claims first are left to it."""
+        results = []
+        for record, silent in await self.runtime.workflows.running_candidates():
+            if record.owner == self.owner or not self._owner_dead(record, silent):
+                continue
+            try:
+                claimed = await self.runtime.workflows.update(
+                    record.thread_id, record.version, owner=self.owner, heartbeat_at="now"
+                )
+            except StaleWorkflowVersion:
+                continue  # another recoverer won the race
+            log.info("recovering workflow %s (owner %s died)", record.thread_id, record.owner)
+            results.append(await self._invoke(claimed, None, on_progress))
+        return results
+
+    async def _invoke(
+        self, record: WorkflowRecord, graph_input: Any, on_progress: ProgressCallback | None
+    ) -> RunResult:
+        thread_id, workflow = record.thread_id, record.workflow_type
+        graph = self.graph(workflow)
+        config = self._config(thread_id)
+        tracker = _ProgressTracker(thread_id, on_progress)
+        version = record.version
+        last_step_write = 0.0
+        step_started = time.perf_counter()
+        try:
+            with use_runtime(self.runtime):
+                async for chunk in graph.astream(
+                    graph_input, config, stream_mode="updates", durability=self.settings.durability
+                ):
+                    for node, update in chunk.items():
+                        if node == "__interrupt__":
+                            continue
+                        now = time.perf_counter()
+                        WORKFLOW_STEP_SECONDS.labels(workflow, node).observe(now - step_started)
+                        step_started = now
+                        tracker.update(node, update)
+                        if now - last_step_write > 1.0:  # a cheap, throttled "where is it"
+                            last_step_write = now
+                            version = await self._set(thread_id, version, current_step=node)
+            snapshot = await graph.aget_state(config)
+        except asyncio.CancelledError:
+            raise  # the record stays `running`: recover() or resume picks it up
+        except Exception as exc:
+            error = exc.to_dict() if isinstance(exc, OrchestratorError) else {
+                "code": "internal_error", "message": f"{type(exc).__name__}: {exc}"}
+            log.warning("workflow %s failed: %s", thread_id, error["message"])
+            with contextlib.suppress(Exception):
+                await self._set(thread_id, version, status="failed", error=error, owner=None)
+            WORKFLOW_RUNS.labels(workflow, "failed").inc()
+            await self.runtime.bus.publish("workflow.failed", {"thread_id": thread_id, **error})
+            return RunResult(thread_id, workflow, "failed", None, [], error)
+        interrupts = [{"id": i.id, "value": i.value} for i in snapshot.interrupts]
+        values = snapshot.values or {}
+        final = values.get("final_result")
+        agents = sorted({*values.get("agent_assignments", {}).values()})
+        if interrupts:
+            status = "interrupted"
+        elif snapshot.next:
+            status = "running"  # stopped by something other than an interrupt: resumable
+        else:
+            status = "failed" if _failed(final) else "completed"
+        error = final.get("error") if status == "failed" and isinstance(final, dict) else None
+        await self._set(
+            thread_id, version, status=status, result=final, owner=None if status != "running"
+            else self.owner, current_step=(snapshot.next[0] if snapshot.next else "__end__"),
+            participating_agents=agents, error=error,
+        )
+        WORKFLOW_RUNS.labels(workflow, status).inc()
+        await self.runtime.bus.publish(f"workflow.{status}", {"thread_id": thread_id})
+        return RunResult(thread_id, workflow, status, final, interrupts, error)
+
+    async def _set(self, thread_id: str, version: int, **changes: Any) -> int:
+        record = await self.runtime.workflows.update(thread_id, version, **changes)
+        return record.version
+
+    @staticmethod
+    def _config(thread_id: str) -> dict[str, Any]:
+        return {"configurable": {"thread_id": thread_id}, "recursion_limit": 10_000}
+
+    # -- inspecting ----------------------------------------------------------------------------
+
+    async def list_workflows(
+        self, status: str | None = None, workflow_type: str | None = None, *, limit: int = 100
+    ) -> list[WorkflowRecord]:
+        return await self.runtime.workflows.list(status, workflow_type, limit=limit)
+
+    async def get(self, thread_id: str) -> WorkflowDetails:
+        """The workflow's record, its current graph state and pending interrupts.
+
+        Raises:
+            WorkflowNotFound: no such thread id.
+        """
+        record = await self.runtime.workflows.get(thread_id)
+        snapshot = await self.graph(record.workflow_type).aget_state(self._config(thread_id))
+        return WorkflowDetails(
+            record,
+            dict(snapshot.values or {}),
+            list(snapshot.next),
+            [{"id": i.id, "value": i.value} for i in snapshot.interrupts],
+        )
+
+    async def history(self, thread_id: str) -> list[HistoryEntry]:
+        """The workflow's checkpoints, oldest first, with their names."""
+        record = await self.runtime.workflows.get(thread_id)
+        names: dict[str, list[str]] = {}
+        for cp in await self.runtime.workflows.named_checkpoints(thread_id):
+            names.setdefault(cp.checkpoint_id, []).append(cp.name)
+        entries = []
+        graph = self.graph(record.workflow_type)
+        async for snap in graph.aget_state_history(self._config(thread_id)):
+            cid = snap.config["configurable"]["checkpoint_id"]
+            meta = snap.metadata or {}
+            entries.append(HistoryEntry(cid, int(meta.get("step", -1)), str(meta.get("source", "")),
+                                        snap.created_at or "", list(snap.next), names.get(cid, [])))
+        entries.reverse()
+        return entries
+
+    async def name_checkpoint(self, thread_id: str, name: str, checkpoint_id: str | None = None) -> str:
+        """Label a checkpoint (default: the latest) so it can be found and restored by name."""
+        record = await self.runtime.workflows.get(thread_id)
+        if checkpoint_id is None:
+            snapshot = await self.graph(record.workflow_type).aget_state(self._config(thread_id))
+            checkpoint_id = snapshot.config["configurable"]["checkpoint_id"]
+        await self.runtime.workflows.name_checkpoint(thread_id, name, checkpoint_id)
+        return checkpoint_id
+
+    # -- owners --------------------------------------------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.workflow_lease / 3)
+            try:
+                await self.runtime.workflows.heartbeat(self.owner)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("workflow lease heartbeat failed: %s", exc)
+
+    def _owner_alive(self, record: WorkflowRecord) -> bool:
+        return not self._owner_dead(record, None)
+
+    def _owner_dead(self, record: WorkflowRecord, silent_for: float | None) -> bool:
+        if not record.owner:
+            return True
+        host, pid = _parse_owner(record.owner)
+        if host == socket.gethostname() and pid is not None:
+            return not _pid_alive(pid)
+        if silent_for is None and record.heartbeat_at is not None:
+            from datetime import UTC, datetime
+
+            silent_for = (datetime.now(UTC) - record.heartbeat_at).total_seconds()
+        return silent_for is None or silent_for > self.settings.workflow_lease
+
+
+def _parse_owner(owner: str) -> tuple[str, int | None]:
+    parts = owner.rsplit("-", 2)
+    if len(parts) != 3:
+        return owner, None
+    try:
+        return parts[0], int(parts[1])
+    except ValueError:
+        return parts[0], None
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        proc = psutil.Process(pid)
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _failed(final: Any) -> bool:
+    return isinstance(final, dict) and final.get("status") == "failed"
+
+
+class _ProgressTracker:
+    """Turns streamed node updates into :class:`Progress` events."""
+
+    def __init__(self, thread_id: str, callback: ProgressCallback | None) -> None:
+        self.thread_id = thread_id
+        self.callback = callback
+        self.total = 0
+        self.done: set[str] = set()
+
+    def update(self, node: str, update: Any) -> None:
+        if self.callback is None or not isinstance(update, dict):
+            return
+        subtasks = update.get("subtasks")
+        if isinstance(subtasks, list):
+            self.total = len(subtasks)
+        label = node
+        for key, status in (update.get("subtask_status") or {}).items():
+            if status in ("done", "failed", "skipped"):
+                self.done.add(key)
+                label = f"{node} {key}" + ("" if status == "done" else f" ({status})")
+        self.callback(Progress(self.thread_id, node, len(self.done), self.total, label))

@@ -1,0 +1,75 @@
+"""Prometheus metrics for every component, on the default registry.
+
+Expose them with ``orchestrator worker --metrics-port N`` or :func:`start_metrics_server`.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+__all__ = [
+    "BUS_REQUESTS",
+    "BUS_LATENCY",
+    "BUS_HANDLED",
+    "BUS_DEAD_LETTERS",
+    "WORKFLOW_RUNS",
+    "WORKFLOW_STEP_SECONDS",
+    "LIVE_AGENTS",
+    "LOCK_ACQUISITIONS",
+    "LOCK_WAIT_SECONDS",
+    "LOCKS_HELD",
+    "start_metrics_server",
+]
+
+BUS_REQUESTS = Counter(
+    "orchestrator_bus_requests_total",
+    "Agent requests sent, by target agent type and response status",
+    ["agent_type", "status"],
+)
+BUS_LATENCY = Histogram(
+    "orchestrator_bus_request_seconds",
+    "Round trip of an agent request, from send to response, by agent type and status",
+    ["agent_type", "status"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+BUS_HANDLED = Counter(
+    "orchestrator_agent_requests_handled_total",
+    "Requests handled by agents in this process, by agent type and outcome",
+    ["agent_type", "outcome"],
+)
+BUS_DEAD_LETTERS = Counter(
+    "orchestrator_bus_dead_letters_total",
+    "Requests moved to a dead-letter stream, by agent type and reason",
+    ["agent_type", "reason"],
+)
+WORKFLOW_RUNS = Counter(
+    "orchestrator_workflow_runs_total",
+    "Workflow invocations (run or resume) that ended, by workflow type and resulting status",
+    ["workflow_type", "status"],
+)
+WORKFLOW_STEP_SECONDS = Histogram(
+    "orchestrator_workflow_step_seconds",
+    "Duration of graph steps, by workflow type and node",
+    ["workflow_type", "node"],
+)
+LIVE_AGENTS = Gauge(
+    "orchestrator_live_agents",
+    "Live agent instances hosted by this process, by agent type",
+    ["agent_type"],
+)
+LOCK_ACQUISITIONS = Counter(
+    "orchestrator_lock_acquisitions_total",
+    "Resource lock acquisitions, by outcome (acquired, timeout)",
+    ["outcome"],
+)
+LOCK_WAIT_SECONDS = Histogram(
+    "orchestrator_lock_wait_seconds",
+    "Time spent waiting for a resource lock",
+    buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60),
+)
+LOCKS_HELD = Gauge("orchestrator_locks_held", "Resource locks held by this process")
+
+
+def start_metrics_server(port: int, addr: str = "127.0.0.1") -> None:
+    """Serve ``/metrics`` on ``addr:port`` from a background thread."""
+    start_http_server(port, addr=addr)

@@ -1,0 +1,151 @@
+"""The agent registry: live agent instances in PostgreSQL.
+
+Instances register, heartbeat and deregister. An instance whose heartbeat is older than
+``offline_after`` is offline: discovery ignores it at once, and :meth:`AgentRegistry.sweep`
+marks it so in the table.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from psycopg.types.json import Jsonb
+
+from state.db import Database
+
+__all__ = ["AgentInfo", "AgentRegistry"]
+
+log = logging.getLogger(__name__)
+
+_COLUMNS = (
+    "agent_id, agent_type, capabilities, version, host, pid, status, metadata, started_at, "
+    "heartbeat_at"
+)
+
+
+@dataclass(frozen=True)
+class AgentInfo:
+    agent_id: str
+    agent_type: str
+    capabilities: list[str]
+    version: str
+    host: str
+    pid: int
+    status: str
+    metadata: dict[str, Any]
+    started_at: datetime
+    heartbeat_at: datetime
+    live: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dict(self.__dict__)
+        data["started_at"] = self.started_at.isoformat()
+        data["heartbeat_at"] = self.heartbeat_at.isoformat()
+        return data
+
+
+class AgentRegistry:
+    def __init__(self, db: Database, namespace: str, *, offline_after: float) -> None:
+        self.db = db
+        self.namespace = namespace
+        self.offline_after = offline_after
+        # agent type -> (monotonic time, live?) so hot call paths do not query every time
+        self._live_cache: dict[str, tuple[float, bool]] = {}
+
+    async def register(
+        self,
+        agent_id: str,
+        agent_type: str,
+        *,
+        capabilities: list[str] | tuple[str, ...] = (),
+        version: str = "",
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        await self.db.execute(
+            """
+            INSERT INTO agents (agent_id, namespace, agent_type, capabilities, version, host, pid,
+                                status, metadata, started_at, heartbeat_at)
+            VALUES (%s, %s, %s, %s, %s, %s, %s, 'online', %s, now(), now())
+            ON CONFLICT (agent_id) DO UPDATE SET status = 'online', heartbeat_at = now()""",
+            (
+                agent_id,
+                self.namespace,
+                agent_type,
+                list(capabilities),
+                version,
+                socket.gethostname(),
+                os.getpid(),
+                Jsonb(metadata or {}),
+            ),
+        )
+        self._live_cache.pop(agent_type, None)
+        log.info("registered agent %s (%s)", agent_id, agent_type)
+
+    async def heartbeat(self, agent_ids: list[str]) -> int:
+        """Refresh the heartbeat of these instances; returns how many still exist."""
+        if not agent_ids:
+            return 0
+        return await self.db.execute(
+            "UPDATE agents SET heartbeat_at = now(), status = "
+            "CASE WHEN status = 'offline' THEN 'online' ELSE status END "
+            "WHERE agent_id = ANY(%s)",
+            (agent_ids,),
+        )
+
+    async def set_status(self, agent_id: str, status: str) -> None:
+        await self.db.execute("UPDATE agents SET status = %s WHERE agent_id = %s", (status, agent_id))
+
+    async def deregister(self, agent_id: str) -> None:
+        await self.db.execute("DELETE FROM agents WHERE agent_id = %s", (agent_id,))
+        self._live_cache.clear()
+
+    async def sweep(self) -> list[str]:
+        """Mark instances with missed heartbeats offline; returns their ids."""
+        rows = await self.db.fetch(
+            """
+            UPDATE agents SET status = 'offline'
+            WHERE namespace = %s AND status <> 'offline'
+              AND heartbeat_at < now() - make_interval(secs => %s)
+            RETURNING agent_id""",
+            (self.namespace, self.offline_after),
+        )
+        return [r["agent_id"] for r in rows]
+
+    async def discover(
+        self,
+        agent_type: str | None = None,
+        capability: str | None = None,
+        *,
+        include_offline: bool = False,
+    ) -> list[AgentInfo]:
+        """Instances of ``agent_type`` (any when None) having ``capability`` (any when None)."""
+        rows = await self.db.fetch(
+            f"""
+            SELECT {_COLUMNS},
+                   (status <> 'offline'
+                    AND heartbeat_at >= now() - make_interval(secs => %s)) AS live
+            FROM agents
+            WHERE namespace = %s
+              AND (%s::text IS NULL OR agent_type = %s)
+              AND (%s::text IS NULL OR %s = ANY(capabilities))
+            ORDER BY agent_type, started_at, agent_id""",
+            (self.offline_after, self.namespace, agent_type, agent_type, capability, capability),
+        )
+        agents = [AgentInfo(**r) for r in rows]
+        return agents if include_offline else [a for a in agents if a.live]
+
+    async def has_live(self, agent_type: str, *, max_age: float = 1.0) -> bool:
+        """Whether a live instance of ``agent_type`` exists (cached for ``max_age`` seconds)."""
+        now = time.monotonic()
+        cached = self._live_cache.get(agent_type)
+        if cached is not None and now - cached[0] < max_age:
+            return cached[1]
+        live = bool(await self.discover(agent_type))
+        self._live_cache[agent_type] = (now, live)
+        return live

@@ -1,0 +1,191 @@
+"""The per-process runtime: database pool, Redis, bus, registry, locks and hosted agents.
+
+Graph nodes find the runtime of the run they belong to through :func:`current_runtime`
+(a context variable the :class:`~orchestrator.facade.Orchestrator` sets around each
+invocation), so state never carries live objects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import uuid
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextvars import ContextVar
+from typing import Any
+
+from redis.asyncio import Redis
+
+from state.db import Database
+from state.migrations import migrate
+from state.workflows import WorkflowStateManager
+
+from .agent import Agent, builtin_agents
+from .bus import EventBus
+from .locks import ResourceLockManager
+from .registry import AgentRegistry
+from .settings import Settings
+from .worker import Worker
+
+__all__ = ["Runtime", "current_runtime", "use_runtime", "set_default_runtime_factory"]
+
+log = logging.getLogger(__name__)
+
+_current: ContextVar[Runtime | None] = ContextVar("orchestrator_runtime", default=None)
+
+
+class Runtime:
+    """Everything a process needs to run graphs and host agents. Build it with :meth:`open`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        redis: Redis,
+        *,
+        database_url: str,
+        process_id: str,
+    ) -> None:
+        self.settings = settings
+        self.db = db
+        self.redis = redis
+        self.database_url = database_url
+        self.process_id = process_id
+        self.bus = EventBus(
+            redis,
+            namespace=settings.namespace,
+            process_id=process_id,
+            response_retention=settings.response_retention,
+            events_maxlen=settings.events_maxlen,
+        )
+        self.registry = AgentRegistry(db, settings.namespace, offline_after=settings.agent_offline_after)
+        self.locks = ResourceLockManager(db, settings.namespace, listen_url=database_url)
+        self.workflows = WorkflowStateManager(db, settings.namespace)
+        self.worker: Worker | None = None
+        self._call_counters: OrderedDict[str, int] = OrderedDict()
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def open(
+        cls, settings: Settings, *, agents: Sequence[Agent] | None = None
+    ) -> AsyncIterator[Runtime]:
+        """Connect everything (starting embedded services for unset URLs), migrate, and host
+        ``agents`` (default: the built-in agents when ``settings.local_agents``)."""
+        embedded = None
+        database_url, redis_url = settings.database_url, settings.redis_url
+        if database_url is None or redis_url is None:
+            from .services import EmbeddedServices
+
+            embedded = EmbeddedServices(
+                settings.data_dir, postgres=database_url is None, redis=redis_url is None
+            )
+            await asyncio.to_thread(embedded.start)
+            database_url = database_url or embedded.database_url
+            redis_url = redis_url or embedded.redis_url
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                db = await stack.enter_async_context(
+                    Database.connect(database_url, max_size=settings.pool_max_size)
+                )
+                await migrate(db)
+                redis = Redis.from_url(redis_url, decode_responses=False, health_check_interval=30)
+                stack.push_async_callback(redis.aclose)
+                await redis.ping()
+                process_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+                runtime = cls(settings, db, redis, database_url=database_url,
+                              process_id=process_id)
+                await stack.enter_async_context(runtime.bus)
+                await runtime.locks.start()
+                stack.push_async_callback(runtime.locks.close)
+                if agents is None:
+                    agents = list(builtin_agents().values()) if settings.local_agents else []
+                if agents:
+                    runtime.worker = Worker(
+                        runtime.bus,
+                        runtime.registry,
+                        agents,
+                        concurrency=settings.worker_concurrency,
+                        heartbeat_interval=settings.heartbeat_interval,
+                        name=f"local-{process_id}",
+                    )
+                    await runtime.worker.start()
+                    stack.push_async_callback(runtime.worker.stop)
+                yield runtime
+        finally:
+            if embedded is not None:
+                await asyncio.to_thread(embedded.close)
+
+    def next_call_index(self, task_key: str) -> int:
+        """0, 1, 2... for successive agent calls of one graph task in this process.
+
+        A task re-run after a crash starts again at 0 (a new process), so its calls get the
+        request ids of the first run and are answered from the response store; a retry in the
+        same process continues counting and so really re-executes.
+        """
+        index = self._call_counters.get(task_key, -1) + 1
+        self._call_counters[task_key] = index
+        self._call_counters.move_to_end(task_key)
+        while len(self._call_counters) > 100_000:
+            self._call_counters.popitem(last=False)
+        return index
+
+
+_default_factory: Any = None
+_default_runtime: Runtime | None = None
+_default_lock: asyncio.Lock | None = None
+
+
+def set_default_runtime_factory(factory: Any) -> None:
+    """Let :func:`current_runtime` open a process-wide runtime on first use.
+
+    Only servers that run graphs outside an :class:`Orchestrator` (``langgraph dev``) use
+    this; ``factory`` is an async context manager factory returning a :class:`Runtime`.
+    """
+    global _default_factory
+    _default_factory = factory
+
+
+@contextlib.contextmanager
+def use_runtime(runtime: Runtime) -> Iterator[Runtime]:
+    """Make ``runtime`` the one graph nodes see in this context."""
+    token = _current.set(runtime)
+    try:
+        yield runtime
+    finally:
+        _current.reset(token)
+
+
+async def current_runtime() -> Runtime:
+    """The runtime of the graph run in progress.
+
+    Raises:
+        RuntimeError: called outside an orchestrator run, with no default runtime factory.
+    """
+    runtime = _current.get()
+    if runtime is not None:
+        return runtime
+    if _default_factory is None:
+        raise RuntimeError(
+            "no orchestrator runtime in this context: run graphs through "
+            "orchestrator.Orchestrator (or the CLI), or under `langgraph dev`"
+        )
+    return await _default_runtime_instance()
+
+
+async def _default_runtime_instance() -> Runtime:
+    global _default_runtime, _default_lock
+    if _default_runtime is not None:
+        return _default_runtime
+    if _default_lock is None:
+        _default_lock = asyncio.Lock()
+    async with _default_lock:
+        if _default_runtime is None:
+            stack = contextlib.AsyncExitStack()
+            _default_runtime = await stack.enter_async_context(_default_factory())
+            # Kept for the life of the server process; closed at interpreter exit.
+            _default_runtime._exit_stack = stack  # type: ignore[attr-defined]
+    return _default_runtime

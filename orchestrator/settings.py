@@ -1,0 +1,99 @@
+"""Typed settings, read once at the edge (CLI, ``Orchestrator.from_env()``) and passed down.
+
+Library code never reads ``os.environ``: it receives a :class:`Settings`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import InvalidInput
+
+__all__ = ["Settings", "ENV_PREFIX"]
+
+ENV_PREFIX = "ORCHESTRATOR_"
+
+
+class Settings(BaseModel):
+    """Runtime configuration. Every field can be set from ``ORCHESTRATOR_<FIELD>``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    database_url: str | None = Field(
+        None, description="PostgreSQL URL; unset starts the embedded PostgreSQL in data_dir"
+    )
+    redis_url: str | None = Field(
+        None, description="Redis URL; unset starts the embedded Redis in data_dir"
+    )
+    data_dir: Path = Field(Path(".orchestrator"), description="home of the embedded services")
+    namespace: str = Field(
+        "orchestrator",
+        pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+        description="isolates Redis keys, agents, locks and workflows sharing one database",
+    )
+    local_agents: bool = Field(
+        True, description="host the built-in agents in the orchestrator's own process"
+    )
+    durability: Literal["sync", "async", "exit"] = Field(
+        "sync", description="LangGraph checkpoint durability mode"
+    )
+    heartbeat_interval: float = Field(2.0, gt=0, description="agent heartbeat period, seconds")
+    agent_offline_after: float = Field(
+        10.0, gt=0, description="an agent missing heartbeats this long is offline, seconds"
+    )
+    request_timeout: float = Field(300.0, gt=0, description="default agent call timeout, seconds")
+    response_retention: int = Field(
+        86_400, gt=0, description="how long agents keep responses for redelivered requests, s"
+    )
+    events_maxlen: int = Field(10_000, gt=0, description="cap of the broadcast events stream")
+    worker_concurrency: int = Field(4, ge=1, description="handlers run at once per worker")
+    workflow_lease: float = Field(
+        15.0, gt=0, description="a running workflow whose owner is silent this long is orphaned"
+    )
+    pool_max_size: int = Field(10, ge=2, description="PostgreSQL pool size per process")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        """Build settings from ``ORCHESTRATOR_*`` variables; ``overrides`` win.
+
+        Raises:
+            InvalidInput: a variable has a value of the wrong shape; the message names it.
+        """
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for name in cls.model_fields:
+            raw = env.get(ENV_PREFIX + name.upper())
+            if raw is not None and raw != "":
+                values[name] = raw
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        try:
+            return cls(**values)  # type: ignore[arg-type]
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{ENV_PREFIX}{'.'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+                for err in exc.errors()
+            )
+            raise InvalidInput(f"bad configuration: {problems}") from None
+
+    def redacted(self) -> dict[str, object]:
+        """The settings as a dict with passwords in URLs masked, for display."""
+        data = self.model_dump(mode="json")
+        for key in ("database_url", "redis_url"):
+            if data.get(key):
+                data[key] = _mask_password(str(data[key]))
+        return data
+
+
+def _mask_password(url: str) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url

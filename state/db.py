@@ -1,0 +1,77 @@
+"""The one helper that owns database access: a psycopg pool plus small query helpers.
+
+Connections are in autocommit mode with ``dict_row`` rows, which is also what LangGraph's
+``AsyncPostgresSaver`` requires, so the checkpointer shares this pool.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+from psycopg import AsyncConnection
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
+
+__all__ = ["Database", "Row"]
+
+log = logging.getLogger(__name__)
+
+Row = dict[str, Any]
+
+
+class Database:
+    """A pool of autocommit connections and the queries everything else runs through."""
+
+    def __init__(self, pool: AsyncConnectionPool[AsyncConnection[Row]]) -> None:
+        self.pool = pool
+
+    @classmethod
+    @asynccontextmanager
+    async def connect(
+        cls, url: str, *, min_size: int = 1, max_size: int = 10, timeout: float = 30.0
+    ) -> AsyncIterator[Database]:
+        """Open a pool on ``url``; it is closed when the block exits."""
+        pool: AsyncConnectionPool[AsyncConnection[Row]] = AsyncConnectionPool(
+            url,
+            min_size=min_size,
+            max_size=max_size,
+            timeout=timeout,
+            open=False,
+            kwargs={"autocommit": True, "row_factory": dict_row},
+            name="orchestrator",
+        )
+        await pool.open(wait=True, timeout=timeout)
+        try:
+            yield cls(pool)
+        finally:
+            await pool.close()
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[AsyncConnection[Row]]:
+        async with self.pool.connection() as conn:
+            yield conn
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncConnection[Row]]:
+        """A connection inside one transaction, committed when the block exits cleanly."""
+        async with self.pool.connection() as conn, conn.transaction():
+            yield conn
+
+    async def fetch(self, query: Any, params: Sequence[Any] | dict[str, Any] = ()) -> list[Row]:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(query, params)
+            return await cur.fetchall()
+
+    async def fetchone(self, query: Any, params: Sequence[Any] | dict[str, Any] = ()) -> Row | None:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(query, params)
+            return await cur.fetchone()
+
+    async def execute(self, query: Any, params: Sequence[Any] | dict[str, Any] = ()) -> int:
+        """Run a statement; returns the number of rows it touched."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(query, params)
+            return cur.rowcount

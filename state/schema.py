@@ -1,0 +1,93 @@
+"""``MultiAgentState``: the state every graph shares, and the reducers for parallel writers.
+
+Every key that parallel branches (LangGraph ``Send`` fan-outs) write has a reducer, so two
+branches finishing in the same step merge instead of raising ``InvalidUpdateError``.
+State holds data only: never secrets, connections or other live objects.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, TypedDict
+
+__all__ = [
+    "MultiAgentState",
+    "Subtask",
+    "LockRecord",
+    "ErrorEntry",
+    "merge_dicts",
+    "append_list",
+    "latest",
+    "now_iso",
+]
+
+
+def merge_dicts(left: dict[str, Any] | None, right: dict[str, Any] | None) -> dict[str, Any]:
+    """Shallow merge; on a shared key the newer (right) value wins. Inputs are not mutated."""
+    if not left:
+        return dict(right or {})
+    if not right:
+        return dict(left)
+    return {**left, **right}
+
+
+def append_list(left: list[Any] | None, right: list[Any] | Any | None) -> list[Any]:
+    """Concatenate; a single non-list value is appended as one item."""
+    left = list(left or [])
+    if right is None:
+        return left
+    if isinstance(right, list):
+        return left + right
+    return [*left, right]
+
+
+def latest(left: str | None, right: str | None) -> str | None:
+    """Keep the later of two ISO-8601 UTC timestamps (they sort as strings)."""
+    if left is None:
+        return right
+    if right is None:
+        return left
+    return max(left, right)
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+class Subtask(TypedDict, total=False):
+    id: str
+    kind: str
+    agent_type: str
+    payload: dict[str, Any]
+
+
+class LockRecord(TypedDict):
+    resource: str
+    holder: str
+    token: int
+
+
+class ErrorEntry(TypedDict, total=False):
+    at: str
+    node: str
+    code: str
+    message: str
+    subtask: str
+
+
+class MultiAgentState(TypedDict, total=False):
+    """State shared by every pipeline; each graph extends it with its own input fields."""
+
+    task_id: str
+    workflow_type: str
+    subtasks: list[Subtask]
+    subtask_status: Annotated[dict[str, str], merge_dicts]
+    agent_assignments: Annotated[dict[str, str], merge_dicts]
+    agent_status: Annotated[dict[str, str], merge_dicts]
+    locks: Annotated[dict[str, LockRecord], merge_dicts]
+    checkpoints: Annotated[list[str], append_list]
+    partial_results: Annotated[dict[str, Any], merge_dicts]
+    final_result: Any
+    started_at: str
+    updated_at: Annotated[str, latest]
+    error_log: Annotated[list[ErrorEntry], append_list]

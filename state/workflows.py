@@ -1,0 +1,228 @@
+"""The ``workflows`` table: an index of runs with optimistic locking, and named checkpoints.
+
+Every update names the version it read; if someone else updated first, the update changes
+nothing and raises :class:`StaleWorkflowVersion`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+from psycopg.types.json import Jsonb
+
+from .db import Database, Row
+from .errors import StaleWorkflowVersion, WorkflowNotFound
+
+__all__ = ["WorkflowRecord", "WorkflowStateManager", "WorkflowStatus", "NamedCheckpoint"]
+
+log = logging.getLogger(__name__)
+
+WorkflowStatus = Literal["running", "interrupted", "completed", "failed"]
+STATUSES: tuple[str, ...] = ("running", "interrupted", "completed", "failed")
+
+_COLUMNS = (
+    "thread_id, namespace, workflow_type, status, current_step, participating_agents, input, "
+    "result, error, owner, heartbeat_at, version, created_at, updated_at"
+)
+_UPDATABLE = frozenset(
+    {"status", "current_step", "participating_agents", "result", "error", "owner", "heartbeat_at"}
+)
+_JSON = frozenset({"result", "error"})
+
+
+@dataclass(frozen=True)
+class WorkflowRecord:
+    thread_id: str
+    namespace: str
+    workflow_type: str
+    status: str
+    current_step: str | None
+    participating_agents: list[str]
+    input: dict[str, Any]
+    result: Any
+    error: dict[str, Any] | None
+    owner: str | None
+    heartbeat_at: datetime | None
+    version: int
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def from_row(cls, row: Row) -> WorkflowRecord:
+        return cls(**row)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dict(self.__dict__)
+        for key in ("heartbeat_at", "created_at", "updated_at"):
+            value = data[key]
+            data[key] = value.isoformat() if value is not None else None
+        return data
+
+
+@dataclass(frozen=True)
+class NamedCheckpoint:
+    thread_id: str
+    name: str
+    checkpoint_ns: str
+    checkpoint_id: str
+    created_at: datetime = field(compare=False)
+
+
+class WorkflowStateManager:
+    """CRUD over the ``workflows`` table for one namespace."""
+
+    def __init__(self, db: Database, namespace: str) -> None:
+        self.db = db
+        self.namespace = namespace
+
+    async def create(
+        self,
+        thread_id: str,
+        workflow_type: str,
+        input: dict[str, Any],
+        *,
+        owner: str | None,
+    ) -> WorkflowRecord:
+        """Insert a new ``running`` workflow at version 1.
+
+        Raises:
+            ValueError: a workflow with this thread id already exists.
+        """
+        row = await self.db.fetchone(
+            f"""
+            INSERT INTO workflows (thread_id, namespace, workflow_type, status, input, owner,
+                                   heartbeat_at)
+            VALUES (%s, %s, %s, 'running', %s, %s, now())
+            ON CONFLICT (thread_id) DO NOTHING
+            RETURNING {_COLUMNS}""",
+            (thread_id, self.namespace, workflow_type, Jsonb(input), owner),
+        )
+        if row is None:
+            raise ValueError(f"a workflow with thread id {thread_id!r} already exists")
+        return WorkflowRecord.from_row(row)
+
+    async def get(self, thread_id: str) -> WorkflowRecord:
+        row = await self.db.fetchone(
+            f"SELECT {_COLUMNS} FROM workflows WHERE thread_id = %s AND namespace = %s",
+            (thread_id, self.namespace),
+        )
+        if row is None:
+            raise WorkflowNotFound(thread_id)
+        return WorkflowRecord.from_row(row)
+
+    async def find(self, thread_id: str) -> WorkflowRecord | None:
+        try:
+            return await self.get(thread_id)
+        except WorkflowNotFound:
+            return None
+
+    async def update(self, thread_id: str, expected_version: int, **changes: Any) -> WorkflowRecord:
+        """Compare-and-set: apply ``changes`` only if the row is still at ``expected_version``.
+
+        Returns:
+            The updated record, at ``expected_version + 1``.
+
+        Raises:
+            StaleWorkflowVersion: the row was updated by someone else since it was read.
+            WorkflowNotFound: there is no such workflow.
+        """
+        unknown = set(changes) - _UPDATABLE
+        if unknown:
+            raise ValueError(f"cannot update workflow columns {sorted(unknown)}")
+        assignments = []
+        params: list[Any] = []
+        for key in sorted(changes):
+            value = changes[key]
+            if key == "heartbeat_at" and value == "now":
+                assignments.append("heartbeat_at = now()")
+                continue
+            assignments.append(f"{key} = %s")
+            params.append(Jsonb(value) if key in _JSON and value is not None else value)
+        assignments += ["version = version + 1", "updated_at = now()"]
+        row = await self.db.fetchone(
+            f"""
+            UPDATE workflows SET {", ".join(assignments)}
+            WHERE thread_id = %s AND namespace = %s AND version = %s
+            RETURNING {_COLUMNS}""",
+            (*params, thread_id, self.namespace, expected_version),
+        )
+        if row is not None:
+            return WorkflowRecord.from_row(row)
+        current = await self.get(thread_id)  # raises WorkflowNotFound
+        raise StaleWorkflowVersion(thread_id, expected_version, current.version)
+
+    async def list(
+        self,
+        status: str | None = None,
+        workflow_type: str | None = None,
+        *,
+        limit: int = 100,
+    ) -> list[WorkflowRecord]:
+        """Most recently updated first."""
+        rows = await self.db.fetch(
+            f"""
+            SELECT {_COLUMNS} FROM workflows
+            WHERE namespace = %s
+              AND (%s::text IS NULL OR status = %s)
+              AND (%s::text IS NULL OR workflow_type = %s)
+            ORDER BY updated_at DESC, thread_id
+            LIMIT %s""",
+            (self.namespace, status, status, workflow_type, workflow_type, limit),
+        )
+        return [WorkflowRecord.from_row(r) for r in rows]
+
+    async def heartbeat(self, owner: str) -> int:
+        """Refresh the lease of every running workflow ``owner`` runs; returns how many.
+
+        A heartbeat is not a state change, so it does not bump ``version``.
+        """
+        return await self.db.execute(
+            "UPDATE workflows SET heartbeat_at = now() "
+            "WHERE namespace = %s AND owner = %s AND status = 'running'",
+            (self.namespace, owner),
+        )
+
+    async def running_candidates(self) -> list[tuple[WorkflowRecord, float | None]]:
+        """Running workflows with how long their owner has been silent (seconds)."""
+        rows = await self.db.fetch(
+            f"SELECT {_COLUMNS}, now() - heartbeat_at AS silent_for FROM workflows "
+            "WHERE namespace = %s AND status = 'running' ORDER BY created_at",
+            (self.namespace,),
+        )
+        records: list[tuple[WorkflowRecord, float | None]] = []
+        for row in rows:
+            silent = row.pop("silent_for")
+            record = WorkflowRecord.from_row(row)
+            records.append((record, silent.total_seconds() if silent is not None else None))
+        return records
+
+    async def name_checkpoint(
+        self, thread_id: str, name: str, checkpoint_id: str, checkpoint_ns: str = ""
+    ) -> None:
+        """Give a LangGraph checkpoint id a label (replacing an earlier one of that name)."""
+        await self.db.execute(
+            """
+            INSERT INTO workflow_checkpoints (thread_id, name, checkpoint_ns, checkpoint_id)
+            VALUES (%s, %s, %s, %s)
+            ON CONFLICT (thread_id, name) DO UPDATE
+            SET checkpoint_ns = EXCLUDED.checkpoint_ns, checkpoint_id = EXCLUDED.checkpoint_id,
+                created_at = now()""",
+            (thread_id, name, checkpoint_ns, checkpoint_id),
+        )
+
+    async def named_checkpoints(self, thread_id: str) -> list[NamedCheckpoint]:
+        rows = await self.db.fetch(
+            "SELECT thread_id, name, checkpoint_ns, checkpoint_id, created_at "
+            "FROM workflow_checkpoints WHERE thread_id = %s ORDER BY created_at, name",
+            (thread_id,),
+        )
+        return [NamedCheckpoint(**r) for r in rows]
+
+    async def named_checkpoint(self, thread_id: str, name: str) -> NamedCheckpoint:
+        for cp in await self.named_checkpoints(thread_id):
+            if cp.name == name:
+                return cp
+        raise KeyError(f"workflow {thread_id} has no checkpoint named {name!r}")
