@@ -94,6 +94,8 @@ def validate_input(spec: WorkflowSpec, data: Any) -> BaseModel:
             where = ".".join(str(p) for p in err["loc"]) or "input"
             if err["type"] == "missing":
                 problems.append(f"missing input field {where!r}")
+            elif err["type"] == "value_error" and "error" in err.get("ctx", {}):
+                problems.append(f"input field {where!r}: {err['ctx']['error']}")
             else:
                 problems.append(f"input field {where!r}: {err['msg']}")
         fields = ", ".join(spec.input_model.model_fields)

@@ -256,7 +256,7 @@ class Worker:
             ),
             bus=self.bus,
         )
-        handler = agent.handlers.get(request.request_type)
+        handler = agent.handlers.get(request.request_type) or agent.handlers.get("*")
         if handler is None:
             BUS_HANDLED.labels(agent.agent_type, "rejected").inc()
             return self._response(

@@ -1,0 +1,437 @@
+"""``orchestrator``: run, resume and inspect workflows; host agents; manage the database.
+
+Exit codes: 0 completed (or success), 3 interrupted (waiting for ``resume``), 1 failed,
+2 bad usage or bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from .errors import InvalidInput, OrchestratorError
+from .settings import Settings
+
+__all__ = ["main", "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_INTERRUPTED"]
+
+log = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 3
+_STATUS_EXIT = {"completed": EXIT_OK, "interrupted": EXIT_INTERRUPTED, "failed": EXIT_FAILED,
+                "running": EXIT_FAILED}
+
+
+class UsageError(Exception):
+    """Bad command-line usage: exit 2 with the message."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="orchestrator",
+        description="Durable LangGraph workflows for multi-agent software delivery. "
+        "Configuration comes from ORCHESTRATOR_* variables (see README); with no database "
+        "or Redis URL set, embedded ones are started in ORCHESTRATOR_DATA_DIR.",
+        epilog="exit codes: 0 completed, 3 interrupted (resume it), 1 failed, 2 bad usage/input",
+    )
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    def local_agents_flag(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--no-local-agents", action="store_true",
+                        help="do not host the built-in agents in this process; leave agent "
+                        "work to `orchestrator worker` processes")
+
+    run = sub.add_parser("run", help="start a workflow and run it until it ends or pauses")
+    run.add_argument("workflow", help="workflow name (see `orchestrator graphs`)")
+    run.add_argument("--input", metavar="FILE", help="JSON input object from FILE, or - for stdin")
+    run.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
+                     help="set one input field (VALUE parsed as JSON when it is JSON); repeatable")
+    run.add_argument("--thread-id", help="thread id for the new workflow (default: a new UUID)")
+    run.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    local_agents_flag(run)
+
+    resume = sub.add_parser("resume", help="continue a paused, crashed or failed workflow")
+    resume.add_argument("thread_id")
+    resume.add_argument("--value", metavar="JSON", help="answer to the pending interrupt (JSON)")
+    resume.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    local_agents_flag(resume)
+
+    recover = sub.add_parser("recover", help="continue every running workflow whose process died")
+    recover.add_argument("--json", action="store_true")
+    local_agents_flag(recover)
+
+    ls = sub.add_parser("ls", help="list workflows, most recently updated first")
+    ls.add_argument("--status", choices=["running", "interrupted", "completed", "failed"])
+    ls.add_argument("--type", dest="workflow_type", help="only this workflow type")
+    ls.add_argument("--limit", type=int, default=50)
+    ls.add_argument("--json", action="store_true")
+
+    show = sub.add_parser("show", help="show one workflow: record, state, pending interrupts")
+    show.add_argument("thread_id")
+    show.add_argument("--history", action="store_true", help="also list its checkpoints")
+    show.add_argument("--json", action="store_true")
+
+    graphs = sub.add_parser("graphs", help="list the available workflows")
+    graphs.add_argument("--json", action="store_true")
+
+    agents = sub.add_parser("agents", help="list registered agent instances")
+    agents.add_argument("--all", action="store_true", help="include offline instances")
+    agents.add_argument("--json", action="store_true")
+
+    worker = sub.add_parser("worker", help="host agents until SIGTERM/SIGINT")
+    worker.add_argument("--agents", required=True, metavar="TYPE[,TYPE...]",
+                        help="agent types to host, e.g. docs")
+    worker.add_argument("--concurrency", type=int, help="handlers run at once per agent type")
+    worker.add_argument("--metrics-port", type=int, metavar="N",
+                        help="serve Prometheus metrics on 127.0.0.1:N")
+
+    db = sub.add_parser("db", help="database schema")
+    db_sub = db.add_subparsers(dest="db_command", metavar="ACTION")
+    db_sub.add_parser("migrate", help="apply pending SQL migrations (re-running is a no-op)")
+
+    services = sub.add_parser("services", help="the embedded PostgreSQL and Redis")
+    services_sub = services.add_subparsers(dest="services_command", metavar="ACTION")
+    services_sub.add_parser("status", help="are the embedded services running?")
+    services_sub.add_parser("stop", help="stop the embedded services of the data dir")
+    return p
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+
+def _parse_input(args: argparse.Namespace, stdin: TextIO) -> dict[str, Any]:
+    data: dict[str, Any] = {}
+    if args.input:
+        try:
+            text = stdin.read() if args.input == "-" else Path(args.input).read_text()
+        except OSError as exc:
+            raise UsageError(f"cannot read --input {args.input}: {exc.strerror}") from None
+        try:
+            loaded = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"--input {args.input} is not valid JSON: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise UsageError(f"--input {args.input} must hold a JSON object")
+        data.update(loaded)
+    for item in args.set:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--set expects KEY=VALUE, got {item!r}")
+        try:
+            data[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            data[key] = raw
+    return data
+
+
+def _print_json(obj: Any, out: TextIO) -> None:
+    out.write(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def _summarize(value: Any) -> str:
+    if isinstance(value, list):
+        return f"{len(value)} items" if len(value) > 5 else json.dumps(value, default=str)
+    if isinstance(value, dict):
+        return json.dumps(value, default=str, sort_keys=True)
+    return str(value)
+
+
+def _print_result(result: Any, args: argparse.Namespace, out: TextIO) -> int:
+    if args.json:
+        _print_json(result.to_dict(), out)
+        return _STATUS_EXIT.get(result.status, EXIT_FAILED)
+    out.write(f"{result.status}: {result.workflow_type} (thread {result.thread_id})\n")
+    if isinstance(result.final_result, dict):
+        for key, value in result.final_result.items():
+            out.write(f"  {key}: {_summarize(value)}\n")
+    elif result.final_result is not None:
+        out.write(f"  result: {_summarize(result.final_result)}\n")
+    if result.error:
+        out.write(f"  error ({result.error.get('code')}): {result.error.get('message')}\n")
+        out.write(f"  to retry from the last checkpoint: orchestrator resume {result.thread_id}\n")
+    for item in result.interrupts:
+        out.write(f"  waiting for input: {json.dumps(item['value'], default=str)}\n")
+    if result.status == "interrupted":
+        out.write(f"  resume with: orchestrator resume {result.thread_id} --value '<JSON>'\n")
+    if result.status == "running":
+        out.write(f"  stopped before the end; continue with: orchestrator resume {result.thread_id}\n")
+    return _STATUS_EXIT.get(result.status, EXIT_FAILED)
+
+
+class _ProgressPrinter:
+    """Progress on a terminal: one rewritten line per finished step."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.enabled = stream.isatty()
+        self.width = 0
+
+    def __call__(self, progress: Any) -> None:
+        if not self.enabled:
+            return
+        count = f"[{progress.done}/{progress.total}] " if progress.total else ""
+        line = f"{count}{progress.label}"[:120]
+        self.stream.write("\r" + line.ljust(self.width))
+        self.stream.flush()
+        self.width = len(line)
+
+    def finish(self) -> None:
+        if self.enabled and self.width:
+            self.stream.write("\r" + " " * self.width + "\r")
+            self.stream.flush()
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, Any] = {}
+    if getattr(args, "no_local_agents", False):
+        overrides["local_agents"] = False
+    return Settings.from_env(**overrides)
+
+
+# -- commands ----------------------------------------------------------------------------------
+
+
+async def _cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
+    from .facade import Orchestrator
+    from .graphs import get_workflow, validate_input
+
+    data = _parse_input(args, stdin)
+    validate_input(get_workflow(args.workflow), data)  # bad input fails before any start-up
+    progress = _ProgressPrinter(err)
+    async with Orchestrator(_settings(args)) as orch:
+        try:
+            result = await orch.run(args.workflow, data, args.thread_id, on_progress=progress)
+        finally:
+            progress.finish()
+    return _print_result(result, args, out)
+
+
+async def _cmd_resume(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
+    from .facade import Orchestrator
+
+    value = None
+    if args.value is not None:
+        try:
+            value = json.loads(args.value)
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"--value must be JSON: {exc}") from None
+    progress = _ProgressPrinter(err)
+    async with Orchestrator(_settings(args)) as orch:
+        try:
+            result = await orch.resume(args.thread_id, value, on_progress=progress)
+        finally:
+            progress.finish()
+    return _print_result(result, args, out)
+
+
+async def _cmd_recover(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
+    from .facade import Orchestrator
+
+    async with Orchestrator(_settings(args)) as orch:
+        results = await orch.recover()
+    if args.json:
+        _print_json([r.to_dict() for r in results], out)
+    else:
+        if not results:
+            out.write("no orphaned workflows\n")
+        for r in results:
+            out.write(f"{r.status}: {r.workflow_type} (thread {r.thread_id})\n")
+    return EXIT_FAILED if any(r.status == "failed" for r in results) else EXIT_OK
+
+
+async def _cmd_ls(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
+    from .runtime import Runtime
+
+    async with Runtime.open(_settings(args), agents=[]) as rt:
+        records = await rt.workflows.list(args.status, args.workflow_type, limit=args.limit)
+    if args.json:
+        _print_json([r.to_dict() for r in records], out)
+        return EXIT_OK
+    if not records:
+        out.write("no workflows\n")
+        return EXIT_OK
+    out.write(f"{'THREAD ID':<38} {'WORKFLOW':<16} {'STATUS':<12} {'STEP':<18} UPDATED\n")
+    for r in records:
+        out.write(f"{r.thread_id:<38} {r.workflow_type:<16} {r.status:<12} "
+                  f"{(r.current_step or '-'):<18} {r.updated_at:%Y-%m-%d %H:%M:%S}\n")
+    return EXIT_OK
+
+
+async def _cmd_show(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
+    from .facade import Orchestrator
+
+    async with Orchestrator(_settings(args), agents=[]) as orch:
+        details = await orch.get(args.thread_id)
+        history = await orch.history(args.thread_id) if args.history else None
+    if args.json:
+        data = details.to_dict()
+        if history is not None:
+            data["history"] = [h.to_dict() for h in history]
+        _print_json(data, out)
+        return EXIT_OK
+    r = details.record
+    out.write(f"thread:    {r.thread_id}\nworkflow:  {r.workflow_type}\nstatus:    {r.status}\n"
+              f"step:      {r.current_step or '-'}\nversion:   {r.version}\n"
+              f"agents:    {', '.join(r.participating_agents) or '-'}\n"
+              f"created:   {r.created_at:%Y-%m-%d %H:%M:%S}\nupdated:   {r.updated_at:%Y-%m-%d %H:%M:%S}\n"
+              f"input:     {json.dumps(r.input, sort_keys=True)}\n")
+    if r.result is not None:
+        out.write(f"result:    {_summarize(r.result)}\n")
+    if r.error:
+        out.write(f"error:     {r.error.get('code')}: {r.error.get('message')}\n")
+    if details.next:
+        out.write(f"next:      {', '.join(details.next)}\n")
+    for item in details.interrupts:
+        out.write(f"waiting:   {json.dumps(item['value'], default=str)}\n")
+    if history is not None:
+        out.write("\nhistory (oldest first):\n")
+        for h in history:
+            names = f"  [{', '.join(h.names)}]" if h.names else ""
+            out.write(f"  step {h.step:>3}  {h.checkpoint_id}  {h.source:<6} "
+                      f"next={','.join(h.next) or '-'}{names}\n")
+    return EXIT_OK
+
+
+async def _cmd_graphs(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
+    from .graphs import available_workflows
+
+    specs = available_workflows()
+    if args.json:
+        _print_json([{"name": s.name, "description": s.description,
+                      "input": s.input_model.model_json_schema()} for s in specs.values()], out)
+        return EXIT_OK
+    for spec in sorted(specs.values(), key=lambda s: s.name):
+        fields = ", ".join(spec.input_model.model_fields)
+        out.write(f"{spec.name:<18} {spec.description}\n{'':<18} input: {fields}\n")
+    return EXIT_OK
+
+
+async def _cmd_agents(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
+    from .runtime import Runtime
+
+    async with Runtime.open(_settings(args), agents=[]) as rt:
+        agents = await rt.registry.discover(include_offline=args.all)
+    if args.json:
+        _print_json([a.to_dict() for a in agents], out)
+        return EXIT_OK
+    if not agents:
+        out.write("no live agents; start some with `orchestrator worker --agents docs`\n")
+        return EXIT_OK
+    out.write(f"{'AGENT ID':<48} {'TYPE':<14} {'STATUS':<9} HEARTBEAT\n")
+    for a in agents:
+        status = a.status if a.live else "offline"
+        out.write(f"{a.agent_id:<48} {a.agent_type:<14} {status:<9} "
+                  f"{a.heartbeat_at:%H:%M:%S}\n")
+    return EXIT_OK
+
+
+async def _cmd_worker(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
+    from .agent import load_agents
+    from .metrics import start_metrics_server
+    from .runtime import Runtime
+
+    names = [n.strip() for n in args.agents.split(",") if n.strip()]
+    agents = load_agents(names)
+    overrides: dict[str, Any] = {}
+    if args.concurrency:
+        overrides["worker_concurrency"] = args.concurrency
+    settings = Settings.from_env(**overrides)
+    if args.metrics_port:
+        start_metrics_server(args.metrics_port)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with Runtime.open(settings, agents=agents) as rt:
+        assert rt.worker is not None
+        err.write(f"worker {rt.worker.name} hosting {', '.join(names)}; stop with SIGTERM\n")
+        err.flush()
+        await stop.wait()
+        err.write("stopping: finishing in-flight requests\n")
+        err.flush()
+    return EXIT_OK
+
+
+async def _cmd_db(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
+    if args.db_command != "migrate":
+        raise UsageError("usage: orchestrator db migrate")
+    from state.migrations import migrate
+
+    from .runtime import Runtime
+
+    async with Runtime.open(_settings(args), agents=[]) as rt:
+        applied = await migrate(rt.db)  # Runtime.open applied them already on first use
+        rows = await rt.db.fetch("SELECT version, name FROM orchestrator_migrations ORDER BY 1")
+    out.write(f"schema at version {rows[-1]['version'] if rows else 0} "
+              f"({len(rows)} migrations applied; {len(applied)} by this run)\n")
+    return EXIT_OK
+
+
+async def _cmd_services(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
+    from .services import embedded_status, stop_embedded
+
+    settings = _settings(args)
+    if args.services_command == "stop":
+        stopped = await asyncio.to_thread(stop_embedded, settings.data_dir)
+        out.write("stopped\n" if stopped else "nothing was running\n")
+        return EXIT_OK
+    if args.services_command == "status":
+        _print_json(embedded_status(settings.data_dir), out)
+        return EXIT_OK
+    raise UsageError("usage: orchestrator services status|stop")
+
+
+_COMMANDS = {
+    "run": _cmd_run, "resume": _cmd_resume, "recover": _cmd_recover, "ls": _cmd_ls,
+    "show": _cmd_show, "graphs": _cmd_graphs, "agents": _cmd_agents, "worker": _cmd_worker,
+    "db": _cmd_db, "services": _cmd_services,
+}
+
+
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
+    stdin: TextIO | None = None,
+) -> int:
+    """Entry point of the ``orchestrator`` command; returns the exit code."""
+    out, err, inp = stdout or sys.stdout, stderr or sys.stderr, stdin or sys.stdin
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help(out)
+        return EXIT_USAGE
+    logging.basicConfig(
+        level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=err,
+    )
+    try:
+        return asyncio.run(_COMMANDS[args.command](args, out, err, inp))
+    except (UsageError, InvalidInput) as exc:
+        err.write(f"orchestrator: error: {exc}\n")
+        return EXIT_USAGE
+    except OrchestratorError as exc:
+        err.write(f"orchestrator: {exc.code}: {exc}\n")
+        return EXIT_USAGE if exc.code == "workflow_not_found" else EXIT_FAILED
+    except KeyboardInterrupt:
+        err.write("interrupted; `orchestrator recover` continues running workflows\n")
+        return 130
+    except Exception as exc:  # e.g. the database or Redis cannot be reached
+        if args.verbose:
+            log.exception("command failed")
+        err.write(f"orchestrator: {type(exc).__name__}: {exc}\n"
+                  "  (check ORCHESTRATOR_DATABASE_URL / ORCHESTRATOR_REDIS_URL; -v for details)\n")
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""Shared fixtures. The orchestrator's own pytest plugin (``orchestrator.testing``) provides
+the isolated database, Redis and Orchestrator fixtures; these add the project's own."""
+
+from __future__ import annotations
+
+import os
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture
+def fixture_package(tmp_path: Path) -> Path:
+    """A small package of 12 public modules (plus private ones that must not be documented)."""
+    root = tmp_path / "fixturepkg"
+    (root / "sub").mkdir(parents=True)
+    (root / "__init__.py").write_text('"""Fixture package for docs tests."""\n')
+    (root / "sub" / "__init__.py").write_text('"""A sub-package."""\n')
+    (root / "_private.py").write_text("def hidden():\n    pass\n")
+    for i in range(10):
+        folder = root if i < 6 else root / "sub"
+        (folder / f"mod{i}.py").write_text(textwrap.dedent(f'''
+            """Module number {i}."""
+
+            class Thing{i}:
+                """A thing."""
+
+                def __init__(self, size: int = {i}) -> None:
+                    self.size = size
+
+                def grow(self, by: int) -> int:
+                    """Grow by ``by``."""
+                    return self.size + by
+
+                def _secret(self):
+                    pass
+
+            def make_{i}(name: str, *, fast: bool = False) -> Thing{i}:
+                """Make a thing."""
+                return Thing{i}()
+
+            def _helper():
+                pass
+            '''))
+    return root
+
+
+@pytest.fixture
+def service_env(orchestrator_settings) -> dict[str, str]:
+    """Environment for CLI/worker subprocesses that share the test's database, Redis and
+    namespace."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRATOR_")}
+    env.update(
+        ORCHESTRATOR_DATABASE_URL=orchestrator_settings.database_url,
+        ORCHESTRATOR_REDIS_URL=orchestrator_settings.redis_url,
+        ORCHESTRATOR_NAMESPACE=orchestrator_settings.namespace,
+        ORCHESTRATOR_HEARTBEAT_INTERVAL="0.5",
+        ORCHESTRATOR_AGENT_OFFLINE_AFTER="3",
+        ORCHESTRATOR_WORKFLOW_LEASE="5",
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+ORCHESTRATOR_CMD = [sys.executable, "-m", "orchestrator.cli"]

@@ -1,0 +1,51 @@
+"""Small graphs used by the tests (test doubles live in tests/ only)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from langgraph.graph import END, START, StateGraph
+from langgraph.types import interrupt
+from pydantic import BaseModel
+
+from orchestrator.calls import call_agent
+from orchestrator.graphs import WorkflowSpec
+from state.schema import MultiAgentState
+
+
+class ApprovalInput(BaseModel):
+    change: str
+
+
+class ApprovalState(MultiAgentState, total=False):
+    change: str
+    decision: dict[str, Any]
+
+
+async def review(state: ApprovalState) -> dict[str, Any]:
+    call = await call_agent("reviewer", "review", {"change": state["change"]}, subtask="review")
+    return {**call.updates, "partial_results": {"review": call.result}}
+
+
+async def approve(state: ApprovalState) -> dict[str, Any]:
+    decision = interrupt({"question": f"approve {state['change']}?",
+                          "review": state["partial_results"]["review"]})
+    return {"decision": decision}
+
+
+async def finish(state: ApprovalState) -> dict[str, Any]:
+    approved = bool(state["decision"].get("approve"))
+    return {"final_result": {"status": "completed" if approved else "failed",
+                             "approved": approved, "by": state["decision"].get("by")}}
+
+
+_builder = StateGraph(ApprovalState)
+_builder.add_node("review", review)
+_builder.add_node("approve", approve)
+_builder.add_node("finish", finish)
+_builder.add_edge(START, "review")
+_builder.add_edge("review", "approve")
+_builder.add_edge("approve", "finish")
+_builder.add_edge("finish", END)
+
+approval = WorkflowSpec("approval", _builder, ApprovalInput, "review, then wait for a human")

@@ -1,0 +1,164 @@
+"""The bus: request/response across processes, stored responses, priorities, registry."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import time
+
+import pytest
+
+from orchestrator.agent import Agent
+from orchestrator.calls import call_agent
+from orchestrator.errors import AgentError, AgentUnavailable
+from orchestrator.registry import AgentRegistry
+from orchestrator.runtime import Runtime
+from orchestrator.testing import stand_in
+
+from .conftest import ORCHESTRATOR_CMD
+
+
+async def _wait_for_agent(rt: Runtime, agent_type: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not await rt.registry.discover(agent_type):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {agent_type} agent registered within {timeout}s")
+        await asyncio.sleep(0.1)
+
+
+@pytest.mark.slow
+async def test_request_response_across_two_processes(
+    orchestrator_settings, service_env, fixture_package
+) -> None:
+    worker = subprocess.Popen(
+        [*ORCHESTRATOR_CMD, "worker", "--agents", "docs"], env=service_env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        async with Runtime.open(orchestrator_settings, agents=[]) as rt:
+            await _wait_for_agent(rt, "docs")
+            call = await call_agent("docs", "list_modules", {"package_dir": str(fixture_package)},
+                                    runtime=rt, timeout=30)
+            assert call.agent_id.startswith("docs@")
+            names = [m["name"] for m in call.result["modules"]]
+            assert names[:3] == ["fixturepkg", "fixturepkg.mod0", "fixturepkg.mod1"]
+            assert "fixturepkg._private" not in names
+            # many in flight at once over the one reply reader
+            calls = await asyncio.gather(*(
+                call_agent("docs", "render_module", {"package_dir": str(fixture_package),
+                           "module": f"fixturepkg.mod{i}", "path": f"mod{i}.py"}, runtime=rt)
+                for i in range(6)))
+            assert [c.result["module"] for c in calls] == [f"fixturepkg.mod{i}" for i in range(6)]
+            # a handler error comes back as an error, and the worker stays up
+            with pytest.raises(AgentError, match="does not exist"):
+                await call_agent("docs", "list_modules", {"package_dir": "/no/such/dir"},
+                                 runtime=rt, timeout=30)
+            assert worker.poll() is None
+            worker.send_signal(signal.SIGTERM)
+            assert await asyncio.to_thread(worker.wait, 30) == 0
+            assert await rt.registry.discover("docs", include_offline=True) == []
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+
+
+async def test_call_fails_at_once_without_a_live_agent(orchestrator_settings) -> None:
+    async with Runtime.open(orchestrator_settings, agents=[]) as rt:
+        started = time.monotonic()
+        with pytest.raises(AgentUnavailable, match="orchestrator worker --agents nobody"):
+            await call_agent("nobody", "anything", {}, runtime=rt, timeout=30)
+        assert time.monotonic() - started < 2
+
+
+async def test_a_repeated_request_id_is_answered_from_the_store(orchestrator_settings) -> None:
+    executed: list[str] = []
+
+    async def slow_echo(payload, ctx):
+        executed.append(ctx.request.request_id)
+        await asyncio.sleep(0.3)
+        return {"echo": payload["n"]}
+
+    agent = stand_in("echo", slow_echo)
+    async with Runtime.open(orchestrator_settings, agents=[agent]) as a, \
+            Runtime.open(orchestrator_settings, agents=[]) as b:
+        req = a.bus.new_reply_stream_request(target="echo", request_type="x", payload={"n": 1})
+        # two processes send the same request id at the same time: one execution, two answers
+        req_b = req.model_copy(update={"reply_to": b.bus.reply_stream, "source": b.process_id})
+        first, second = await asyncio.gather(a.bus.request(req, 10), b.bus.request(req_b, 10))
+        assert first.result == second.result == {"echo": 1}
+        # and sent again later: answered from the response store, not executed
+        third = await a.bus.request(req, 10)
+        assert third.result == {"echo": 1}
+        assert executed == [req.request_id]
+
+
+async def test_high_priority_is_served_before_queued_normal(orchestrator_settings) -> None:
+    order: list[str] = []
+
+    async def record(payload, ctx):
+        order.append(payload["tag"])
+        return None
+
+    async with Runtime.open(orchestrator_settings, agents=[]) as rt:
+        await rt.bus.ensure_group("prio")
+        futures = []
+        for i in range(5):
+            futures.append(await rt.bus.send(rt.bus.new_reply_stream_request(
+                target="prio", request_type="x", payload={"tag": f"normal{i}"})))
+        futures.append(await rt.bus.send(rt.bus.new_reply_stream_request(
+            target="prio", request_type="x", payload={"tag": "high"}, priority="high")))
+        futures.append(await rt.bus.send(rt.bus.new_reply_stream_request(
+            target="prio", request_type="x", payload={"tag": "low"}, priority="low")))
+        from orchestrator.worker import Worker
+
+        async with Worker(rt.bus, rt.registry, [stand_in("prio", record)], concurrency=1):
+            await asyncio.wait_for(asyncio.gather(*futures), 20)
+    assert order[0] == "high"
+    assert order[-1] == "low"
+    assert order[1:-1] == [f"normal{i}" for i in range(5)]
+
+
+async def test_unknown_request_type_is_rejected_and_undecodable_dead_lettered(
+    orchestrator_settings,
+) -> None:
+    agent = Agent("strict", handlers={})
+
+    @agent.handler("known")
+    async def known(payload, ctx):
+        return "ok"
+
+    async with Runtime.open(orchestrator_settings, agents=[agent]) as rt:
+        resp = await rt.bus.request(rt.bus.new_reply_stream_request(
+            target="strict", request_type="unknown"), 10)
+        assert resp.status == "rejected" and resp.error.code == "unknown_request_type"
+        await rt.redis.xadd(rt.bus.keys.requests("strict", "normal"), {b"m": b"{not json"})
+        deadline = time.monotonic() + 10
+        while not await rt.redis.xlen(rt.bus.keys.dead_letters("strict")):
+            assert time.monotonic() < deadline, "garbled message was not dead-lettered"
+            await asyncio.sleep(0.05)
+        entry = (await rt.redis.xrange(rt.bus.keys.dead_letters("strict")))[0][1]
+        assert b"invalid request" in entry[b"reason"]
+        # and the worker still answers
+        ok = await rt.bus.request(rt.bus.new_reply_stream_request(
+            target="strict", request_type="known"), 10)
+        assert ok.result == "ok"
+
+
+async def test_missed_heartbeats_make_an_agent_offline(orchestrator_settings) -> None:
+    async with Runtime.open(orchestrator_settings, agents=[]) as rt:
+        registry = AgentRegistry(rt.db, rt.settings.namespace, offline_after=1.0)
+        await registry.register("ghost-1", "ghost", capabilities=["boo"])
+        await registry.register("ghost-2", "ghost", capabilities=["other"])
+        assert [a.agent_id for a in await registry.discover("ghost", "boo")] == ["ghost-1"]
+        assert await registry.has_live("ghost", max_age=0)
+        await asyncio.sleep(1.3)
+        await registry.heartbeat(["ghost-2"])
+        assert [a.agent_id for a in await registry.discover("ghost")] == ["ghost-2"]
+        assert await registry.sweep() == ["ghost-1"]
+        offline = await registry.discover("ghost", include_offline=True)
+        assert {a.agent_id: a.status for a in offline} == {"ghost-1": "offline",
+                                                           "ghost-2": "online"}
+        await registry.heartbeat(["ghost-1"])  # it came back
+        assert len(await registry.discover("ghost")) == 2

@@ -1,0 +1,81 @@
+"""Resource locks: exclusion, fencing tokens, waiting woken by release, expiry, sorted order."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from orchestrator.errors import LockLost, ResourceLocked
+from orchestrator.runtime import Runtime
+
+
+@pytest.fixture
+async def rt(orchestrator_settings):
+    async with Runtime.open(orchestrator_settings, agents=[]) as runtime:
+        yield runtime
+
+
+async def test_second_holder_is_refused_naming_the_holder(rt) -> None:
+    locks = rt.locks
+    async with locks.acquire("repo:/x", "alice", ttl=10) as lease:
+        assert await locks.is_locked("repo:/x")
+        with pytest.raises(ResourceLocked, match="locked by alice"):
+            async with locks.acquire("repo:/x", "bob", wait_timeout=0):
+                pass
+        assert [(info.resource, info.holder) for info in await locks.list_locks()] == [
+            ("repo:/x", "alice")]
+        first_token = lease.token
+    assert not await locks.is_locked("repo:/x")
+    async with locks.acquire("repo:/x", "bob") as second:
+        assert second.token == first_token + 1  # fencing tokens strictly increase
+
+
+async def test_a_waiter_is_woken_by_the_release(rt) -> None:
+    locks = rt.locks
+    got_it = asyncio.Event()
+
+    async def waiter() -> float:
+        started = time.monotonic()
+        async with locks.acquire("docs:/out", "waiter", wait_timeout=10):
+            got_it.set()
+            return time.monotonic() - started
+
+    async with locks.acquire("docs:/out", "holder", ttl=30):
+        task = asyncio.create_task(waiter())
+        await asyncio.sleep(0.3)
+        assert not got_it.is_set()
+    waited = await asyncio.wait_for(task, 10)
+    # woken by NOTIFY on release, long before the 30 s TTL would have run out
+    assert 0.25 < waited < 2.0
+
+
+async def test_a_holder_that_stops_renewing_loses_the_lock_at_expiry(rt) -> None:
+    lease = await rt.locks.try_acquire("service:api", "dead-holder", ttl=0.5)
+    assert lease is not None  # acquired without a renewer, as if its process had died
+    started = time.monotonic()
+    async with rt.locks.acquire("service:api", "next", wait_timeout=5) as taken:
+        assert taken.token == lease.token + 1
+    assert time.monotonic() - started < 2.0
+
+
+async def test_losing_the_lock_midway_raises_lock_lost(rt) -> None:
+    with pytest.raises(LockLost):
+        async with rt.locks.acquire("repo:/y", "slow", ttl=0.3) as lease:
+            # someone steals it (as if our renewals had stalled past the expiry)
+            await rt.db.execute(
+                "UPDATE resource_locks SET holder = 'thief', token = token + 1 "
+                "WHERE namespace = %s AND resource = %s", (rt.settings.namespace, "repo:/y"))
+            await asyncio.sleep(0.3)
+            assert lease.lost
+
+
+async def test_many_resources_in_opposite_orders_do_not_deadlock(rt) -> None:
+    async def take(order: list[str], who: str) -> None:
+        for _ in range(5):
+            async with rt.locks.acquire_many(order, who, wait_timeout=10):
+                await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(asyncio.gather(take(["a", "b", "c"], "x"), take(["c", "b", "a"], "y")),
+                           30)

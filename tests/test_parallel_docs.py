@@ -1,0 +1,145 @@
+"""parallel_docs end to end on real PostgreSQL and Redis, through the pytest plugin."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from orchestrator.calls import call_agent
+from orchestrator.errors import AgentError, InvalidInput
+from orchestrator.testing import resume, run_until_interrupt, stand_in
+
+from .graphs_for_tests import approval
+
+MODULES = ["fixturepkg", *(f"fixturepkg.mod{i}" for i in range(6)), "fixturepkg.sub",
+           *(f"fixturepkg.sub.mod{i}" for i in range(6, 10))]
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+async def test_documents_every_public_module_and_writes_an_index(
+    orchestrator, fixture_package, tmp_path
+) -> None:
+    out = tmp_path / "docs"
+    result = await orchestrator.run("parallel_docs", {"package": str(fixture_package),
+                                                      "output": str(out)})
+    assert result.status == "completed", result.error
+    assert result.final_result["modules"] == len(MODULES)
+    assert sorted(_tree(out)) == sorted([f"{m}.md" for m in MODULES] + ["index.md"])
+    page = (out / "fixturepkg.mod3.md").read_text()
+    assert page.startswith("# fixturepkg.mod3\n")
+    for expected in ("Module number 3.", "class Thing3", "Thing3(size: int = 3)", "grow",
+                     "Grow by", "make_3", "fast: bool = False"):
+        assert expected in page
+    assert "_secret" not in page and "_helper" not in page
+    index = (out / "index.md").read_text()
+    for module in MODULES:
+        assert index.count(f"[{module}]({module}.md)") == 1
+    assert "_private" not in index
+
+    record = (await orchestrator.list_workflows(workflow_type="parallel_docs"))[0]
+    assert record.status == "completed" and record.thread_id == result.thread_id
+    assert any(a.startswith("docs@") for a in record.participating_agents)
+    details = await orchestrator.get(result.thread_id)
+    assert set(details.values["subtask_status"]) == set(MODULES)
+    assert details.values["subtask_status"]["fixturepkg.mod0"] == "done"
+    history = await orchestrator.history(result.thread_id)
+    assert history[0].step == -1 and history[-1].next == []
+
+
+async def test_same_input_gives_byte_identical_output(orchestrator, fixture_package, tmp_path):
+    first, second = tmp_path / "a", tmp_path / "b"
+    for out in (first, second):
+        result = await orchestrator.run("parallel_docs", {"package": str(fixture_package),
+                                                          "output": str(out)})
+        assert result.status == "completed"
+    assert _tree(first) == _tree(second)
+
+
+async def test_importable_package_name_is_resolved(orchestrator, tmp_path) -> None:
+    result = await orchestrator.run("parallel_docs", {"package": "json", "output": str(tmp_path)})
+    assert result.status == "completed"
+    assert (tmp_path / "json.decoder.md").exists()
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"package": "/no/such/folder", "output": "x"}, "does not exist"),
+        ({"package": "no_such_package_xyz", "output": "x"}, "no importable package"),
+        ({"package": "json"}, "missing input field 'output'"),
+        ({"package": "json", "output": "x", "extra": 1}, "'extra'"),
+    ],
+)
+async def test_bad_input_is_refused_before_anything_starts(orchestrator, data, message) -> None:
+    with pytest.raises(InvalidInput, match=message):
+        await orchestrator.run("parallel_docs", data)
+    assert await orchestrator.list_workflows() == []
+
+
+async def test_a_stand_in_replaces_one_request_type(
+    orchestrator_factory, fixture_package, tmp_path
+) -> None:
+    async def fake_render(payload, ctx):
+        return {"module": payload["module"], "markdown": f"# {payload['module']}\nfake\n",
+                "summary": "stub"}
+
+    orch = await orchestrator_factory(
+        stand_ins=[stand_in("docs", {"render_module": fake_render}, keep_builtin=True)])
+    result = await orch.run("parallel_docs", {"package": str(fixture_package),
+                                              "output": str(tmp_path)})
+    assert result.status == "completed"
+    assert (tmp_path / "fixturepkg.mod1.md").read_text() == "# fixturepkg.mod1\nfake\n"
+    assert "— stub" in (tmp_path / "index.md").read_text()
+
+
+async def test_run_until_interrupt_then_resume(orchestrator_factory) -> None:
+    async def review(payload, ctx):
+        return {"verdict": "looks fine", "change": payload["change"]}
+
+    orch = await orchestrator_factory(stand_ins=[stand_in("reviewer", {"review": review})],
+                                      workflows={"approval": approval})
+    result, question = await run_until_interrupt(orch, "approval", {"change": "PR-7"})
+    assert question == {"question": "approve PR-7?",
+                        "review": {"verdict": "looks fine", "change": "PR-7"}}
+    record = (await orch.list_workflows(status="interrupted"))[0]
+    assert record.thread_id == result.thread_id
+    done = await resume(orch, result.thread_id, {"approve": True, "by": "ana"})
+    assert done.status == "completed"
+    assert done.final_result == {"status": "completed", "approved": True, "by": "ana"}
+    # resuming a completed workflow is a no-op that returns its result
+    again = await orch.resume(result.thread_id)
+    assert again.status == "completed" and again.final_result == done.final_result
+
+
+async def test_docs_writer_requires_a_current_fencing_token(orchestrator, tmp_path) -> None:
+    out = tmp_path / "fenced"
+    payload = {"output": str(out), "package": "p", "pages": {"p.a": "# p.a\n"}}
+    rt = orchestrator.runtime
+    with pytest.raises(AgentError, match="missing_fencing_token"):
+        await call_agent("docs", "write_docs", payload, runtime=rt)
+    resource = f"docs:{out.resolve()}"
+    async with rt.locks.acquire(resource, "old") as old:
+        pass
+    async with rt.locks.acquire(resource, "new") as new:
+        assert new.token > old.token
+        await rt.bus.check_fence(resource, new.token)  # the writer has seen the new holder
+    # the old holder's late write is refused, and nothing was written
+    req = rt.bus.new_reply_stream_request(target="docs", request_type="write_docs",
+                                          payload=payload, fencing={resource: old.token})
+    response = await rt.bus.request(req, 10)
+    assert response.status == "error" and response.error.code == "stale_fencing_token"
+    assert not out.exists()
+
+
+async def test_docs_writer_never_writes_outside_output(orchestrator, tmp_path) -> None:
+    out = tmp_path / "out"
+    resource = f"docs:{out.resolve()}"
+    payload = {"output": str(out), "package": "p", "pages": {"../../escape": "# x\n"}}
+    with pytest.raises(AgentError, match="unsafe_path"):
+        await call_agent("docs", "write_docs", payload, locks=[resource],
+                         runtime=orchestrator.runtime)
+    assert not (tmp_path / "escape.md").exists() and not list(tmp_path.rglob("escape*"))
