@@ -16,7 +16,6 @@ import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextvars import ContextVar
-from typing import Any
 
 from redis.asyncio import Redis
 
@@ -31,7 +30,7 @@ from .registry import AgentRegistry
 from .settings import Settings
 from .worker import Worker
 
-__all__ = ["Runtime", "current_runtime", "use_runtime", "set_default_runtime_factory"]
+__all__ = ["Runtime", "current_runtime", "use_runtime"]
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +100,9 @@ class Runtime:
                 await stack.enter_async_context(runtime.bus)
                 await runtime.locks.start()
                 stack.push_async_callback(runtime.locks.close)
-                if agents is None:
-                    agents = list(builtin_agents().values()) if settings.local_agents else []
+                if agents is None and settings.local_agents:
+                    # entry-point discovery reads files: keep it off the event loop
+                    agents = list((await asyncio.to_thread(builtin_agents)).values())
                 if agents:
                     runtime.worker = Worker(
                         runtime.bus,
@@ -134,21 +134,6 @@ class Runtime:
         return index
 
 
-_default_factory: Any = None
-_default_runtime: Runtime | None = None
-_default_lock: asyncio.Lock | None = None
-
-
-def set_default_runtime_factory(factory: Any) -> None:
-    """Let :func:`current_runtime` open a process-wide runtime on first use.
-
-    Only servers that run graphs outside an :class:`Orchestrator` (``langgraph dev``) use
-    this; ``factory`` is an async context manager factory returning a :class:`Runtime`.
-    """
-    global _default_factory
-    _default_factory = factory
-
-
 @contextlib.contextmanager
 def use_runtime(runtime: Runtime) -> Iterator[Runtime]:
     """Make ``runtime`` the one graph nodes see in this context."""
@@ -163,29 +148,12 @@ async def current_runtime() -> Runtime:
     """The runtime of the graph run in progress.
 
     Raises:
-        RuntimeError: called outside an orchestrator run, with no default runtime factory.
+        RuntimeError: called outside an orchestrator run.
     """
     runtime = _current.get()
-    if runtime is not None:
-        return runtime
-    if _default_factory is None:
+    if runtime is None:
         raise RuntimeError(
             "no orchestrator runtime in this context: run graphs through "
             "orchestrator.Orchestrator (or the CLI), or under `langgraph dev`"
         )
-    return await _default_runtime_instance()
-
-
-async def _default_runtime_instance() -> Runtime:
-    global _default_runtime, _default_lock
-    if _default_runtime is not None:
-        return _default_runtime
-    if _default_lock is None:
-        _default_lock = asyncio.Lock()
-    async with _default_lock:
-        if _default_runtime is None:
-            stack = contextlib.AsyncExitStack()
-            _default_runtime = await stack.enter_async_context(_default_factory())
-            # Kept for the life of the server process; closed at interpreter exit.
-            _default_runtime._exit_stack = stack  # type: ignore[attr-defined]
-    return _default_runtime
+    return runtime

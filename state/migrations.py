@@ -6,6 +6,7 @@ re-run. Migrations take a PostgreSQL advisory lock, so processes starting togeth
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import re
@@ -68,7 +69,7 @@ async def migrate(db: Database, directory: Path = SQL_DIR) -> list[Migration]:
     """
     from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 
-    migrations = load_migrations(directory)
+    migrations = await asyncio.to_thread(load_migrations, directory)  # file reads: off the loop
     applied_now: list[Migration] = []
     async with db.connection() as conn:
         await conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))

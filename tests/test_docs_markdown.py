@@ -385,3 +385,4 @@ def test_smoke_stdlib_package(package: str) -> None:
         summaries.append((mod.name, module_summary(source)))
     index = render_index(package, summaries)
     assert index.count("\n- [") == len(mods)
+

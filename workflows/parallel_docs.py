@@ -15,6 +15,7 @@ Input: ``{"package": <folder of a Python package, or an importable package name>
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import os
 from pathlib import Path
@@ -103,8 +104,9 @@ def _updates(*parts: dict[str, Any]) -> dict[str, Any]:
 
 
 async def prepare(state: ParallelDocsState) -> dict[str, Any]:
-    validated = validate_input(
-        workflow, {"package": state.get("package"), "output": state.get("output")}
+    # resolving the package touches the file system: keep it off the event loop
+    validated = await asyncio.to_thread(
+        validate_input, workflow, {"package": state.get("package"), "output": state.get("output")}
     )
     assert isinstance(validated, ParallelDocsInput)
     return {"package": validated.package, "output": validated.output,

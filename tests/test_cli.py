@@ -1,0 +1,118 @@
+"""The CLI: exit codes, messages for bad input, JSON output."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+
+from orchestrator import cli
+from orchestrator.testing import stand_in
+
+from .graphs_for_tests import approval
+
+
+@pytest.fixture
+def env(monkeypatch, orchestrator_settings):
+    for key in ("DATABASE_URL", "REDIS_URL", "NAMESPACE"):
+        monkeypatch.setenv(f"ORCHESTRATOR_{key}",
+                           str(getattr(orchestrator_settings, key.lower())))
+    return orchestrator_settings
+
+
+def run_cli(*argv: str, stdin: str = "") -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = cli.main(list(argv), stdout=out, stderr=err, stdin=io.StringIO(stdin))
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["run", "no_such_flow"], "unknown workflow 'no_such_flow'; known workflows: parallel_docs"),
+        (["run", "parallel_docs", "--set", "package=json"], "missing input field 'output'"),
+        (["run", "parallel_docs", "--set", "package=/does/not/exist", "--set", "output=x"],
+         "package folder /does/not/exist does not exist"),
+        (["run", "parallel_docs", "--input", "/no/input.json"], "cannot read --input"),
+        (["run", "parallel_docs", "--set", "novalue"], "--set expects KEY=VALUE"),
+        (["resume", "no-such-thread"], "no workflow with thread id 'no-such-thread'"),
+        (["resume", "x", "--value", "{bad"], "--value must be JSON"),
+        (["worker", "--agents", "docs,ghost"], "unknown agent type(s) ghost"),
+    ],
+)
+def test_bad_input_exits_2_with_a_message_that_says_what_to_do(env, argv, message) -> None:
+    code, out, err = run_cli(*argv)
+    assert code == 2, (out, err)
+    assert message in err
+
+
+def test_invalid_json_on_stdin_exits_2(env) -> None:
+    code, _, err = run_cli("run", "parallel_docs", "--input", "-", stdin="{nope")
+    assert code == 2 and "is not valid JSON" in err
+
+
+def test_usage_errors_exit_2(env, capsys) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli.main(["run"])
+    assert info.value.code == 2
+    assert run_cli()[0] == 2  # no command: help, exit 2
+
+
+def test_run_json_then_ls_and_show(env, fixture_package, tmp_path) -> None:
+    code, out, err = run_cli("run", "parallel_docs", "--input", "-", "--json",
+                             stdin=json.dumps({"package": str(fixture_package),
+                                               "output": str(tmp_path / "d")}))
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["status"] == "completed" and result["final_result"]["modules"] == 12
+    thread_id = result["thread_id"]
+
+    code, out, _ = run_cli("ls", "--json")
+    listed = json.loads(out)
+    assert code == 0 and [w["thread_id"] for w in listed] == [thread_id]
+    assert {"thread_id", "workflow_type", "status", "updated_at"} <= set(listed[0])
+    assert listed[0]["workflow_type"] == "parallel_docs" and listed[0]["status"] == "completed"
+
+    code, out, _ = run_cli("ls", "--status", "failed", "--json")
+    assert json.loads(out) == []
+
+    code, out, _ = run_cli("show", thread_id, "--history")
+    assert code == 0 and "status:    completed" in out and "history (oldest first)" in out
+    code, out, _ = run_cli("show", thread_id, "--json")
+    assert json.loads(out)["values"]["final_result"]["modules"] == 12
+
+
+def test_an_interrupted_run_exits_3_and_says_how_to_resume(env, monkeypatch) -> None:
+    from orchestrator import graphs
+    from orchestrator.runtime import Runtime
+
+    monkeypatch.setattr(graphs, "available_workflows", lambda: {"approval": approval})
+
+    async def review(payload, ctx):
+        return {"verdict": "ok"}
+
+    real_open = Runtime.open
+
+    def open_with_reviewer(settings, *, agents=None):
+        return real_open(settings, agents=[stand_in("reviewer", {"review": review})])
+
+    monkeypatch.setattr(Runtime, "open", open_with_reviewer)
+    code, out, err = run_cli("run", "approval", "--set", "change=PR-1")
+    assert code == 3, err
+    thread_id = out.split("(thread ")[1].split(")")[0]
+    assert f"resume with: orchestrator resume {thread_id} --value" in out
+    code, out, err = run_cli("resume", thread_id, "--value", '{"approve": false, "by": "bo"}',
+                             "--json")
+    assert code == 1, err  # the graph finished, reporting a rejection as failed
+    assert json.loads(out)["final_result"] == {"status": "failed", "approved": False, "by": "bo"}
+
+
+def test_graphs_lists_parallel_docs(env) -> None:
+    code, out, _ = run_cli("graphs")
+    assert code == 0 and "parallel_docs" in out and "input: package, output" in out
+
+
+def test_db_migrate_is_a_no_op_the_second_time(env) -> None:
+    code, out, _ = run_cli("db", "migrate")
+    assert code == 0 and "0 by this run" in out

@@ -1,0 +1,50 @@
+"""Graphs for the LangGraph server (``langgraph dev`` / LangGraph Studio).
+
+``langgraph.json`` points here. Each entry is an async context-manager factory: the server
+calls it for every run and gives the graph its own checkpointer. The factory makes sure the
+process has an orchestrator runtime (opened once, from ``ORCHESTRATOR_*`` variables, on the
+server's event loop, hosting the built-in agents unless ``ORCHESTRATOR_LOCAL_AGENTS=false``)
+and sets it as the runtime graph nodes see.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from langchain_core.runnables import RunnableConfig
+
+from orchestrator.runtime import Runtime, use_runtime
+from orchestrator.settings import Settings
+
+from .parallel_docs import workflow as _parallel_docs
+
+__all__ = ["parallel_docs"]
+
+_runtime: Runtime | None = None
+_lock: asyncio.Lock | None = None
+# The runtime lives as long as the server process; its exit stack is kept here so it is not
+# garbage-collected (embedded services stop at interpreter exit).
+_stack = contextlib.AsyncExitStack()
+
+
+async def _server_runtime() -> Runtime:
+    global _runtime, _lock
+    if _runtime is None:
+        _lock = _lock or asyncio.Lock()
+        async with _lock:
+            if _runtime is None:
+                _runtime = await _stack.enter_async_context(Runtime.open(Settings.from_env()))
+    return _runtime
+
+
+_compiled = _parallel_docs.builder.compile()
+
+
+@contextlib.asynccontextmanager
+async def parallel_docs(config: RunnableConfig) -> AsyncIterator[Any]:
+    """``parallel_docs`` for the LangGraph server."""
+    with use_runtime(await _server_runtime()):
+        yield _compiled
