@@ -104,4 +104,5 @@ async def write(payload: dict[str, Any], ctx: RequestContext) -> dict[str, Any]:
         written = await asyncio.to_thread(write_docs, output, files)
     except UnsafePath as exc:
         raise HandlerError("unsafe_path", str(exc)) from None
-    return {"output": str(Path(output).resolve()), "files": written, "index": INDEX_FILENAME}
+    resolved = await asyncio.to_thread(lambda: str(Path(output).resolve()))
+    return {"output": resolved, "files": written, "index": INDEX_FILENAME}
