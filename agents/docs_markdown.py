@@ -76,8 +76,10 @@ def discover_modules(package_dir: str | os.PathLike[str]) -> list[ModuleInfo]:
     """List the public modules of the package stored in ``package_dir``.
 
     The folder's basename is the top-level package name.  Its ``*.py`` files
-    are listed, recursing into sub-folders that hold an ``__init__.py`` (not
-    ``__pycache__``, hidden or symlinked ones).  Modules with a private
+    are listed, recursing into sub-folders whose name is an identifier (not
+    ``__pycache__``, hidden or symlinked ones): regular packages, and folders
+    without ``__init__.py``, which Python imports as namespace packages
+    (``langgraph.checkpoint`` is one) unless a same-named ``x.py`` shadows them.  Modules with a private
     component below the top-level name (``pkg._x``, ``pkg.__main__``) and
     non-identifier file names (``foo-bar.py``) are left out.  If both ``x.py``
     and ``x/__init__.py`` exist, the package wins, as on import.
@@ -116,7 +118,10 @@ def discover_modules(package_dir: str | os.PathLike[str]) -> list[ModuleInfo]:
                 name.isidentifier()
                 and not name.startswith("_")
                 and entry.is_dir(follow_symlinks=False)
-                and (Path(entry.path) / "__init__.py").is_file()
+                and (
+                    (Path(entry.path) / "__init__.py").is_file()
+                    or not (folder / f"{name}.py").is_file()  # x.py shadows namespace x/
+                )
             ):
                 walk(Path(entry.path), (*parts, name))
 

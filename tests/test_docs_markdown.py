@@ -130,7 +130,9 @@ def test_discover_fixture_package(tmp_path: Path) -> None:
         "sub/deeper/alpha.py",
         "_internal/__init__.py",
         "_internal/public_name.py",
-        "nopkg/mod.py",  # no __init__.py -> not a package, excluded
+        "nspkg/mod.py",  # no __init__.py: a namespace package, as on import
+        "shadowed.py",
+        "shadowed/inner.py",  # shadowed by shadowed.py: not importable, excluded
         "__pycache__/core.cpython-311.py",
         ".hidden/__init__.py",
         ".hidden/x.py",
@@ -144,6 +146,8 @@ def test_discover_fixture_package(tmp_path: Path) -> None:
     assert mods == [
         ModuleInfo("mypkg", "__init__.py"),
         ModuleInfo("mypkg.core", "core.py"),
+        ModuleInfo("mypkg.nspkg.mod", "nspkg/mod.py"),
+        ModuleInfo("mypkg.shadowed", "shadowed.py"),
         ModuleInfo("mypkg.sub", "sub/__init__.py"),
         ModuleInfo("mypkg.sub.deeper", "sub/deeper/__init__.py"),
         ModuleInfo("mypkg.sub.deeper.alpha", "sub/deeper/alpha.py"),
