@@ -49,6 +49,7 @@ import stat
 import subprocess
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,15 @@ _PG_USER = "pgserver"
 _SOCKET_MAX = 100  # bytes; sun_path holds 108 including the NUL
 _LOCAL_LOCK = threading.RLock()
 _SHARED: dict[tuple[str, Path], list[Any]] = {}  # (kind, dir) -> [in-process refcount, handle]
+
+
+
+def _load_pgserver() -> None:
+    """Import pgserver once, without platformdirs' RuntimeDirWarning (XDG_RUNTIME_DIR unset
+    is normal for services and root shells; pgserver then uses /tmp/runtime-<uid>)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+        import pgserver  # noqa: F401
 
 
 class EmbeddedServiceError(RuntimeError):
@@ -166,6 +176,7 @@ def _pg_prune(pgdata: Path) -> list[int]:
 
 
 def _pg_stop(pgdata: Path, pid: int) -> None:
+    _load_pgserver()
     from pgserver import pg_ctl  # type: ignore[attr-defined]
 
     logger.info("stopping embedded PostgreSQL (pid %s) in %s", pid, pgdata)
@@ -180,6 +191,7 @@ def _pg_stop(pgdata: Path, pid: int) -> None:
 
 def _pg_forget(pgdata: Path) -> None:
     """Drop pgserver's in-process cached instance (it no longer holds our pid)."""
+    _load_pgserver()
     from pgserver import PostgresServer
 
     stale = PostgresServer._instances.pop(pgdata, None)
@@ -189,6 +201,7 @@ def _pg_forget(pgdata: Path) -> None:
 
 def _pg_acquire(pgdata: Path) -> Any:
     _pg_check_root()
+    _load_pgserver()
     from pgserver import PostgresServer, get_server
 
     pgdata.mkdir(exist_ok=True)
@@ -205,6 +218,7 @@ def _pg_acquire(pgdata: Path) -> Any:
 
 
 def _pg_release(server: Any) -> None:
+    _load_pgserver()
     from pgserver import PostgresServer
 
     pgdata = server.pgdata
@@ -470,6 +484,7 @@ def stop_embedded(data_dir: str | os.PathLike[str]) -> bool:
     _, pgdata, rdir = _paths(data_dir)
     stopped = False
     if (pgdata / "PG_VERSION").exists():
+        _load_pgserver()
         from pgserver import PostgresServer
 
         with PostgresServer._lock:
