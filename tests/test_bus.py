@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 import subprocess
 import time
 
+import httpx
 import pytest
+from prometheus_client import REGISTRY
 
 from orchestrator.agent import Agent
 from orchestrator.calls import call_agent
@@ -17,6 +20,12 @@ from orchestrator.runtime import Runtime
 from orchestrator.testing import stand_in
 
 from .conftest import ORCHESTRATOR_CMD
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 async def _wait_for_agent(rt: Runtime, agent_type: str, timeout: float = 30.0) -> None:
@@ -31,8 +40,10 @@ async def _wait_for_agent(rt: Runtime, agent_type: str, timeout: float = 30.0) -
 async def test_request_response_across_two_processes(
     orchestrator_settings, service_env, fixture_package
 ) -> None:
+    metrics_port = _free_port()
     worker = subprocess.Popen(
-        [*ORCHESTRATOR_CMD, "worker", "--agents", "docs"], env=service_env,
+        [*ORCHESTRATOR_CMD, "worker", "--agents", "docs", "--metrics-port", str(metrics_port)],
+        env=service_env,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
@@ -55,6 +66,10 @@ async def test_request_response_across_two_processes(
                 await call_agent("docs", "list_modules", {"package_dir": "/no/such/dir"},
                                  runtime=rt, timeout=30)
             assert worker.poll() is None
+            metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
+            assert 'orchestrator_live_agents{agent_type="docs"} 1.0' in metrics
+            assert 'orchestrator_agent_requests_handled_total{agent_type="docs",outcome="success"} 7.0' in metrics
+            assert 'outcome="error"} 1.0' in metrics
             worker.send_signal(signal.SIGTERM)
             assert await asyncio.to_thread(worker.wait, 30) == 0
             assert await rt.registry.discover("docs", include_offline=True) == []
@@ -66,10 +81,16 @@ async def test_request_response_across_two_processes(
 
 async def test_call_fails_at_once_without_a_live_agent(orchestrator_settings) -> None:
     async with Runtime.open(orchestrator_settings, agents=[]) as rt:
+        before = REGISTRY.get_sample_value(
+            "orchestrator_bus_requests_total", {"agent_type": "nobody", "status": "unavailable"}
+        ) or 0.0
         started = time.monotonic()
         with pytest.raises(AgentUnavailable, match="orchestrator worker --agents nobody"):
             await call_agent("nobody", "anything", {}, runtime=rt, timeout=30)
         assert time.monotonic() - started < 2
+        assert REGISTRY.get_sample_value(
+            "orchestrator_bus_requests_total", {"agent_type": "nobody", "status": "unavailable"}
+        ) == before + 1
 
 
 async def test_a_repeated_request_id_is_answered_from_the_store(orchestrator_settings) -> None:

@@ -50,6 +50,30 @@ async def test_documents_every_public_module_and_writes_an_index(
     assert history[0].step == -1 and history[-1].next == []
 
 
+async def test_runs_and_agent_calls_are_counted_in_metrics(
+    orchestrator, fixture_package, tmp_path
+) -> None:
+    from prometheus_client import REGISTRY
+
+    def sample(name: str, labels: dict[str, str]) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    runs = ("orchestrator_workflow_runs_total", {"workflow_type": "parallel_docs",
+                                                 "status": "completed"})
+    calls = ("orchestrator_bus_requests_total", {"agent_type": "docs", "status": "success"})
+    latency = ("orchestrator_bus_request_seconds_count", {"agent_type": "docs",
+                                                          "status": "success"})
+    before = [sample(*m) for m in (runs, calls, latency)]
+    result = await orchestrator.run("parallel_docs", {"package": str(fixture_package),
+                                                      "output": str(tmp_path)})
+    assert result.status == "completed"
+    after = [sample(*m) for m in (runs, calls, latency)]
+    # one run; list_modules + one render per module + write_docs
+    assert [a - b for a, b in zip(after, before, strict=True)] == [1, len(MODULES) + 2,
+                                                                    len(MODULES) + 2]
+    assert sample("orchestrator_live_agents", {"agent_type": "docs"}) >= 1
+
+
 async def test_same_input_gives_byte_identical_output(orchestrator, fixture_package, tmp_path):
     first, second = tmp_path / "a", tmp_path / "b"
     for out in (first, second):
