@@ -241,11 +241,10 @@ class Orchestrator:
             )
         except StaleWorkflowVersion as exc:
             raise WorkflowBusy(f"workflow {thread_id} was claimed by another process") from exc
-        graph_input: Any = None
-        if record.status == "running":
-            snapshot = await self.graph(record.workflow_type).aget_state(self._config(thread_id))
-            if snapshot.interrupts:
-                graph_input = Command(resume=value)
+        # A pending interrupt gets ``value`` as its answer; otherwise (crash, failure) the graph
+        # carries on from its last checkpoint, re-running only the unfinished tasks.
+        snapshot = await self.graph(record.workflow_type).aget_state(self._config(thread_id))
+        graph_input: Any = Command(resume=value) if snapshot.interrupts else None
         await self.runtime.bus.publish("workflow.resumed", {"thread_id": thread_id})
         return await self._invoke(record, graph_input, on_progress)
 

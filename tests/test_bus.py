@@ -66,7 +66,8 @@ async def test_request_response_across_two_processes(
                 await call_agent("docs", "list_modules", {"package_dir": "/no/such/dir"},
                                  runtime=rt, timeout=30)
             assert worker.poll() is None
-            metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
+            async with httpx.AsyncClient() as http:
+                metrics = (await http.get(f"http://127.0.0.1:{metrics_port}/metrics")).text
             assert 'orchestrator_live_agents{agent_type="docs"} 1.0' in metrics
             assert 'orchestrator_agent_requests_handled_total{agent_type="docs",outcome="success"} 7.0' in metrics
             assert 'outcome="error"} 1.0' in metrics
