@@ -37,6 +37,16 @@ _FIELD = b"m"
 _REPLY_MAXLEN = 100_000
 _REPLY_TTL_S = 3600
 
+# Stored response, else claim the execution: one atomic step. Checking the store and then
+# claiming in two commands let a duplicate delivery slip in between the first execution
+# storing its response and dropping its claim, and execute the request a second time.
+_CLAIM_LUA = """
+local stored = redis.call('GET', KEYS[1])
+if stored then return {1, stored} end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2, ''} end
+return {3, ''}
+"""
+
 # Accept a fencing token unless a newer one was already seen for the resource; remember it.
 _FENCE_LUA = """
 local seen = tonumber(redis.call('GET', KEYS[1]) or '0')
@@ -292,9 +302,22 @@ class EventBus:
         except ValidationError:
             return None
 
-    async def claim_execution(self, request_id: str, owner: str, ttl_ms: int) -> bool:
-        """Claim the right to execute ``request_id``; False while another consumer holds it."""
-        return bool(await self.redis.set(self.keys.inflight(request_id), owner, nx=True, px=ttl_ms))
+    async def claim_or_replay(
+        self, request_id: str, owner: str, ttl_ms: int
+    ) -> tuple[str, AgentResponse | None]:
+        """Atomically: the stored response if there is one (``"stored"``), else a claim on
+        executing the request (``"claimed"``), else ``"busy"`` (another consumer holds it)."""
+        kind, raw = await self.redis.eval(
+            _CLAIM_LUA, 2, self.keys.response(request_id), self.keys.inflight(request_id),
+            owner, ttl_ms,
+        )
+        if int(kind) == 1:
+            try:
+                return "stored", AgentResponse.model_validate_json(raw)
+            except ValidationError:  # unreadable stored answer: execute again
+                await self.redis.delete(self.keys.response(request_id))
+                return await self.claim_or_replay(request_id, owner, ttl_ms)
+        return ("claimed" if int(kind) == 2 else "busy"), None
 
     async def renew_execution(self, request_id: str, owner: str, ttl_ms: int) -> None:
         key = self.keys.inflight(request_id)

@@ -17,7 +17,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextvars import ContextVar
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 
 from state.db import Database
 from state.migrations import migrate
@@ -91,8 +91,14 @@ class Runtime:
                     Database.connect(database_url, max_size=settings.pool_max_size)
                 )
                 await migrate(db)
-                redis = Redis.from_url(redis_url, decode_responses=False, health_check_interval=30)
-                stack.push_async_callback(redis.aclose)
+                # redis-py's default pool raises once its connections are all busy; many
+                # in-flight agent calls must wait for a connection instead.
+                pool = BlockingConnectionPool.from_url(
+                    redis_url, max_connections=settings.redis_max_connections, timeout=30,
+                    health_check_interval=30,
+                )
+                redis = Redis(connection_pool=pool)
+                stack.push_async_callback(redis.aclose, close_connection_pool=True)
                 await redis.ping()
                 process_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
                 runtime = cls(settings, db, redis, database_url=database_url,

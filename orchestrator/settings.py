@@ -56,6 +56,9 @@ class Settings(BaseModel):
         15.0, gt=0, description="a running workflow whose owner is silent this long is orphaned"
     )
     pool_max_size: int = Field(10, ge=2, description="PostgreSQL pool size per process")
+    redis_max_connections: int = Field(
+        64, ge=4, description="Redis connections per process (callers wait for a free one)"
+    )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:

@@ -207,28 +207,29 @@ class Worker:
             await self.bus.dead_letter(delivery, agent_type=agent.agent_type,
                                        reason=delivery.problem or "undecodable")
             return
-        stored = await self.bus.stored_response(request.request_id)
-        if stored is not None:
-            BUS_HANDLED.labels(agent.agent_type, "replayed").inc()
-            await self.bus.respond(delivery, request, stored, agent_type=agent.agent_type,
-                                   store=False)
-            return
-        if request.expired():
-            BUS_HANDLED.labels(agent.agent_type, "expired").inc()
-            response = self._response(request, agent_id, "timeout", 0.0,
-                                      error=ErrorInfo(code="deadline_passed",
-                                                      message="the request's deadline passed "
-                                                      "before an agent could start it"))
-            await self.bus.respond(delivery, request, response, agent_type=agent.agent_type)
-            return
-        while not await self.bus.claim_execution(request.request_id, agent_id, self.claim_ttl_ms):
-            # Another consumer is executing this very request: answer with its result.
-            stored = await self._await_other(request.request_id)
+        while True:
+            state, stored = await self.bus.claim_or_replay(
+                request.request_id, agent_id, self.claim_ttl_ms)
+            if state == "busy":
+                # Another consumer is executing this very request: answer with its result.
+                stored = await self._await_other(request.request_id)
             if stored is not None:
                 BUS_HANDLED.labels(agent.agent_type, "replayed").inc()
                 await self.bus.respond(delivery, request, stored, agent_type=agent.agent_type,
                                        store=False)
                 return
+            if state == "claimed":
+                break
+        if request.expired():
+            # Not executed, and not stored: a later re-send of this id still gets it done.
+            BUS_HANDLED.labels(agent.agent_type, "expired").inc()
+            response = self._response(request, agent_id, "timeout", 0.0,
+                                      error=ErrorInfo(code="deadline_passed",
+                                                      message="the request's deadline passed "
+                                                      "before an agent could start it"))
+            await self.bus.respond(delivery, request, response, agent_type=agent.agent_type,
+                                   store=False)
+            return
         response = await self._execute(agent, agent_id, request)
         await self.bus.respond(delivery, request, response, agent_type=agent.agent_type)
         self.handled += 1

@@ -184,3 +184,35 @@ async def test_missed_heartbeats_make_an_agent_offline(orchestrator_settings) ->
                                                            "ghost-2": "online"}
         await registry.heartbeat(["ghost-1"])  # it came back
         assert len(await registry.discover("ghost")) == 2
+
+
+async def test_duplicate_deliveries_across_consumers_execute_once(orchestrator_settings) -> None:
+    """The same request ids sent repeatedly, from two processes, to three consumers: each id
+    is executed exactly once and every send is answered with that one result."""
+    import random
+    from collections import Counter
+
+    executions: Counter[str] = Counter()
+
+    async def work(payload, ctx):
+        executions[ctx.request.request_id] += 1
+        await asyncio.sleep(random.uniform(0, 0.004))
+        return {"n": payload["n"]}
+
+    agent = stand_in("dup", work)
+    async with Runtime.open(orchestrator_settings, agents=[agent]) as a, \
+            Runtime.open(orchestrator_settings, agents=[agent]) as b, \
+            Runtime.open(orchestrator_settings, agents=[agent]) as c:
+        requests = [a.bus.new_reply_stream_request(target="dup", request_type="x",
+                                                   payload={"n": n}) for n in range(60)]
+
+        async def send(rt: Runtime, req, delay: float):
+            await asyncio.sleep(delay)
+            req = req.model_copy(update={"reply_to": rt.bus.reply_stream})
+            return (await rt.bus.request(req, 30)).result["n"]
+
+        sends = [send(rt, req, random.uniform(0, 0.01))
+                 for req in requests for rt in (a, b, c, a)]
+        answers = await asyncio.gather(*sends)
+    assert answers == [req.payload["n"] for req in requests for _ in range(4)]
+    assert executions == Counter({req.request_id: 1 for req in requests})
