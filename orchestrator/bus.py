@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import logging
 import time
 from collections.abc import Awaitable
@@ -27,13 +29,14 @@ from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from .messages import PRIORITIES, AgentRequest, AgentResponse, Event, Priority
+from .messages import PRIORITIES, AgentRequest, AgentResponse, ErrorInfo, Event, Priority
 
 __all__ = ["EventBus", "Delivery", "BusKeys", "DecodeFailure"]
 
 log = logging.getLogger(__name__)
 
 _FIELD = b"m"
+_SIG = b"s"
 _REPLY_MAXLEN = 100_000
 _REPLY_TTL_S = 3600
 
@@ -45,6 +48,11 @@ local stored = redis.call('GET', KEYS[1])
 if stored then return {1, stored} end
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2, ''} end
 return {3, ''}
+"""
+
+_BREAK_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
 """
 
 # Accept a fencing token unless a newer one was already seen for the resource; remember it.
@@ -84,6 +92,10 @@ class BusKeys:
         return f"{self.namespace}:events"
 
 
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 class DecodeFailure(Exception):
     """A stream entry that is not a valid message."""
 
@@ -97,20 +109,53 @@ class Delivery:
     request: AgentRequest | None
     raw: bytes | None
     problem: str | None = None
+    signature: bytes | None = None
+    #: how many times the stream has delivered this entry, this delivery included
+    delivery_count: int = 1
 
 
-def encode(model: AgentRequest | AgentResponse | Event) -> dict[bytes, bytes]:
-    return {_FIELD: model.model_dump_json().encode()}
+def _signature(secret: bytes, raw: bytes) -> bytes:
+    return hmac.new(secret, raw, hashlib.sha256).hexdigest().encode()
 
 
-def decode_request(fields: dict[bytes, bytes]) -> AgentRequest:
+def encode(model: AgentRequest | AgentResponse | Event, secret: bytes | None = None) -> dict[bytes, bytes]:
+    """The stream fields of ``model``: its JSON, plus an HMAC-SHA256 of it when signing."""
+    raw = model.model_dump_json().encode()
+    fields = {_FIELD: raw}
+    if secret:
+        fields[_SIG] = _signature(secret, raw)
+    return fields
+
+
+def _verified(fields: dict[bytes, bytes], secret: bytes | None) -> bytes:
     raw = fields.get(_FIELD)
     if raw is None:
         raise DecodeFailure(f"no {_FIELD.decode()!r} field in the entry")
+    if secret:
+        sig = fields.get(_SIG)
+        if sig is None or not hmac.compare_digest(sig, _signature(secret, raw)):
+            raise DecodeFailure("missing or invalid signature")
+    return raw
+
+
+def decode_request(fields: dict[bytes, bytes], secret: bytes | None = None) -> AgentRequest:
+    """Parse and validate a request entry (checking its signature when ``secret`` is set).
+
+    Raises:
+        DecodeFailure: not a valid (or not a validly signed) request; the message says why.
+    """
+    raw = _verified(fields, secret)
     try:
         return AgentRequest.model_validate_json(raw)
     except ValidationError as exc:
-        raise DecodeFailure(f"invalid request: {exc.errors()[0]['msg']}") from None
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise DecodeFailure(f"invalid request: {where + ': ' if where else ''}{first['msg']}") from None
+
+
+def _stored(fields: dict[bytes, bytes]) -> bytes:
+    """A response as kept in the store: ``signature|json`` (signature empty when unsigned)."""
+    return fields.get(_SIG, b"") + b"|" + fields[_FIELD]
 
 
 class EventBus:
@@ -128,8 +173,10 @@ class EventBus:
         process_id: str,
         response_retention: int = 86_400,
         events_maxlen: int = 10_000,
+        secret: bytes | None = None,
     ) -> None:
         self.redis = redis
+        self.secret = secret or None
         self.keys = BusKeys(namespace)
         self.process_id = process_id
         self.reply_stream = self.keys.reply(process_id)
@@ -179,7 +226,8 @@ class EventBus:
         if fut is None or fut.done():
             fut = asyncio.get_running_loop().create_future()
             self._waiters[request.request_id] = fut
-        await self.redis.xadd(self.keys.requests(request.target, request.priority), encode(request))
+        await self.redis.xadd(self.keys.requests(request.target, request.priority),
+                              encode(request, self.secret))
         return fut
 
     async def request(self, request: AgentRequest, timeout: float) -> AgentResponse:
@@ -227,11 +275,10 @@ class EventBus:
                 await self.redis.xtrim(self.reply_stream, minid=last_id)
 
     def _dispatch_reply(self, fields: dict[bytes, bytes]) -> None:
-        raw = fields.get(_FIELD)
         try:
-            response = AgentResponse.model_validate_json(raw or b"")
-        except ValidationError:
-            log.warning("dropping an undecodable reply on %s", self.reply_stream)
+            response = AgentResponse.model_validate_json(_verified(fields, self.secret))
+        except (DecodeFailure, ValidationError) as exc:
+            log.warning("dropping a reply on %s: %s", self.reply_stream, exc)
             return
         fut = self._waiters.get(response.request_id)
         if fut is not None and not fut.done():
@@ -275,8 +322,7 @@ class EventBus:
         deliveries.sort(key=lambda d: order.get(d.stream, 99))
         return deliveries
 
-    @staticmethod
-    def _deliveries(entries: Any) -> list[Delivery]:
+    def _deliveries(self, entries: Any, counts: dict[str, int] | None = None) -> list[Delivery]:
         if isinstance(entries, dict):  # RESP3
             entries = list(entries.items())
         out: list[Delivery] = []
@@ -287,19 +333,26 @@ class EventBus:
                 if fields is None:  # entry deleted while pending
                     continue
                 raw = fields.get(_FIELD)
+                count = (counts or {}).get(mid, 1)
+                sig = fields.get(_SIG)
                 try:
-                    out.append(Delivery(stream_name, mid, decode_request(fields), raw))
+                    request = decode_request(fields, self.secret)
+                    out.append(Delivery(stream_name, mid, request, raw, None, sig, count))
                 except DecodeFailure as exc:
-                    out.append(Delivery(stream_name, mid, None, raw, str(exc)))
+                    out.append(Delivery(stream_name, mid, None, raw, str(exc), sig, count))
         return out
 
     async def stored_response(self, request_id: str) -> AgentResponse | None:
-        raw = await self.redis.get(self.keys.response(request_id))
-        if raw is None:
+        return self._load_stored(await self.redis.get(self.keys.response(request_id)))
+
+    def _load_stored(self, blob: bytes | None) -> AgentResponse | None:
+        if blob is None:
             return None
+        sig, _, raw = blob.partition(b"|")
+        fields = {_FIELD: raw, _SIG: sig} if sig else {_FIELD: raw}
         try:
-            return AgentResponse.model_validate_json(raw)
-        except ValidationError:
+            return AgentResponse.model_validate_json(_verified(fields, self.secret))
+        except (DecodeFailure, ValidationError):
             return None
 
     async def claim_or_replay(
@@ -312,11 +365,11 @@ class EventBus:
             owner, ttl_ms,
         )
         if int(kind) == 1:
-            try:
-                return "stored", AgentResponse.model_validate_json(raw)
-            except ValidationError:  # unreadable stored answer: execute again
+            stored = self._load_stored(raw)
+            if stored is None:  # unreadable or unsigned stored answer: execute again
                 await self.redis.delete(self.keys.response(request_id))
                 return await self.claim_or_replay(request_id, owner, ttl_ms)
+            return "stored", stored
         return ("claimed" if int(kind) == 2 else "busy"), None
 
     async def renew_execution(self, request_id: str, owner: str, ttl_ms: int) -> None:
@@ -325,8 +378,14 @@ class EventBus:
         if current is not None and current.decode() == owner:
             await self.redis.pexpire(key, ttl_ms)
 
-    async def execution_claimed(self, request_id: str) -> bool:
-        return bool(await self.redis.exists(self.keys.inflight(request_id)))
+    async def claim_owner(self, request_id: str) -> str | None:
+        """Who holds the execution claim on ``request_id`` (``host:pid:agent_id``), if anyone."""
+        owner = await self.redis.get(self.keys.inflight(request_id))
+        return owner.decode() if owner is not None else None
+
+    async def break_claim(self, request_id: str, owner: str) -> bool:
+        """Drop the claim if ``owner`` still holds it (its process is known to be dead)."""
+        return bool(await self.redis.eval(_BREAK_LUA, 1, self.keys.inflight(request_id), owner))
 
     async def respond(
         self,
@@ -338,10 +397,10 @@ class EventBus:
         store: bool = True,
     ) -> None:
         """Store the response, send it to the requester and acknowledge, in one transaction."""
-        data = encode(response)
+        data = encode(response, self.secret)
         async with self.redis.pipeline(transaction=True) as pipe:
-            if store:
-                pipe.set(self.keys.response(request.request_id), data[_FIELD],
+            if store:  # stored signed, like on the wire: replays are verified too
+                pipe.set(self.keys.response(request.request_id), _stored(data),
                          ex=self.response_retention)
             pipe.xadd(request.reply_to, data, maxlen=_REPLY_MAXLEN, approximate=True)
             pipe.expire(request.reply_to, _REPLY_TTL_S)
@@ -350,19 +409,117 @@ class EventBus:
             await pipe.execute()
 
     async def dead_letter(self, delivery: Delivery, *, agent_type: str, reason: str) -> None:
-        """Move a delivery to the agent type's dead-letter stream and acknowledge it."""
+        """Move a delivery to the agent type's dead-letter stream, acknowledge it, and tell
+        the requester (when the request could be read) with a ``dead_lettered`` response.
+
+        The response is not stored: replaying the dead letter executes the request afresh.
+        """
         entry: dict[bytes, bytes] = {
             b"reason": reason.encode(),
             b"stream": delivery.stream.encode(),
             b"message_id": delivery.message_id.encode(),
+            b"deliveries": str(delivery.delivery_count).encode(),
             b"at": str(time.time()).encode(),
         }
         if delivery.raw is not None:
             entry[_FIELD] = delivery.raw
+        if delivery.signature is not None:
+            entry[_SIG] = delivery.signature
+        request = delivery.request
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.xadd(self.keys.dead_letters(agent_type), entry, maxlen=100_000, approximate=True)
             pipe.xack(delivery.stream, agent_type, delivery.message_id)
+            if request is not None:
+                response = AgentResponse(
+                    request_id=request.request_id, source=f"{agent_type}-dlq",
+                    status="dead_lettered", error=ErrorInfo(code="dead_lettered", message=reason),
+                )
+                pipe.xadd(request.reply_to, encode(response, self.secret), maxlen=_REPLY_MAXLEN,
+                          approximate=True)
+                pipe.expire(request.reply_to, _REPLY_TTL_S)
+                pipe.delete(self.keys.inflight(request.request_id))
             await pipe.execute()
+
+    async def reclaim(
+        self, agent_type: str, consumer: str, *, min_idle_ms: int, count: int
+    ) -> list[Delivery]:
+        """Take over entries delivered to some consumer but unacknowledged for ``min_idle_ms``
+        (its consumer died or hung); each comes back with its delivery count."""
+        await self.ensure_group(agent_type)
+        out: list[Delivery] = []
+        for priority in PRIORITIES:
+            stream = self.keys.requests(agent_type, priority)
+            pending = await self.redis.xpending_range(
+                stream, agent_type, min="-", max="+", count=count - len(out), idle=min_idle_ms
+            )
+            if not pending:
+                continue
+            counts = {
+                _text(p["message_id"]): int(p["times_delivered"]) + 1 for p in pending
+            }
+            claimed = await self.redis.xclaim(
+                stream, agent_type, consumer, min_idle_ms, [p["message_id"] for p in pending]
+            )
+            out += self._deliveries([(stream, claimed)], counts)
+            if len(out) >= count:
+                break
+        return out
+
+    # -- dead letters --------------------------------------------------------------------------
+
+    async def dead_letter_types(self) -> list[str]:
+        prefix = self.keys.dead_letters("")
+        found = set()
+        async for key in self.redis.scan_iter(match=prefix + "*", count=500):
+            found.add(_text(key)[len(prefix):])
+        return sorted(found)
+
+    async def dead_letters(self, agent_type: str, count: int = 100) -> list[dict[str, Any]]:
+        """The newest ``count`` dead letters of ``agent_type``, oldest first."""
+        entries = await self.redis.xrevrange(self.keys.dead_letters(agent_type), count=count)
+        out = []
+        for entry_id, fields in reversed(entries):
+            raw = fields.get(_FIELD)
+            out.append({
+                "id": _text(entry_id),
+                "agent_type": agent_type,
+                "reason": _text(fields.get(b"reason", b"")),
+                "deliveries": int(fields.get(b"deliveries", b"1")),
+                "at": float(fields.get(b"at", b"0")),
+                "message": raw.decode(errors="replace") if raw is not None else None,
+            })
+        return out
+
+    async def replay_dead_letter(self, agent_type: str, entry_id: str) -> AgentRequest:
+        """Queue a dead letter's request again (as a new delivery) and remove the dead letter.
+
+        Raises:
+            KeyError: no such dead letter.
+            DecodeFailure: the dead letter is not a readable request; purge it instead.
+        """
+        key = self.keys.dead_letters(agent_type)
+        entries = await self.redis.xrange(key, min=entry_id, max=entry_id)
+        if not entries:
+            raise KeyError(f"no dead letter {entry_id} for agent type {agent_type!r}")
+        fields = entries[0][1]
+        # verified like any delivery: replay never turns an unsigned message into a signed one
+        request = decode_request(fields, self.secret)
+        request = request.model_copy(update={"attempt": request.attempt + 1, "deadline": None})
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xadd(self.keys.requests(request.target, request.priority),
+                      encode(request, self.secret))
+            pipe.xdel(key, entry_id)
+            await pipe.execute()
+        return request
+
+    async def purge_dead_letters(self, agent_type: str, ids: list[str] | None = None) -> int:
+        """Delete these dead letters (all of the type's when ``ids`` is None); returns how many."""
+        key = self.keys.dead_letters(agent_type)
+        if ids is None:
+            n = int(await self.redis.xlen(key))
+            await self.redis.delete(key)
+            return n
+        return int(await self.redis.xdel(key, *ids)) if ids else 0
 
     async def backlog(self, agent_type: str) -> int:
         """Entries not yet delivered plus delivered but unacknowledged, over all priorities."""
@@ -394,7 +551,8 @@ class EventBus:
         event = Event(type=event_type, source=self.process_id, data=data or {})
         try:
             await self.redis.xadd(
-                self.keys.events, encode(event), maxlen=self.events_maxlen, approximate=True
+                self.keys.events, encode(event, self.secret), maxlen=self.events_maxlen,
+                approximate=True
             )
         except Exception as exc:
             log.debug("could not publish %s: %s", event_type, exc)

@@ -88,7 +88,11 @@ def _parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="host agents until SIGTERM/SIGINT")
     worker.add_argument("--agents", required=True, metavar="TYPE[,TYPE...]",
                         help="agent types to host, e.g. docs")
-    worker.add_argument("--concurrency", type=int, help="handlers run at once per agent type")
+    worker.add_argument("--min", dest="min_concurrency", type=int, metavar="N",
+                        help="handlers run at once per agent type, at least (default 2)")
+    worker.add_argument("--max", dest="max_concurrency", type=int, metavar="N",
+                        help="handlers run at once per agent type, at most (default 10); "
+                        "the worker scales between the two on the backlog")
     worker.add_argument("--metrics-port", type=int, metavar="N",
                         help="serve Prometheus metrics on 127.0.0.1:N")
 
@@ -340,8 +344,10 @@ async def _cmd_worker(args: argparse.Namespace, out: TextIO, err: TextIO, stdin:
     names = [n.strip() for n in args.agents.split(",") if n.strip()]
     agents = load_agents(names)
     overrides: dict[str, Any] = {}
-    if args.concurrency:
-        overrides["worker_concurrency"] = args.concurrency
+    if args.min_concurrency:
+        overrides["worker_min_concurrency"] = args.min_concurrency
+    if args.max_concurrency:
+        overrides["worker_max_concurrency"] = args.max_concurrency
     settings = Settings.from_env(**overrides)
     if args.metrics_port:
         start_metrics_server(args.metrics_port)

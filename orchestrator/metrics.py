@@ -15,6 +15,8 @@ __all__ = [
     "WORKFLOW_RUNS",
     "WORKFLOW_STEP_SECONDS",
     "LIVE_AGENTS",
+    "WORKER_CONCURRENCY",
+    "WORKER_BACKLOG",
     "LOCK_ACQUISITIONS",
     "LOCK_WAIT_SECONDS",
     "LOCKS_HELD",
@@ -55,6 +57,16 @@ WORKFLOW_STEP_SECONDS = Histogram(
 LIVE_AGENTS = Gauge(
     "orchestrator_live_agents",
     "Live agent instances hosted by this process, by agent type",
+    ["agent_type"],
+)
+WORKER_CONCURRENCY = Gauge(
+    "orchestrator_worker_concurrency",
+    "Handler concurrency limit of this process's worker, by agent type (autoscaled)",
+    ["agent_type"],
+)
+WORKER_BACKLOG = Gauge(
+    "orchestrator_worker_backlog",
+    "Requests waiting or unacknowledged for an agent type, as last seen by this worker",
     ["agent_type"],
 )
 LOCK_ACQUISITIONS = Counter(

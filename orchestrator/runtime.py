@@ -60,6 +60,8 @@ class Runtime:
             process_id=process_id,
             response_retention=settings.response_retention,
             events_maxlen=settings.events_maxlen,
+            secret=(settings.bus_secret.get_secret_value().encode()
+                    if settings.bus_secret else None),
         )
         self.registry = AgentRegistry(db, settings.namespace, offline_after=settings.agent_offline_after)
         self.locks = ResourceLockManager(db, settings.namespace, listen_url=database_url)
@@ -114,7 +116,10 @@ class Runtime:
                         runtime.bus,
                         runtime.registry,
                         agents,
-                        concurrency=settings.worker_concurrency,
+                        min_concurrency=settings.worker_min_concurrency,
+                        max_concurrency=settings.worker_max_concurrency,
+                        visibility_timeout=settings.visibility_timeout,
+                        max_deliveries=settings.max_deliveries,
                         heartbeat_interval=settings.heartbeat_interval,
                         name=f"local-{process_id}",
                     )

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from .errors import InvalidInput
 
@@ -51,7 +51,21 @@ class Settings(BaseModel):
         86_400, gt=0, description="how long agents keep responses for redelivered requests, s"
     )
     events_maxlen: int = Field(10_000, gt=0, description="cap of the broadcast events stream")
-    worker_concurrency: int = Field(4, ge=1, description="handlers run at once per worker")
+    worker_min_concurrency: int = Field(
+        2, ge=1, description="handlers run at once per agent type, at least (autoscaled)"
+    )
+    worker_max_concurrency: int = Field(
+        10, ge=1, description="handlers run at once per agent type, at most (autoscaled)"
+    )
+    visibility_timeout: float = Field(
+        30.0, gt=0, description="a request unacknowledged this long is reclaimed, seconds"
+    )
+    max_deliveries: int = Field(
+        3, ge=1, description="deliveries of one request before it is dead-lettered"
+    )
+    bus_secret: SecretStr | None = Field(
+        None, description="sign every bus message with HMAC-SHA256 and refuse unsigned ones"
+    )
     workflow_lease: float = Field(
         15.0, gt=0, description="a running workflow whose owner is silent this long is orphaned"
     )
@@ -59,6 +73,12 @@ class Settings(BaseModel):
     redis_max_connections: int = Field(
         64, ge=4, description="Redis connections per process (callers wait for a free one)"
     )
+
+    @model_validator(mode="after")
+    def _concurrency_bounds(self) -> Settings:
+        if self.worker_min_concurrency > self.worker_max_concurrency:
+            raise ValueError("worker_min_concurrency must not exceed worker_max_concurrency")
+        return self
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -78,7 +98,8 @@ class Settings(BaseModel):
             return cls(**values)  # type: ignore[arg-type]
         except ValidationError as exc:
             problems = "; ".join(
-                f"{ENV_PREFIX}{'.'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+                f"{ENV_PREFIX}{'.'.join(str(p) for p in err['loc']).upper() or 'SETTINGS'}: "
+                f"{err['msg']}"
                 for err in exc.errors()
             )
             raise InvalidInput(f"bad configuration: {problems}") from None

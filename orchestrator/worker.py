@@ -24,11 +24,19 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import psutil
+
 from .agent import Agent, HandlerError, RequestContext
 from .bus import Delivery, EventBus
 from .errors import OrchestratorError
 from .messages import AgentRequest, AgentResponse, ErrorInfo
-from .metrics import BUS_DEAD_LETTERS, BUS_HANDLED, LIVE_AGENTS
+from .metrics import (
+    BUS_DEAD_LETTERS,
+    BUS_HANDLED,
+    LIVE_AGENTS,
+    WORKER_BACKLOG,
+    WORKER_CONCURRENCY,
+)
 from .registry import AgentRegistry
 
 __all__ = ["Worker"]
@@ -38,8 +46,42 @@ log = logging.getLogger(__name__)
 _TRANSIENT = (TimeoutError, ConnectionError, OSError)
 
 
+class _Capacity:
+    """A semaphore whose limit can change while it is in use (for autoscaling)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.in_use = 0
+        self._changed = asyncio.Condition()
+
+    async def acquire_up_to(self, wanted: int) -> int:
+        """Wait for at least one free slot; take up to ``wanted``; returns how many."""
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.in_use < self.limit)
+            taken = min(wanted, self.limit - self.in_use)
+            self.in_use += taken
+            return taken
+
+    async def release(self, count: int = 1) -> None:
+        async with self._changed:
+            self.in_use -= count
+            self._changed.notify_all()
+
+    async def set_limit(self, limit: int) -> None:
+        async with self._changed:
+            self.limit = limit
+            self._changed.notify_all()
+
+
 class Worker:
-    """Hosts ``agents`` on ``bus`` and ``registry``. Use ``async with`` or start/stop."""
+    """Hosts ``agents`` on ``bus`` and ``registry``. Use ``async with`` or start/stop.
+
+    Handler concurrency per agent type scales between ``min_concurrency`` and
+    ``max_concurrency`` on the type's backlog (entries not yet delivered plus delivered but
+    unacknowledged), and back down one step per ``scale_down_after`` seconds of spare capacity.
+    Entries unacknowledged for ``visibility_timeout`` seconds (their consumer died) are
+    reclaimed; one delivered more than ``max_deliveries`` times is dead-lettered.
+    """
 
     def __init__(
         self,
@@ -47,23 +89,38 @@ class Worker:
         registry: AgentRegistry,
         agents: Sequence[Agent],
         *,
-        concurrency: int = 4,
+        min_concurrency: int = 2,
+        max_concurrency: int = 10,
         heartbeat_interval: float = 2.0,
+        visibility_timeout: float = 30.0,
+        max_deliveries: int = 3,
         claim_ttl: float = 30.0,
         block_ms: int = 1000,
+        scale_interval: float = 0.25,
+        scale_down_after: float = 2.0,
         name: str | None = None,
     ) -> None:
         if not agents:
             raise ValueError("a worker needs at least one agent")
+        if not 1 <= min_concurrency <= max_concurrency:
+            raise ValueError("need 1 <= min_concurrency <= max_concurrency")
         self.bus = bus
         self.registry = registry
         self.agents = list(agents)
-        self.concurrency = concurrency
+        self.min_concurrency = min_concurrency
+        self.max_concurrency = max_concurrency
         self.heartbeat_interval = heartbeat_interval
+        self.visibility_ms = int(visibility_timeout * 1000)
+        self.max_deliveries = max_deliveries
         self.claim_ttl_ms = int(claim_ttl * 1000)
         self.block_ms = block_ms
+        self.scale_interval = scale_interval
+        self.scale_down_after = scale_down_after
         self.name = name or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.agent_ids = {a.agent_type: f"{a.agent_type}@{self.name}" for a in self.agents}
+        # claims name the process, so a dead owner on this host is recognised at once
+        self._claim_prefix = f"{socket.gethostname()}:{os.getpid()}:"
+        self.capacity = {a.agent_type: _Capacity(min_concurrency) for a in self.agents}
         self._stopping = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
         self._inflight: set[asyncio.Task[None]] = set()
@@ -87,14 +144,18 @@ class Worker:
                 metadata={"request_types": sorted(agent.handlers), "worker": self.name},
             )
             LIVE_AGENTS.labels(agent.agent_type).inc()
+            WORKER_CONCURRENCY.labels(agent.agent_type).set(self.min_concurrency)
             await self.bus.publish(
                 "agent.status_change",
                 {"agent_id": self.agent_ids[agent.agent_type], "status": "online"},
             )
         for agent in self.agents:
-            self._loops.append(
-                asyncio.create_task(self._consume(agent), name=f"consume-{agent.agent_type}")
-            )
+            t = agent.agent_type
+            self._loops += [
+                asyncio.create_task(self._consume(agent), name=f"consume-{t}"),
+                asyncio.create_task(self._reclaim(agent), name=f"reclaim-{t}"),
+                asyncio.create_task(self._scale(agent), name=f"scale-{t}"),
+            ]
         self._loops.append(asyncio.create_task(self._heartbeat(), name="agent-heartbeat"))
 
     async def stop(self, grace: float = 30.0) -> None:
@@ -105,9 +166,10 @@ class Worker:
         for agent_id in self.agent_ids.values():
             with contextlib.suppress(Exception):
                 await self.registry.set_status(agent_id, "draining")
-        consumers = [t for t in self._loops if t.get_name().startswith("consume-")]
+        readers = [t for t in self._loops if t.get_name().startswith(("consume-", "reclaim-"))]
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.gather(*consumers, return_exceptions=True), 5)
+            await asyncio.wait_for(asyncio.gather(*readers, return_exceptions=True),
+                                   self.block_ms / 1000 + 5)
         if self._inflight:
             _done, pending = await asyncio.wait(self._inflight, timeout=grace)
             for task in pending:
@@ -129,6 +191,12 @@ class Worker:
 
     async def wait_stopped(self) -> None:
         await self._stopping.wait()
+
+    async def _stopped_within(self, seconds: float) -> bool:
+        """Sleep up to ``seconds``, waking early on stop; returns whether stopping."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+        return self._stopping.is_set()
 
     # -- loops ---------------------------------------------------------------------------------
 
@@ -153,40 +221,91 @@ class Worker:
             except Exception as exc:
                 log.warning("heartbeat failed: %s", exc)
 
+    def _spawn(self, agent: Agent, delivery: Delivery) -> None:
+        capacity = self.capacity[agent.agent_type]
+        task = asyncio.create_task(self._handle(agent, self.agent_ids[agent.agent_type], delivery))
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
+        task.add_done_callback(lambda _t: asyncio.ensure_future(capacity.release()))
+
     async def _consume(self, agent: Agent) -> None:
-        slots = asyncio.Semaphore(self.concurrency)
-        agent_id = self.agent_ids[agent.agent_type]
+        capacity = self.capacity[agent.agent_type]
         backoff = 0.05
         while not self._stopping.is_set():
-            await slots.acquire()
-            free = 1
             # take every free slot for one read, so a burst is fetched in one round trip
-            while free < self.concurrency and not slots.locked():
-                await slots.acquire()
-                free += 1
+            free = await capacity.acquire_up_to(self.max_concurrency)
             try:
                 deliveries = await self.bus.read_requests(
                     agent.agent_type, self.name, count=free, block_ms=self.block_ms
                 )
                 backoff = 0.05
             except asyncio.CancelledError:
-                for _ in range(free):
-                    slots.release()
+                await capacity.release(free)
                 raise
             except Exception as exc:
-                for _ in range(free):
-                    slots.release()
+                await capacity.release(free)
                 log.warning("reading %s requests failed: %s", agent.agent_type, exc)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
                 continue
-            for _ in range(free - len(deliveries)):
-                slots.release()
+            if free > len(deliveries):
+                await capacity.release(free - len(deliveries))
             for delivery in deliveries:
-                task = asyncio.create_task(self._handle(agent, agent_id, delivery))
-                self._inflight.add(task)
-                task.add_done_callback(self._inflight.discard)
-                task.add_done_callback(lambda _t: slots.release())
+                self._spawn(agent, delivery)
+
+    async def _reclaim(self, agent: Agent) -> None:
+        """Take over requests whose consumer died before acknowledging them."""
+        capacity = self.capacity[agent.agent_type]
+        pause = max(self.visibility_ms / 2000, 0.1)
+        while not await self._stopped_within(pause):
+            try:
+                free = await capacity.acquire_up_to(self.max_concurrency)
+                try:
+                    deliveries = await self.bus.reclaim(
+                        agent.agent_type, self.name, min_idle_ms=self.visibility_ms, count=free
+                    )
+                except BaseException:
+                    await capacity.release(free)
+                    raise
+                if free > len(deliveries):
+                    await capacity.release(free - len(deliveries))
+                for delivery in deliveries:
+                    log.info("reclaimed %s (delivery %d) for %s", delivery.message_id,
+                             delivery.delivery_count, agent.agent_type)
+                    self._spawn(agent, delivery)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("reclaiming %s requests failed: %s", agent.agent_type, exc)
+
+    async def _scale(self, agent: Agent) -> None:
+        """Set the type's concurrency from its backlog, between the minimum and maximum."""
+        capacity = self.capacity[agent.agent_type]
+        spare_since: float | None = None
+        while not self._stopping.is_set():
+            await asyncio.sleep(self.scale_interval)
+            try:
+                backlog = await self.bus.backlog(agent.agent_type)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.debug("backlog of %s unknown: %s", agent.agent_type, exc)
+                continue
+            want = max(self.min_concurrency, min(self.max_concurrency, backlog))
+            now = time.monotonic()
+            if want > capacity.limit:
+                log.info("scaling %s up to %d (backlog %d)", agent.agent_type, want, backlog)
+                await capacity.set_limit(want)
+                spare_since = None
+            elif want < capacity.limit:
+                spare_since = spare_since or now
+                if now - spare_since >= self.scale_down_after:
+                    await capacity.set_limit(capacity.limit - 1)
+                    spare_since = now
+            else:
+                spare_since = None
+            WORKER_CONCURRENCY.labels(agent.agent_type).set(capacity.limit)
+            WORKER_BACKLOG.labels(agent.agent_type).set(backlog)
 
     # -- one request -------------------------------------------------------------------------
 
@@ -207,9 +326,19 @@ class Worker:
             await self.bus.dead_letter(delivery, agent_type=agent.agent_type,
                                        reason=delivery.problem or "undecodable")
             return
+        if delivery.delivery_count > self.max_deliveries and not await self._claim_live(
+            request.request_id
+        ):
+            BUS_DEAD_LETTERS.labels(agent.agent_type, "max_deliveries").inc()
+            reason = (f"delivered {delivery.delivery_count} times (max_deliveries is "
+                      f"{self.max_deliveries}): its consumers keep dying on it")
+            log.warning("dead-lettering %s: %s", request.request_id, reason)
+            await self.bus.dead_letter(delivery, agent_type=agent.agent_type, reason=reason)
+            return
+        claim = self._claim_prefix + agent_id
         while True:
             state, stored = await self.bus.claim_or_replay(
-                request.request_id, agent_id, self.claim_ttl_ms)
+                request.request_id, claim, self.claim_ttl_ms)
             if state == "busy":
                 # Another consumer is executing this very request: answer with its result.
                 stored = await self._await_other(request.request_id)
@@ -230,14 +359,25 @@ class Worker:
             await self.bus.respond(delivery, request, response, agent_type=agent.agent_type,
                                    store=False)
             return
-        response = await self._execute(agent, agent_id, request)
+        response = await self._execute(agent, agent_id, request, claim)
         await self.bus.respond(delivery, request, response, agent_type=agent.agent_type)
         self.handled += 1
 
+    async def _claim_live(self, request_id: str) -> bool:
+        """Whether a live consumer holds the execution claim on ``request_id``."""
+        owner = await self.bus.claim_owner(request_id)
+        if owner is None:
+            return False
+        if _owner_dead(owner):
+            await self.bus.break_claim(request_id, owner)
+            return False
+        return True
+
     async def _await_other(self, request_id: str) -> AgentResponse | None:
-        """Wait while another consumer's claim lives; its stored response, or None."""
+        """Wait while another live consumer executes ``request_id``; its stored response, or
+        None when the claim went away without one (then the caller claims it)."""
         pause = 0.02
-        while await self.bus.execution_claimed(request_id):
+        while await self._claim_live(request_id):
             stored = await self.bus.stored_response(request_id)
             if stored is not None:
                 return stored
@@ -245,7 +385,9 @@ class Worker:
             pause = min(pause * 2, 0.5)
         return await self.bus.stored_response(request_id)
 
-    async def _execute(self, agent: Agent, agent_id: str, request: AgentRequest) -> AgentResponse:
+    async def _execute(
+        self, agent: Agent, agent_id: str, request: AgentRequest, claim: str
+    ) -> AgentResponse:
         started = time.perf_counter()
         ctx = RequestContext(
             request=request,
@@ -268,7 +410,7 @@ class Worker:
                     f"not {request.request_type!r}",
                 ),
             )
-        renewer = asyncio.create_task(self._renew_claim(request.request_id, agent_id))
+        renewer = asyncio.create_task(self._renew_claim(request.request_id, claim))
         try:
             timeout = None
             if request.deadline is not None:
@@ -296,11 +438,11 @@ class Worker:
         elapsed = (time.perf_counter() - started) * 1000
         return self._response(request, agent_id, "success", elapsed, result=result)
 
-    async def _renew_claim(self, request_id: str, agent_id: str) -> None:
+    async def _renew_claim(self, request_id: str, claim: str) -> None:
         while True:
             await asyncio.sleep(self.claim_ttl_ms / 3000)
             with contextlib.suppress(Exception):
-                await self.bus.renew_execution(request_id, agent_id, self.claim_ttl_ms)
+                await self.bus.renew_execution(request_id, claim, self.claim_ttl_ms)
 
     @staticmethod
     def _response(
@@ -320,6 +462,22 @@ class Worker:
             error=error,
             processing_ms=round(elapsed_ms, 3),
         )
+
+
+def _owner_dead(owner: str) -> bool:
+    """A claim owner (``host:pid:agent_id``) on this host whose process is gone. Owners on other
+    hosts are trusted until their claim's TTL runs out."""
+    host, _, rest = owner.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return False
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
 
 
 def _error_info(exc: Exception) -> ErrorInfo:

@@ -135,7 +135,8 @@ async def test_high_priority_is_served_before_queued_normal(orchestrator_setting
             target="prio", request_type="x", payload={"tag": "low"}, priority="low")))
         from orchestrator.worker import Worker
 
-        async with Worker(rt.bus, rt.registry, [stand_in("prio", record)], concurrency=1):
+        async with Worker(rt.bus, rt.registry, [stand_in("prio", record)],
+                          min_concurrency=1, max_concurrency=1):
             await asyncio.wait_for(asyncio.gather(*futures), 20)
     assert order[0] == "high"
     assert order[-1] == "low"

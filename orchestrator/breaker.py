@@ -1,0 +1,280 @@
+"""A circuit breaker per target agent type, shared by every process through Redis.
+
+Closed, it lets calls through and counts their outcomes over a sliding window; when more than
+``failure_ratio`` of at least ``min_calls`` calls in the window failed it opens, and calls fail
+fast with :class:`CircuitOpen` for ``cooldown`` seconds. Then it is half-open: ``probes`` calls
+are let through; one failure re-opens it, ``probes`` successes close it with a fresh window.
+
+State lives in Redis and each transition is one Lua script timed by the Redis server clock, so
+all processes stop calling a failing agent together, whatever their clocks say. Per target:
+``{namespace}:breaker:{target}:state``, a hash (state, opened_at, retry_at, issued and
+successful probes), and ``...:window``, per-bucket call and failure counts; both expire.
+
+What counts as a failure is the caller's business: timeouts, transient and agent errors do;
+``InvalidInput``-style permanent errors say nothing about the agent's health: record them as
+``ok=True`` or not at all.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import redis.asyncio as aioredis
+from prometheus_client import Gauge
+
+from .errors import CircuitOpen
+
+__all__ = ["BreakerPolicy", "CircuitBreaker", "BREAKER_STATE"]
+
+log = logging.getLogger(__name__)
+
+BREAKER_STATE = Gauge(
+    "orchestrator_circuit_state",
+    "Circuit breaker state per target agent type as seen by this process: "
+    "0 closed, 1 half-open, 2 open",
+    ["agent_type"],
+)
+_LEVEL = {"closed": 0, "half_open": 1, "open": 2}
+# The window is cut into this many buckets: memory stays at most ~2 x 31 hash fields per
+# target whatever the call rate, and the window's edge is exact to 1/30 of its length.
+_BUCKETS = 30
+
+_NOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+# Sum the buckets still in the window; with ``trim``, delete those that fell out of it.
+_SUM = """
+local function window_counts(key, bucket, nbuckets, trim)
+  local newest = math.floor(now / bucket)
+  local calls, failures = 0, 0
+  local fields = redis.call('HGETALL', key)
+  for i = 1, #fields, 2 do
+    local idx = tonumber(string.sub(fields[i], 2))
+    if idx <= newest - nbuckets then
+      if trim then redis.call('HDEL', key, fields[i]) end
+    elseif string.sub(fields[i], 1, 1) == 'c' then calls = calls + tonumber(fields[i + 1])
+    else failures = failures + tonumber(fields[i + 1]) end
+  end
+  return calls, failures
+end
+"""
+# KEYS: state, window. ARGV: probes, probe round timeout ms, key ttl ms.
+# Returns {allowed, state, retry_at ms, now ms, calls, failures, began a probe round}.
+_BEFORE_LUA = _NOW + """
+local s = redis.call('HMGET', KEYS[1], 'state', 'retry_at', 'issued', 'calls', 'failures')
+local state, retry_at = s[1] or 'closed', tonumber(s[2] or '0')
+local calls, failures = tonumber(s[4] or '0'), tonumber(s[5] or '0')
+if state == 'closed' then return {1, state, 0, now, 0, 0, 0} end
+if now >= retry_at then
+  -- cool-down over, or a probe round whose probes never reported: start a probe round
+  retry_at = now + tonumber(ARGV[2])
+  redis.call('HSET', KEYS[1], 'state', 'half_open', 'issued', 1, 'successes', 0,
+             'retry_at', retry_at)
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  return {1, 'half_open', retry_at, now, calls, failures, 1}
+end
+if state == 'half_open' and tonumber(s[3] or '0') < tonumber(ARGV[1]) then
+  redis.call('HINCRBY', KEYS[1], 'issued', 1)
+  return {1, state, retry_at, now, calls, failures, 0}
+end
+return {0, state, retry_at, now, calls, failures, 0}
+"""
+# KEYS: state, window. ARGV: ok, bucket ms, buckets, min calls, ratio, cooldown ms, probes,
+# key ttl ms. Returns {state, retry_at ms, calls, failures, change}: change 1 opened,
+# 2 re-opened by a failed probe, 3 closed by successful probes, 0 none.
+_RECORD_LUA = _NOW + _SUM + """
+local ok = ARGV[1] == '1'
+local function open(calls, failures, change)
+  local retry_at = now + tonumber(ARGV[6])
+  redis.call('HSET', KEYS[1], 'state', 'open', 'opened_at', now, 'retry_at', retry_at,
+             'calls', calls, 'failures', failures, 'issued', 0, 'successes', 0)
+  redis.call('PEXPIRE', KEYS[1], ARGV[8])
+  return {'open', retry_at, calls, failures, change}
+end
+local s = redis.call('HMGET', KEYS[1], 'state', 'retry_at', 'successes')
+local state, retry_at = s[1] or 'closed', tonumber(s[2] or '0')
+if state == 'open' then  -- a late outcome of a call let through before it opened
+  return {state, retry_at, 0, 0, 0}
+elseif state == 'half_open' then
+  local successes = tonumber(s[3] or '0')
+  if not ok then return open(successes + 1, 1, 2) end
+  if successes + 1 < tonumber(ARGV[7]) then
+    redis.call('HINCRBY', KEYS[1], 'successes', 1)
+    return {state, retry_at, successes + 1, 0, 0}
+  end
+  redis.call('DEL', KEYS[1], KEYS[2])
+  redis.call('HSET', KEYS[1], 'state', 'closed')
+  redis.call('PEXPIRE', KEYS[1], ARGV[8])
+  return {'closed', 0, successes + 1, 0, 3}
+end
+local bucket = tonumber(ARGV[2])
+local idx = math.floor(now / bucket)
+local fresh = redis.call('HINCRBY', KEYS[2], 'c' .. idx, 1) == 1
+if not ok then redis.call('HINCRBY', KEYS[2], 'f' .. idx, 1) end
+redis.call('PEXPIRE', KEYS[2], bucket * (tonumber(ARGV[3]) + 1))
+redis.call('HSETNX', KEYS[1], 'state', 'closed')
+redis.call('PEXPIRE', KEYS[1], ARGV[8])
+if ok and not fresh then return {state, 0, 0, 0, 0} end
+local calls, failures = window_counts(KEYS[2], bucket, tonumber(ARGV[3]), true)
+if not ok and calls >= tonumber(ARGV[4]) and failures > tonumber(ARGV[5]) * calls then
+  return open(calls, failures, 1)
+end
+return {state, 0, calls, failures, 0}
+"""
+# KEYS: state, window. ARGV: bucket ms, buckets. Returns {state, opened_at, retry_at, calls,
+# failures}: calls and failures of the live window, or those that opened it.
+_READ_LUA = _NOW + _SUM + """
+local s = redis.call('HMGET', KEYS[1], 'state', 'opened_at', 'retry_at', 'calls', 'failures')
+local calls, failures = window_counts(KEYS[2], tonumber(ARGV[1]), tonumber(ARGV[2]), false)
+if s[1] and s[1] ~= 'closed' then calls, failures = tonumber(s[4]), tonumber(s[5]) end
+return {s[1] or 'closed', tonumber(s[2] or '0'), tonumber(s[3] or '0'), calls, failures}
+"""
+
+
+@dataclass(frozen=True)
+class BreakerPolicy:
+    """When a circuit opens and how it recovers; times in seconds.
+
+    A half-open probe round whose probes have not all reported within ``max(cooldown,
+    window)`` (a caller crashed between ``before_call`` and ``record``) is replaced by a new one.
+    """
+
+    window: float = 30.0
+    min_calls: int = 10
+    failure_ratio: float = 0.5
+    cooldown: float = 15.0
+    probes: int = 3
+
+    def __post_init__(self) -> None:
+        if self.window <= 0 or self.cooldown <= 0 or self.min_calls < 1 or self.probes < 1:
+            raise ValueError("window and cooldown must be > 0, min_calls and probes >= 1")
+        if not 0 <= self.failure_ratio < 1:
+            raise ValueError("failure_ratio must be in [0, 1)")
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _iso(ms: int) -> str | None:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat() if ms else None
+
+
+class CircuitBreaker:
+    """Circuit breakers for the target agent types of one namespace.
+
+    Call :meth:`before_call` before sending a request to ``target`` and :meth:`record` with
+    its outcome after; instances on any connection or process share the same circuits.
+    """
+
+    def __init__(
+        self, redis: aioredis.Redis, namespace: str, policy: BreakerPolicy = BreakerPolicy()
+    ) -> None:
+        self.redis = redis
+        self.namespace = namespace
+        self.policy = policy
+        window_ms = max(1, int(policy.window * 1000))
+        self._bucket_ms = max(1, window_ms // _BUCKETS)
+        self._buckets = math.ceil(window_ms / self._bucket_ms)
+        self._probe_timeout_ms = int(max(policy.cooldown, policy.window) * 1000)
+        # Outlives an open period and a probe round; an idle target's circuit is forgotten.
+        longest = policy.cooldown + 2 * max(policy.cooldown, policy.window)
+        self._ttl_ms = int(longest * 1000) + 60_000
+        self._before = redis.register_script(_BEFORE_LUA)
+        self._record = redis.register_script(_RECORD_LUA)
+        self._read = redis.register_script(_READ_LUA)
+
+    def _keys(self, target: str) -> list[str]:
+        prefix = f"{self.namespace}:breaker:{target}"
+        return [f"{prefix}:state", f"{prefix}:window"]
+
+    def _observe(self, target: str, state: str) -> str:
+        BREAKER_STATE.labels(target).set(_LEVEL[state])
+        return state
+
+    async def before_call(self, target: str) -> None:
+        """Let a call to ``target`` through, or refuse it at once.
+
+        Raises:
+            CircuitOpen: the circuit is open, or half-open with all its probe calls taken;
+                ``retry_at`` (aware datetime) says when a call may be let through again.
+        """
+        allowed, raw_state, retry_at, now, calls, failures, began = await self._before(
+            keys=self._keys(target),
+            args=[self.policy.probes, self._probe_timeout_ms, self._ttl_ms],
+        )
+        state = self._observe(target, _text(raw_state))
+        if began:
+            log.info("circuit for %s is half-open: letting %d probe calls through",
+                     target, self.policy.probes)
+        if allowed:
+            return
+        wait = max(0, retry_at - now) / 1000
+        why = (f"is open ({failures} of its last {calls} calls failed); it lets probe calls "
+               f"through in {wait:.1f}s" if state == "open" else
+               f"is half_open with its {self.policy.probes} probe calls in flight; it tries "
+               f"again when they succeed, or in {wait:.1f}s at the latest")
+        exc = CircuitOpen(f"circuit breaker for agent type {target!r} {why} (at {_iso(retry_at)});"
+                          " check its workers with `orchestrator agents`")
+        exc.target, exc.state = target, state  # type: ignore[attr-defined]
+        exc.retry_at = datetime.fromtimestamp(retry_at / 1000, UTC)  # type: ignore[attr-defined]
+        raise exc
+
+    async def record(self, target: str, ok: bool) -> None:
+        """Record the outcome of a call to ``target`` that :meth:`before_call` let through.
+
+        Args:
+            ok: False for failures that say the agent is unhealthy (timeouts, transient or
+                agent errors); permanent errors of the input itself should be recorded as True
+                or not recorded. Outcomes arriving while the circuit is open are ignored.
+        """
+        p = self.policy
+        raw_state, _retry_at, calls, failures, change = await self._record(
+            keys=self._keys(target),
+            args=[1 if ok else 0, self._bucket_ms, self._buckets, p.min_calls,
+                  repr(p.failure_ratio), int(p.cooldown * 1000), p.probes, self._ttl_ms],
+        )
+        self._observe(target, _text(raw_state))
+        if change == 1:
+            log.warning("circuit for %s opened: %d of %d calls failed in %gs; refusing calls "
+                        "for %gs", target, failures, calls, p.window, p.cooldown)
+        elif change == 2:
+            log.warning("circuit for %s re-opened: a probe call failed; refusing calls for %gs",
+                        target, p.cooldown)
+        elif change == 3:
+            log.info("circuit for %s closed: %d probe calls succeeded", target, calls)
+
+    async def state(self, target: str) -> str:
+        """``"closed"``, ``"open"`` or ``"half_open"``, as stored.
+
+        An open circuit whose cool-down has passed stays ``"open"`` until the next
+        :meth:`before_call` lets a probe through.
+        """
+        raw = await self.redis.hget(self._keys(target)[0], "state")
+        return self._observe(target, _text(raw) if raw is not None else "closed")
+
+    async def reset(self, target: str) -> None:
+        """Close the circuit of ``target`` and forget its window."""
+        await self.redis.delete(*self._keys(target))
+        self._observe(target, "closed")
+        log.info("circuit for %s reset", target)
+
+    async def snapshot(self) -> dict[str, dict[str, Any]]:
+        """Every target with a circuit in this namespace: its state, window counts (or those
+        that opened it), and ``opened_at``/``retry_at`` (ISO 8601, UTC) when not closed."""
+        prefix = f"{self.namespace}:breaker:"
+        escaped = "".join("\\" + c if c in "*?[]\\" else c for c in prefix)
+        result: dict[str, dict[str, Any]] = {}
+        async for key in self.redis.scan_iter(match=f"{escaped}*:state", count=500):
+            target = _text(key)[len(prefix):-len(":state")]
+            state, opened_at, retry_at, calls, failures = await self._read(
+                keys=self._keys(target), args=[self._bucket_ms, self._buckets])
+            result[target] = {"state": self._observe(target, _text(state)), "calls": calls,
+                              "failures": failures, "opened_at": _iso(opened_at),
+                              "retry_at": _iso(retry_at)}
+        return result
