@@ -219,11 +219,11 @@ class CircuitBreaker:
                f"through in {wait:.1f}s" if state == "open" else
                f"is half_open with its {self.policy.probes} probe calls in flight; it tries "
                f"again when they succeed, or in {wait:.1f}s at the latest")
-        exc = CircuitOpen(f"circuit breaker for agent type {target!r} {why} (at {_iso(retry_at)});"
-                          " check its workers with `orchestrator agents`")
-        exc.target, exc.state = target, state  # type: ignore[attr-defined]
-        exc.retry_at = datetime.fromtimestamp(retry_at / 1000, UTC)  # type: ignore[attr-defined]
-        raise exc
+        raise CircuitOpen(
+            f"circuit breaker for agent type {target!r} {why} (at {_iso(retry_at)}); "
+            "check its workers with `orchestrator agents`",
+            target=target, state=state, retry_at=datetime.fromtimestamp(retry_at / 1000, UTC),
+        )
 
     async def record(self, target: str, ok: bool) -> None:
         """Record the outcome of a call to ``target`` that :meth:`before_call` let through.

@@ -253,10 +253,11 @@ class EventBus:
 
     async def _read_replies(self) -> None:
         last_id = b"0-0"  # the stream is ours alone: everything in it is for us
+        # Block well under redis-py's default 5 s socket timeout, or the read times out.
         backoff = 0.05
         while True:
             try:
-                entries = await self.redis.xread({self.reply_stream: last_id}, count=500, block=5000)
+                entries = await self.redis.xread({self.reply_stream: last_id}, count=500, block=1000)
                 backoff = 0.05
             except asyncio.CancelledError:
                 raise

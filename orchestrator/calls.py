@@ -12,6 +12,7 @@ so a node re-run after a crash gets the stored answer instead of redoing the wor
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -111,11 +112,11 @@ async def call_agent(
     if locks:
         async with rt.locks.acquire_many(locks, holder, ttl=lock_ttl, wait_timeout=lock_wait) as leases:
             fencing = {lease.resource: lease.token for lease in leases}
-            response = await _send(rt, request_id, target, request_type, payload, priority,
-                                   timeout, thread_id, fencing)
+            response = await _guarded_send(rt, request_id, target, request_type, payload,
+                                           priority, timeout, thread_id, fencing)
     else:
-        response = await _send(rt, request_id, target, request_type, payload, priority, timeout,
-                               thread_id, {})
+        response = await _guarded_send(rt, request_id, target, request_type, payload, priority,
+                                       timeout, thread_id, {})
     BUS_LATENCY.labels(target, response.status).observe(time.perf_counter() - started)
     BUS_REQUESTS.labels(target, response.status).inc()
     key = subtask or request_type
@@ -144,6 +145,49 @@ async def call_agent(
         ],
     }
     raise exc
+
+
+async def _guarded_send(
+    rt: Runtime,
+    request_id: str,
+    target: str,
+    request_type: str,
+    payload: dict[str, Any] | None,
+    priority: Priority,
+    timeout: float,
+    thread_id: str | None,
+    fencing: dict[str, int],
+) -> AgentResponse:
+    """Send through the target's circuit breaker, recording whether the agent was healthy."""
+    await rt.breaker.before_call(target)  # CircuitOpen: fail fast, holding nothing but locks
+    healthy = False
+    try:
+        response = await _send(rt, request_id, target, request_type, payload, priority, timeout,
+                               thread_id, fencing)
+        healthy = _healthy(response)
+        return response
+    except asyncio.CancelledError:
+        healthy = True  # says nothing about the agent; do not count it against it
+        raise
+    finally:
+        await rt.breaker.record(target, healthy)
+
+
+def _healthy(response: AgentResponse) -> bool:
+    """Whether a response shows a working agent: success, or a refusal of bad input."""
+    if response.status == "success":
+        return True
+    if response.status == "rejected":
+        return True  # an unknown request type is the caller's mistake
+    error = response.error
+    if response.status == "error" and error is not None and not error.retryable:
+        return error.code in _INPUT_ERRORS
+    return False
+
+
+#: Error codes that blame the request, not the agent: they do not trip the breaker.
+_INPUT_ERRORS = frozenset({"invalid_input", "unsafe_path", "missing_fencing_token",
+                           "stale_fencing_token", "unknown_request_type"})
 
 
 async def _send(

@@ -96,6 +96,27 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--metrics-port", type=int, metavar="N",
                         help="serve Prometheus metrics on 127.0.0.1:N")
 
+    locks = sub.add_parser("locks", help="list held resource locks")
+    locks.add_argument("--all", action="store_true", help="include free locks (last token)")
+    locks.add_argument("--json", action="store_true")
+
+    dlq = sub.add_parser("dlq", help="dead-lettered agent requests")
+    dlq_sub = dlq.add_subparsers(dest="dlq_command", metavar="ACTION")
+    dlq_ls = dlq_sub.add_parser("ls", help="list dead letters")
+    dlq_ls.add_argument("--agent", help="only this agent type")
+    dlq_ls.add_argument("--json", action="store_true")
+    dlq_show = dlq_sub.add_parser("show", help="one dead letter, with its message")
+    dlq_show.add_argument("agent")
+    dlq_show.add_argument("id")
+    dlq_replay = dlq_sub.add_parser("replay", help="queue dead letters again (all of the type "
+                                    "when no id is given)")
+    dlq_replay.add_argument("agent")
+    dlq_replay.add_argument("ids", nargs="*", metavar="ID")
+    dlq_purge = dlq_sub.add_parser("purge", help="delete dead letters (all of the type when no "
+                                   "id is given)")
+    dlq_purge.add_argument("agent")
+    dlq_purge.add_argument("ids", nargs="*", metavar="ID")
+
     db = sub.add_parser("db", help="database schema")
     db_sub = db.add_subparsers(dest="db_command", metavar="ACTION")
     db_sub.add_parser("migrate", help="apply pending SQL migrations (re-running is a no-op)")
@@ -365,6 +386,67 @@ async def _cmd_worker(args: argparse.Namespace, out: TextIO, err: TextIO, stdin:
     return EXIT_OK
 
 
+async def _cmd_locks(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
+    from .runtime import Runtime
+
+    async with Runtime.open(_settings(args), agents=[]) as rt:
+        locks = await rt.locks.list_locks(include_free=args.all)
+    if args.json:
+        _print_json([lock.to_dict() for lock in locks], out)
+        return EXIT_OK
+    if not locks:
+        out.write("no locks held\n")
+        return EXIT_OK
+    out.write(f"{'RESOURCE':<40} {'HOLDER':<40} {'TOKEN':>6} EXPIRES\n")
+    for lock in locks:
+        expires = f"{lock.expires_at:%H:%M:%S}" if lock.expires_at else "-"
+        out.write(f"{lock.resource:<40} {(lock.holder or '-'):<40} {lock.token:>6} {expires}\n")
+    return EXIT_OK
+
+
+async def _cmd_dlq(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
+    from .bus import DecodeFailure
+    from .runtime import Runtime
+
+    if args.dlq_command is None:
+        raise UsageError("usage: orchestrator dlq ls|show|replay|purge")
+    async with Runtime.open(_settings(args), agents=[]) as rt:
+        bus = rt.bus
+        if args.dlq_command == "ls":
+            types = [args.agent] if args.agent else await bus.dead_letter_types()
+            letters = [d for t in types for d in await bus.dead_letters(t, 1000)]
+            if args.json:
+                _print_json(letters, out)
+            elif not letters:
+                out.write("no dead letters\n")
+            for d in letters if not args.json else []:
+                out.write(f"{d['agent_type']:<14} {d['id']:<18} x{d['deliveries']} {d['reason']}\n")
+            return EXIT_OK
+        if args.dlq_command == "show":
+            found = [d for d in await bus.dead_letters(args.agent, 100_000) if d["id"] == args.id]
+            if not found:
+                raise UsageError(f"no dead letter {args.id} for agent type {args.agent!r}; "
+                                 "`orchestrator dlq ls` lists them")
+            _print_json(found[0], out)
+            return EXIT_OK
+        if args.dlq_command == "replay":
+            ids = args.ids or [d["id"] for d in await bus.dead_letters(args.agent, 100_000)]
+            failed = 0
+            for entry_id in ids:
+                try:
+                    request = await bus.replay_dead_letter(args.agent, entry_id)
+                    out.write(f"replayed {entry_id} as request {request.request_id}\n")
+                except (KeyError, DecodeFailure) as exc:
+                    failed += 1
+                    err.write(f"cannot replay {entry_id}: {exc}; purge it instead\n")
+            return EXIT_FAILED if failed else EXIT_OK
+        if args.dlq_command == "purge":
+            n = await bus.purge_dead_letters(args.agent, args.ids or None)
+            out.write(f"purged {n} dead letter(s)\n")
+            return EXIT_OK
+    raise UsageError("usage: orchestrator dlq ls|show|replay|purge")
+
+
 async def _cmd_db(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
     if args.db_command != "migrate":
         raise UsageError("usage: orchestrator db migrate")
@@ -397,7 +479,7 @@ async def _cmd_services(args: argparse.Namespace, out: TextIO, err: TextIO, stdi
 _COMMANDS = {
     "run": _cmd_run, "resume": _cmd_resume, "recover": _cmd_recover, "ls": _cmd_ls,
     "show": _cmd_show, "graphs": _cmd_graphs, "agents": _cmd_agents, "worker": _cmd_worker,
-    "db": _cmd_db, "services": _cmd_services,
+    "locks": _cmd_locks, "dlq": _cmd_dlq, "db": _cmd_db, "services": _cmd_services,
 }
 
 

@@ -7,6 +7,8 @@ never swallowed.
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from state.errors import MigrationError, OrchestratorError, StaleWorkflowVersion, WorkflowNotFound
 
 __all__ = [
@@ -77,7 +79,18 @@ class DeadLettered(OrchestratorError):
 
 
 class CircuitOpen(OrchestratorError):
+    """The target's circuit breaker refuses calls until ``retry_at``."""
+
     code = "circuit_open"
+
+    def __init__(
+        self, message: str, *, target: str = "", state: str = "open",
+        retry_at: datetime | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.target = target
+        self.state = state
+        self.retry_at = retry_at
 
 
 class ResourceLocked(OrchestratorError):

@@ -26,7 +26,7 @@ from psycopg import AsyncConnection
 from state.db import Database
 
 from .errors import LockLost, ResourceLocked
-from .metrics import LOCK_ACQUISITIONS, LOCK_WAIT_SECONDS, LOCKS_HELD
+from .metrics import LOCK_ACQUISITIONS, LOCK_CONTENTION, LOCK_WAIT_SECONDS, LOCKS_HELD
 
 __all__ = ["Lease", "LockInfo", "ResourceLockManager"]
 
@@ -161,6 +161,7 @@ class ResourceLockManager:
         started = time.monotonic()
         deadline = started + wait_timeout
         event = self._released.setdefault(resource, asyncio.Event())
+        contended = False
         while True:
             event.clear()
             lease = await self.try_acquire(resource, holder, ttl)
@@ -168,6 +169,9 @@ class ResourceLockManager:
                 LOCK_ACQUISITIONS.labels("acquired").inc()
                 LOCK_WAIT_SECONDS.observe(time.monotonic() - started)
                 return lease
+            if not contended:
+                contended = True
+                LOCK_CONTENTION.inc()
             current, left = await self._holder(resource)
             remaining = deadline - time.monotonic()
             if remaining <= 0:

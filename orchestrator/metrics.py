@@ -20,6 +20,7 @@ __all__ = [
     "LOCK_ACQUISITIONS",
     "LOCK_WAIT_SECONDS",
     "LOCKS_HELD",
+    "LOCK_CONTENTION",
     "start_metrics_server",
 ]
 
@@ -78,6 +79,10 @@ LOCK_WAIT_SECONDS = Histogram(
     "orchestrator_lock_wait_seconds",
     "Time spent waiting for a resource lock",
     buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60),
+)
+LOCK_CONTENTION = Counter(
+    "orchestrator_lock_contention_total",
+    "Lock acquisitions that found the resource held and had to wait",
 )
 LOCKS_HELD = Gauge("orchestrator_locks_held", "Resource locks held by this process")
 

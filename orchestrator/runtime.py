@@ -24,6 +24,7 @@ from state.migrations import migrate
 from state.workflows import WorkflowStateManager
 
 from .agent import Agent, builtin_agents
+from .breaker import BreakerPolicy, CircuitBreaker
 from .bus import EventBus
 from .locks import ResourceLockManager
 from .registry import AgentRegistry
@@ -66,6 +67,10 @@ class Runtime:
         self.registry = AgentRegistry(db, settings.namespace, offline_after=settings.agent_offline_after)
         self.locks = ResourceLockManager(db, settings.namespace, listen_url=database_url)
         self.workflows = WorkflowStateManager(db, settings.namespace)
+        self.breaker = CircuitBreaker(redis, settings.namespace, BreakerPolicy(
+            window=settings.breaker_window, min_calls=settings.breaker_min_calls,
+            cooldown=settings.breaker_cooldown,
+        ))
         self.worker: Worker | None = None
         self._call_counters: OrderedDict[str, int] = OrderedDict()
 

@@ -63,6 +63,13 @@ class Settings(BaseModel):
     max_deliveries: int = Field(
         3, ge=1, description="deliveries of one request before it is dead-lettered"
     )
+    breaker_window: float = Field(30.0, gt=0, description="circuit breaker window, seconds")
+    breaker_min_calls: int = Field(
+        10, ge=1, description="calls in the window before the breaker may open"
+    )
+    breaker_cooldown: float = Field(
+        15.0, gt=0, description="an open breaker lets probe calls through after this, seconds"
+    )
     bus_secret: SecretStr | None = Field(
         None, description="sign every bus message with HMAC-SHA256 and refuse unsigned ones"
     )

@@ -185,7 +185,9 @@ async def orchestrator_factory(
     ) -> Orchestrator:
         agents: dict[str, Agent] = dict(builtin_agents()) if builtin else {}
         agents.update({a.agent_type: a for a in stand_ins})
-        settings = orchestrator_settings.model_copy(update=overrides)
+        # validated (model_copy would not convert e.g. a str bus_secret to SecretStr)
+        settings = type(orchestrator_settings).model_validate(
+            {**orchestrator_settings.model_dump(), **overrides})
         orch = Orchestrator(settings, agents=list(agents.values()), workflows=workflows)
         return await stack.enter_async_context(orch)
 

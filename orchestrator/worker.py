@@ -54,17 +54,22 @@ class _Capacity:
         self.in_use = 0
         self._changed = asyncio.Condition()
 
-    async def acquire_up_to(self, wanted: int) -> int:
-        """Wait for at least one free slot; take up to ``wanted``; returns how many."""
+    @property
+    def free(self) -> int:
+        return max(self.limit - self.in_use, 0)
+
+    async def wait_free(self) -> None:
         async with self._changed:
             await self._changed.wait_for(lambda: self.in_use < self.limit)
-            taken = min(wanted, self.limit - self.in_use)
-            self.in_use += taken
-            return taken
 
-    async def release(self, count: int = 1) -> None:
+    async def acquire(self) -> None:
         async with self._changed:
-            self.in_use -= count
+            await self._changed.wait_for(lambda: self.in_use < self.limit)
+            self.in_use += 1
+
+    async def release(self) -> None:
+        async with self._changed:
+            self.in_use -= 1
             self._changed.notify_all()
 
     async def set_limit(self, limit: int) -> None:
@@ -221,8 +226,10 @@ class Worker:
             except Exception as exc:
                 log.warning("heartbeat failed: %s", exc)
 
-    def _spawn(self, agent: Agent, delivery: Delivery) -> None:
+    async def _spawn(self, agent: Agent, delivery: Delivery) -> None:
+        """Handle ``delivery`` in a task of its own once a slot is free."""
         capacity = self.capacity[agent.agent_type]
+        await capacity.acquire()
         task = asyncio.create_task(self._handle(agent, self.agent_ids[agent.agent_type], delivery))
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
@@ -232,47 +239,38 @@ class Worker:
         capacity = self.capacity[agent.agent_type]
         backoff = 0.05
         while not self._stopping.is_set():
-            # take every free slot for one read, so a burst is fetched in one round trip
-            free = await capacity.acquire_up_to(self.max_concurrency)
+            # Read as many as there are free slots, without holding them across the blocking
+            # read: the reclaimer and the scaler must not be starved by an idle reader.
+            await capacity.wait_free()
             try:
                 deliveries = await self.bus.read_requests(
-                    agent.agent_type, self.name, count=free, block_ms=self.block_ms
+                    agent.agent_type, self.name, count=max(capacity.free, 1),
+                    block_ms=self.block_ms,
                 )
                 backoff = 0.05
             except asyncio.CancelledError:
-                await capacity.release(free)
                 raise
             except Exception as exc:
-                await capacity.release(free)
                 log.warning("reading %s requests failed: %s", agent.agent_type, exc)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
                 continue
-            if free > len(deliveries):
-                await capacity.release(free - len(deliveries))
             for delivery in deliveries:
-                self._spawn(agent, delivery)
+                await self._spawn(agent, delivery)
 
     async def _reclaim(self, agent: Agent) -> None:
         """Take over requests whose consumer died before acknowledging them."""
-        capacity = self.capacity[agent.agent_type]
         pause = max(self.visibility_ms / 2000, 0.1)
         while not await self._stopped_within(pause):
             try:
-                free = await capacity.acquire_up_to(self.max_concurrency)
-                try:
-                    deliveries = await self.bus.reclaim(
-                        agent.agent_type, self.name, min_idle_ms=self.visibility_ms, count=free
-                    )
-                except BaseException:
-                    await capacity.release(free)
-                    raise
-                if free > len(deliveries):
-                    await capacity.release(free - len(deliveries))
+                deliveries = await self.bus.reclaim(
+                    agent.agent_type, self.name, min_idle_ms=self.visibility_ms,
+                    count=self.max_concurrency,
+                )
                 for delivery in deliveries:
                     log.info("reclaimed %s (delivery %d) for %s", delivery.message_id,
                              delivery.delivery_count, agent.agent_type)
-                    self._spawn(agent, delivery)
+                    await self._spawn(agent, delivery)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

@@ -8,7 +8,7 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.types import interrupt
 from pydantic import BaseModel
 
-from orchestrator.calls import call_agent
+from orchestrator.calls import AGENT_RETRY, call_agent
 from orchestrator.graphs import WorkflowSpec
 from state.schema import MultiAgentState
 
@@ -49,3 +49,24 @@ _builder.add_edge("approve", "finish")
 _builder.add_edge("finish", END)
 
 approval = WorkflowSpec("approval", _builder, ApprovalInput, "review, then wait for a human")
+
+
+class FlakyInput(BaseModel):
+    mode: str
+
+
+class FlakyState(MultiAgentState, total=False):
+    mode: str
+
+
+async def call_flaky(state: FlakyState) -> dict[str, Any]:
+    call = await call_agent("flaky", "go", {"mode": state["mode"]})
+    return {**call.updates, "final_result": call.result}
+
+
+_flaky = StateGraph(FlakyState)
+_flaky.add_node("call_flaky", call_flaky, retry_policy=AGENT_RETRY)
+_flaky.add_edge(START, "call_flaky")
+_flaky.add_edge("call_flaky", END)
+
+flaky = WorkflowSpec("flaky", _flaky, FlakyInput, "one agent call under AGENT_RETRY")

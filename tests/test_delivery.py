@@ -1,0 +1,261 @@
+"""Delivery guarantees: reclaiming, dead letters, signatures, deadlines, autoscaling, the
+circuit breaker and retries, on real Redis and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from prometheus_client import REGISTRY
+from pydantic import SecretStr
+
+from orchestrator.agent import HandlerError
+from orchestrator.bus import encode
+from orchestrator.calls import call_agent
+from orchestrator.errors import AgentError, CircuitOpen, DeadLettered
+from orchestrator.runtime import Runtime
+from orchestrator.testing import stand_in
+from orchestrator.worker import Worker
+
+from .graphs_for_tests import flaky
+
+
+def _counting(counts: Counter[str], result: object = "ok", delay: float = 0.0):
+    async def handler(payload, ctx):
+        counts[ctx.request.request_id] += 1
+        if delay:
+            await asyncio.sleep(delay)
+        return result
+
+    return handler
+
+
+async def test_a_request_whose_consumer_died_is_reclaimed(orchestrator_settings) -> None:
+    counts: Counter[str] = Counter()
+    settings = orchestrator_settings.model_copy(update={"visibility_timeout": 0.5})
+    async with Runtime.open(settings, agents=[]) as rt:
+        req = rt.bus.new_reply_stream_request(target="rc", request_type="x")
+        waiter = await rt.bus.send(req)
+        # a consumer reads it and dies without acknowledging
+        got = await rt.bus.read_requests("rc", "ghost", count=10, block_ms=100)
+        assert [d.request.request_id for d in got] == [req.request_id]
+        async with Worker(rt.bus, rt.registry, [stand_in("rc", _counting(counts))],
+                          visibility_timeout=0.5):
+            response = await asyncio.wait_for(waiter, 10)
+    assert response.status == "success" and counts == Counter({req.request_id: 1})
+
+
+async def test_too_many_deliveries_dead_letter_and_replay(orchestrator_settings) -> None:
+    counts: Counter[str] = Counter()
+    async with Runtime.open(orchestrator_settings, agents=[]) as rt:
+        req = rt.bus.new_reply_stream_request(target="dl", request_type="x", payload={"a": 1})
+        waiter = await rt.bus.send(req)
+        await rt.bus.read_requests("dl", "ghost-0", count=1, block_ms=100)
+        for i in range(1, 4):  # three more consumers take it over and die: 4 deliveries
+            await asyncio.sleep(0.02)
+            assert len(await rt.bus.reclaim("dl", f"ghost-{i}", min_idle_ms=10, count=5)) == 1
+        before = REGISTRY.get_sample_value("orchestrator_bus_dead_letters_total",
+                                           {"agent_type": "dl", "reason": "max_deliveries"}) or 0
+        async with Worker(rt.bus, rt.registry, [stand_in("dl", _counting(counts))],
+                          visibility_timeout=0.05, max_deliveries=3):
+            response = await asyncio.wait_for(waiter, 10)
+            assert response.status == "dead_lettered"
+            assert "delivered 5 times" in response.error.message
+            assert counts == Counter()  # never executed
+            letters = await rt.bus.dead_letters("dl")
+            assert len(letters) == 1 and letters[0]["deliveries"] == 5
+            assert REGISTRY.get_sample_value(
+                "orchestrator_bus_dead_letters_total",
+                {"agent_type": "dl", "reason": "max_deliveries"}) == before + 1
+            # replayed: executed once, its response stored under the same request id
+            replayed = await rt.bus.replay_dead_letter("dl", letters[0]["id"])
+            assert replayed.request_id == req.request_id and replayed.attempt == 2
+            deadline = time.monotonic() + 10
+            while await rt.bus.stored_response(req.request_id) is None:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.05)
+            assert counts == Counter({req.request_id: 1})
+            assert await rt.bus.dead_letters("dl") == []
+
+
+async def test_call_agent_raises_dead_lettered(orchestrator_settings) -> None:
+    async with Runtime.open(orchestrator_settings, agents=[]) as rt:
+        await rt.registry.register("fake-dl", "never")  # looks live, never consumes
+        task = asyncio.create_task(call_agent("never", "x", {}, runtime=rt, timeout=20))
+        deadline = time.monotonic() + 5
+        while not await rt.redis.xlen(rt.bus.keys.requests("never", "normal")):
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)
+        await rt.bus.read_requests("never", "ghost-0", count=1, block_ms=100)
+        for i in range(1, 4):
+            await asyncio.sleep(0.02)
+            await rt.bus.reclaim("never", f"ghost-{i}", min_idle_ms=10, count=5)
+        async with Worker(rt.bus, rt.registry, [stand_in("never", _counting(Counter()))],
+                          visibility_timeout=0.05):
+            with pytest.raises(DeadLettered, match="delivered 5 times"):
+                await asyncio.wait_for(task, 10)
+
+
+async def test_with_a_secret_unsigned_requests_are_dead_lettered_never_run(
+    orchestrator_settings,
+) -> None:
+    counts: Counter[str] = Counter()
+    settings = orchestrator_settings.model_copy(update={"bus_secret": SecretStr("s3cret")})
+    async with Runtime.open(settings, agents=[stand_in("sig", _counting(counts))]) as rt:
+        signed = await rt.bus.request(rt.bus.new_reply_stream_request(
+            target="sig", request_type="x"), 10)
+        assert signed.status == "success"
+        forged = rt.bus.new_reply_stream_request(target="sig", request_type="x")
+        for fields in (encode(forged), encode(forged, b"wrong-secret")):
+            await rt.redis.xadd(rt.bus.keys.requests("sig", "normal"), fields)
+        deadline = time.monotonic() + 10
+        while len(await rt.bus.dead_letters("sig")) < 2:
+            assert time.monotonic() < deadline, "forged requests were not dead-lettered"
+            await asyncio.sleep(0.05)
+        assert {d["reason"] for d in await rt.bus.dead_letters("sig")} == {
+            "missing or invalid signature"}
+        assert forged.request_id not in counts and len(counts) == 1
+        # a replay does not launder a forged message either
+        with pytest.raises(Exception, match="signature"):
+            await rt.bus.replay_dead_letter("sig", (await rt.bus.dead_letters("sig"))[0]["id"])
+
+
+async def test_requests_past_their_deadline_are_not_executed(orchestrator_settings) -> None:
+    counts: Counter[str] = Counter()
+    async with Runtime.open(orchestrator_settings, agents=[]) as rt:
+        late = rt.bus.new_reply_stream_request(
+            target="late", request_type="x", deadline=datetime.now(UTC) + timedelta(seconds=0.2))
+        waiter = await rt.bus.send(late)
+        await asyncio.sleep(0.4)  # queued, and its deadline passes before any agent starts
+        async with Worker(rt.bus, rt.registry, [stand_in("late", _counting(counts))]):
+            response = await asyncio.wait_for(waiter, 10)
+        assert response.status == "timeout" and response.error.code == "deadline_passed"
+        assert counts == Counter()
+        assert await rt.bus.stored_response(late.request_id) is None  # a re-send may still run
+
+
+async def test_worker_scales_to_the_maximum_on_a_backlog_and_back(orchestrator_settings) -> None:
+    running = 0
+    peak = 0
+
+    async def slow(payload, ctx):
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(0.4)
+        running -= 1
+
+    async with Runtime.open(orchestrator_settings, agents=[]) as rt:
+        futures = [await rt.bus.send(rt.bus.new_reply_stream_request(target="auto",
+                                                                     request_type="x"))
+                   for _ in range(60)]
+        gauge = ("orchestrator_worker_concurrency", {"agent_type": "auto"})
+        seen = []
+        async with Worker(rt.bus, rt.registry, [stand_in("auto", slow)], min_concurrency=2,
+                          max_concurrency=10, scale_interval=0.05, scale_down_after=0.2) as w:
+            done = asyncio.gather(*futures)
+            while not done.done():
+                seen.append(REGISTRY.get_sample_value(*gauge))
+                await asyncio.sleep(0.05)
+            await done
+            deadline = time.monotonic() + 10
+            while w.capacity["auto"].limit > 2:
+                assert time.monotonic() < deadline, "did not scale back down when idle"
+                await asyncio.sleep(0.05)
+            assert REGISTRY.get_sample_value(*gauge) == 2
+    assert peak == 10 and max(seen) == 10
+
+
+async def test_the_circuit_opens_for_every_process_and_fails_fast(orchestrator_settings) -> None:
+    async def broken(payload, ctx):
+        raise HandlerError("backend_down", "database unreachable", retryable=True)
+
+    settings = orchestrator_settings.model_copy(update={"breaker_min_calls": 4,
+                                                        "breaker_cooldown": 30})
+    async with Runtime.open(settings, agents=[stand_in("shaky", broken)]) as a, \
+            Runtime.open(settings, agents=[]) as b:
+        for _ in range(4):
+            with pytest.raises(AgentError, match="database unreachable"):
+                await call_agent("shaky", "x", {}, runtime=a, timeout=10)
+        for rt in (a, b):  # the other process stops calling it too
+            started = time.monotonic()
+            with pytest.raises(CircuitOpen, match="'shaky' is open") as info:
+                await call_agent("shaky", "x", {}, runtime=rt, timeout=10)
+            assert time.monotonic() - started < 0.5 and info.value.retry_at is not None
+        assert REGISTRY.get_sample_value("orchestrator_circuit_state",
+                                         {"agent_type": "shaky"}) == 2
+
+
+async def test_transient_errors_are_retried_with_growing_delays(orchestrator_factory) -> None:
+    attempts: list[float] = []
+
+    async def flaky_handler(payload, ctx):
+        attempts.append(time.monotonic())
+        if len(attempts) < 3:
+            raise HandlerError("busy", "try again", retryable=True)
+        return {"value": 42}
+
+    orch = await orchestrator_factory(stand_ins=[stand_in("flaky", flaky_handler)],
+                                      workflows={"flaky": flaky})
+    result = await orch.run("flaky", {"mode": "x"})
+    assert result.status == "completed" and result.final_result == {"value": 42}
+    assert len(attempts) == 3
+    first_gap, second_gap = attempts[1] - attempts[0], attempts[2] - attempts[1]
+    # exponential backoff: 0.5 s then 1 s, each plus LangGraph's jitter of up to 1 s
+    assert 0.45 <= first_gap < 2.0 and 0.95 <= second_gap < 2.5
+
+
+async def test_permanent_errors_are_not_retried(orchestrator_factory) -> None:
+    attempts = 0
+
+    async def refuses(payload, ctx):
+        nonlocal attempts
+        attempts += 1
+        raise HandlerError("invalid_input", "no such repository")
+
+    orch = await orchestrator_factory(stand_ins=[stand_in("flaky", refuses)],
+                                      workflows={"flaky": flaky})
+    result = await orch.run("flaky", {"mode": "x"})
+    assert result.status == "failed" and attempts == 1
+    assert "no such repository" in result.error["message"]
+
+
+@pytest.mark.slow
+async def test_worker_killed_mid_request_another_completes_it_once(
+    orchestrator_settings, service_env, tmp_path
+) -> None:
+    log = tmp_path / "executions.log"
+    env = {**service_env, "ORCHESTRATOR_VISIBILITY_TIMEOUT": "1"}
+    cmd = [sys.executable, "-m", "tests.agent_process", str(log)]
+    cwd = os.path.dirname(os.path.dirname(__file__))
+    first = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, text=True)
+    second = None
+    try:
+        assert await asyncio.to_thread(first.stdout.readline) == "ready\n"
+        async with Runtime.open(orchestrator_settings, agents=[]) as rt:
+            call = asyncio.create_task(call_agent("slow", "x", {"seconds": 2.0}, runtime=rt,
+                                                  timeout=60))
+            deadline = time.monotonic() + 20
+            while not (log.exists() and "start" in log.read_text()):
+                assert time.monotonic() < deadline, "the first worker never started it"
+                await asyncio.sleep(0.05)
+            os.kill(first.pid, signal.SIGKILL)
+            await asyncio.to_thread(first.wait)
+            second = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, text=True)
+            result = await asyncio.wait_for(call, 40)
+        assert result.result == {"ok": True}
+        lines = log.read_text().split()
+        assert lines.count("done") == 1, log.read_text()  # completed once
+        assert lines.count("start") == 2  # the killed attempt, and the one that finished
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
