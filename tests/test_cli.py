@@ -116,3 +116,51 @@ def test_graphs_lists_parallel_docs(env) -> None:
 def test_db_migrate_is_a_no_op_the_second_time(env) -> None:
     code, out, _ = run_cli("db", "migrate")
     assert code == 0 and "0 by this run" in out
+
+
+async def test_locks_lists_held_locks(env, orchestrator_settings) -> None:
+    import asyncio
+
+    from orchestrator.runtime import Runtime
+
+    async with Runtime.open(orchestrator_settings, agents=[]) as rt:
+        async with rt.locks.acquire("repo:/srv/app", "tester", ttl=30) as lease:
+            code, out, _ = await asyncio.to_thread(run_cli, "locks", "--json")
+            assert code == 0
+            assert [(x["resource"], x["holder"], x["token"]) for x in json.loads(out)] == [
+                ("repo:/srv/app", "tester", lease.token)]
+        code, out, _ = await asyncio.to_thread(run_cli, "locks")
+        assert code == 0 and out == "no locks held\n"
+
+
+async def test_dlq_ls_show_replay_purge(env, orchestrator_settings) -> None:
+    import asyncio
+
+    from orchestrator.runtime import Runtime
+
+    async with Runtime.open(orchestrator_settings, agents=[]) as rt:
+        stream = rt.bus.keys.requests("docs", "normal")
+        await rt.bus.ensure_group("docs")
+        good = rt.bus.new_reply_stream_request(target="docs", request_type="list_modules",
+                                               payload={"package_dir": "/nowhere"})
+        await rt.redis.xadd(stream, {b"m": good.model_dump_json().encode()})
+        await rt.redis.xadd(stream, {b"m": b"garbage"})
+        deliveries = await rt.bus.read_requests("docs", "ghost", count=10, block_ms=100)
+        for d in deliveries:
+            await rt.bus.dead_letter(d, agent_type="docs", reason="test")
+
+    code, out, _ = await asyncio.to_thread(run_cli, "dlq", "ls", "--json")
+    letters = json.loads(out)
+    assert code == 0 and [x["reason"] for x in letters] == ["test", "test"]
+    code, out, _ = await asyncio.to_thread(run_cli, "dlq", "show", "docs", letters[1]["id"])
+    assert code == 0 and json.loads(out)["message"] == "garbage"
+    code, out, err = await asyncio.to_thread(run_cli, "dlq", "replay", "docs")
+    assert code == 1  # the garbage one cannot be replayed...
+    assert f"replayed {letters[0]['id']} as request {good.request_id}" in out
+    assert f"cannot replay {letters[1]['id']}" in err and "purge it instead" in err
+    code, out, _ = await asyncio.to_thread(run_cli, "dlq", "purge", "docs")
+    assert code == 0 and out == "purged 1 dead letter(s)\n"
+    code, out, _ = await asyncio.to_thread(run_cli, "dlq", "ls")
+    assert out == "no dead letters\n"
+    code, _, err = await asyncio.to_thread(run_cli, "dlq", "show", "docs", "0-1")
+    assert code == 2 and "no dead letter 0-1" in err
