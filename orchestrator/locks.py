@@ -88,6 +88,7 @@ class ResourceLockManager:
         self._released: dict[str, asyncio.Event] = {}
         self._listener: asyncio.Task[None] | None = None
         self._listening = asyncio.Event()
+        self._closing = False
 
     async def start(self) -> None:
         if self.listen_url and self._listener is None:
@@ -97,26 +98,33 @@ class ResourceLockManager:
 
     async def close(self) -> None:
         if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
+            self._closing = True
+            # the listener notices within a second; cancel only if it does not
+            done, _ = await asyncio.wait({self._listener}, timeout=3)
+            if not done:
+                self._listener.cancel()
+                with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                    await asyncio.wait_for(self._listener, 2)
             self._listener = None
 
     async def _listen(self) -> None:
         assert self.listen_url is not None
         backoff = 0.1
-        while True:
+        while not self._closing:
             try:
                 async with await AsyncConnection.connect(self.listen_url, autocommit=True) as conn:
                     await conn.execute(f"LISTEN {CHANNEL}")
                     self._listening.set()
                     backoff = 0.1
-                    async for note in conn.notifies():
-                        namespace, _, resource = note.payload.partition(_SEP)
-                        if namespace == self.namespace:
-                            event = self._released.get(resource)
-                            if event is not None:
-                                event.set()
+                    while not self._closing:
+                        # a bounded wait, so closing never has to cancel inside psycopg
+                        async for note in conn.notifies(timeout=1.0):
+                            namespace, _, resource = note.payload.partition(_SEP)
+                            if namespace == self.namespace:
+                                event = self._released.get(resource)
+                                if event is not None:
+                                    event.set()
+                return
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

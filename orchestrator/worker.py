@@ -182,6 +182,10 @@ class Worker:
             if pending:
                 log.warning("%d request(s) still running after %.0fs: left pending for "
                             "another consumer", len(pending), grace)
+                for task in pending:
+                    log.warning("still running: %s", "".join(
+                        f"\n  {f.f_code.co_filename}:{f.f_lineno} {f.f_code.co_name}"
+                        for f in task.get_stack()))
                 await asyncio.gather(*pending, return_exceptions=True)
         for task in self._loops:
             task.cancel()

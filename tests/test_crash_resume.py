@@ -68,7 +68,8 @@ async def test_kill_midway_then_cli_resume_completes_exactly_once(
     orchestrator_factory, service_env, fixture_package, tmp_path
 ) -> None:
     counts: Counter[str] = Counter()
-    orch = await orchestrator_factory(builtin=False, stand_ins=[_slow_counting_docs(counts)])
+    orch = await orchestrator_factory(builtin=False, stand_ins=[_slow_counting_docs(counts)],
+                                      worker_min_concurrency=2, worker_max_concurrency=2)
     out = tmp_path / "docs"
     thread_id = await _start_and_kill_midway(service_env, fixture_package, out, counts)
     record = await orch.runtime.workflows.get(thread_id)
@@ -90,7 +91,8 @@ async def test_kill_midway_then_recover_completes_exactly_once(
     orchestrator_factory, service_env, fixture_package, tmp_path
 ) -> None:
     counts: Counter[str] = Counter()
-    orch = await orchestrator_factory(builtin=False, stand_ins=[_slow_counting_docs(counts)])
+    orch = await orchestrator_factory(builtin=False, stand_ins=[_slow_counting_docs(counts)],
+                                      worker_min_concurrency=2, worker_max_concurrency=2)
     out = tmp_path / "docs"
     thread_id = await _start_and_kill_midway(service_env, fixture_package, out, counts)
     results = await orch.recover()
