@@ -98,13 +98,11 @@ class ResourceLockManager:
 
     async def close(self) -> None:
         if self._listener is not None:
+            # Cancel, but never wait on it unbounded: if the cancellation is lost inside
+            # psycopg, the listener still ends by itself within its 1 s notifies() timeout.
             self._closing = True
-            # the listener notices within a second; cancel only if it does not
-            done, _ = await asyncio.wait({self._listener}, timeout=3)
-            if not done:
-                self._listener.cancel()
-                with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-                    await asyncio.wait_for(self._listener, 2)
+            self._listener.cancel()
+            await asyncio.wait({self._listener}, timeout=2)
             self._listener = None
 
     async def _listen(self) -> None:
