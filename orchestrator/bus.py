@@ -184,6 +184,7 @@ class EventBus:
         self.events_maxlen = events_maxlen
         self._waiters: dict[str, asyncio.Future[AgentResponse]] = {}
         self._reader: asyncio.Task[None] | None = None
+        self._closing = False
         self._groups: set[str] = set()
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -194,9 +195,14 @@ class EventBus:
 
     async def close(self) -> None:
         if self._reader is not None:
+            # redis-py's asyncio.wait_for-based I/O can swallow a cancellation that lands as a
+            # command completes (Python 3.11): the reader also stops on the flag, and close
+            # never waits on it unbounded.
+            self._closing = True
             self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
+            done, _ = await asyncio.wait({self._reader}, timeout=3)
+            if not done:
+                log.warning("reply reader did not stop within 3s; leaving it to finish")
             self._reader = None
         for fut in self._waiters.values():
             if not fut.done():
@@ -255,7 +261,7 @@ class EventBus:
         last_id = b"0-0"  # the stream is ours alone: everything in it is for us
         # Block well under redis-py's default 5 s socket timeout, or the read times out.
         backoff = 0.05
-        while True:
+        while not self._closing:
             try:
                 entries = await self.redis.xread({self.reply_stream: last_id}, count=500, block=1000)
                 backoff = 0.05

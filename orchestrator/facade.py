@@ -200,17 +200,9 @@ class Orchestrator:
                 f"thread id {thread_id!r} is already used; resume it with "
                 f"`orchestrator resume {thread_id}` or pick another id"
             ) from None
-        now = now_iso()
-        graph_input = {
-            **spec.make_input(validated),
-            "task_id": thread_id,
-            "workflow_type": workflow,
-            "started_at": now,
-            "updated_at": now,
-        }
         await self.runtime.bus.publish("workflow.started", {"thread_id": thread_id,
                                                             "workflow_type": workflow})
-        return await self._invoke(record, graph_input, on_progress)
+        return await self._invoke(record, _initial_input(spec, validated, record), on_progress)
 
     async def resume(
         self,
@@ -245,6 +237,11 @@ class Orchestrator:
         # carries on from its last checkpoint, re-running only the unfinished tasks.
         snapshot = await self.graph(record.workflow_type).aget_state(self._config(thread_id))
         graph_input: Any = Command(resume=value) if snapshot.interrupts else None
+        if snapshot.created_at is None:
+            # Killed after the row was written but before the first checkpoint: start it
+            # from the input the row keeps.
+            spec = get_workflow(record.workflow_type, self._extra)
+            graph_input = _initial_input(spec, validate_input(spec, record.input), record)
         await self.runtime.bus.publish("workflow.resumed", {"thread_id": thread_id})
         return await self._invoke(record, graph_input, on_progress)
 
@@ -403,6 +400,17 @@ class Orchestrator:
 
             silent_for = (datetime.now(UTC) - record.heartbeat_at).total_seconds()
         return silent_for is None or silent_for > self.settings.workflow_lease
+
+
+def _initial_input(spec: WorkflowSpec, validated: Any, record: WorkflowRecord) -> dict[str, Any]:
+    """The graph's input state for a new run of ``record``."""
+    return {
+        **spec.make_input(validated),
+        "task_id": record.thread_id,
+        "workflow_type": record.workflow_type,
+        "started_at": record.created_at.isoformat(),
+        "updated_at": now_iso(),
+    }
 
 
 def _parse_owner(owner: str) -> tuple[str, int | None]:
