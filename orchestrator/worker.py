@@ -124,11 +124,12 @@ class Worker:
         self.name = name or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.agent_ids = {a.agent_type: f"{a.agent_type}@{self.name}" for a in self.agents}
         # claims name the process, so a dead owner on this host is recognised at once
-        self._claim_prefix = f"{socket.gethostname()}:{os.getpid()}:"
+        self._claim_prefix = f"{socket.gethostname()}:{os.getpid()}:{self.name}:"
         self.capacity = {a.agent_type: _Capacity(min_concurrency) for a in self.agents}
         self._stopping = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
         self._inflight: set[asyncio.Task[None]] = set()
+        self._executing: set[str] = set()  # request ids this process is executing now
         self.handled = 0
 
     async def __aenter__(self) -> Worker:
@@ -361,16 +362,42 @@ class Worker:
             await self.bus.respond(delivery, request, response, agent_type=agent.agent_type,
                                    store=False)
             return
-        response = await self._execute(agent, agent_id, request, claim)
-        await self.bus.respond(delivery, request, response, agent_type=agent.agent_type)
+        self._executing.add(request.request_id)
+        try:
+            response = await self._execute(agent, agent_id, request, claim)
+            await self._respond_through_outage(delivery, request, response, agent.agent_type)
+        finally:
+            self._executing.discard(request.request_id)
         self.handled += 1
+
+    async def _respond_through_outage(
+        self, delivery: Delivery, request: AgentRequest, response: AgentResponse, agent_type: str
+    ) -> None:
+        """Deliver a computed response, retrying through a short Redis outage (a restart):
+        losing it would mean executing the request again."""
+        pause = 0.1
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                await self.bus.respond(delivery, request, response, agent_type=agent_type)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if time.monotonic() > deadline:
+                    raise
+                log.warning("answering %s failed (%s); retrying in %.1fs", request.request_id,
+                            exc, pause)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 2.0)
 
     async def _claim_live(self, request_id: str) -> bool:
         """Whether a live consumer holds the execution claim on ``request_id``."""
         owner = await self.bus.claim_owner(request_id)
         if owner is None:
             return False
-        if _owner_dead(owner):
+        ours = owner.startswith(self._claim_prefix) and request_id not in self._executing
+        if ours or _owner_dead(owner):  # ours but not running here: left by a failed attempt
             await self.bus.break_claim(request_id, owner)
             return False
         return True
