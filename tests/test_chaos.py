@@ -10,8 +10,8 @@ started here are killed, by pid.
 Randomness is seeded: set ``CHAOS_SEED`` to replay a run; each test prints the seed it used.
 Run with ``-s`` to see the timings and outcomes each test prints.
 
-Bugs the chaos runs found are reproduced deterministically at the end of the file, each marked
-``xfail(strict=True)`` with the cause in its reason.
+Bugs the chaos runs found are reproduced deterministically at the end of the file; each was
+first committed as ``xfail(strict=True)`` with its cause, and now guards its fix.
 """
 
 from __future__ import annotations
