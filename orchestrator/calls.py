@@ -99,10 +99,46 @@ async def call_agent(
     rt = runtime or await current_runtime()
     timeout = timeout if timeout is not None else rt.settings.request_timeout
     thread_id, task_key = _graph_context()
+    counter_key = index = None
     if thread_id and task_key:
-        request_id = request_id_for(thread_id, task_key, rt.next_call_index(f"{thread_id}|{task_key}"))
+        counter_key = f"{thread_id}|{task_key}"
+        index = rt.next_call_index(counter_key)
+        request_id = request_id_for(thread_id, task_key, index)
     else:
         request_id = str(uuid.uuid4())
+    try:
+        return await _call(rt, request_id, target, request_type, payload, locks, timeout,
+                           priority, subtask, lock_ttl, lock_wait, thread_id, task_key)
+    except Exception as exc:
+        if counter_key is not None and index is not None and _no_response(exc):
+            rt.reuse_call_index(counter_key, index)
+        raise
+
+
+def _no_response(exc: BaseException) -> bool:
+    """The call may or may not have reached an agent, and no answer came back."""
+    if isinstance(exc, AgentTimeout):
+        return True
+    if isinstance(exc, OrchestratorError):
+        return False
+    return is_transient(exc)
+
+
+async def _call(
+    rt: Runtime,
+    request_id: str,
+    target: str,
+    request_type: str,
+    payload: dict[str, Any] | None,
+    locks: Sequence[str],
+    timeout: float,
+    priority: Priority,
+    subtask: str | None,
+    lock_ttl: float,
+    lock_wait: float,
+    thread_id: str | None,
+    task_key: str | None,
+) -> AgentCall:
     if not await rt.registry.has_live(target):
         BUS_REQUESTS.labels(target, "unavailable").inc()
         raise AgentUnavailable(target)

@@ -149,6 +149,12 @@ class Runtime:
             self._call_counters.popitem(last=False)
         return index
 
+    def reuse_call_index(self, task_key: str, index: int) -> None:
+        """Give ``index`` back: the call got no response (lost connection, timeout), so its
+        retry must send the same request id; the response store answers it if it ran."""
+        if self._call_counters.get(task_key) == index:
+            self._call_counters[task_key] = index - 1
+
 
 @contextlib.contextmanager
 def use_runtime(runtime: Runtime) -> Iterator[Runtime]:
