@@ -117,6 +117,8 @@ async def call_agent(
 
 def _no_response(exc: BaseException) -> bool:
     """The call may or may not have reached an agent, and no answer came back."""
+    if hasattr(exc, "updates"):  # built from an agent's response (perhaps a stored one)
+        return False
     if isinstance(exc, AgentTimeout):
         return True
     if isinstance(exc, OrchestratorError):
