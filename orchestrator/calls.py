@@ -16,7 +16,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -74,6 +74,7 @@ async def call_agent(
     payload: dict[str, Any] | None = None,
     *,
     locks: Sequence[str] = (),
+    fencing: Mapping[str, int] | None = None,
     timeout: float | None = None,
     priority: Priority = "normal",
     subtask: str | None = None,
@@ -85,6 +86,8 @@ async def call_agent(
 
     Args:
         locks: resources to hold for the duration of the call (``repo:<path>``...).
+        fencing: fencing tokens of locks the workflow already holds beyond this call (see
+            :func:`orchestrator.workflow_locks.hold`), passed to the agent with the others.
         timeout: seconds to wait for the answer (default: settings.request_timeout); it is
             also the request's deadline, so an agent never starts it late.
         subtask: the key under which ``agent_assignments`` records who did the work.
@@ -106,9 +109,21 @@ async def call_agent(
         request_id = request_id_for(thread_id, task_key, index)
     else:
         request_id = str(uuid.uuid4())
+    request = AgentRequest(
+        request_id=request_id,
+        source=rt.process_id,
+        target=target,
+        request_type=request_type,
+        payload=payload or {},
+        priority=priority,
+        deadline=datetime.now(UTC) + timedelta(seconds=timeout),
+        correlation_id=thread_id,
+        reply_to=rt.bus.reply_stream,
+        fencing=dict(fencing or {}),
+    )
     try:
-        return await _call(rt, request_id, target, request_type, payload, locks, timeout,
-                           priority, subtask, lock_ttl, lock_wait, thread_id, task_key)
+        return await _call(rt, request, locks, timeout, subtask or request_type,
+                           lock_ttl, lock_wait, task_key)
     except Exception as exc:
         if counter_key is not None and index is not None and _no_response(exc):
             rt.reuse_call_index(counter_key, index)
@@ -128,43 +143,37 @@ def _no_response(exc: BaseException) -> bool:
 
 async def _call(
     rt: Runtime,
-    request_id: str,
-    target: str,
-    request_type: str,
-    payload: dict[str, Any] | None,
+    request: AgentRequest,
     locks: Sequence[str],
     timeout: float,
-    priority: Priority,
-    subtask: str | None,
+    subtask: str,
     lock_ttl: float,
     lock_wait: float,
-    thread_id: str | None,
     task_key: str | None,
 ) -> AgentCall:
+    target, request_type = request.target, request.request_type
     if not await rt.registry.has_live(target):
         BUS_REQUESTS.labels(target, "unavailable").inc()
         raise AgentUnavailable(target)
 
-    holder = f"{rt.process_id}:{thread_id or '-'}:{task_key or request_id}"
+    holder = f"{rt.process_id}:{request.correlation_id or '-'}:{task_key or request.request_id}"
     started = time.perf_counter()
     if locks:
         async with rt.locks.acquire_many(locks, holder, ttl=lock_ttl, wait_timeout=lock_wait) as leases:
-            fencing = {lease.resource: lease.token for lease in leases}
-            response = await _guarded_send(rt, request_id, target, request_type, payload,
-                                           priority, timeout, thread_id, fencing)
+            request.fencing.update({lease.resource: lease.token for lease in leases})
+            response = await _guarded_send(rt, request, timeout)
     else:
-        response = await _guarded_send(rt, request_id, target, request_type, payload, priority,
-                                       timeout, thread_id, {})
+        response = await _guarded_send(rt, request, timeout)
     BUS_LATENCY.labels(target, response.status).observe(time.perf_counter() - started)
     BUS_REQUESTS.labels(target, response.status).inc()
-    key = subtask or request_type
     updates: dict[str, Any] = {
-        "agent_assignments": {key: response.source},
+        "agent_assignments": {subtask: response.source},
         "agent_status": {response.source: response.status},
         "updated_at": now_iso(),
     }
     if response.status == "success":
-        return AgentCall(request_id, target, response.source, response.result, response, updates)
+        return AgentCall(request.request_id, target, response.source, response.result,
+                         response, updates)
     error = response.error
     code = error.code if error else response.status
     message = error.message if error else f"request ended with status {response.status}"
@@ -172,43 +181,36 @@ async def _call(
     if response.status == "dead_lettered":
         exc = DeadLettered(f"{target}.{request_type} was dead-lettered: {message}")
     elif response.status == "timeout":
-        exc = AgentTimeout(target, request_type, timeout, request_id)
+        exc = AgentTimeout(target, request_type, timeout, request.request_id)
     else:
         exc = AgentError(target, code, message, retryable=bool(error and error.retryable))
     exc.updates = {  # type: ignore[attr-defined]
         **updates,
         "error_log": [
             {"at": now_iso(), "node": task_key or "", "code": code, "message": message,
-             "subtask": key}
+             "subtask": subtask}
         ],
     }
     raise exc
 
 
-async def _guarded_send(
-    rt: Runtime,
-    request_id: str,
-    target: str,
-    request_type: str,
-    payload: dict[str, Any] | None,
-    priority: Priority,
-    timeout: float,
-    thread_id: str | None,
-    fencing: dict[str, int],
-) -> AgentResponse:
+async def _guarded_send(rt: Runtime, request: AgentRequest, timeout: float) -> AgentResponse:
     """Send through the target's circuit breaker, recording whether the agent was healthy."""
-    await rt.breaker.before_call(target)  # CircuitOpen: fail fast, holding nothing but locks
+    await rt.breaker.before_call(request.target)  # CircuitOpen: fail fast, holding only locks
     healthy = False
     try:
-        response = await _send(rt, request_id, target, request_type, payload, priority, timeout,
-                               thread_id, fencing)
+        response = await rt.bus.request(request, timeout)
         healthy = _healthy(response)
         return response
+    except TimeoutError:
+        BUS_REQUESTS.labels(request.target, "timeout").inc()
+        raise AgentTimeout(request.target, request.request_type, timeout,
+                           request.request_id) from None
     except asyncio.CancelledError:
         healthy = True  # says nothing about the agent; do not count it against it
         raise
     finally:
-        await rt.breaker.record(target, healthy)
+        await rt.breaker.record(request.target, healthy)
 
 
 def _healthy(response: AgentResponse) -> bool:
@@ -226,36 +228,6 @@ def _healthy(response: AgentResponse) -> bool:
 #: Error codes that blame the request, not the agent: they do not trip the breaker.
 _INPUT_ERRORS = frozenset({"invalid_input", "unsafe_path", "missing_fencing_token",
                            "stale_fencing_token", "unknown_request_type"})
-
-
-async def _send(
-    rt: Runtime,
-    request_id: str,
-    target: str,
-    request_type: str,
-    payload: dict[str, Any] | None,
-    priority: Priority,
-    timeout: float,
-    thread_id: str | None,
-    fencing: dict[str, int],
-) -> AgentResponse:
-    request = AgentRequest(
-        request_id=request_id,
-        source=rt.process_id,
-        target=target,
-        request_type=request_type,
-        payload=payload or {},
-        priority=priority,
-        deadline=datetime.now(UTC) + timedelta(seconds=timeout),
-        correlation_id=thread_id,
-        reply_to=rt.bus.reply_stream,
-        fencing=fencing,
-    )
-    try:
-        return await rt.bus.request(request, timeout)
-    except TimeoutError:
-        BUS_REQUESTS.labels(target, "timeout").inc()
-        raise AgentTimeout(target, request_type, timeout, request_id) from None
 
 
 def is_transient(exc: BaseException) -> bool:

@@ -294,6 +294,55 @@ class ResourceLockManager:
                 except Exception as exc:  # it expires on its own; say so and move on
                     log.warning("releasing %s failed (%s); it expires at its TTL", lease.resource, exc)
 
+    async def hold(self, resource: str, holder: str, ttl: float) -> Lease:
+        """Take ``resource`` for ``holder`` beyond one block of code, or extend its holding.
+
+        For locks a workflow keeps across steps, pauses and crashes (``holder`` names the
+        workflow, not a process): taking it again as the same holder extends the expiry and
+        keeps the fencing token; nothing renews it in the background, so a holder that never
+        comes back loses it at expiry. Release it with :meth:`release_held`.
+
+        Raises:
+            ResourceLocked: someone else holds it; the error names them.
+        """
+        row = await self.db.fetchone(
+            """
+            INSERT INTO resource_locks AS l (namespace, resource, holder, token, acquired_at,
+                                             expires_at)
+            VALUES (%s, %s, %s, 1, now(), now() + make_interval(secs => %s))
+            ON CONFLICT (namespace, resource) DO UPDATE
+            SET holder = EXCLUDED.holder,
+                token = CASE WHEN l.holder = EXCLUDED.holder AND l.expires_at >= now()
+                             THEN l.token ELSE l.token + 1 END,
+                acquired_at = CASE WHEN l.holder = EXCLUDED.holder AND l.expires_at >= now()
+                                   THEN l.acquired_at ELSE now() END,
+                expires_at = EXCLUDED.expires_at
+            WHERE l.holder IS NULL OR l.expires_at < now() OR l.holder = EXCLUDED.holder
+            RETURNING token, expires_at""",
+            (self.namespace, resource, holder, ttl),
+        )
+        if row is None:
+            LOCK_ACQUISITIONS.labels("refused").inc()
+            LOCK_CONTENTION.inc()
+            current, _ = await self._holder(resource)
+            raise ResourceLocked(resource, current, 0.0)
+        LOCK_ACQUISITIONS.labels("acquired").inc()
+        return Lease(resource, holder, row["token"], row["expires_at"])
+
+    async def release_held(self, resource: str, holder: str) -> bool:
+        """Release a lock taken with :meth:`hold`; returns whether ``holder`` still held it."""
+        row = await self.db.fetchone(
+            """
+            WITH released AS (
+                UPDATE resource_locks SET holder = NULL, expires_at = NULL
+                WHERE namespace = %s AND resource = %s AND holder = %s
+                RETURNING resource
+            )
+            SELECT pg_notify(%s, %s) AS notified FROM released""",
+            (self.namespace, resource, holder, CHANNEL, f"{self.namespace}{_SEP}{resource}"),
+        )
+        return row is not None
+
     async def is_locked(self, resource: str) -> bool:
         holder, _ = await self._holder(resource)
         return holder is not None

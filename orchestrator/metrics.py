@@ -72,7 +72,7 @@ WORKER_BACKLOG = Gauge(
 )
 LOCK_ACQUISITIONS = Counter(
     "orchestrator_lock_acquisitions_total",
-    "Resource lock acquisitions, by outcome (acquired, timeout)",
+    "Resource lock acquisitions, by outcome (acquired, timeout, refused)",
     ["outcome"],
 )
 LOCK_WAIT_SECONDS = Histogram(

@@ -18,6 +18,10 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from contextvars import ContextVar
 
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from state.db import Database
 from state.migrations import migrate
@@ -100,9 +104,13 @@ class Runtime:
                 await migrate(db)
                 # redis-py's default pool raises once its connections are all busy; many
                 # in-flight agent calls must wait for a connection instead.
+                # A pooled connection that predates a Redis restart fails its next command;
+                # retrying on a fresh connection hides that from every caller.
                 pool = BlockingConnectionPool.from_url(
                     redis_url, max_connections=settings.redis_max_connections, timeout=30,
                     health_check_interval=30,
+                    retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 3),
+                    retry_on_error=[RedisConnectionError, RedisTimeoutError],
                 )
                 redis = Redis(connection_pool=pool)
                 stack.push_async_callback(redis.aclose, close_connection_pool=True)

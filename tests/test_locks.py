@@ -79,3 +79,29 @@ async def test_many_resources_in_opposite_orders_do_not_deadlock(rt) -> None:
 
     await asyncio.wait_for(asyncio.gather(take(["a", "b", "c"], "x"), take(["c", "b", "a"], "y")),
                            30)
+
+
+async def test_a_held_lock_is_reentrant_for_its_holder_and_refused_to_others(rt) -> None:
+    locks = rt.locks
+    first = await locks.hold("deploy:web", "workflow:a", ttl=30)
+    again = await locks.hold("deploy:web", "workflow:a", ttl=60)  # a resumed workflow
+    assert again.token == first.token and again.expires_at > first.expires_at
+    with pytest.raises(ResourceLocked, match="locked by workflow:a"):
+        await locks.hold("deploy:web", "workflow:b", ttl=30)
+    with pytest.raises(ResourceLocked):  # ordinary acquirers are refused too
+        async with locks.acquire("deploy:web", "someone", wait_timeout=0):
+            pass
+    assert not await locks.release_held("deploy:web", "workflow:b")
+    assert await locks.release_held("deploy:web", "workflow:a")
+    taken = await locks.hold("deploy:web", "workflow:b", ttl=30)
+    assert taken.token == first.token + 1
+
+
+async def test_an_expired_held_lock_goes_to_the_next_holder_with_a_new_token(rt) -> None:
+    locks = rt.locks
+    first = await locks.hold("deploy:api", "workflow:a", ttl=0.2)
+    await asyncio.sleep(0.3)
+    second = await locks.hold("deploy:api", "workflow:b", ttl=30)
+    assert second.token == first.token + 1
+    with pytest.raises(ResourceLocked, match="workflow:b"):  # a late comeback is refused
+        await locks.hold("deploy:api", "workflow:a", ttl=30)
