@@ -16,6 +16,8 @@ the runtime never imports a particular agent.
 
 from __future__ import annotations
 
+import functools
+import importlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -51,6 +53,11 @@ class RequestContext:
     agent_type: str
     log: logging.LoggerAdapter[logging.Logger]
     bus: EventBus | None = None
+    chat_model_spec: str | None = None
+
+    def chat_model(self) -> Any | None:
+        """The configured LangChain chat model (``ORCHESTRATOR_CHAT_MODEL``), or None."""
+        return load_chat_model(self.chat_model_spec) if self.chat_model_spec else None
 
     @property
     def fencing(self) -> dict[str, int]:
@@ -82,6 +89,26 @@ class RequestContext:
 
 
 Handler = Callable[[dict[str, Any], RequestContext], Awaitable[Any]]
+
+
+@functools.cache
+def load_chat_model(spec: str) -> Any:
+    """Build the chat model named by ``spec`` (``module:factory``), once per process.
+
+    Raises:
+        InvalidInput: the factory cannot be imported or does not return a chat model.
+    """
+    module_name, _, attr = spec.partition(":")
+    try:
+        factory: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            factory = getattr(factory, part)
+        model = factory()
+    except (ImportError, AttributeError, TypeError) as exc:
+        raise InvalidInput(f"ORCHESTRATOR_CHAT_MODEL={spec}: {exc}") from None
+    if not hasattr(model, "ainvoke"):
+        raise InvalidInput(f"ORCHESTRATOR_CHAT_MODEL={spec} did not return a LangChain chat model")
+    return model
 
 
 class HandlerError(OrchestratorError):

@@ -91,13 +91,15 @@ def validate_input(spec: WorkflowSpec, data: Any) -> BaseModel:
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
-            where = ".".join(str(p) for p in err["loc"]) or "input"
+            where = ".".join(str(p) for p in err["loc"])
+            message = (str(err["ctx"]["error"]) if err["type"] == "value_error"
+                       and "error" in err.get("ctx", {}) else err["msg"])
             if err["type"] == "missing":
                 problems.append(f"missing input field {where!r}")
-            elif err["type"] == "value_error" and "error" in err.get("ctx", {}):
-                problems.append(f"input field {where!r}: {err['ctx']['error']}")
-            else:
-                problems.append(f"input field {where!r}: {err['msg']}")
+            elif where:
+                problems.append(f"input field {where!r}: {message}")
+            else:  # a check across fields
+                problems.append(message)
         fields = ", ".join(spec.input_model.model_fields)
         raise InvalidInput(
             f"{spec.name}: {'; '.join(problems)} (fields: {fields}; pass them with "

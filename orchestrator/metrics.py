@@ -21,6 +21,10 @@ __all__ = [
     "LOCK_WAIT_SECONDS",
     "LOCKS_HELD",
     "LOCK_CONTENTION",
+    "CANARY_STAGE",
+    "CANARY_ROLLBACKS",
+    "HEALING_ATTEMPTS",
+    "HEALING_OUTCOMES",
     "start_metrics_server",
 ]
 
@@ -90,3 +94,24 @@ LOCKS_HELD = Gauge("orchestrator_locks_held", "Resource locks held by this proce
 def start_metrics_server(port: int, addr: str = "127.0.0.1") -> None:
     """Serve ``/metrics`` on ``addr:port`` from a background thread."""
     start_http_server(port, addr=addr)
+
+CANARY_STAGE = Gauge(
+    "orchestrator_canary_stage_percent",
+    "Traffic percentage of each deployment's canary rollout (0 after a rollback)",
+    ["deployment"],
+)
+CANARY_ROLLBACKS = Counter(
+    "orchestrator_canary_rollbacks_total",
+    "Canary rollbacks, by deployment and mode (automatic, manual)",
+    ["deployment", "mode"],
+)
+HEALING_ATTEMPTS = Counter(
+    "orchestrator_healing_attempts_total",
+    "Self-healing fix attempts, by service, issue kind and action",
+    ["service", "issue", "action"],
+)
+HEALING_OUTCOMES = Counter(
+    "orchestrator_healing_outcomes_total",
+    "Self-healing runs by service and outcome (healthy, healed, escalated, gave_up)",
+    ["service", "outcome"],
+)

@@ -135,6 +135,7 @@ class Runtime:
                         max_deliveries=settings.max_deliveries,
                         heartbeat_interval=settings.heartbeat_interval,
                         name=f"local-{process_id}",
+                        chat_model=settings.chat_model,
                     )
                     await runtime.worker.start()
                     stack.push_async_callback(runtime.worker.stop)

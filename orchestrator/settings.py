@@ -80,6 +80,11 @@ class Settings(BaseModel):
     redis_max_connections: int = Field(
         64, ge=4, description="Redis connections per process (callers wait for a free one)"
     )
+    chat_model: str | None = Field(
+        None, pattern=r"^[\w.]+:[\w.]+$",
+        description="LangChain chat model for agents that can use one: 'module:factory', a "
+        "callable returning a BaseChatModel (unset: agents use their rules only)",
+    )
 
     @model_validator(mode="after")
     def _concurrency_bounds(self) -> Settings:

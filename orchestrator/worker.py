@@ -104,12 +104,14 @@ class Worker:
         scale_interval: float = 0.25,
         scale_down_after: float = 2.0,
         name: str | None = None,
+        chat_model: str | None = None,
     ) -> None:
         if not agents:
             raise ValueError("a worker needs at least one agent")
         if not 1 <= min_concurrency <= max_concurrency:
             raise ValueError("need 1 <= min_concurrency <= max_concurrency")
         self.bus = bus
+        self.chat_model = chat_model
         self.registry = registry
         self.agents = list(agents)
         self.min_concurrency = min_concurrency
@@ -427,6 +429,7 @@ class Worker:
                 {"request_id": request.request_id, "thread_id": request.correlation_id},
             ),
             bus=self.bus,
+            chat_model_spec=self.chat_model,
         )
         handler = agent.handlers.get(request.request_type) or agent.handlers.get("*")
         if handler is None:

@@ -3,12 +3,20 @@ the isolated database, Redis and Orchestrator fixtures; these add the project's 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 import textwrap
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from tests.fixture_repo import make_fixture_repo
+from tests.service_app import ServiceProcess
+
+StartService = Callable[..., Awaitable[ServiceProcess]]
 
 
 @pytest.fixture
@@ -65,3 +73,24 @@ def service_env(orchestrator_settings) -> dict[str, str]:
 
 
 ORCHESTRATOR_CMD = [sys.executable, "-m", "orchestrator.cli"]
+
+
+@pytest.fixture
+async def start_service(tmp_path: Path) -> AsyncIterator[StartService]:
+    """Start service_app subprocesses; every one started here is killed afterwards."""
+    started: list[ServiceProcess] = []
+
+    async def start(**kwargs: Any) -> ServiceProcess:
+        service = await asyncio.to_thread(ServiceProcess.start, tmp_path, **kwargs)
+        started.append(service)
+        return service
+
+    yield start
+    for service in started:
+        await asyncio.to_thread(service.kill)
+
+
+@pytest.fixture
+def fixture_repo(tmp_path: Path) -> Path:
+    """A git repository with passing, failing and conflicting branches (tests/fixture_repo.py)."""
+    return make_fixture_repo(tmp_path / "repo")

@@ -70,3 +70,34 @@ _flaky.add_edge(START, "call_flaky")
 _flaky.add_edge("call_flaky", END)
 
 flaky = WorkflowSpec("flaky", _flaky, FlakyInput, "one agent call under AGENT_RETRY")
+
+
+class RolloutInput(BaseModel):
+    deploy: dict[str, Any]
+
+
+class RolloutState(MultiAgentState, total=False):
+    deploy: dict[str, Any]
+    canary: dict[str, Any]
+
+
+async def report(state: RolloutState) -> dict[str, Any]:
+    canary = state["canary"]
+    return {"final_result": {"status": "completed" if canary["status"] == "completed"
+                             else "failed", "canary": canary}}
+
+
+def _rollout_builder() -> StateGraph:
+    from workflows.canary import canary_graph
+
+    builder = StateGraph(RolloutState)
+    builder.add_node("canary", canary_graph)
+    builder.add_node("report", report)
+    builder.add_edge(START, "canary")
+    builder.add_edge("canary", "report")
+    builder.add_edge("report", END)
+    return builder
+
+
+rollout = WorkflowSpec("rollout", _rollout_builder(), RolloutInput,
+                       "the canary subgraph on its own, as another graph would reuse it")

@@ -20,8 +20,10 @@ from orchestrator.runtime import Runtime, use_runtime
 from orchestrator.settings import Settings
 
 from .parallel_docs import workflow as _parallel_docs
+from .pr_deployment import workflow as _pr_deployment
+from .self_healing import workflow as _self_healing
 
-__all__ = ["parallel_docs"]
+__all__ = ["parallel_docs", "pr_deployment", "self_healing"]
 
 _runtime: Runtime | None = None
 _lock: asyncio.Lock | None = None
@@ -40,11 +42,17 @@ async def _server_runtime() -> Runtime:
     return _runtime
 
 
-_compiled = _parallel_docs.builder.compile()
+def _factory(graph: Any, name: str) -> Any:
+    @contextlib.asynccontextmanager
+    async def factory(config: RunnableConfig) -> AsyncIterator[Any]:
+        with use_runtime(await _server_runtime()):
+            yield graph
+
+    factory.__name__ = factory.__qualname__ = name
+    factory.__doc__ = f"``{name}`` for the LangGraph server."
+    return factory
 
 
-@contextlib.asynccontextmanager
-async def parallel_docs(config: RunnableConfig) -> AsyncIterator[Any]:
-    """``parallel_docs`` for the LangGraph server."""
-    with use_runtime(await _server_runtime()):
-        yield _compiled
+parallel_docs = _factory(_parallel_docs.builder.compile(), "parallel_docs")
+pr_deployment = _factory(_pr_deployment.builder.compile(), "pr_deployment")
+self_healing = _factory(_self_healing.builder.compile(), "self_healing")

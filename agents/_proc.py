@@ -1,0 +1,106 @@
+"""Running tools (git, ruff, test commands) for the built-in agents, without a shell.
+
+Every run has a timeout; on expiry the whole process group is killed, so a hung test
+command cannot leave grandchildren behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from orchestrator.agent import HandlerError
+
+__all__ = ["Completed", "run", "git", "resolve_repo"]
+
+_OUTPUT_LIMIT = 200_000  # characters of each stream kept; test output can be huge
+
+
+@dataclass(frozen=True)
+class Completed:
+    argv: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+    seconds: float
+    timed_out: bool = False
+
+
+async def run(
+    argv: Sequence[str],
+    *,
+    cwd: str | Path | None = None,
+    timeout: float = 60.0,
+    env: Mapping[str, str] | None = None,
+    stdin: bytes | None = None,
+) -> Completed:
+    """Run ``argv`` and collect its output; a timeout kills its process group.
+
+    Raises:
+        HandlerError: ``command_not_found`` when the program does not exist.
+    """
+    started = time.perf_counter()
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, cwd=cwd, env=dict(env) if env is not None else None,
+            stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,
+        )
+    except FileNotFoundError:
+        raise HandlerError("command_not_found",
+                           f"{argv[0]!r} was not found (cwd {cwd}); install it or fix the command") from None
+    timed_out = False
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(stdin), timeout)
+    except TimeoutError:
+        timed_out = True
+        _kill_group(proc.pid)
+        out, err = await proc.communicate()
+    except asyncio.CancelledError:
+        _kill_group(proc.pid)
+        raise
+    return Completed(
+        list(argv), proc.returncode if proc.returncode is not None else -9,
+        out.decode("utf-8", "replace")[-_OUTPUT_LIMIT:],
+        err.decode("utf-8", "replace")[-_OUTPUT_LIMIT:],
+        time.perf_counter() - started, timed_out,
+    )
+
+
+def _kill_group(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+async def git(repo: str | Path, *args: str, timeout: float = 60.0, check: bool = True) -> Completed:
+    """``git -C repo args...``; with ``check``, a failure raises naming the command."""
+    done = await run(["git", "-C", str(repo), *args], timeout=timeout,
+                     env={**os.environ, "GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C"})
+    if check and (done.returncode != 0 or done.timed_out):
+        detail = (done.stderr or done.stdout).strip() or f"exit {done.returncode}"
+        raise HandlerError("git_failed", f"git {' '.join(args)} failed in {repo}: {detail}")
+    return done
+
+
+async def resolve_repo(raw: object) -> Path:
+    """The top folder of the git repository ``raw`` names.
+
+    Raises:
+        HandlerError: ``invalid_input`` when it is not a path to a git repository.
+    """
+    if not isinstance(raw, str) or not raw:
+        raise HandlerError("invalid_input", "payload needs 'repo', the path of a git repository")
+    path = await asyncio.to_thread(os.path.expanduser, raw)
+    if not await asyncio.to_thread(os.path.isdir, path):
+        raise HandlerError("invalid_input", f"repository folder {raw} does not exist")
+    done = await git(path, "rev-parse", "--show-toplevel", check=False)
+    if done.returncode != 0:
+        raise HandlerError("invalid_input", f"{raw} is not a git repository")
+    return Path(done.stdout.strip())  # absolute, symbolic links resolved by git

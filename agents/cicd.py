@@ -1,0 +1,230 @@
+"""The ``cicd`` agent: tests in isolated git worktrees, and merges under the repository lock.
+
+Request types:
+
+* ``run_tests`` ``{"repo", "ref", "command"="python -m pytest -q", "timeout"=600}`` →
+  ``{"passed", "exit_code", "timed_out", "counts": {"passed", "failed", ...}, "seconds",
+  "commit", "output_tail"}``. The command runs without a shell in a fresh detached worktree
+  at ``ref``, which is removed afterwards; a leading ``python`` means the agent's own
+  interpreter. Counts are read from pytest's (or unittest's) summary.
+* ``merge`` ``{"repo", "source", "target"="main", "message"}`` → ``{"merged": true, "commit",
+  "already_merged"}``, or ``{"merged": false, "conflicts": [files], "reason"}``. Guarded by
+  the ``repo:<repository path>`` lock, whose fencing token the request must carry. A
+  no-fast-forward merge of ``source`` into ``target``: in place when ``target`` is checked
+  out (the working tree must be clean), else in a temporary worktree, after which the branch
+  is moved by compare-and-swap. A conflict is aborted: the repository is left as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import shlex
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from orchestrator.agent import Agent, HandlerError, RequestContext
+
+from ._proc import git, resolve_repo, run
+
+__all__ = ["agent", "parse_test_counts", "repo_resource"]
+
+agent = Agent(
+    "cicd",
+    capabilities=["git", "worktree", "pytest", "merge"],
+    version="1",
+    description="test runs in git worktrees; merges under the repository lock",
+)
+
+_OUTPUT_TAIL = 4000
+_PYTEST_COUNT = re.compile(
+    r"(\d+) (passed|failed|errors?|skipped|xfailed|xpassed|deselected|warnings?)")
+
+
+def repo_resource(repo: str | Path) -> str:
+    """The lock name guarding a repository's branches."""
+    return f"repo:{Path(repo).resolve()}"
+
+
+def parse_test_counts(output: str) -> dict[str, int]:
+    """Test counts from the last summary line of pytest or unittest output."""
+    counts: dict[str, int] = {}
+    for line in reversed(output.splitlines()):
+        found = _PYTEST_COUNT.findall(line)
+        if found and (" in " in line or line.startswith("=")):
+            for number, word in found:
+                key = {"error": "errors", "warning": "warnings"}.get(word, word)
+                counts[key] = counts.get(key, 0) + int(number)
+            return counts
+    ran = re.search(r"^Ran (\d+) tests?", output, re.M)
+    if ran:  # unittest: "Ran N tests" then "OK" or "FAILED (failures=1, errors=2)"
+        total = int(ran.group(1))
+        bad = {k: int(v) for k, v in re.findall(r"(failures|errors|skipped)=(\d+)", output)}
+        counts = {"failed": bad.get("failures", 0), "errors": bad.get("errors", 0),
+                  "skipped": bad.get("skipped", 0)}
+        counts["passed"] = total - sum(counts.values())
+    return counts
+
+
+def _argv(command: object) -> list[str]:
+    if isinstance(command, str):
+        argv = shlex.split(command)
+    elif isinstance(command, list) and all(isinstance(a, str) for a in command):
+        argv = list(command)
+    else:
+        raise HandlerError("invalid_input", "'command' must be a string or a list of strings")
+    if not argv:
+        raise HandlerError("invalid_input", "'command' is empty")
+    if argv[0] == "python":
+        argv[0] = sys.executable
+    return argv
+
+
+def _ref(payload: dict[str, Any], key: str, default: str | None = None) -> str:
+    value = payload.get(key, default)
+    if not isinstance(value, str) or not value or value.startswith("-"):
+        raise HandlerError("invalid_input", f"payload needs {key!r}, a branch or commit")
+    return value
+
+
+async def _commit(repo: Path, ref: str) -> str:
+    done = await git(repo, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}", check=False)
+    if done.returncode != 0:
+        raise HandlerError("invalid_input", f"{ref!r} is not a branch or commit of {repo}")
+    return done.stdout.strip()
+
+
+@contextlib.asynccontextmanager
+async def _worktree(repo: Path, commit: str):
+    parent = Path(tempfile.mkdtemp(prefix="orch-wt-"))
+    path = parent / "tree"
+    try:
+        await git(repo, "worktree", "add", "--detach", str(path), commit, timeout=300)
+        yield path
+    finally:
+        await git(repo, "worktree", "remove", "--force", str(path), check=False)
+        shutil.rmtree(parent, ignore_errors=True)
+        await git(repo, "worktree", "prune", check=False)
+
+
+@agent.handler("run_tests")
+async def run_tests(payload: dict[str, Any], ctx: RequestContext) -> dict[str, Any]:
+    repo = await resolve_repo(payload.get("repo"))
+    ref = _ref(payload, "ref")
+    argv = _argv(payload.get("command", "python -m pytest -q"))
+    timeout = payload.get("timeout", 600)
+    if not isinstance(timeout, int | float) or timeout <= 0:
+        raise HandlerError("invalid_input", "'timeout' must be a positive number of seconds")
+    commit = await _commit(repo, ref)
+    async with _worktree(repo, commit) as tree:
+        ctx.log.info("running %s at %s (%s)", shlex.join(argv), ref, commit[:12])
+        done = await run(argv, cwd=tree, timeout=float(timeout))
+    output = done.stdout + ("\n" + done.stderr if done.stderr else "")
+    counts = parse_test_counts(done.stdout) or parse_test_counts(output)
+    passed = done.returncode == 0 and not done.timed_out
+    reason = None
+    if done.timed_out:
+        reason = f"the test command timed out after {timeout:g}s"
+    elif not passed:
+        reason = (f"{counts.get('failed', 0)} failed, {counts.get('errors', 0)} errors"
+                  if counts else f"the test command exited {done.returncode}")
+        if done.returncode == 5 and not counts.get("failed"):
+            reason = "no tests were collected"
+    failures = [line.split(" ", 1)[1] for line in done.stdout.splitlines()
+                if line.startswith(("FAILED ", "ERROR "))][:50]
+    if failures and reason:
+        reason += ": " + "; ".join(failures[:5])
+    return {
+        "passed": passed,
+        "reason": reason,
+        "failures": failures,
+        "exit_code": done.returncode,
+        "timed_out": done.timed_out,
+        "counts": counts,
+        "seconds": round(done.seconds, 3),
+        "commit": commit,
+        "command": argv,
+        "output_tail": output[-_OUTPUT_TAIL:],
+    }
+
+
+@agent.handler("merge")
+async def merge(payload: dict[str, Any], ctx: RequestContext) -> dict[str, Any]:
+    repo = await resolve_repo(payload.get("repo"))
+    await ctx.check_fencing(repo_resource(repo))
+    source, target = _ref(payload, "source"), _ref(payload, "target", "main")
+    message = payload.get("message") or f"Merge {source} into {target}"
+    source_commit = await _commit(repo, source)
+    target_commit = await _commit(repo, f"refs/heads/{target}")
+    already = await git(repo, "merge-base", "--is-ancestor", source_commit, target_commit,
+                        check=False)
+    if already.returncode == 0:  # a redelivered request after the merge, or nothing to merge
+        return {"merged": True, "already_merged": True, "commit": target_commit}
+    head = await git(repo, "symbolic-ref", "--quiet", "HEAD", check=False)
+    try:
+        if head.stdout.strip() == f"refs/heads/{target}":
+            commit = await _merge_in_place(repo, source_commit, message)
+        else:
+            commit = await _merge_in_worktree(repo, target, target_commit, source_commit, message)
+    except _Conflict as conflict:
+        ctx.log.info("merging %s into %s conflicts in %s", source, target, conflict.files)
+        return {"merged": False, "conflicts": conflict.files, "reason": (
+            f"merging {source} into {target} conflicts in {', '.join(conflict.files)}; "
+            "resolve it on the source branch and run again")}
+    ctx.log.info("merged %s into %s: %s", source, target, commit[:12])
+    return {"merged": True, "already_merged": False, "commit": commit}
+
+
+class _Conflict(Exception):
+    def __init__(self, files: list[str]) -> None:
+        super().__init__(", ".join(files))
+        self.files = files
+
+
+async def _merge_in_place(repo: Path, source_commit: str, message: str) -> str:
+    dirty = await git(repo, "status", "--porcelain", "--untracked-files=no")
+    if dirty.stdout.strip():
+        raise HandlerError(
+            "dirty_worktree",
+            f"{repo} has uncommitted changes on the target branch; commit or stash them first")
+    await _merge_or_abort(repo, source_commit, message)
+    return (await git(repo, "rev-parse", "HEAD")).stdout.strip()
+
+
+async def _merge_in_worktree(
+    repo: Path, target: str, target_commit: str, source_commit: str, message: str
+) -> str:
+    async with _worktree(repo, target_commit) as tree:
+        await _merge_or_abort(tree, source_commit, message)
+        commit = (await git(tree, "rev-parse", "HEAD")).stdout.strip()
+    # compare-and-swap: refuse if the branch moved while we merged
+    moved = await git(repo, "update-ref", "-m", message, f"refs/heads/{target}", commit,
+                      target_commit, check=False)
+    if moved.returncode != 0:
+        raise HandlerError("target_moved", f"{target} moved during the merge; run it again",
+                           retryable=True)
+    return commit
+
+
+async def _merge_or_abort(tree: Path, source_commit: str, message: str) -> None:
+    done = await git(tree, *await _identity(tree), "merge", "--no-ff", "--no-edit",
+                     "-m", message, source_commit, check=False, timeout=300)
+    if done.returncode == 0:
+        return
+    conflicts = await git(tree, "diff", "--name-only", "--diff-filter=U", check=False)
+    files = [f for f in conflicts.stdout.splitlines() if f]
+    await git(tree, "merge", "--abort", check=False)
+    if files:
+        raise _Conflict(files)  # aborted: the tree is as it was
+    raise HandlerError("merge_failed", (done.stderr or done.stdout).strip())
+
+
+async def _identity(tree: Path) -> list[str]:
+    """The repository's own committer identity, else the orchestrator's (never overriding)."""
+    email = await git(tree, "config", "user.email", check=False)
+    if email.stdout.strip():
+        return []
+    return ["-c", "user.name=orchestrator", "-c", "user.email=orchestrator@localhost"]

@@ -1,0 +1,138 @@
+"""The ``code_review`` agent: static analysis (ruff) of the Python files a branch changes.
+
+Request types:
+
+* ``review`` ``{"repo", "source", "target", "max_findings"=0}`` → ``{"base", "files",
+  "findings": [{"file", "line", "column", "code", "message"}], "counts": {code: n},
+  "verdict": "approved" | "changes_requested", "passed", "max_findings"}``
+
+The changed files are those added, copied, modified or renamed between the merge base of
+``target`` and ``source``, and ``source``. They are linted as they are at ``source`` (taken
+with ``git archive``, together with the repository's ruff configuration files), so neither
+the working tree nor the checked-out branch matters. The verdict approves when there are at
+most ``max_findings`` findings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import tarfile
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from orchestrator.agent import Agent, HandlerError, RequestContext
+
+from ._proc import git, resolve_repo, run
+
+__all__ = ["agent", "ruff_binary"]
+
+agent = Agent(
+    "code_review",
+    capabilities=["python", "ruff", "git-diff"],
+    version="1",
+    description="ruff findings on the Python files a branch changes",
+)
+
+_PY_SUFFIXES = (".py", ".pyi")
+_CONFIG_NAMES = {"pyproject.toml", "ruff.toml", ".ruff.toml"}
+
+
+def ruff_binary() -> str:
+    """The ruff executable installed with the orchestrator."""
+    from ruff.__main__ import find_ruff_bin
+
+    return str(find_ruff_bin())
+
+
+def _ref(payload: dict[str, Any], key: str, default: str | None = None) -> str:
+    value = payload.get(key, default)
+    if not isinstance(value, str) or not value or value.startswith("-"):
+        raise HandlerError("invalid_input", f"payload needs {key!r}, a branch or commit")
+    return value
+
+
+@agent.handler("review")
+async def review(payload: dict[str, Any], ctx: RequestContext) -> dict[str, Any]:
+    repo = await resolve_repo(payload.get("repo"))
+    source, target = _ref(payload, "source"), _ref(payload, "target", "main")
+    max_findings = payload.get("max_findings", 0)
+    if not isinstance(max_findings, int) or max_findings < 0:
+        raise HandlerError("invalid_input", "'max_findings' must be a whole number >= 0")
+    for ref in (source, target):
+        done = await git(repo, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}", check=False)
+        if done.returncode != 0:
+            raise HandlerError("invalid_input", f"{ref!r} is not a branch or commit of {repo}")
+    base = (await git(repo, "merge-base", target, source)).stdout.strip()
+    diff = await git(repo, "diff", "--name-only", "-z", "--diff-filter=ACMR", base, source)
+    files = sorted(f for f in diff.stdout.split("\0") if f.endswith(_PY_SUFFIXES))
+    findings = await _lint_at(repo, source, files) if files else []
+    counts = Counter(f["code"] for f in findings)
+    passed = len(findings) <= max_findings
+    ctx.log.info("reviewed %d changed files of %s: %d findings", len(files), source, len(findings))
+    return {
+        "base": base,
+        "source": source,
+        "target": target,
+        "files": files,
+        "findings": findings,
+        "counts": dict(sorted(counts.items())),
+        "verdict": "approved" if passed else "changes_requested",
+        "passed": passed,
+        "max_findings": max_findings,
+    }
+
+
+async def _lint_at(repo: Path, ref: str, files: list[str]) -> list[dict[str, Any]]:
+    listing = await git(repo, "ls-tree", "-r", "--name-only", "-z", ref)
+    configs = [p for p in listing.stdout.split("\0") if Path(p).name in _CONFIG_NAMES]
+    archive = await _archive(repo, ref, [*files, *configs])
+    with tempfile.TemporaryDirectory(prefix="orch-review-") as tmp:
+        await asyncio.to_thread(_extract, archive, tmp)
+        done = await run(
+            [ruff_binary(), "check", "--output-format", "json", "--no-cache", "--exit-zero",
+             "--force-exclude", *files],
+            cwd=tmp, timeout=300,
+        )
+        if done.returncode != 0 or done.timed_out:
+            raise HandlerError("ruff_failed", f"ruff could not lint the changes: {done.stderr.strip()}",
+                               retryable=done.timed_out)
+        try:
+            raw = json.loads(done.stdout or "[]")
+        except json.JSONDecodeError as exc:
+            raise HandlerError("ruff_failed", f"unreadable ruff output: {exc}") from None
+        return await asyncio.to_thread(_findings, raw, tmp)
+
+
+def _findings(raw: list[dict[str, Any]], tmp: str) -> list[dict[str, Any]]:
+    root = Path(tmp).resolve()
+    findings = [
+        {
+            "file": Path(item["filename"]).resolve().relative_to(root).as_posix(),
+            "line": item["location"]["row"],
+            "column": item["location"]["column"],
+            "code": item.get("code") or "syntax-error",
+            "message": item["message"],
+        }
+        for item in raw
+    ]
+    return sorted(findings, key=lambda f: (f["file"], f["line"], f["column"], f["code"]))
+
+
+async def _archive(repo: Path, ref: str, paths: list[str]) -> bytes:
+    proc = await asyncio.create_subprocess_exec(
+        "git", "-C", str(repo), "archive", "--format=tar", ref, "--", *paths,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    if proc.returncode != 0:
+        raise HandlerError("git_failed", f"git archive {ref} failed: {err.decode().strip()}")
+    return out
+
+
+def _extract(archive: bytes, dest: str) -> None:
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(dest, filter="data")

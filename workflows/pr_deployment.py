@@ -1,0 +1,269 @@
+"""``pr_deployment``: review and test a branch, wait for approval, merge, roll out.
+
+    validate ─┬─▶ review ─┬─▶ decide ─failed──────────────────────────▶ finish
+              └─▶ tests  ─┘     ├─approval "required"─▶ approve ─reject─▶ finish
+                                └─"auto"──────────────▶ merge ◀─approve─┘
+                                                          ├─deploy given─▶ canary ─▶ finish
+                                                          └──────────────────────▶ finish
+
+* ``validate`` checks the input (a git repository, existing refs; the canary spec with the
+  deployer agent), so bad input fails before any work is done.
+* ``review`` (code_review agent: ruff on the Python files changed since the merge base) and
+  ``tests`` (cicd agent: the test command in a throw-away worktree at ``source``) run in
+  parallel.
+* ``approve`` pauses with the summary; resume with ``{"approve": true|false, "by": ...,
+  "comment": ...}``.
+* ``merge`` (cicd agent) holds the ``repo:<path>`` lock and passes its fencing token; a
+  conflict ends the run failed, naming the files, with the repository left as it was.
+* ``canary`` is the shared rollout subgraph (``workflows/canary.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from pathlib import Path
+from typing import Any, Literal
+
+from langgraph.graph import END, START, StateGraph
+from langgraph.types import interrupt
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from orchestrator.calls import AGENT_RETRY, call_agent
+from orchestrator.graphs import WorkflowSpec, validate_input
+from state.schema import MultiAgentState, now_iso
+
+from .canary import CanarySpec, canary_graph, validate_canary
+
+__all__ = ["PRDeploymentInput", "PRDeploymentState", "builder", "workflow", "repo_resource"]
+
+
+def repo_resource(repo: str) -> str:
+    """The lock guarding a repository's branches (the cicd agent checks its fencing token)."""
+    return f"repo:{repo}"
+
+
+def _git(repo: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["git", "-C", repo, *args], capture_output=True, text=True,
+                          timeout=30, check=False)
+
+
+class PRDeploymentInput(BaseModel):
+    """What ``pr_deployment`` needs; validation resolves ``repo`` to the repository's top."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    repo: str = Field(min_length=1, description="path of a git repository")
+    source: str = Field(min_length=1, description="branch or ref to deliver")
+    target: str = Field("main", min_length=1, description="branch to merge into")
+    test_command: str | list[str] = Field(
+        "python -m pytest -q", description="run in a worktree at source, without a shell")
+    test_timeout: float = Field(600.0, gt=0, description="seconds before the tests are killed")
+    approval: Literal["required", "auto"] = "required"
+    max_findings: int = Field(0, ge=0, description="review findings tolerated before it fails")
+    deploy: CanarySpec | None = Field(None, description="canary rollout after the merge")
+
+    @field_validator("repo")
+    @classmethod
+    def _repository(cls, value: str) -> str:
+        path = Path(value).expanduser()
+        if not path.is_dir():
+            raise ValueError(f"{value} does not exist; give the path of a git repository")
+        done = _git(str(path), "rev-parse", "--show-toplevel")
+        if done.returncode != 0:
+            raise ValueError(f"{value} is not a git repository")
+        return done.stdout.strip()
+
+    @model_validator(mode="after")
+    def _refs(self) -> PRDeploymentInput:
+        for name, ref in (("source", self.source), ("target", self.target)):
+            if ref.startswith("-") or _git(self.repo, "rev-parse", "--verify", "--quiet",
+                                           f"{ref}^{{commit}}").returncode != 0:
+                raise ValueError(f"{name} {ref!r} is not a branch or commit of {self.repo}")
+        if _git(self.repo, "show-ref", "--verify", "--quiet", f"refs/heads/{self.target}").returncode:
+            raise ValueError(f"target {self.target!r} is not a branch of {self.repo}")
+        if self.source == self.target:
+            raise ValueError("source and target are the same branch")
+        return self
+
+
+class PRDeploymentState(MultiAgentState, total=False):
+    repo: str
+    source: str
+    target: str
+    test_command: str | list[str]
+    test_timeout: float
+    approval: str
+    max_findings: int
+    deploy: dict[str, Any] | None
+    canary: dict[str, Any]
+    decision: dict[str, Any]
+    merge: dict[str, Any]
+
+
+async def validate(state: PRDeploymentState) -> dict[str, Any]:
+    fields = {k: state.get(k) for k in PRDeploymentInput.model_fields if state.get(k) is not None}
+    checked = await asyncio.to_thread(validate_input, workflow, fields)
+    assert isinstance(checked, PRDeploymentInput)
+    values = checked.model_dump(mode="json")
+    if checked.deploy is not None:
+        values["deploy"] = await validate_canary(values["deploy"])
+    stages = ["review", "tests", "merge", *(["canary"] if checked.deploy else [])]
+    return {**values, "workflow_type": "pr_deployment", "updated_at": now_iso(),
+            "subtasks": [{"id": s, "kind": s} for s in stages]}
+
+
+async def review(state: PRDeploymentState) -> dict[str, Any]:
+    call = await call_agent(
+        "code_review", "review",
+        {"repo": state["repo"], "source": state["source"], "target": state["target"],
+         "max_findings": state.get("max_findings", 0)},
+        subtask="review",
+    )
+    status = "done" if call.result["passed"] else "failed"
+    return {**call.updates, "partial_results": {"review": call.result},
+            "subtask_status": {"review": status}}
+
+
+async def tests(state: PRDeploymentState) -> dict[str, Any]:
+    timeout = float(state.get("test_timeout") or 600)
+    call = await call_agent(
+        "cicd", "run_tests",
+        {"repo": state["repo"], "ref": state["source"], "command": state["test_command"],
+         "timeout": timeout},
+        timeout=timeout + 300, subtask="tests",
+    )
+    status = "done" if call.result["passed"] else "failed"
+    return {**call.updates, "partial_results": {"tests": call.result},
+            "subtask_status": {"tests": status}}
+
+
+def _summary(state: PRDeploymentState) -> dict[str, Any]:
+    results = state.get("partial_results") or {}
+    rev, tst = results.get("review") or {}, results.get("tests") or {}
+    return {
+        "repo": state["repo"], "source": state["source"], "target": state["target"],
+        "review": {"verdict": rev.get("verdict"), "files": rev.get("files", []),
+                   "findings": len(rev.get("findings", [])), "counts": rev.get("counts", {})},
+        "tests": {"passed": tst.get("passed"), "counts": tst.get("counts", {}),
+                  "seconds": tst.get("seconds"), "commit": tst.get("commit")},
+    }
+
+
+async def decide(state: PRDeploymentState) -> dict[str, Any]:
+    results = state.get("partial_results") or {}
+    reasons = []
+    rev, tst = results["review"], results["tests"]
+    if not rev["passed"]:
+        shown = "; ".join(f"{f['file']}:{f['line']} {f['code']} {f['message']}"
+                          for f in rev["findings"][:10])
+        reasons.append(f"review: {len(rev['findings'])} findings (at most "
+                       f"{rev['max_findings']} allowed): {shown}")
+    if not tst["passed"]:
+        reasons.append(f"tests: {tst['reason']}")
+    if reasons:
+        return {"final_result": {**_summary(state), "status": "failed", "stage": "checks",
+                                 "reasons": reasons, "merged": False}}
+    return {"updated_at": now_iso()}
+
+
+def after_decide(state: PRDeploymentState) -> Literal["approve", "merge", "finish"]:
+    if state.get("final_result"):
+        return "finish"
+    return "merge" if state.get("approval") == "auto" else "approve"
+
+
+async def approve(state: PRDeploymentState) -> dict[str, Any]:
+    answer = interrupt({
+        "kind": "approval",
+        "question": f"merge {state['source']} into {state['target']} of {state['repo']}?",
+        "summary": _summary(state),
+        "resume_with": {"approve": "true | false", "by": "who", "comment": "why"},
+    })
+    if not isinstance(answer, dict):
+        answer = {"approve": answer in (True, "approve", "approved", "yes")}
+    decision = {"approved": bool(answer.get("approve", answer.get("approved"))),
+                "by": answer.get("by"), "comment": answer.get("comment"), "at": now_iso()}
+    update: dict[str, Any] = {"decision": decision}
+    if not decision["approved"]:
+        update["final_result"] = {
+            **_summary(state), "status": "failed", "stage": "approval", "merged": False,
+            "reasons": [f"rejected by {decision['by'] or 'a reviewer'}: "
+                        f"{decision['comment'] or 'no comment'}"],
+        }
+    return update
+
+
+def after_approve(state: PRDeploymentState) -> Literal["merge", "finish"]:
+    return "finish" if state.get("final_result") else "merge"
+
+
+async def merge(state: PRDeploymentState) -> dict[str, Any]:
+    decision = state.get("decision") or {}
+    by = f" (approved by {decision['by']})" if decision.get("by") else ""
+    call = await call_agent(
+        "cicd", "merge",
+        {"repo": state["repo"], "source": state["source"], "target": state["target"],
+         "message": f"Merge {state['source']} into {state['target']}{by}"},
+        locks=[repo_resource(state["repo"])], subtask="merge",
+    )
+    result = call.result
+    update: dict[str, Any] = {**call.updates, "merge": result,
+                              "subtask_status": {"merge": "done" if result["merged"] else "failed"}}
+    if not result["merged"]:
+        update["final_result"] = {**_summary(state), "status": "failed", "stage": "merge",
+                                  "merged": False, "conflicts": result["conflicts"],
+                                  "reasons": [result["reason"]]}
+    return update
+
+
+def after_merge(state: PRDeploymentState) -> Literal["canary", "finish"]:
+    if state.get("final_result") or not state.get("deploy"):
+        return "finish"
+    return "canary"
+
+
+async def finish(state: PRDeploymentState) -> dict[str, Any]:
+    if state.get("final_result"):
+        return {"updated_at": now_iso()}
+    merged = state.get("merge") or {}
+    final: dict[str, Any] = {**_summary(state), "status": "completed", "merged": True,
+                             "commit": merged.get("commit"), "decision": state.get("decision")}
+    canary = state.get("canary")
+    if canary is not None:
+        final["canary"] = {k: canary.get(k) for k in
+                           ("deployment", "status", "percent", "reason", "stages", "rollback")}
+        if canary.get("status") != "completed":
+            final.update(status="failed", stage="canary",
+                         reasons=[canary.get("reason") or f"canary {canary.get('status')}"])
+    return {"final_result": final, "updated_at": now_iso(),
+            "subtask_status": {"canary": "done"} if canary and final["status"] == "completed"
+            else {}}
+
+
+builder: StateGraph = StateGraph(PRDeploymentState)
+builder.add_node("validate", validate, retry_policy=AGENT_RETRY)
+builder.add_node("review", review, retry_policy=AGENT_RETRY)
+builder.add_node("tests", tests, retry_policy=AGENT_RETRY)
+builder.add_node("decide", decide)
+builder.add_node("approve", approve)
+builder.add_node("merge", merge, retry_policy=AGENT_RETRY)
+builder.add_node("canary", canary_graph)
+builder.add_node("finish", finish)
+builder.add_edge(START, "validate")
+builder.add_edge("validate", "review")
+builder.add_edge("validate", "tests")
+builder.add_edge(["review", "tests"], "decide")
+builder.add_conditional_edges("decide", after_decide, ["approve", "merge", "finish"])
+builder.add_conditional_edges("approve", after_approve, ["merge", "finish"])
+builder.add_conditional_edges("merge", after_merge, ["canary", "finish"])
+builder.add_edge("canary", "finish")
+builder.add_edge("finish", END)
+
+workflow = WorkflowSpec(
+    name="pr_deployment",
+    builder=builder,
+    input_model=PRDeploymentInput,
+    description="review and test a branch, wait for approval, merge under the repo lock, "
+    "then canary-deploy",
+)

@@ -1,0 +1,262 @@
+"""``self_healing``: probe a service, diagnose, apply a runbook fix, verify; escalate.
+
+    detect ─healthy─────────────────────────────────────────────▶ END
+       └─▶ diagnose ─▶ fix ─▶ verify ─healthy──────────────────▶ END (healed)
+              ▲                  ├─attempts left─▶ diagnose
+              │                  └─out of attempts─▶ escalate ─give up─▶ END
+              └──────────── (a human's action) ◀──────────┘
+
+* ``detect`` and ``verify`` ask the infrastructure agent to probe ``health_url`` (and
+  ``metrics_url``); ``verify`` keeps probing up to ``verify_timeout`` while the service
+  comes back.
+* ``diagnose`` asks it which issue to treat (rules over the evidence, or a chat model when
+  one is configured).
+* ``fix`` applies the runbook's action for that issue under the ``service:<name>`` lock: the
+  n-th attempt at an issue takes the n-th action of its list (the last one repeats).
+* ``escalate`` pauses with the evidence once ``max_attempts`` fixes failed; resume with
+  ``{"action": {"type": "restart"|"command"|"wait", ...}, "by": ...}`` to try something, or
+  ``{"give_up": true, "by": ..., "comment": ...}``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from langgraph.graph import END, START, StateGraph
+from langgraph.types import interrupt
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from orchestrator.calls import AGENT_RETRY, call_agent
+from orchestrator.graphs import WorkflowSpec
+from orchestrator.metrics import HEALING_ATTEMPTS, HEALING_OUTCOMES
+from state.schema import MultiAgentState, now_iso
+
+__all__ = ["SelfHealingInput", "SelfHealingState", "builder", "workflow", "DEFAULT_RUNBOOK"]
+
+ISSUES = ("down", "http_5xx", "error_rate", "latency")
+DEFAULT_RUNBOOK: dict[str, list[dict[str, Any]]] = {kind: [{"type": "restart"}] for kind in ISSUES}
+
+
+def _action(value: Any) -> dict[str, Any]:
+    if isinstance(value, str):
+        value = {"type": value}
+    if not isinstance(value, dict) or value.get("type") not in ("restart", "command", "wait"):
+        raise ValueError("an action is 'restart', or an object with 'type' restart, command "
+                         "(with 'argv') or wait (with 'seconds')")
+    if value["type"] == "command" and not value.get("argv"):
+        raise ValueError("a command action needs 'argv', a list of arguments")
+    return value
+
+
+class SelfHealingInput(BaseModel):
+    """What ``self_healing`` needs. ``restart`` and actions are checked by the agent too."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    service: str = Field(min_length=1, pattern=r"^[\w.:/-]+$")
+    health_url: str = Field(pattern=r"^https?://", description="HTTP health endpoint")
+    metrics_url: str | None = Field(None, pattern=r"^https?://",
+                                    description="Prometheus metrics endpoint")
+    runbook: dict[str, list[dict[str, Any]]] = Field(
+        default_factory=lambda: {k: list(v) for k, v in DEFAULT_RUNBOOK.items()},
+        description="issue kind (down, http_5xx, error_rate, latency) -> actions to try")
+    max_attempts: int = Field(3, ge=1, le=100)
+    restart: dict[str, Any] | None = Field(
+        None, description='{"command": [argv]} or {"start": [argv], "pid_file": path}')
+    thresholds: dict[str, float] = Field(default_factory=dict)
+    verify_timeout: float = Field(15.0, ge=0, description="seconds a fix has to take effect")
+
+    @field_validator("runbook", mode="before")
+    @classmethod
+    def _runbook(cls, value: Any) -> Any:
+        if not isinstance(value, dict) or not value:
+            raise ValueError("the runbook maps issue kinds to actions")
+        unknown = sorted(set(value) - set(ISSUES))
+        if unknown:
+            raise ValueError(f"unknown issue kind(s) {', '.join(unknown)}; "
+                             f"known: {', '.join(ISSUES)}")
+        return {kind: [_action(a) for a in (actions if isinstance(actions, list) else [actions])]
+                for kind, actions in value.items()}
+
+    @model_validator(mode="after")
+    def _restart_given(self) -> SelfHealingInput:
+        restarts = any(a["type"] == "restart" for acts in self.runbook.values() for a in acts)
+        if restarts and self.restart is None:
+            raise ValueError("the runbook restarts the service, so give 'restart': "
+                             '{"command": [argv]} or {"start": [argv], "pid_file": path}')
+        return self
+
+
+class SelfHealingState(MultiAgentState, total=False):
+    service: str
+    health_url: str
+    metrics_url: str | None
+    runbook: dict[str, list[dict[str, Any]]]
+    max_attempts: int
+    restart: dict[str, Any] | None
+    thresholds: dict[str, float]
+    verify_timeout: float
+    healing: dict[str, Any]
+
+
+def _probe_payload(state: SelfHealingState, wait_healthy: float = 0.0) -> dict[str, Any]:
+    return {"health_url": state["health_url"], "metrics_url": state.get("metrics_url"),
+            "thresholds": state.get("thresholds") or {}, "wait_healthy": wait_healthy}
+
+
+async def detect(state: SelfHealingState) -> dict[str, Any]:
+    call = await call_agent("infrastructure", "probe", _probe_payload(state), subtask="detect")
+    healing = {"status": "healthy" if call.result["healthy"] else "unhealthy",
+               "detected": call.result, "evidence": call.result["samples"], "attempts": [],
+               "started_at": now_iso()}
+    update: dict[str, Any] = {**call.updates, "healing": healing,
+                              "workflow_type": "self_healing"}
+    if call.result["healthy"]:
+        HEALING_OUTCOMES.labels(state["service"], "healthy").inc()
+        update["final_result"] = {"status": "completed", "outcome": "healthy",
+                                  "service": state["service"], "attempts": 0,
+                                  "evidence": call.result["samples"]}
+    return update
+
+
+def after_detect(state: SelfHealingState) -> Literal["diagnose", "__end__"]:
+    return END if state.get("final_result") else "diagnose"
+
+
+async def diagnose(state: SelfHealingState) -> dict[str, Any]:
+    healing = dict(state["healing"])
+    kinds = sorted(state.get("runbook") or {})
+    call = await call_agent("infrastructure", "diagnose",
+                            {"samples": healing["evidence"], "kinds": kinds},
+                            subtask=f"diagnose:{len(healing['attempts']) + 1}")
+    healing["diagnosis"] = call.result
+    return {**call.updates, "healing": healing}
+
+
+def _next_action(state: SelfHealingState) -> dict[str, Any] | None:
+    healing = state["healing"]
+    manual = healing.get("manual_action")
+    if manual:
+        return manual
+    kind = healing["diagnosis"]["kind"]
+    actions = (state.get("runbook") or {}).get(kind) or []
+    if not actions:
+        return None
+    tried = sum(1 for a in healing["attempts"] if a["issue"] == kind and not a.get("manual"))
+    return actions[min(tried, len(actions) - 1)]
+
+
+def after_diagnose(state: SelfHealingState) -> Literal["fix", "escalate"]:
+    return "fix" if _next_action(state) is not None else "escalate"
+
+
+async def fix(state: SelfHealingState) -> dict[str, Any]:
+    healing = dict(state["healing"])
+    action = _next_action(state)
+    assert action is not None
+    number = len(healing["attempts"]) + 1
+    kind = healing["diagnosis"]["kind"] if not healing.get("manual_action") else "manual"
+    HEALING_ATTEMPTS.labels(state["service"], kind, action["type"]).inc()
+    call = await call_agent(
+        "infrastructure", "fix",
+        {"service": state["service"], "action": action, "restart": state.get("restart")},
+        locks=[f"service:{state['service']}"], subtask=f"fix:{number}",
+    )
+    attempt = {"n": number, "issue": kind, "action": action, "result": call.result,
+               "manual": bool(healing.get("manual_action")), "at": now_iso()}
+    healing.update(attempts=[*healing["attempts"], attempt], manual_action=None)
+    return {**call.updates, "healing": healing,
+            "subtask_status": {f"fix:{number}": "done" if call.result.get("ok") else "failed"}}
+
+
+async def verify(state: SelfHealingState) -> dict[str, Any]:
+    healing = dict(state["healing"])
+    number = len(healing["attempts"])
+    call = await call_agent(
+        "infrastructure", "probe",
+        _probe_payload(state, wait_healthy=float(state.get("verify_timeout", 15.0))),
+        timeout=float(state.get("verify_timeout", 15.0)) + 60, subtask=f"verify:{number}",
+    )
+    attempts = list(healing["attempts"])
+    attempts[-1] = {**attempts[-1], "verified": call.result["healthy"]}
+    healing.update(attempts=attempts, evidence=call.result["samples"],
+                   status="healed" if call.result["healthy"] else "unhealthy")
+    update: dict[str, Any] = {**call.updates, "healing": healing}
+    if call.result["healthy"]:
+        HEALING_OUTCOMES.labels(state["service"], "healed").inc()
+        update["final_result"] = {"status": "completed", "outcome": "healed",
+                                  "service": state["service"], "attempts": len(attempts),
+                                  "history": attempts, "evidence": call.result["samples"]}
+    return update
+
+
+def after_verify(state: SelfHealingState) -> Literal["diagnose", "escalate", "__end__"]:
+    if state.get("final_result"):
+        return END
+    automatic = [a for a in state["healing"]["attempts"] if not a.get("manual")]
+    if state["healing"].get("escalated") or len(automatic) >= int(state.get("max_attempts", 3)):
+        return "escalate"
+    return "diagnose"
+
+
+async def escalate(state: SelfHealingState) -> dict[str, Any]:
+    healing = dict(state["healing"])
+    diagnosis = healing.get("diagnosis") or {}
+    answer = interrupt({
+        "kind": "escalation",
+        "service": state["service"],
+        "question": f"{state['service']} is still unhealthy after {len(healing['attempts'])} "
+        "fix attempts: what should be tried?",
+        "diagnosis": diagnosis,
+        "attempts": healing["attempts"],
+        "evidence": healing["evidence"],
+        "problem_with_last_answer": healing.get("last_answer_error"),
+        "resume_with": {"action": {"type": "restart | command | wait"}, "by": "who",
+                        "or": {"give_up": True, "comment": "why"}},
+    })
+    answer = answer if isinstance(answer, dict) else {"give_up": True}
+    if answer.get("give_up") or not answer.get("action"):
+        HEALING_OUTCOMES.labels(state["service"], "gave_up").inc()
+        return {"healing": {**healing, "status": "gave_up"}, "final_result": {
+            "status": "failed", "outcome": "gave_up", "service": state["service"],
+            "attempts": len(healing["attempts"]), "history": healing["attempts"],
+            "reason": f"given up by {answer.get('by') or 'a human'}: "
+                      f"{answer.get('comment') or 'no comment'}",
+            "evidence": healing["evidence"]}}
+    try:
+        action = _action(answer["action"])
+    except ValueError as exc:
+        # a bad answer must not lose the escalation: ask again, saying what was wrong
+        return {"healing": {**healing, "escalated": True, "last_answer_error": str(exc)}}
+    HEALING_OUTCOMES.labels(state["service"], "escalated").inc()
+    return {"healing": {**healing, "escalated": True, "manual_action": {**action},
+                        "manual_by": answer.get("by"), "last_answer_error": None,
+                        "diagnosis": {**diagnosis, "kind": diagnosis.get("kind", "manual")}}}
+
+
+def after_escalate(state: SelfHealingState) -> Literal["fix", "escalate", "__end__"]:
+    if state.get("final_result"):
+        return END
+    return "fix" if state["healing"].get("manual_action") else "escalate"
+
+
+builder: StateGraph = StateGraph(SelfHealingState)
+builder.add_node("detect", detect, retry_policy=AGENT_RETRY)
+builder.add_node("diagnose", diagnose, retry_policy=AGENT_RETRY)
+builder.add_node("fix", fix, retry_policy=AGENT_RETRY)
+builder.add_node("verify", verify, retry_policy=AGENT_RETRY)
+builder.add_node("escalate", escalate)
+builder.add_edge(START, "detect")
+builder.add_conditional_edges("detect", after_detect, ["diagnose", END])
+builder.add_conditional_edges("diagnose", after_diagnose, ["fix", "escalate"])
+builder.add_edge("fix", "verify")
+builder.add_conditional_edges("verify", after_verify, ["diagnose", "escalate", END])
+builder.add_conditional_edges("escalate", after_escalate, ["fix", "escalate", END])
+
+workflow = WorkflowSpec(
+    name="self_healing",
+    builder=builder,
+    input_model=SelfHealingInput,
+    description="probe a service, diagnose, apply runbook fixes under the service lock, "
+    "verify; escalate to a human when it cannot heal",
+)
