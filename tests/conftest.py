@@ -18,6 +18,10 @@ from tests.service_app import ServiceProcess
 
 StartService = Callable[..., Awaitable[ServiceProcess]]
 
+# The fixture repository's tests need no pytest plugins, and autoloading the ones installed
+# here (langsmith, hypothesis, langgraph-cli...) costs ~4 s per test run in a worktree.
+os.environ.setdefault("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
+
 
 @pytest.fixture
 def fixture_package(tmp_path: Path) -> Path:

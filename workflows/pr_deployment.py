@@ -231,9 +231,14 @@ async def finish(state: PRDeploymentState) -> dict[str, Any]:
                              "commit": merged.get("commit"), "decision": state.get("decision")}
     canary = state.get("canary")
     if canary is not None:
-        final["canary"] = {k: canary.get(k) for k in
-                           ("deployment", "status", "percent", "reason", "stages", "rollback")}
+        stages = canary.get("stages") or []
+        final["canary"] = {
+            **{k: canary.get(k) for k in ("deployment", "status", "percent", "reason")},
+            "stages": [{k: s[k] for k in ("percent", "verdict", "reason")} for s in stages],
+        }
         if canary.get("status") != "completed":
+            final["canary"]["rollback"] = canary.get("rollback")
+            final["canary"]["evidence"] = stages[-1]["samples"] if stages else []
             final.update(status="failed", stage="canary",
                          reasons=[canary.get("reason") or f"canary {canary.get('status')}"])
     return {"final_result": final, "updated_at": now_iso(),

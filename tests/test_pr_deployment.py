@@ -1,0 +1,203 @@
+"""pr_deployment on a real git repository: review, tests, approval, merge, canary."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from orchestrator.calls import call_agent
+from orchestrator.errors import AgentError, InvalidInput
+from orchestrator.testing import resume, run_until_interrupt
+
+from .conftest import ORCHESTRATOR_CMD
+from .fixture_repo import git
+from .test_canary import lines, traffic_log_command
+
+
+def branch(repo: Path, name: str = "main") -> str:
+    return git(repo, "rev-parse", name)
+
+
+def worktrees(repo: Path) -> list[str]:
+    return [line for line in git(repo, "worktree", "list", "--porcelain").splitlines()
+            if line.startswith("worktree ")]
+
+
+def deliver(repo: Path, source: str, **extra) -> dict:
+    return {"repo": str(repo), "source": source, **extra}
+
+
+async def test_a_passing_branch_is_reviewed_tested_and_merged(orchestrator, fixture_repo) -> None:
+    before = branch(fixture_repo)
+    result = await orchestrator.run("pr_deployment",
+                                    deliver(fixture_repo, "feature-pass", approval="auto"))
+    assert result.status == "completed", result
+    final = result.final_result
+    assert final["review"] == {"verdict": "approved", "files": ["calc/mul.py", "tests/test_mul.py"],
+                               "findings": 0, "counts": {}}
+    assert final["tests"]["passed"] is True and final["tests"]["counts"] == {"passed": 4}
+    merged = branch(fixture_repo)
+    assert final["merged"] is True and final["commit"] == merged
+    parents = git(fixture_repo, "rev-list", "--parents", "-n", "1", merged).split()[1:]
+    assert parents == [before, branch(fixture_repo, "feature-pass")]  # a real merge commit
+    assert (fixture_repo / "calc" / "mul.py").exists()  # main is checked out: updated in place
+    assert worktrees(fixture_repo) == [f"worktree {fixture_repo}"]  # test worktree removed
+    state = (await orchestrator.get(result.thread_id)).values
+    assert set(state["agent_assignments"]) >= {"review", "tests", "merge"}
+
+
+async def test_a_failing_branch_fails_with_the_findings_and_the_failed_test(
+    orchestrator, fixture_repo
+) -> None:
+    before = branch(fixture_repo)
+    result = await orchestrator.run("pr_deployment", deliver(fixture_repo, "feature-fail"))
+    assert result.status == "failed"  # no approval asked: the checks failed
+    final = result.final_result
+    assert final["stage"] == "checks" and final["merged"] is False
+    review_reason, tests_reason = final["reasons"]
+    assert "calc/div.py:3 F401" in review_reason
+    assert tests_reason.startswith("tests: 1 failed") and "tests/test_div.py::test_div" in tests_reason
+    assert final["tests"]["counts"] == {"failed": 1, "passed": 3}
+    assert branch(fixture_repo) == before
+    assert worktrees(fixture_repo) == [f"worktree {fixture_repo}"]
+
+
+async def test_the_review_threshold_is_configurable(orchestrator, fixture_repo) -> None:
+    review = await call_agent("code_review", "review", {
+        "repo": str(fixture_repo), "source": "feature-fail", "max_findings": 1},
+        runtime=orchestrator.runtime)
+    assert review.result["verdict"] == "approved"
+    assert review.result["findings"] == [{"file": "calc/div.py", "line": 3, "column": 8,
+                                          "code": "F401", "message": "`os` imported but unused"}]
+
+
+async def test_approval_pauses_with_the_summary_and_the_merge_names_the_approver(
+    orchestrator, fixture_repo
+) -> None:
+    paused, question = await run_until_interrupt(orchestrator, "pr_deployment",
+                                                 deliver(fixture_repo, "feature-pass"))
+    assert question["kind"] == "approval"
+    assert question["summary"]["tests"]["counts"] == {"passed": 4}
+    assert question["summary"]["review"]["verdict"] == "approved"
+    result = await resume(orchestrator, paused.thread_id,
+                          {"approve": True, "by": "alice", "comment": "ship it"})
+    assert result.status == "completed"
+    assert result.final_result["decision"]["by"] == "alice"
+    assert git(fixture_repo, "log", "-1", "--format=%s") == \
+        "Merge feature-pass into main (approved by alice)"
+
+
+async def test_a_rejection_merges_nothing(orchestrator, fixture_repo) -> None:
+    before = branch(fixture_repo)
+    paused, _ = await run_until_interrupt(orchestrator, "pr_deployment",
+                                          deliver(fixture_repo, "feature-pass"))
+    result = await resume(orchestrator, paused.thread_id,
+                          {"approve": False, "by": "bob", "comment": "not this week"})
+    assert result.status == "failed"
+    assert result.final_result["reasons"] == ["rejected by bob: not this week"]
+    assert branch(fixture_repo) == before
+
+
+async def test_a_conflict_fails_naming_the_files_and_leaves_the_repository_clean(
+    orchestrator, fixture_repo
+) -> None:
+    before = branch(fixture_repo)
+    result = await orchestrator.run("pr_deployment",
+                                    deliver(fixture_repo, "feature-conflict", approval="auto"))
+    assert result.status == "failed"
+    assert result.final_result["stage"] == "merge"
+    assert result.final_result["conflicts"] == ["calc/__init__.py"]
+    assert branch(fixture_repo) == before
+    assert git(fixture_repo, "status", "--porcelain") == ""
+    assert not (fixture_repo / ".git" / "MERGE_HEAD").exists()
+
+
+async def test_a_target_that_is_not_checked_out_is_merged_in_a_worktree(
+    orchestrator, fixture_repo
+) -> None:
+    git(fixture_repo, "branch", "release", "main~1")
+    git(fixture_repo, "checkout", "-q", "feature-fail")  # neither source nor target
+    result = await orchestrator.run("pr_deployment", deliver(
+        fixture_repo, "feature-pass", target="release", approval="auto"))
+    assert result.status == "completed", result
+    assert branch(fixture_repo, "release") == result.final_result["commit"]
+    assert git(fixture_repo, "rev-parse", "--abbrev-ref", "HEAD") == "feature-fail"
+    assert git(fixture_repo, "status", "--porcelain") == ""
+    assert worktrees(fixture_repo) == [f"worktree {fixture_repo}"]
+
+
+async def test_a_merge_needs_the_repository_lock(orchestrator, fixture_repo) -> None:
+    with pytest.raises(AgentError, match="missing_fencing_token"):
+        await call_agent("cicd", "merge", {"repo": str(fixture_repo), "source": "feature-pass"},
+                         runtime=orchestrator.runtime)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"repo": "/nonexistent/repo"}, "does not exist"),
+    ({"source": "no-such-branch"}, "source 'no-such-branch' is not a branch"),
+    ({"target": "feature-pass~1"}, "is not a branch"),
+    ({"approval": "maybe"}, "approval"),
+    ({"deploy": {"name": "x", "traffic": {}, "health": {}, "stages": [50, 10]}},
+     "strictly increasing"),
+])
+async def test_bad_input_is_refused_up_front(orchestrator, fixture_repo, change, message) -> None:
+    with pytest.raises(InvalidInput, match=message):
+        await orchestrator.run("pr_deployment", {**deliver(fixture_repo, "feature-pass"), **change})
+    assert await orchestrator.list_workflows() == []
+
+
+async def test_not_a_repository_is_refused(orchestrator, tmp_path) -> None:
+    with pytest.raises(InvalidInput, match="is not a git repository"):
+        await orchestrator.run("pr_deployment", {"repo": str(tmp_path), "source": "x"})
+
+
+async def test_merge_then_canary_rollout(orchestrator, fixture_repo, start_service,
+                                         tmp_path) -> None:
+    service = await start_service()
+    log = tmp_path / "traffic"
+    deploy = {"name": "calc", "stages": [50, 100], "stage_seconds": 0.1, "samples": 2,
+              "sample_interval": 0.05, "traffic": {"command": traffic_log_command(log)},
+              "health": {"url": service.url + "/health"}}
+    result = await orchestrator.run("pr_deployment", deliver(
+        fixture_repo, "feature-pass", approval="auto", deploy=deploy))
+    assert result.status == "completed", result
+    assert result.final_result["canary"]["status"] == "completed"
+    assert lines(log) == ["50", "100"]
+
+
+async def test_a_rolled_back_canary_fails_the_delivery(orchestrator, fixture_repo,
+                                                       start_service, tmp_path) -> None:
+    service = await start_service()
+    service.set_mode("error")
+    log = tmp_path / "traffic"
+    deploy = {"name": "calc-bad", "stage_seconds": 0, "samples": 2, "sample_interval": 0,
+              "traffic": {"command": traffic_log_command(log)},
+              "health": {"url": service.url + "/health"}}
+    result = await orchestrator.run("pr_deployment", deliver(
+        fixture_repo, "feature-pass", approval="auto", deploy=deploy))
+    assert result.status == "failed"
+    final = result.final_result
+    assert final["merged"] is True and final["stage"] == "canary"
+    assert final["canary"]["status"] == "rolled_back"
+    assert "unhealthy at 10%" in final["reasons"][0]
+    assert lines(log) == ["10", "0"]
+
+
+@pytest.mark.slow
+async def test_cli_run_pause_and_resume(service_env, fixture_repo) -> None:
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*ORCHESTRATOR_CMD, *args], env=service_env, capture_output=True,
+                              text=True, timeout=120)
+
+    paused = cli("run", "pr_deployment", "--set", f"repo={fixture_repo}",
+                 "--set", "source=feature-pass", "--thread-id", "pr-cli", "--json")
+    assert paused.returncode == 3, paused.stderr
+    assert json.loads(paused.stdout)["interrupts"][0]["value"]["kind"] == "approval"
+    done = cli("resume", "pr-cli", "--value", '{"approve": true, "by": "cli"}', "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["final_result"]["merged"] is True
+    bad = cli("run", "pr_deployment", "--set", f"repo={fixture_repo}", "--set", "source=nope")
+    assert bad.returncode == 2 and "source 'nope' is not a branch" in bad.stderr
