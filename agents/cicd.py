@@ -17,6 +17,7 @@ Request types:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 import shlex
@@ -99,14 +100,15 @@ async def _commit(repo: Path, ref: str) -> str:
 
 @contextlib.asynccontextmanager
 async def _worktree(repo: Path, commit: str):
-    parent = Path(tempfile.mkdtemp(prefix="orch-wt-"))
+    # the file system work goes to a thread: never block the event loop
+    parent = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="orch-wt-"))
     path = parent / "tree"
     try:
         await git(repo, "worktree", "add", "--detach", str(path), commit, timeout=300)
         yield path
     finally:
         await git(repo, "worktree", "remove", "--force", str(path), check=False)
-        shutil.rmtree(parent, ignore_errors=True)
+        await asyncio.to_thread(shutil.rmtree, parent, True)
         await git(repo, "worktree", "prune", check=False)
 
 

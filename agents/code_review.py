@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import shutil
 import tarfile
 import tempfile
 from collections import Counter
@@ -90,7 +91,8 @@ async def _lint_at(repo: Path, ref: str, files: list[str]) -> list[dict[str, Any
     listing = await git(repo, "ls-tree", "-r", "--name-only", "-z", ref)
     configs = [p for p in listing.stdout.split("\0") if Path(p).name in _CONFIG_NAMES]
     archive = await _archive(repo, ref, [*files, *configs])
-    with tempfile.TemporaryDirectory(prefix="orch-review-") as tmp:
+    tmp = await asyncio.to_thread(tempfile.mkdtemp, prefix="orch-review-")
+    try:
         await asyncio.to_thread(_extract, archive, tmp)
         done = await run(
             [ruff_binary(), "check", "--output-format", "json", "--no-cache", "--exit-zero",
@@ -105,6 +107,8 @@ async def _lint_at(repo: Path, ref: str, files: list[str]) -> list[dict[str, Any
         except json.JSONDecodeError as exc:
             raise HandlerError("ruff_failed", f"unreadable ruff output: {exc}") from None
         return await asyncio.to_thread(_findings, raw, tmp)
+    finally:
+        await asyncio.to_thread(shutil.rmtree, tmp, True)
 
 
 def _findings(raw: list[dict[str, Any]], tmp: str) -> list[dict[str, Any]]:

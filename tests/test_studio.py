@@ -97,3 +97,24 @@ async def test_sdk_lists_assistants_and_runs_parallel_docs(
     assert (out / "index.md").exists() and (out / "fixturepkg.sub.mod9.md").exists()
     state = await client.threads.get_state(thread["thread_id"])
     assert state["next"] == []
+
+
+async def test_pr_deployment_pauses_for_approval_and_self_healing_runs_in_studio(
+    dev_server, fixture_repo, start_service
+) -> None:
+    from langgraph_sdk import get_client
+
+    client = get_client(url=dev_server, api_key=None)
+    thread = await client.threads.create()
+    paused = await client.runs.wait(thread["thread_id"], "pr_deployment",
+                                    input={"repo": str(fixture_repo), "source": "feature-pass"})
+    state = await client.threads.get_state(thread["thread_id"])
+    assert state["next"] == ["approve"], paused
+    assert state["tasks"][0]["interrupts"][0]["value"]["kind"] == "approval"
+
+    service = await start_service()
+    thread = await client.threads.create()
+    final = await client.runs.wait(thread["thread_id"], "self_healing", input={
+        "service": "studio-web", "health_url": service.url + "/health", "restart": None,
+        "runbook": {"down": [{"type": "wait", "seconds": 0}]}})
+    assert final["final_result"]["outcome"] == "healthy", final
