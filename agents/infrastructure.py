@@ -241,12 +241,18 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def _restart_process(spec: RestartSpec, request_id: str) -> dict[str, Any]:
+    """Stop the pid file's process and start ``spec.start``, at most once per request id.
+
+    A marker beside the pid file records the request and the pid it started as soon as the
+    new process exists, before anything else: a request re-run after a crash at any point
+    finds it and answers from it instead of restarting the service again.
+    """
     assert spec.start is not None and spec.pid_file is not None
     pid_file = Path(spec.pid_file)
     marker = pid_file.with_name(pid_file.name + ".restart.json")
-    with contextlib.suppress(FileNotFoundError, ValueError, KeyError):
+    with contextlib.suppress(FileNotFoundError, ValueError, KeyError, TypeError):
         done = json.loads(marker.read_text())
-        if done["request_id"] == request_id and _alive(int(done["pid"])):
+        if done["request_id"] == request_id and done.get("pid") and _alive(int(done["pid"])):
             return {**done["result"], "replayed": True}  # this request already restarted it
     old = _read_pid(pid_file)
     stopped = None
@@ -271,6 +277,11 @@ def _restart_process(spec: RestartSpec, request_id: str) -> dict[str, Any]:
     finally:
         if log is not subprocess.DEVNULL:
             log.close()
+    result = {"action": "restart", "ok": True, "pid": proc.pid, "stopped_pid": stopped,
+              "detail": f"stopped pid {stopped}, started pid {proc.pid}" if stopped
+              else f"was not running; started pid {proc.pid}"}
+    _write_atomic(marker, json.dumps({"request_id": request_id, "pid": proc.pid,
+                                      "result": result}))
     # reap it when it exits, so it never lingers as a zombie of this process
     threading.Thread(target=proc.wait, name=f"reap-{proc.pid}", daemon=True).start()
     _write_atomic(pid_file, f"{proc.pid}\n")
@@ -278,9 +289,4 @@ def _restart_process(spec: RestartSpec, request_id: str) -> dict[str, Any]:
     if proc.poll() is not None:
         raise HandlerError("start_failed", f"{' '.join(spec.start)} exited {proc.returncode} "
                            "right after starting; see its log", retryable=True)
-    result = {"action": "restart", "ok": True, "pid": proc.pid, "stopped_pid": stopped,
-              "detail": f"stopped pid {stopped}, started pid {proc.pid}" if stopped
-              else f"was not running; started pid {proc.pid}"}
-    _write_atomic(marker, json.dumps({"request_id": request_id, "pid": proc.pid,
-                                      "result": result}))
     return result

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import socket
 import time
 import uuid
@@ -20,7 +19,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import psutil
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from langgraph.types import Command
 
@@ -32,6 +30,7 @@ from .agent import Agent
 from .errors import InvalidInput, OrchestratorError, StaleWorkflowVersion, WorkflowBusy
 from .graphs import WorkflowSpec, get_workflow, validate_input
 from .metrics import WORKFLOW_RUNS, WORKFLOW_STEP_SECONDS
+from .processes import parse_process_id, pid_alive
 from .runtime import Runtime, use_runtime
 from .settings import Settings
 
@@ -392,9 +391,9 @@ class Orchestrator:
     def _owner_dead(self, record: WorkflowRecord, silent_for: float | None) -> bool:
         if not record.owner:
             return True
-        host, pid = _parse_owner(record.owner)
+        host, pid = parse_process_id(record.owner)
         if host == socket.gethostname() and pid is not None:
-            return not _pid_alive(pid)
+            return not pid_alive(pid)
         if silent_for is None and record.heartbeat_at is not None:
             from datetime import UTC, datetime
 
@@ -411,26 +410,6 @@ def _initial_input(spec: WorkflowSpec, validated: Any, record: WorkflowRecord) -
         "started_at": record.created_at.isoformat(),
         "updated_at": now_iso(),
     }
-
-
-def _parse_owner(owner: str) -> tuple[str, int | None]:
-    parts = owner.rsplit("-", 2)
-    if len(parts) != 3:
-        return owner, None
-    try:
-        return parts[0], int(parts[1])
-    except ValueError:
-        return parts[0], None
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        proc = psutil.Process(pid)
-        return proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 def _failed(final: Any) -> bool:

@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -70,7 +70,9 @@ class ResourceLockManager:
     """Acquire, renew and release named locks for one namespace.
 
     ``listen_url`` is a connection string for the dedicated ``LISTEN`` connection; without it
-    waiters fall back to re-checking every ``fallback_poll`` seconds.
+    waiters fall back to re-checking every ``fallback_poll`` seconds. ``holder_dead`` tells
+    whether a holder is known to be dead (its process on this host is gone): such a lock is
+    taken over at once, with a new fencing token, instead of waiting out its TTL.
     """
 
     def __init__(
@@ -80,8 +82,10 @@ class ResourceLockManager:
         *,
         listen_url: str | None = None,
         fallback_poll: float = 0.5,
+        holder_dead: Callable[[str], bool] | None = None,
     ) -> None:
         self.db = db
+        self.holder_dead = holder_dead
         self.namespace = namespace
         self.listen_url = listen_url
         self.fallback_poll = fallback_poll
@@ -152,6 +156,21 @@ class ResourceLockManager:
             return None
         return Lease(resource, holder, row["token"], row["expires_at"])
 
+    async def _take_over(self, resource: str, dead: str, holder: str, ttl: float) -> Lease | None:
+        """Take ``resource`` from ``dead`` (a holder whose process is gone), if it still has it."""
+        row = await self.db.fetchone(
+            """
+            UPDATE resource_locks SET holder = %s, token = token + 1, acquired_at = now(),
+                                      expires_at = now() + make_interval(secs => %s)
+            WHERE namespace = %s AND resource = %s AND holder = %s
+            RETURNING token, expires_at""",
+            (holder, ttl, self.namespace, resource, dead),
+        )
+        if row is None:
+            return None
+        log.warning("took lock %s over from %s, whose process is gone", resource, dead)
+        return Lease(resource, holder, row["token"], row["expires_at"])
+
     async def _holder(self, resource: str) -> tuple[str | None, float]:
         """Current holder and seconds until its holding expires."""
         row = await self.db.fetchone(
@@ -179,6 +198,15 @@ class ResourceLockManager:
                 contended = True
                 LOCK_CONTENTION.inc()
             current, left = await self._holder(resource)
+            if current is not None and self.holder_dead is not None and await asyncio.to_thread(
+                self.holder_dead, current  # reads /proc: off the event loop
+            ):
+                lease = await self._take_over(resource, current, holder, ttl)
+                if lease is not None:
+                    LOCK_ACQUISITIONS.labels("taken_over").inc()
+                    LOCK_WAIT_SECONDS.observe(time.monotonic() - started)
+                    return lease
+                continue  # someone else was quicker: look again
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 LOCK_ACQUISITIONS.labels("timeout").inc()

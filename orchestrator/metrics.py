@@ -76,7 +76,7 @@ WORKER_BACKLOG = Gauge(
 )
 LOCK_ACQUISITIONS = Counter(
     "orchestrator_lock_acquisitions_total",
-    "Resource lock acquisitions, by outcome (acquired, timeout, refused)",
+    "Resource lock acquisitions, by outcome (acquired, taken_over, timeout, refused)",
     ["outcome"],
 )
 LOCK_WAIT_SECONDS = Histogram(

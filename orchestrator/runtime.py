@@ -10,9 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import socket
-import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextvars import ContextVar
@@ -31,6 +28,7 @@ from .agent import Agent, builtin_agents
 from .breaker import BreakerPolicy, CircuitBreaker
 from .bus import EventBus
 from .locks import ResourceLockManager
+from .processes import died_on_this_host, new_process_id
 from .registry import AgentRegistry
 from .settings import Settings
 from .worker import Worker
@@ -69,7 +67,11 @@ class Runtime:
                     if settings.bus_secret else None),
         )
         self.registry = AgentRegistry(db, settings.namespace, offline_after=settings.agent_offline_after)
-        self.locks = ResourceLockManager(db, settings.namespace, listen_url=database_url)
+        self.locks = ResourceLockManager(
+            db, settings.namespace, listen_url=database_url,
+            # call holders are "<process id>:<thread>:<task>"
+            holder_dead=lambda holder: died_on_this_host(holder.partition(":")[0]),
+        )
         self.workflows = WorkflowStateManager(db, settings.namespace)
         self.breaker = CircuitBreaker(redis, settings.namespace, BreakerPolicy(
             window=settings.breaker_window, min_calls=settings.breaker_min_calls,
@@ -115,7 +117,7 @@ class Runtime:
                 redis = Redis(connection_pool=pool)
                 stack.push_async_callback(redis.aclose, close_connection_pool=True)
                 await redis.ping()
-                process_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+                process_id = new_process_id()
                 runtime = cls(settings, db, redis, database_url=database_url,
                               process_id=process_id)
                 await stack.enter_async_context(runtime.bus)

@@ -105,3 +105,26 @@ async def test_an_expired_held_lock_goes_to_the_next_holder_with_a_new_token(rt)
     assert second.token == first.token + 1
     with pytest.raises(ResourceLocked, match="workflow:b"):  # a late comeback is refused
         await locks.hold("deploy:api", "workflow:a", ttl=30)
+
+
+async def test_a_lock_whose_holder_process_died_is_taken_over_at_once(rt) -> None:
+    import socket
+    import subprocess
+
+    from orchestrator.processes import new_process_id
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a pid of this host that no longer runs
+    dead_holder = f"{socket.gethostname()}-{gone.pid}-deadbeef:thread:task"
+    live_holder = f"{new_process_id()}:thread:task"  # this very process
+    locks = rt.locks
+    async with locks.acquire("repo:/live", live_holder, ttl=60):
+        with pytest.raises(ResourceLocked):  # a live holder is waited for, not robbed
+            async with locks.acquire("repo:/live", "other", wait_timeout=0.2):
+                pass
+    first = await locks.try_acquire("repo:/dead", dead_holder, ttl=60)
+    assert first is not None
+    started = time.monotonic()
+    async with locks.acquire("repo:/dead", "successor", wait_timeout=5) as lease:
+        assert time.monotonic() - started < 2  # not the 60 s TTL
+        assert lease.token == first.token + 1  # the dead holder's late writes are fenced off
