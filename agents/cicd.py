@@ -7,6 +7,8 @@ Request types:
   "commit", "output_tail"}``. The command runs without a shell in a fresh detached worktree
   at ``ref``, which is removed afterwards; a leading ``python`` means the agent's own
   interpreter. Counts are read from pytest's (or unittest's) summary.
+* ``run_command`` ``{"repo", "command", "timeout"=600}`` → like ``run_tests``, but in the
+  repository's working tree as it is (integration tests after a plan's changes).
 * ``merge`` ``{"repo", "source", "target"="main", "message"}`` → ``{"merged": true, "commit",
   "already_merged"}``, or ``{"merged": false, "conflicts": [files], "reason"}``. Guarded by
   the ``repo:<repository path>`` lock, whose fencing token the request must carry. A
@@ -29,7 +31,7 @@ from typing import Any
 
 from orchestrator.agent import Agent, HandlerError, RequestContext
 
-from ._proc import git, resolve_repo, run
+from ._proc import Completed, git, resolve_repo, run
 
 __all__ = ["agent", "parse_test_counts", "repo_resource"]
 
@@ -117,13 +119,16 @@ async def run_tests(payload: dict[str, Any], ctx: RequestContext) -> dict[str, A
     repo = await resolve_repo(payload.get("repo"))
     ref = _ref(payload, "ref")
     argv = _argv(payload.get("command", "python -m pytest -q"))
-    timeout = payload.get("timeout", 600)
-    if not isinstance(timeout, int | float) or timeout <= 0:
-        raise HandlerError("invalid_input", "'timeout' must be a positive number of seconds")
+    timeout = _timeout(payload)
     commit = await _commit(repo, ref)
     async with _worktree(repo, commit) as tree:
         ctx.log.info("running %s at %s (%s)", shlex.join(argv), ref, commit[:12])
-        done = await run(argv, cwd=tree, timeout=float(timeout))
+        done = await run(argv, cwd=tree, timeout=timeout)
+    return {**_outcome(done, argv, timeout), "commit": commit}
+
+
+def _outcome(done: Completed, argv: list[str], timeout: float) -> dict[str, Any]:
+    """What a test command's run says: passed, counts, failing tests, the output's tail."""
     output = done.stdout + ("\n" + done.stderr if done.stderr else "")
     counts = parse_test_counts(done.stdout) or parse_test_counts(output)
     passed = done.returncode == 0 and not done.timed_out
@@ -147,10 +152,26 @@ async def run_tests(payload: dict[str, Any], ctx: RequestContext) -> dict[str, A
         "timed_out": done.timed_out,
         "counts": counts,
         "seconds": round(done.seconds, 3),
-        "commit": commit,
         "command": argv,
         "output_tail": output[-_OUTPUT_TAIL:],
     }
+
+
+@agent.handler("run_command")
+async def run_command(payload: dict[str, Any], ctx: RequestContext) -> dict[str, Any]:
+    repo = await resolve_repo(payload.get("repo"))
+    argv = _argv(payload.get("command", "python -m pytest -q"))
+    timeout = _timeout(payload)
+    ctx.log.info("running %s in %s", shlex.join(argv), repo)
+    done = await run(argv, cwd=repo, timeout=timeout)
+    return _outcome(done, argv, timeout)
+
+
+def _timeout(payload: dict[str, Any]) -> float:
+    timeout = payload.get("timeout", 600)
+    if not isinstance(timeout, int | float) or timeout <= 0:
+        raise HandlerError("invalid_input", "'timeout' must be a positive number of seconds")
+    return float(timeout)
 
 
 @agent.handler("merge")

@@ -29,7 +29,7 @@ from orchestrator.agent import Agent, HandlerError, RequestContext
 
 from ._proc import git, resolve_repo, run
 
-__all__ = ["agent", "ruff_binary"]
+__all__ = ["agent", "ruff_binary", "ruff_findings"]
 
 agent = Agent(
     "code_review",
@@ -106,13 +106,14 @@ async def _lint_at(repo: Path, ref: str, files: list[str]) -> list[dict[str, Any
             raw = json.loads(done.stdout or "[]")
         except json.JSONDecodeError as exc:
             raise HandlerError("ruff_failed", f"unreadable ruff output: {exc}") from None
-        return await asyncio.to_thread(_findings, raw, tmp)
+        return await asyncio.to_thread(ruff_findings, raw, tmp)
     finally:
         await asyncio.to_thread(shutil.rmtree, tmp, True)
 
 
-def _findings(raw: list[dict[str, Any]], tmp: str) -> list[dict[str, Any]]:
-    root = Path(tmp).resolve()
+def ruff_findings(raw: list[dict[str, Any]], root: str | Path) -> list[dict[str, Any]]:
+    """ruff's JSON output as findings with paths relative to ``root``, sorted."""
+    root = Path(root).resolve()
     findings = [
         {
             "file": Path(item["filename"]).resolve().relative_to(root).as_posix(),

@@ -27,10 +27,11 @@ import glob
 import os
 import re
 import tempfile
-import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+
+from ._pyparse import PARSE_LOCK
 
 __all__ = [
     "INDEX_FILENAME",
@@ -130,19 +131,12 @@ def discover_modules(package_dir: str | os.PathLike[str]) -> list[ModuleInfo]:
     return [found[key] for key in sorted(found)]
 
 
-# CPython 3.11's compiler keeps its AST recursion-depth counter per interpreter, so parsing in
-# several threads at once fails with "SystemError: AST constructor recursion depth mismatch"
-# (seen with the docs agent rendering modules concurrently). warnings.catch_warnings is not
-# thread-safe either. Parsing holds the GIL anyway, so serializing it costs no throughput.
-_PARSE_LOCK = threading.Lock()
-
-
 def _parse(source: str) -> ast.Module:
     """Parse ``source`` quietly (no SyntaxWarning noise from foreign code)."""
     if "\0" in source:
         line = source.count("\n", 0, source.index("\0")) + 1
         raise SyntaxError(f"source contains a null byte (line {line})")
-    with _PARSE_LOCK, warnings.catch_warnings():
+    with PARSE_LOCK, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return ast.parse(source)
 

@@ -144,6 +144,25 @@ class Agent:
 
         return register
 
+    async def call_locally(self, request_type: str, payload: dict[str, Any]) -> Any:
+        """Run one handler in this process, without the bus (command-line tools use it).
+
+        Raises:
+            InvalidInput: the agent has no such request type.
+            HandlerError: what the handler raised.
+        """
+        import uuid
+
+        handler = self.handlers.get(request_type) or self.handlers.get("*")
+        if handler is None:
+            raise InvalidInput(f"{self.agent_type} has no request type {request_type!r}")
+        request = AgentRequest(request_id=str(uuid.uuid4()), source="local", target=self.agent_type,
+                               request_type=request_type, payload=payload, reply_to="local")
+        ctx = RequestContext(request=request, agent_id=f"{self.agent_type}@local",
+                             agent_type=self.agent_type,
+                             log=logging.LoggerAdapter(log, {"request_id": request.request_id}))
+        return await handler(payload, ctx)
+
     def with_handlers(self, handlers: dict[str, Handler]) -> Agent:
         """A copy of this agent whose handlers are replaced by ``handlers`` (tests use it)."""
         return Agent(self.agent_type, list(self.capabilities), self.version, self.description,

@@ -117,6 +117,14 @@ def _parser() -> argparse.ArgumentParser:
     dlq_purge.add_argument("agent")
     dlq_purge.add_argument("ids", nargs="*", metavar="ID")
 
+    analyze = sub.add_parser(
+        "analyze", help="import dependencies of a repository (Python, JavaScript, TypeScript)",
+        description="Import-dependency analysis by the planner agent, run in this process (no "
+        "database or Redis needed): files, edges as [importer, imported], cycles, "
+        "topological batches and the critical path.")
+    analyze.add_argument("path", help="repository folder")
+    analyze.add_argument("--json", action="store_true", help="print one JSON object")
+
     db = sub.add_parser("db", help="database schema")
     db_sub = db.add_subparsers(dest="db_command", metavar="ACTION")
     db_sub.add_parser("migrate", help="apply pending SQL migrations (re-running is a no-op)")
@@ -447,6 +455,38 @@ async def _cmd_dlq(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: Te
     raise UsageError("usage: orchestrator dlq ls|show|replay|purge")
 
 
+async def _cmd_analyze(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
+    import time
+
+    from .agent import load_agents
+
+    if not await asyncio.to_thread(Path(args.path).is_dir):
+        raise UsageError(f"{args.path} is not a folder; give the path of a repository")
+    (planner,) = load_agents(["planner"])
+    started = time.perf_counter()
+    result = await planner.call_locally("analyze_repository", {"repo": str(args.path)})
+    seconds = time.perf_counter() - started
+    if args.json:
+        out.write(json.dumps(result, indent=2) + "\n")
+        return EXIT_OK
+    out.write(f"{result['root']}: {len(result['files'])} files, {len(result['edges'])} import "
+              f"edges ({seconds:.2f}s)\n\nedges (importer -> imported):\n")
+    for importer, imported in result["edges"]:
+        out.write(f"  {importer} -> {imported}\n")
+    out.write(f"\ncycles: {len(result['cycles'])}\n")
+    for cycle in result["cycles"]:
+        out.write(f"  {' -> '.join([*cycle, cycle[0]])}\n")
+    out.write(f"\nbatches: {len(result['batches'])}\n")
+    for number, batch in enumerate(result["batches"]):
+        out.write(f"  {number}: {' '.join(batch)}\n")
+    path = result["critical_path"]
+    out.write(f"\ncritical path ({len(path['files'])} files, weight {path['weight']:g}):\n  "
+              + " -> ".join(path["files"]) + "\n")
+    for importer, specifiers in sorted((result.get("unresolved") or {}).items()):
+        err.write(f"unresolved in {importer}: {', '.join(specifiers)}\n")
+    return EXIT_OK
+
+
 async def _cmd_db(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
     if args.db_command != "migrate":
         raise UsageError("usage: orchestrator db migrate")
@@ -480,6 +520,7 @@ _COMMANDS = {
     "run": _cmd_run, "resume": _cmd_resume, "recover": _cmd_recover, "ls": _cmd_ls,
     "show": _cmd_show, "graphs": _cmd_graphs, "agents": _cmd_agents, "worker": _cmd_worker,
     "locks": _cmd_locks, "dlq": _cmd_dlq, "db": _cmd_db, "services": _cmd_services,
+    "analyze": _cmd_analyze,
 }
 
 

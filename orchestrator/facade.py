@@ -22,6 +22,7 @@ from typing import Any
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from langgraph.types import Command
 
+from state.cache import PostgresCache
 from state.checkpointer import make_checkpointer
 from state.schema import now_iso
 from state.workflows import WorkflowRecord
@@ -171,7 +172,10 @@ class Orchestrator:
         """The workflow's graph compiled with this orchestrator's checkpointer."""
         spec = get_workflow(name, self._extra)
         if name not in self._compiled:
-            self._compiled[name] = spec.builder.compile(checkpointer=self._saver)
+            self._compiled[name] = spec.builder.compile(
+                checkpointer=self._saver,
+                cache=PostgresCache(self.runtime.db, self.settings.namespace),
+            )
         return self._compiled[name]
 
     async def run(

@@ -25,6 +25,7 @@ __all__ = [
     "CANARY_ROLLBACKS",
     "HEALING_ATTEMPTS",
     "HEALING_OUTCOMES",
+    "TASK_CACHE",
     "start_metrics_server",
 ]
 
@@ -114,4 +115,9 @@ HEALING_OUTCOMES = Counter(
     "orchestrator_healing_outcomes_total",
     "Self-healing runs by service and outcome (healthy, healed, escalated, gave_up)",
     ["service", "outcome"],
+)
+TASK_CACHE = Counter(
+    "orchestrator_task_cache_total",
+    "Plan tasks answered from the result cache (hit) or carried out (miss)",
+    ["result"],
 )

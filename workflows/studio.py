@@ -20,10 +20,11 @@ from orchestrator.runtime import Runtime, use_runtime
 from orchestrator.settings import Settings
 
 from .parallel_docs import workflow as _parallel_docs
+from .plan_execution import workflow as _plan_execution
 from .pr_deployment import workflow as _pr_deployment
 from .self_healing import workflow as _self_healing
 
-__all__ = ["parallel_docs", "pr_deployment", "self_healing"]
+__all__ = ["parallel_docs", "plan_execution", "pr_deployment", "self_healing"]
 
 _runtime: Runtime | None = None
 _lock: asyncio.Lock | None = None
@@ -56,3 +57,4 @@ def _factory(graph: Any, name: str) -> Any:
 parallel_docs = _factory(_parallel_docs.builder.compile(), "parallel_docs")
 pr_deployment = _factory(_pr_deployment.builder.compile(), "pr_deployment")
 self_healing = _factory(_self_healing.builder.compile(), "self_healing")
+plan_execution = _factory(_plan_execution.builder.compile(), "plan_execution")

@@ -1,0 +1,160 @@
+"""The ``developer`` agent: carries out one file task of a plan in a repository.
+
+Request types:
+
+* ``develop`` ``{"repo", "task": {"id", "file", "kind", "description", "content" | "patch" |
+  "command"}, "attempt", "evidence"?, "timeout"?}`` → ``{"file", "action", "changed",
+  "sha256", "detail"}``. Guarded by ``file:<repository>/<file>``: the request must carry that
+  lock's fencing token.
+
+  The first attempt applies the task: ``content`` is written to the file, ``patch`` (a unified
+  diff) is applied with ``git apply`` (a patch already applied is left alone), ``command`` is
+  run in the repository without a shell. A later attempt is a fix of what QA found
+  (``evidence``): with a chat model configured (``ORCHESTRATOR_CHAT_MODEL``) the model rewrites
+  the file from the task, the file and the evidence; without one, Python files get ruff's safe
+  automatic fixes (``ruff check --fix``), and other files cannot be fixed automatically
+  (``changed`` is false, and QA will fail again).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+from orchestrator.agent import Agent, HandlerError, RequestContext
+
+from ._proc import resolve_repo, run
+from .code_review import ruff_binary
+
+__all__ = ["agent", "file_resource"]
+
+agent = Agent(
+    "developer",
+    capabilities=["write-file", "git-apply", "run-command", "ruff-fix", "chat-model"],
+    version="1",
+    description="applies a plan task's content, patch or command; fixes what QA found",
+)
+
+
+def file_resource(repo: str | Path, file: str) -> str:
+    """The lock name guarding one file of a repository."""
+    return f"file:{Path(repo).resolve() / file}"
+
+
+def _target(repo: Path, file: object) -> Path:
+    if not isinstance(file, str) or not file:
+        raise HandlerError("invalid_input", "the task needs 'file', a path in the repository")
+    path = (repo / file).resolve()
+    if not path.is_relative_to(repo):
+        raise HandlerError("unsafe_path", f"{file} is outside the repository {repo}")
+    return path
+
+
+def _sha256(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except FileNotFoundError:
+        return None
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+@agent.handler("develop")
+async def develop(payload: dict[str, Any], ctx: RequestContext) -> dict[str, Any]:
+    repo = await resolve_repo(payload.get("repo"))
+    task = payload.get("task")
+    if not isinstance(task, dict):
+        raise HandlerError("invalid_input", "payload needs 'task', the plan task")
+    path = await asyncio.to_thread(_target, repo, task.get("file"))
+    await ctx.check_fencing(file_resource(repo, task["file"]))
+    attempt = int(payload.get("attempt") or 1)
+    timeout = float(payload.get("timeout") or 600)
+    before = await asyncio.to_thread(_sha256, path)
+    evidence = payload.get("evidence")
+    if attempt > 1 and evidence and before is not None:  # fix the file QA checked
+        action, detail = await _fix(repo, path, task, evidence, ctx)
+    elif task.get("content") is not None:
+        await asyncio.to_thread(_write, path, str(task["content"]))
+        action, detail = "wrote", f"wrote {task['file']}"
+    elif task.get("patch") is not None:
+        action, detail = await _apply_patch(repo, str(task["patch"]))
+    elif task.get("command") is not None:
+        action, detail = await _run_command(repo, task["command"], timeout)
+    else:
+        raise HandlerError("invalid_input", f"task {task.get('id')!r} has no content, patch or command")
+    after = await asyncio.to_thread(_sha256, path)
+    if after is None:
+        raise HandlerError("file_missing", f"{task['file']} does not exist after {action}: {detail}")
+    return {"file": task["file"], "action": action, "changed": before != after,
+            "sha256": after, "detail": detail, "attempt": attempt}
+
+
+async def _apply_patch(repo: Path, patch: str) -> tuple[str, str]:
+    data = patch.encode() if patch.endswith("\n") else (patch + "\n").encode()
+    check = await run(["git", "-C", str(repo), "apply", "--check", "-"], stdin=data, timeout=60)
+    if check.returncode == 0:
+        done = await run(["git", "-C", str(repo), "apply", "-"], stdin=data, timeout=60)
+        if done.returncode != 0:
+            raise HandlerError("patch_failed", done.stderr.strip())
+        return "patched", "applied the patch"
+    reverse = await run(["git", "-C", str(repo), "apply", "--reverse", "--check", "-"],
+                        stdin=data, timeout=60)
+    if reverse.returncode == 0:  # a re-run after the patch went in
+        return "patched", "the patch was already applied"
+    raise HandlerError("patch_failed", f"the patch does not apply: {check.stderr.strip()}")
+
+
+async def _run_command(repo: Path, command: object, timeout: float) -> tuple[str, str]:
+    argv = shlex.split(command) if isinstance(command, str) else list(command or [])
+    if not argv or not all(isinstance(a, str) for a in argv):
+        raise HandlerError("invalid_input", "'command' must be a string or a list of strings")
+    if argv[0] == "python":
+        argv[0] = sys.executable
+    done = await run(argv, cwd=repo, timeout=timeout)
+    output = (done.stdout + done.stderr).strip()[-2000:]
+    if done.timed_out or done.returncode != 0:
+        raise HandlerError("command_failed", f"{shlex.join(argv)} "
+                           f"{'timed out' if done.timed_out else f'exited {done.returncode}'}: {output}")
+    return "ran", f"ran {shlex.join(argv)}"
+
+
+async def _fix(repo: Path, path: Path, task: dict[str, Any], evidence: Any,
+               ctx: RequestContext) -> tuple[str, str]:
+    model = ctx.chat_model()
+    if model is not None:
+        current = await asyncio.to_thread(path.read_text, encoding="utf-8")
+        prompt = (
+            f"You maintain the file {task['file']} of a repository. Task: "
+            f"{task.get('description') or '(none)'}.\nQA found problems:\n"
+            f"{json.dumps(evidence, indent=1)[:8000]}\n\nThe file now:\n{current}\n\n"
+            "Answer with the complete corrected file and nothing else."
+        )
+        reply = await asyncio.wait_for(model.ainvoke(prompt), 300)
+        text = str(getattr(reply, "content", reply))
+        text = _strip_fence(text)
+        await asyncio.to_thread(_write, path, text if text.endswith("\n") else text + "\n")
+        return "model", "the chat model rewrote the file from the QA evidence"
+    if path.suffix in (".py", ".pyi"):
+        done = await run([ruff_binary(), "check", "--fix", "--no-cache", "--exit-zero",
+                          "--output-format", "concise", str(path)], cwd=repo, timeout=120)
+        summary = (done.stdout + done.stderr).strip().splitlines()
+        return "ruff-fix", summary[-1] if summary else "ruff found nothing to fix"
+    return "none", f"no automatic fix for {path.suffix} files without a chat model"
+
+
+def _strip_fence(text: str) -> str:
+    lines = text.strip().splitlines()
+    if len(lines) >= 2 and lines[0].startswith("```") and lines[-1].startswith("```"):
+        return "\n".join(lines[1:-1]) + "\n"
+    return text

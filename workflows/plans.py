@@ -1,0 +1,172 @@
+"""Plans for ``plan_execution``: a repository and the file tasks to carry out in it.
+
+A plan is YAML or JSON::
+
+    repo: path/to/repo
+    test_command: python -m pytest -q          # QA runs the tests that import each file
+    integration_command: python -m pytest -q   # once every task is done (default: test_command)
+    max_parallel: 4
+    tasks:
+      - id: models
+        file: app/models.py
+        kind: new                  # new | fix
+        description: the data model
+        content: |                 # exactly one of content, patch, command
+          ...
+        depends_on: [settings]     # besides what the import analysis finds
+        estimate: 3                # weighs the critical path
+    allowed_cycles:                # import cycles the plan accepts, as [task, task] edges
+      - [models, services]
+    deploy: {...}                  # a canary rollout once integration passed
+
+Errors name the task and the field: ``task 'models' (tasks[2]) field 'kind': ...``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .canary import CanarySpec
+
+__all__ = ["Plan", "PlanTask", "PlanError", "load_plan", "parse_plan"]
+
+
+class PlanError(ValueError):
+    """A plan that cannot be used; the message names the task and field."""
+
+
+class PlanTask(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(min_length=1, max_length=200, pattern=r"^[\w.\-/]+$")
+    file: str = Field(min_length=1, description="repository-relative path of the file")
+    kind: Literal["new", "fix"]
+    description: str = ""
+    content: str | None = None
+    patch: str | None = Field(None, description="a unified diff, applied with git apply")
+    command: str | list[str] | None = Field(None, description="run in the repository")
+    depends_on: list[str] = Field(default_factory=list)
+    estimate: float | None = Field(None, gt=0)
+
+    @field_validator("file")
+    @classmethod
+    def _relative(cls, value: str) -> str:
+        path = PurePosixPath(value.replace("\\", "/"))
+        if path.is_absolute() or ".." in path.parts or value.startswith("~"):
+            raise ValueError("must be a path inside the repository (relative, no '..')")
+        return path.as_posix()
+
+    @model_validator(mode="after")
+    def _one_change(self) -> PlanTask:
+        given = [k for k in ("content", "patch", "command") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of 'content', 'patch' or 'command'"
+                             + (f" (got {', '.join(given)})" if given else ""))
+        return self
+
+
+class Plan(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    repo: str = Field(min_length=1)
+    tasks: list[PlanTask] = Field(min_length=1)
+    test_command: str | list[str] = "python -m pytest -q"
+    integration_command: str | list[str] | None = None
+    max_parallel: int = Field(4, ge=1, le=64)
+    max_attempts: int = Field(3, ge=1, le=10, description="QA attempts before dead-lettering")
+    retry_delay: float = Field(1.0, ge=0, description="first retry delay; doubles each time")
+    allowed_cycles: list[tuple[str, str]] = Field(default_factory=list)
+    deploy: CanarySpec | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Plan:
+        ids: dict[str, int] = {}
+        files: dict[str, str] = {}
+        for index, task in enumerate(self.tasks):
+            if task.id in ids:
+                raise ValueError(f"task {task.id!r} (tasks[{index}]) field 'id': duplicate of "
+                                 f"tasks[{ids[task.id]}]")
+            if task.file in files:
+                raise ValueError(f"task {task.id!r} (tasks[{index}]) field 'file': "
+                                 f"{task.file} is also the file of task {files[task.file]!r}")
+            ids[task.id] = index
+            files[task.file] = task.id
+        for index, task in enumerate(self.tasks):
+            for dep in task.depends_on:
+                if dep not in ids:
+                    raise ValueError(f"task {task.id!r} (tasks[{index}]) field 'depends_on': "
+                                     f"no task {dep!r}")
+                if dep == task.id:
+                    raise ValueError(f"task {task.id!r} (tasks[{index}]) field 'depends_on': "
+                                     "a task cannot depend on itself")
+        for a, b in self.allowed_cycles:
+            for name in (a, b):
+                if name not in ids:
+                    raise ValueError(f"field 'allowed_cycles': no task {name!r}")
+        return self
+
+    def task(self, task_id: str) -> PlanTask:
+        return next(t for t in self.tasks if t.id == task_id)
+
+
+def _describe(error: dict[str, Any], raw: Any) -> str:
+    loc = list(error["loc"])
+    message = (str(error["ctx"]["error"]) if error["type"] == "value_error"
+               and "error" in error.get("ctx", {}) else error["msg"])
+    if error["type"] == "missing":
+        message = "is required"
+    if len(loc) >= 2 and loc[0] == "tasks" and isinstance(loc[1], int):
+        index = loc[1]
+        tasks = raw.get("tasks") if isinstance(raw, dict) else None
+        task_id = None
+        if isinstance(tasks, list) and index < len(tasks) and isinstance(tasks[index], dict):
+            task_id = tasks[index].get("id")
+        who = f"task {task_id!r} (tasks[{index}])" if task_id else f"tasks[{index}]"
+        field = ".".join(str(p) for p in loc[2:])
+        return f"{who} field {field!r}: {message}" if field else f"{who}: {message}"
+    if loc:
+        return f"field {'.'.join(str(p) for p in loc)!r}: {message}"
+    return message
+
+
+def parse_plan(raw: Any, *, base: Path | None = None) -> Plan:
+    """Validate a plan given as data; ``repo`` is resolved against ``base`` (default: cwd).
+
+    Raises:
+        PlanError: naming each bad task and field.
+    """
+    if not isinstance(raw, dict):
+        raise PlanError(f"a plan is a mapping with 'repo' and 'tasks', not {type(raw).__name__}")
+    try:
+        plan = Plan.model_validate(raw)
+    except ValidationError as exc:
+        raise PlanError("bad plan: " + "; ".join(_describe(e, raw) for e in exc.errors())) from None
+    repo = (base or Path.cwd()) / Path(plan.repo).expanduser()
+    if not repo.is_dir():
+        raise PlanError(f"bad plan: field 'repo': {plan.repo} is not a folder")
+    return plan.model_copy(update={"repo": str(repo.resolve())})
+
+
+def load_plan(path: str | Path) -> Plan:
+    """Read a plan from a YAML or JSON file; a relative ``repo`` is relative to the file.
+
+    Raises:
+        PlanError: unreadable file, bad syntax (with the line), or a bad plan.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise PlanError(f"cannot read plan {path}: {exc.strerror or exc}") from None
+    try:
+        raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except json.JSONDecodeError as exc:
+        raise PlanError(f"plan {path} is not valid JSON: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise PlanError(f"plan {path} is not valid YAML: {exc}") from None
+    return parse_plan(raw, base=path.resolve().parent)
