@@ -17,7 +17,7 @@ from pathlib import Path
 
 from orchestrator.agent import HandlerError
 
-__all__ = ["Completed", "run", "git", "resolve_repo"]
+__all__ = ["Completed", "run", "git", "resolve_repo", "resolve_folder"]
 
 _OUTPUT_LIMIT = 200_000  # characters of each stream kept; test output can be huge
 
@@ -104,3 +104,18 @@ async def resolve_repo(raw: object) -> Path:
     if done.returncode != 0:
         raise HandlerError("invalid_input", f"{raw} is not a git repository")
     return Path(done.stdout.strip())  # absolute, symbolic links resolved by git
+
+
+async def resolve_folder(raw: object) -> Path:
+    """The absolute path of the folder ``raw`` names (a repository or not).
+
+    Raises:
+        HandlerError: ``invalid_input`` when it is not a folder.
+    """
+    if not isinstance(raw, str) or not raw:
+        raise HandlerError("invalid_input", "payload needs 'repo', the path of a folder")
+    path = await asyncio.to_thread(lambda: Path(raw).expanduser().resolve())
+    if not await asyncio.to_thread(path.is_dir):
+        raise HandlerError("invalid_input", f"{raw} is not a folder")
+    return path
+

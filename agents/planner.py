@@ -20,7 +20,7 @@ from typing import Any
 
 from orchestrator.agent import Agent, HandlerError, RequestContext
 
-from ._proc import resolve_repo
+from ._proc import resolve_folder
 from .depgraph import analyze
 
 __all__ = ["agent"]
@@ -35,7 +35,7 @@ agent = Agent(
 
 @agent.handler("analyze_plan")
 async def analyze_plan(payload: dict[str, Any], ctx: RequestContext) -> dict[str, Any]:
-    repo = await resolve_repo(payload.get("repo"))
+    repo = await resolve_folder(payload.get("repo"))
     files = payload.get("files")
     if not isinstance(files, dict) or not files:
         raise HandlerError("invalid_input", "payload needs 'files': {path: content or null}")
@@ -50,6 +50,6 @@ async def analyze_plan(payload: dict[str, Any], ctx: RequestContext) -> dict[str
 
 @agent.handler("analyze_repository")
 async def analyze_repository(payload: dict[str, Any], ctx: RequestContext) -> dict[str, Any]:
-    repo = await resolve_repo(payload.get("repo"))
+    repo = await resolve_folder(payload.get("repo"))
     graph = await asyncio.to_thread(analyze, repo)
     return await asyncio.to_thread(graph.to_dict)

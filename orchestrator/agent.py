@@ -186,15 +186,21 @@ def builtin_agents() -> dict[str, Agent]:
 
 
 def load_agents(names: list[str]) -> list[Agent]:
-    """The built-in agents with these type names.
+    """The built-in agents with these type names (only their modules are imported).
 
     Raises:
         InvalidInput: a name is not a known agent type; the message lists the known ones.
     """
-    available = builtin_agents()
-    unknown = [n for n in names if n not in available]
+    points = {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    unknown = [n for n in names if n not in points]
     if unknown:
         raise InvalidInput(
-            f"unknown agent type(s) {', '.join(unknown)}; known: {', '.join(sorted(available))}"
+            f"unknown agent type(s) {', '.join(unknown)}; known: {', '.join(sorted(points))}"
         )
-    return [available[n] for n in names]
+    agents = []
+    for name in names:
+        agent = points[name].load()
+        if not isinstance(agent, Agent):
+            raise InvalidInput(f"entry point {points[name].value} does not point at an Agent")
+        agents.append(agent)
+    return agents

@@ -164,3 +164,30 @@ async def test_dlq_ls_show_replay_purge(env, orchestrator_settings) -> None:
     assert out == "no dead letters\n"
     code, _, err = await asyncio.to_thread(run_cli, "dlq", "show", "docs", "0-1")
     assert code == 2 and "no dead letter 0-1" in err
+
+
+def test_analyze_prints_edges_cycles_batches_and_the_critical_path(tmp_path) -> None:
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "__init__.py").write_text("")
+    (tmp_path / "pkg" / "a.py").write_text("from . import b\n")
+    (tmp_path / "pkg" / "b.py").write_text("import pkg.c\n")
+    (tmp_path / "pkg" / "c.py").write_text("from pkg import a\n")  # a cycle a -> b -> c -> a
+    (tmp_path / "pkg" / "d.py").write_text("import json\nfrom pkg import c\n")
+    (tmp_path / "web").mkdir()
+    (tmp_path / "web" / "x.ts").write_text("import { y } from './y';\nexport const x = y;\n")
+    (tmp_path / "web" / "y.ts").write_text("export const y = 1;\n")
+    code, out, _ = run_cli("analyze", str(tmp_path), "--json")
+    assert code == 0
+    result = json.loads(out)
+    assert result["edges"] == [["pkg/a.py", "pkg/b.py"], ["pkg/b.py", "pkg/c.py"],
+                               ["pkg/c.py", "pkg/a.py"], ["pkg/d.py", "pkg/c.py"],
+                               ["web/x.ts", "web/y.ts"]]
+    assert result["cycles"] == [["pkg/a.py", "pkg/b.py", "pkg/c.py"]]
+    assert result["batches"][0] == ["pkg/__init__.py", "pkg/a.py", "pkg/b.py", "pkg/c.py",
+                                    "web/y.ts"]
+    code, text, _ = run_cli("analyze", str(tmp_path))
+    assert code == 0
+    assert "pkg/d.py -> pkg/c.py" in text and "cycles: 1" in text
+    assert "pkg/a.py -> pkg/b.py -> pkg/c.py -> pkg/a.py" in text
+    code, _, err = run_cli("analyze", str(tmp_path / "missing"))
+    assert code == 2 and "is not a folder" in err
