@@ -13,3 +13,10 @@ def latency_first() -> FakeListChatModel:
 def nonsense() -> FakeListChatModel:
     """Answers with something that is not an issue kind."""
     return FakeListChatModel(responses=["reboot the universe"])
+
+
+def fixes_discounts() -> FakeListChatModel:
+    """Rewrites shop/discounts.py (of tests/fixture_plan.py) so that it passes QA."""
+    return FakeListChatModel(responses=[
+        "```python\nRATE = 0.1\n\n\ndef discount(amount: float) -> float:\n"
+        "    return amount * RATE\n```"])

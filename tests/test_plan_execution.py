@@ -229,3 +229,33 @@ async def test_the_cli_runs_a_plan_file(service_env, tmp_path) -> None:
     assert result["status"] == "completed"
     assert len(result["final_result"]["done"]) == 29
     assert (repo / "shop" / "checkout.py").read_text().startswith("from shop.cart")
+
+
+async def test_a_chat_model_fixes_what_ruff_cannot(orchestrator_factory, tmp_path) -> None:
+    orch = await orchestrator_factory(chat_model="tests.fake_chat:fixes_discounts")
+    repo, plan = make_plan_repo(tmp_path / "repo", integration_command="python -c pass")
+    plan["tasks"] = [t for t in plan["tasks"] if t["id"] == NEVER_FIXED]
+    result = await orch.run("plan_execution", {"plan": plan})
+    assert result.status == "completed", result
+    assert result.final_result["tasks"][NEVER_FIXED]["attempts"] == 2
+    assert (repo / "shop" / "discounts.py").read_text().startswith("RATE = 0.1\n")
+
+
+async def test_a_plan_ends_with_a_canary_rollout(orchestrator_factory, start_service,
+                                                 tmp_path) -> None:
+    from .test_canary import lines, traffic_log_command
+
+    orch = await orchestrator_factory()
+    service = await start_service()
+    log = tmp_path / "traffic"
+    repo, plan = make_plan_repo(tmp_path / "repo", deploy={
+        "name": "shop", "stages": [50, 100], "stage_seconds": 0, "samples": 1,
+        "sample_interval": 0, "traffic": {"command": traffic_log_command(log)},
+        "health": {"url": service.url + "/health"}})
+    plan["tasks"] = [t for t in plan["tasks"] if t["id"] in ("config", "units", "money")]
+    plan["integration_command"] = "python -m pytest -q tests/test_money.py"
+    result = await orch.run("plan_execution", {"plan": plan})
+    assert result.status == "completed", result
+    assert result.final_result["integration"]["passed"] is True
+    assert result.final_result["canary"]["status"] == "completed"
+    assert lines(log) == ["50", "100"]
