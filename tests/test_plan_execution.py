@@ -113,6 +113,9 @@ async def test_escalation_retry_and_abort(orchestrator_factory, tmp_path) -> Non
     again = await resume(orch, paused.thread_id, {"action": "retry", "by": "dev"})
     assert again.status == "interrupted"
     assert len(again.interrupts[0]["value"]["attempts"]) == 2
+    confused = await resume(orch, paused.thread_id, {"action": "later"})
+    assert confused.status == "interrupted"  # a wrong answer loses nothing: it asks again
+    assert "unknown action 'later'" in confused.interrupts[0]["value"]["problem_with_last_answer"]
     aborted = await resume(orch, paused.thread_id, {"action": "abort", "by": "dev"})
     assert aborted.status == "failed"
     assert aborted.final_result["reasons"] == [f"aborted by dev at the dead letter of {NEVER_FIXED}"]

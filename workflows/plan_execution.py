@@ -476,6 +476,7 @@ async def escalate(state: PlanState) -> dict[str, Any]:
         "attempts": [{k: a.get(k) for k in ("n", "outcome", "seconds")} for a in rec["attempts"]],
         "evidence": last.get("evidence"),
         "blocked": _dependents(state["tasks"], task_id),
+        "problem_with_last_answer": rec.get("last_answer_error"),
         "resume_with": {"action": "skip | retry | abort", "by": "who"},
     })
     answer = answer if isinstance(answer, dict) else {"action": str(answer)}
