@@ -23,10 +23,11 @@ import importlib
 import inspect
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from orchestrator.agent import Agent, HandlerError, RequestContext
 
+from ._payload import parse_payload
 from ._proc import run
 from .health import HealthSource, Thresholds, observe
 
@@ -86,18 +87,6 @@ class CanaryCheck(BaseModel):
     failure_limit: int = Field(2, ge=1)
 
 
-def _parse(model: type[BaseModel], data: Any, what: str) -> Any:
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{what}.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" if e["loc"]
-            else f"{what}: {e['msg']}"
-            for e in exc.errors()
-        )
-        raise HandlerError("invalid_input", problems) from None
-
-
 def _deployment(payload: dict[str, Any]) -> str:
     name = payload.get("deployment")
     if not isinstance(name, str) or not name:
@@ -107,7 +96,7 @@ def _deployment(payload: dict[str, Any]) -> str:
 
 @agent.handler("validate")
 async def validate(payload: dict[str, Any], ctx: RequestContext) -> dict[str, Any]:
-    checked = _parse(CanaryCheck, payload.get("spec"), "deploy")
+    checked = parse_payload(CanaryCheck, payload.get("spec"), "deploy")
     return checked.model_dump(mode="json")
 
 
@@ -147,7 +136,7 @@ def _percent(payload: dict[str, Any]) -> int:
 @agent.handler("set_traffic")
 async def set_traffic(payload: dict[str, Any], ctx: RequestContext) -> dict[str, Any]:
     deployment, percent = _deployment(payload), _percent(payload)
-    spec = _parse(TrafficSpec, payload.get("traffic"), "traffic")
+    spec = parse_payload(TrafficSpec, payload.get("traffic"), "traffic")
     await ctx.check_fencing(deploy_resource(deployment))
     output = await _move_traffic(spec, deployment, percent)
     ctx.log.info("%s: traffic at %d%%", deployment, percent)
@@ -159,7 +148,7 @@ async def observe_stage(payload: dict[str, Any], ctx: RequestContext) -> dict[st
     wait = payload.get("wait", 0)
     if not isinstance(wait, int | float) or wait < 0:
         raise HandlerError("invalid_input", "'wait' must be a number of seconds >= 0")
-    spec = _parse(ObserveSpec, {k: v for k, v in payload.items() if k != "wait"}, "observe")
+    spec = parse_payload(ObserveSpec, {k: v for k, v in payload.items() if k != "wait"}, "observe")
     if wait:
         await asyncio.sleep(wait)
     observation = await observe(spec.health, spec.thresholds, samples=spec.samples,
@@ -180,7 +169,7 @@ class _Rollback(BaseModel):
 
 @agent.handler("rollback")
 async def rollback(payload: dict[str, Any], ctx: RequestContext) -> dict[str, Any]:
-    spec = _parse(_Rollback, payload, "rollback")
+    spec = parse_payload(_Rollback, payload, "rollback")
     await ctx.check_fencing(deploy_resource(spec.deployment))
     traffic_output = await _move_traffic(spec.traffic, spec.deployment, 0)
     command_output = None

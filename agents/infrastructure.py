@@ -35,10 +35,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import psutil
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from orchestrator.agent import Agent, HandlerError, RequestContext
 
+from ._payload import parse_payload
 from ._proc import run
 from .health import HealthSource, Prober, Sample, Thresholds
 
@@ -102,18 +103,9 @@ class _Probe(BaseModel):
     wait_healthy: float = Field(0.0, ge=0, le=3600)
 
 
-def _parse(model: type[BaseModel], data: Any, what: str) -> Any:
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        problems = "; ".join(f"{what}.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
-                             if e["loc"] else f"{what}: {e['msg']}" for e in exc.errors())
-        raise HandlerError("invalid_input", problems) from None
-
-
 @agent.handler("probe")
 async def probe(payload: dict[str, Any], ctx: RequestContext) -> dict[str, Any]:
-    spec = _parse(_Probe, payload, "probe")
+    spec = parse_payload(_Probe, payload, "probe")
     deadline = time.monotonic() + spec.wait_healthy
     attempts = 0
     while True:
@@ -196,7 +188,7 @@ async def fix(payload: dict[str, Any], ctx: RequestContext) -> dict[str, Any]:
     service = payload.get("service")
     if not isinstance(service, str) or not service:
         raise HandlerError("invalid_input", "payload needs 'service', the service's name")
-    action = _parse(FixAction, payload.get("action"), "action")
+    action = parse_payload(FixAction, payload.get("action"), "action")
     await ctx.check_fencing(f"service:{service}")
     if action.type == "wait":
         await asyncio.sleep(action.seconds)
@@ -208,7 +200,7 @@ async def fix(payload: dict[str, Any], ctx: RequestContext) -> dict[str, Any]:
         ok = done.returncode == 0 and not done.timed_out
         return {"action": "command", "ok": ok, "exit_code": done.returncode,
                 "detail": f"{' '.join(action.argv)} exited {done.returncode}: {output}"}
-    spec = _parse(RestartSpec, payload.get("restart"), "restart")
+    spec = parse_payload(RestartSpec, payload.get("restart"), "restart")
     if spec.command is not None:
         done = await run(spec.command, timeout=spec.timeout, cwd=spec.cwd,
                          env={**os.environ, **spec.env} if spec.env else None)
