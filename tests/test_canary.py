@@ -159,3 +159,24 @@ async def test_a_bad_spec_fails_before_any_traffic_moves(orchestrator_factory, s
     assert result.status == "failed"
     assert message in str(result.final_result or result.error)
     assert not (tmp_path / "bad.traffic").exists()
+
+
+TRAFFIC_CALLS: list[tuple[int, str]] = []
+
+
+def record_traffic(percent: int, deployment: str) -> str:
+    """A traffic callable (``{"callable": "tests.test_canary:record_traffic"}``)."""
+    TRAFFIC_CALLS.append((percent, deployment))
+    return f"{deployment} at {percent}%"
+
+
+async def test_traffic_can_be_moved_by_a_python_callable(orchestrator_factory, start_service,
+                                                         tmp_path) -> None:
+    orch = await orchestrator_factory(workflows=WORKFLOWS)
+    service = await start_service()
+    TRAFFIC_CALLS.clear()
+    result = await orch.run("rollout", {"deploy": spec(
+        "py", service, tmp_path, stages=[30, 100],
+        traffic={"callable": "tests.test_canary:record_traffic"})})
+    assert result.status == "completed", result
+    assert TRAFFIC_CALLS == [(30, "py"), (100, "py")]

@@ -3,6 +3,7 @@ escalate."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shlex
@@ -10,6 +11,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psutil
 import pytest
 
@@ -171,3 +173,31 @@ async def test_bad_input_is_refused_before_anything_runs(orchestrator, start_ser
     with pytest.raises(InvalidInput, match=message):
         await orchestrator.run("self_healing", {**heal_input(service), **bad})
     assert await orchestrator.list_workflows() == []
+
+
+async def test_a_high_error_rate_in_the_metrics_is_detected_and_healed(
+    orchestrator, start_service, reap
+) -> None:
+    service = await start_service()
+    reap(service.pid_file)
+    service.set_mode("error", error_rate=0.5)
+    stop = asyncio.Event()
+
+    async def traffic() -> None:  # users: half of their requests fail
+        async with httpx.AsyncClient(base_url=service.url, trust_env=False, timeout=2) as client:
+            while not stop.is_set():
+                with contextlib.suppress(httpx.HTTPError):
+                    await client.get("/health")
+                await asyncio.sleep(0.02)
+
+    load = asyncio.create_task(traffic())
+    try:
+        result = await orchestrator.run("self_healing", heal_input(
+            service, metrics_url=service.url + "/metrics"))
+    finally:
+        stop.set()
+        await load
+    assert result.final_result["outcome"] == "healed", result
+    state = (await orchestrator.get(result.thread_id)).values
+    assert {"error_rate", "http_5xx"} & set(state["healing"]["detected"]["issues"])
+    assert any(s["error_rate"] for s in state["healing"]["detected"]["samples"])
