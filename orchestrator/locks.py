@@ -3,11 +3,27 @@
 A lock row holds the holder, a fencing token that strictly increases per resource, and the
 acquisition and expiry times. A holder renews in the background while it holds the lock; a
 holder that stops renewing (its process died, it hung) loses the lock at expiry. Waiters are
-woken by ``LISTEN``/``NOTIFY`` when a lock is released, and otherwise re-check when the current
-holding would expire, so they never busy-poll.
+woken when a lock is released — by the release itself in the releasing process, and by
+``LISTEN``/``NOTIFY`` in the others — one waiter per release and process, in arrival order, and
+otherwise re-check when the current holding would expire, so they never busy-poll.
 
 Work guarded by a lock passes the fencing token along; whoever changes the resource refuses a
 token older than the newest it has seen, so a stale holder's late write is refused.
+
+What each step costs (the uncontended path is one statement to acquire, one to release):
+
+* acquiring is one ``UPDATE``, committed durably: the fencing token it hands out must never
+  be handed out again, even after a PostgreSQL crash. If it takes nothing (the lock is held,
+  or its row does not exist yet), one more statement creates the row or returns the current
+  holder and how long its holding lasts; attempts after a wait go straight to that one. A
+  refused attempt locks nothing.
+* releasing is one ``UPDATE`` + ``NOTIFY`` committed with ``synchronous_commit = off`` (for
+  that one transaction): a release lost in a PostgreSQL crash only leaves the lock held until
+  its expiry, as if the holder had died, and any later acquisition, being durable, makes the
+  release durable too (WAL is flushed in order). Locks taken with :meth:`hold` (held for up
+  to hours) are released durably.
+* renewing starts only if a holding lasts a third of its TTL: until then a timer is all there
+  is (no task per acquisition).
 """
 
 from __future__ import annotations
@@ -16,9 +32,12 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections import deque
+from collections.abc import Callable, Iterable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
+from types import TracebackType
 from typing import Any
 
 from psycopg import AsyncConnection
@@ -35,6 +54,71 @@ log = logging.getLogger(__name__)
 CHANNEL = "orchestrator_locks"
 _SEP = "\x1f"
 
+# Bound once: .labels() looks the child up under a mutex on every call.
+_ACQUIRED = LOCK_ACQUISITIONS.labels("acquired")
+_TAKEN_OVER = LOCK_ACQUISITIONS.labels("taken_over")
+_TIMEOUT = LOCK_ACQUISITIONS.labels("timeout")
+_REFUSED = LOCK_ACQUISITIONS.labels("refused")
+
+# The first attempt of an acquisition: take the lock if its row exists and it is free or
+# expired. Nothing returned: it is held (or new): look again with _ACQUIRE.
+_TAKE = """
+UPDATE resource_locks
+SET holder = %(holder)s, token = token + 1, acquired_at = now(),
+    expires_at = now() + make_interval(secs => %(ttl)s)
+WHERE namespace = %(ns)s AND resource = %(resource)s AND (holder IS NULL OR expires_at < now())
+RETURNING token, expires_at"""
+
+# One attempt: take the lock if it is free or expired (creating its row the first time),
+# else report who holds it and for how long. The UPDATE locks only a row it takes, so a
+# refused attempt writes nothing; if it lost a race for a row it saw free (it then holds a
+# row lock until its commit, which is all it wrote), its commit need not wait for the disk.
+_ACQUIRE = """
+WITH taken AS (
+    UPDATE resource_locks
+    SET holder = %(holder)s, token = token + 1, acquired_at = now(),
+        expires_at = now() + make_interval(secs => %(ttl)s)
+    WHERE namespace = %(ns)s AND resource = %(resource)s
+      AND (holder IS NULL OR expires_at < now())
+    RETURNING token, expires_at
+), created AS (
+    INSERT INTO resource_locks (namespace, resource, holder, token, acquired_at, expires_at)
+    SELECT %(ns)s, %(resource)s, %(holder)s, 1, now(), now() + make_interval(secs => %(ttl)s)
+    WHERE NOT EXISTS (
+        SELECT 1 FROM resource_locks WHERE namespace = %(ns)s AND resource = %(resource)s)
+    ON CONFLICT (namespace, resource) DO NOTHING
+    RETURNING token, expires_at
+)
+SELECT token, expires_at, NULL::text AS holder, NULL::float8 AS left_s, NULL::text AS sc
+FROM taken
+UNION ALL
+SELECT token, expires_at, NULL::text, NULL::float8, NULL::text FROM created
+UNION ALL
+SELECT NULL::bigint, NULL::timestamptz, holder,
+       GREATEST(EXTRACT(EPOCH FROM expires_at - now()), 0)::float8,
+       set_config('synchronous_commit', 'off', true)
+FROM resource_locks
+WHERE namespace = %(ns)s AND resource = %(resource)s
+  AND NOT EXISTS (SELECT 1 FROM taken) AND NOT EXISTS (SELECT 1 FROM created)"""
+
+# Release (see the module docstring for why its commit does not wait for the disk).
+_RELEASE = """
+UPDATE resource_locks SET holder = NULL, expires_at = NULL
+WHERE namespace = %s AND resource = %s AND holder = %s AND token = %s
+RETURNING pg_notify(%s, %s) AS notified, set_config('synchronous_commit', 'off', true) AS sc"""
+
+_RENEW = """
+UPDATE resource_locks SET expires_at = now() + make_interval(secs => %s)
+WHERE namespace = %s AND resource = %s AND holder = %s AND token = %s
+RETURNING expires_at"""
+
+_RELEASE_HELD = """
+UPDATE resource_locks SET holder = NULL, expires_at = NULL
+WHERE namespace = %s AND resource = %s AND holder = %s
+RETURNING pg_notify(%s, %s) AS notified"""
+
+_WOKEN = True  # a waiter's future result: a release woke it (False: its nap ran out)
+
 
 @dataclass
 class Lease:
@@ -46,6 +130,7 @@ class Lease:
     expires_at: datetime
     lost: bool = False
     _renewer: asyncio.Task[None] | None = field(default=None, repr=False)
+    _timer: asyncio.TimerHandle | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -64,6 +149,11 @@ class LockInfo:
             "acquired_at": self.acquired_at.isoformat() if self.acquired_at else None,
             "expires_at": self.expires_at.isoformat() if self.expires_at else None,
         }
+
+
+def _nap_over(fut: asyncio.Future[bool]) -> None:
+    if not fut.done():
+        fut.set_result(False)
 
 
 class ResourceLockManager:
@@ -89,7 +179,12 @@ class ResourceLockManager:
         self.namespace = namespace
         self.listen_url = listen_url
         self.fallback_poll = fallback_poll
-        self._released: dict[str, asyncio.Event] = {}
+        # Waiters of this process by resource, in arrival order: a release wakes the first.
+        self._waiters: dict[str, deque[asyncio.Future[bool]]] = {}
+        # NOTIFYs this process sent, by (backend pid, resource), not yet seen by the listener:
+        # the release already woke a local waiter, so the echo must not wake a second one.
+        self._own_notifies: dict[tuple[int, str], int] = {}
+        self._background: set[asyncio.Task[Any]] = set()
         self._listener: asyncio.Task[None] | None = None
         self._listening = asyncio.Event()
         self._closing = False
@@ -101,6 +196,8 @@ class ResourceLockManager:
                 await asyncio.wait_for(self._listening.wait(), 10)
 
     async def close(self) -> None:
+        if self._background:  # releases finishing after their caller was cancelled
+            await asyncio.wait(set(self._background), timeout=5)
         if self._listener is not None:
             # Cancel, but never wait on it unbounded: if the cancellation is lost inside
             # psycopg, the listener still ends by itself within its 1 s notifies() timeout.
@@ -109,9 +206,66 @@ class ResourceLockManager:
             await asyncio.wait({self._listener}, timeout=2)
             self._listener = None
 
+    # -- waking waiters ------------------------------------------------------------------------
+
+    def _enqueue(self, resource: str, *, first: bool) -> asyncio.Future[bool]:
+        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        queue = self._waiters.get(resource)
+        if queue is None:
+            queue = self._waiters[resource] = deque()
+        if first:
+            queue.appendleft(fut)  # woken before but beaten to it: it keeps its turn
+        else:
+            queue.append(fut)
+        return fut
+
+    def _dequeue(self, resource: str, fut: asyncio.Future[bool]) -> None:
+        queue = self._waiters.get(resource)
+        if queue is not None:
+            with contextlib.suppress(ValueError):
+                queue.remove(fut)
+            if not queue:
+                del self._waiters[resource]
+
+    def _wake_one(self, resource: str) -> None:
+        """Wake the longest-waiting waiter of ``resource`` in this process, if any."""
+        queue = self._waiters.get(resource)
+        if queue is None:
+            return
+        while queue:
+            fut = queue.popleft()
+            if not fut.done():
+                fut.set_result(_WOKEN)
+                break
+        if not queue:
+            del self._waiters[resource]
+
+    def _wake_all(self) -> None:
+        for resource in list(self._waiters):
+            for fut in self._waiters.pop(resource):
+                if not fut.done():
+                    fut.set_result(_WOKEN)
+
+    def _expect_own_notify(self, conn: AsyncConnection[Any], resource: str) -> tuple[int, str] | None:
+        if not self._listening.is_set():
+            return None
+        key = (conn.info.backend_pid, resource)
+        self._own_notifies[key] = self._own_notifies.get(key, 0) + 1
+        return key
+
+    def _forget_own_notify(self, key: tuple[int, str] | None) -> None:
+        if key is None:
+            return
+        left = self._own_notifies.get(key, 0) - 1
+        if left > 0:
+            self._own_notifies[key] = left
+        else:
+            self._own_notifies.pop(key, None)
+
     async def _listen(self) -> None:
         assert self.listen_url is not None
         backoff = 0.1
+        prefix = self.namespace + _SEP
         while not self._closing:
             try:
                 async with await AsyncConnection.connect(self.listen_url, autocommit=True) as conn:
@@ -121,40 +275,57 @@ class ResourceLockManager:
                     while not self._closing:
                         # a bounded wait, so closing never has to cancel inside psycopg
                         async for note in conn.notifies(timeout=1.0):
-                            namespace, _, resource = note.payload.partition(_SEP)
-                            if namespace == self.namespace:
-                                event = self._released.get(resource)
-                                if event is not None:
-                                    event.set()
+                            payload = note.payload
+                            if not payload.startswith(prefix):
+                                continue
+                            resource = payload[len(prefix):]
+                            key = (note.pid, resource)
+                            if key in self._own_notifies:
+                                self._forget_own_notify(key)  # its release woke a waiter
+                            elif resource in self._waiters:
+                                self._wake_one(resource)
                 return
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 self._listening.clear()
+                self._own_notifies.clear()
                 log.warning("lock listener lost its connection (%s); reconnecting", exc)
                 # Wake every waiter: a release may have been missed while disconnected.
-                for event in self._released.values():
-                    event.set()
+                self._wake_all()
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
 
+    # -- acquiring -----------------------------------------------------------------------------
+
+    async def _attempt(
+        self, resource: str, holder: str, ttl: float, *, first: bool = False
+    ) -> tuple[Lease | None, str | None, float]:
+        """One attempt: (the lease, None, 0) if taken, else (None, holder, seconds it has left).
+
+        The holder is None when the row changed under the attempt: look again at once.
+        ``first``: try the plain UPDATE first (the uncontended case: a fifth cheaper than
+        ``_ACQUIRE``), and ``_ACQUIRE`` only if it took nothing.
+        """
+        params = {"ns": self.namespace, "resource": resource, "holder": holder, "ttl": ttl}
+        async with self.db.pool.connection() as conn:
+            if first:
+                cur = await conn.execute(_TAKE, params, prepare=True)
+                row = await cur.fetchone()
+                if row is not None:
+                    return Lease(resource, holder, row["token"], row["expires_at"]), None, 0.0
+            cur = await conn.execute(_ACQUIRE, params, prepare=True)
+            row = await cur.fetchone()
+        if row is None:
+            return None, None, 0.0
+        if row["token"] is not None:
+            return Lease(resource, holder, row["token"], row["expires_at"]), None, 0.0
+        return None, row["holder"], row["left_s"] or 0.0
+
     async def try_acquire(self, resource: str, holder: str, ttl: float) -> Lease | None:
         """One attempt: the lease if the lock was free or expired, else None."""
-        row = await self.db.fetchone(
-            """
-            INSERT INTO resource_locks AS l (namespace, resource, holder, token, acquired_at,
-                                             expires_at)
-            VALUES (%s, %s, %s, 1, now(), now() + make_interval(secs => %s))
-            ON CONFLICT (namespace, resource) DO UPDATE
-            SET holder = EXCLUDED.holder, token = l.token + 1, acquired_at = now(),
-                expires_at = EXCLUDED.expires_at
-            WHERE l.holder IS NULL OR l.expires_at < now()
-            RETURNING token, expires_at""",
-            (self.namespace, resource, holder, ttl),
-        )
-        if row is None:
-            return None
-        return Lease(resource, holder, row["token"], row["expires_at"])
+        lease, _, _ = await self._attempt(resource, holder, ttl, first=True)
+        return lease
 
     async def _take_over(self, resource: str, dead: str, holder: str, ttl: float) -> Lease | None:
         """Take ``resource`` from ``dead`` (a holder whose process is gone), if it still has it."""
@@ -185,142 +356,163 @@ class ResourceLockManager:
     async def _acquire(self, resource: str, holder: str, ttl: float, wait_timeout: float) -> Lease:
         started = time.monotonic()
         deadline = started + wait_timeout
-        event = self._released.setdefault(resource, asyncio.Event())
+        loop = asyncio.get_running_loop()
         contended = False
         while True:
-            event.clear()
-            lease = await self.try_acquire(resource, holder, ttl)
-            if lease is not None:
-                LOCK_ACQUISITIONS.labels("acquired").inc()
-                LOCK_WAIT_SECONDS.observe(time.monotonic() - started)
-                return lease
-            if not contended:
-                contended = True
-                LOCK_CONTENTION.inc()
-            current, left = await self._holder(resource)
-            if current is not None and self.holder_dead is not None and await asyncio.to_thread(
-                self.holder_dead, current  # reads /proc: off the event loop
-            ):
-                lease = await self._take_over(resource, current, holder, ttl)
+            # In the queue before looking, so a release during the attempt is not missed.
+            fut = self._enqueue(resource, first=contended)
+            try:
+                lease, current, left = await self._attempt(resource, holder, ttl,
+                                                           first=not contended)
                 if lease is not None:
-                    LOCK_ACQUISITIONS.labels("taken_over").inc()
+                    _ACQUIRED.inc()
                     LOCK_WAIT_SECONDS.observe(time.monotonic() - started)
                     return lease
-                continue  # someone else was quicker: look again
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                LOCK_ACQUISITIONS.labels("timeout").inc()
-                LOCK_WAIT_SECONDS.observe(time.monotonic() - started)
-                raise ResourceLocked(resource, current, time.monotonic() - started)
-            nap = min(remaining, left + 0.01 if current else 0.0)
-            if not self._listening.is_set():
-                nap = min(nap, self.fallback_poll)
-            if nap > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(event.wait(), nap)
+                if not contended:
+                    contended = True
+                    LOCK_CONTENTION.inc()
+                if current is not None and self.holder_dead is not None and await asyncio.to_thread(
+                    self.holder_dead, current  # reads /proc: off the event loop
+                ):
+                    lease = await self._take_over(resource, current, holder, ttl)
+                    if lease is not None:
+                        _TAKEN_OVER.inc()
+                        LOCK_WAIT_SECONDS.observe(time.monotonic() - started)
+                        return lease
+                    continue  # someone else was quicker: look again
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    _TIMEOUT.inc()
+                    LOCK_WAIT_SECONDS.observe(time.monotonic() - started)
+                    raise ResourceLocked(resource, current, time.monotonic() - started)
+                nap = min(remaining, left + 0.01 if current else 0.0)
+                if not self._listening.is_set():
+                    nap = min(nap, self.fallback_poll)
+                if nap > 0 and not fut.done():
+                    timer = loop.call_later(nap, _nap_over, fut)
+                    try:
+                        await fut
+                    finally:
+                        timer.cancel()
+            except BaseException:
+                # Woken, but leaving without the lock (timeout, error, cancelled): the
+                # release that woke this waiter is the next one's.
+                if fut.done() and not fut.cancelled() and fut.result() is _WOKEN:
+                    self._dequeue(resource, fut)
+                    self._wake_one(resource)
+                raise
+            finally:
+                self._dequeue(resource, fut)
 
-    async def _renew(self, lease: Lease, ttl: float) -> None:
+    def _start_renewal(self, lease: Lease, ttl: float) -> None:
         interval = max(ttl / 3, 0.05)
+        lease._timer = asyncio.get_running_loop().call_later(
+            interval, self._spawn_renewer, lease, ttl, interval
+        )
+
+    def _spawn_renewer(self, lease: Lease, ttl: float, interval: float) -> None:
+        lease._timer = None
+        lease._renewer = asyncio.create_task(self._renew(lease, ttl, interval),
+                                             name=f"lock-renew:{lease.resource}")
+
+    async def _stop_renewal(self, lease: Lease) -> None:
+        if lease._timer is not None:
+            lease._timer.cancel()
+            lease._timer = None
+        task = lease._renewer
+        if task is not None:
+            lease._renewer = None
+            task.cancel()
+            await asyncio.wait({task})
+
+    async def _renew(self, lease: Lease, ttl: float, interval: float) -> None:
         while True:
-            await asyncio.sleep(interval)
             try:
                 row = await self.db.fetchone(
-                    """
-                    UPDATE resource_locks SET expires_at = now() + make_interval(secs => %s)
-                    WHERE namespace = %s AND resource = %s AND holder = %s AND token = %s
-                    RETURNING expires_at""",
-                    (ttl, self.namespace, lease.resource, lease.holder, lease.token),
+                    _RENEW, (ttl, self.namespace, lease.resource, lease.holder, lease.token)
                 )
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.warning("renewing lock %s failed: %s", lease.resource, exc)
-                continue
+                row = {"expires_at": lease.expires_at}  # try again at the next interval
             if row is None:
                 lease.lost = True
                 log.error("lock %s (token %s) was lost", lease.resource, lease.token)
                 return
             lease.expires_at = row["expires_at"]
+            await asyncio.sleep(interval)
 
     async def release(self, lease: Lease) -> bool:
         """Release if still held by this lease; returns whether it was."""
-        if lease._renewer is not None:
-            lease._renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await lease._renewer
-            lease._renewer = None
-        row = await self.db.fetchone(
-            """
-            WITH released AS (
-                UPDATE resource_locks SET holder = NULL, expires_at = NULL
-                WHERE namespace = %s AND resource = %s AND holder = %s AND token = %s
-                RETURNING resource
-            )
-            SELECT pg_notify(%s, %s) AS notified FROM released""",
-            (
-                self.namespace,
-                lease.resource,
-                lease.holder,
-                lease.token,
-                CHANNEL,
-                f"{self.namespace}{_SEP}{lease.resource}",
-            ),
-        )
-        return row is not None
+        await self._stop_renewal(lease)
+        own = None
+        async with self.db.pool.connection() as conn:
+            own = self._expect_own_notify(conn, lease.resource)
+            try:
+                cur = await conn.execute(
+                    _RELEASE,
+                    (self.namespace, lease.resource, lease.holder, lease.token, CHANNEL,
+                     f"{self.namespace}{_SEP}{lease.resource}"),
+                    prepare=True,
+                )
+                row = await cur.fetchone()
+            except BaseException:
+                self._forget_own_notify(own)  # if it was sent, let its echo wake a waiter
+                raise
+        if row is None:
+            self._forget_own_notify(own)
+            return False
+        self._wake_one(lease.resource)  # committed: the next waiter here need not wait for NOTIFY
+        return True
 
-    @contextlib.asynccontextmanager
-    async def acquire(
+    async def _release_quietly(self, lease: Lease) -> None:
+        try:
+            await self.release(lease)
+        except asyncio.CancelledError:
+            # The caller was cancelled mid-release: finish it in the background (a release is
+            # idempotent), as the shielded release used to.
+            self._release_later(lease)
+            raise
+        except Exception as exc:  # it expires on its own; say so and move on
+            log.warning("releasing %s failed (%s); it expires at its TTL", lease.resource, exc)
+
+    def _release_later(self, lease: Lease) -> None:
+        task = asyncio.get_running_loop().create_task(self._release_in_background(lease))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _release_in_background(self, lease: Lease) -> None:
+        try:
+            await self.release(lease)
+        except Exception as exc:
+            log.warning("releasing %s failed (%s); it expires at its TTL", lease.resource, exc)
+
+    def acquire(
         self, resource: str, holder: str, *, ttl: float = 30.0, wait_timeout: float = 30.0
-    ) -> AsyncIterator[Lease]:
+    ) -> AbstractAsyncContextManager[Lease]:
         """Hold ``resource`` for the block, renewing it in the background.
 
         Raises:
             ResourceLocked: still held by someone else after ``wait_timeout`` seconds.
             LockLost: the lock expired and was taken over while the block ran.
         """
-        async with self.acquire_many([resource], holder, ttl=ttl, wait_timeout=wait_timeout) as (
-            lease,
-        ):
-            yield lease
+        return _Holding(self, (resource,), holder, ttl, wait_timeout, single=True)
 
-    @contextlib.asynccontextmanager
-    async def acquire_many(
+    def acquire_many(
         self,
         resources: Iterable[str],
         holder: str,
         *,
         ttl: float = 30.0,
         wait_timeout: float = 30.0,
-    ) -> AsyncIterator[tuple[Lease, ...]]:
+    ) -> AbstractAsyncContextManager[tuple[Lease, ...]]:
         """Hold several resources, acquired in sorted order so two holders cannot deadlock.
 
         Yields the leases in the order the resources were given.
         """
-        wanted = list(dict.fromkeys(resources))
-        leases: dict[str, Lease] = {}
-        deadline = time.monotonic() + wait_timeout
-        try:
-            for resource in sorted(wanted):
-                lease = await self._acquire(
-                    resource, holder, ttl, max(deadline - time.monotonic(), 0.0)
-                )
-                lease._renewer = asyncio.create_task(self._renew(lease, ttl))
-                leases[resource] = lease
-                LOCKS_HELD.inc()
-            yield tuple(leases[r] for r in wanted)
-            lost = [lease.resource for lease in leases.values() if lease.lost]
-            if lost:
-                raise LockLost(
-                    f"lost the lock on {', '.join(lost)} before the work finished; "
-                    "its result must not be trusted: re-run the step"
-                )
-        finally:
-            for lease in leases.values():
-                LOCKS_HELD.dec()
-                try:
-                    await asyncio.shield(self.release(lease))
-                except Exception as exc:  # it expires on its own; say so and move on
-                    log.warning("releasing %s failed (%s); it expires at its TTL", lease.resource, exc)
+        return _Holding(self, tuple(dict.fromkeys(resources)), holder, ttl, wait_timeout,
+                        single=False)
 
     async def hold(self, resource: str, holder: str, ttl: float) -> Lease:
         """Take ``resource`` for ``holder`` beyond one block of code, or extend its holding.
@@ -350,26 +542,32 @@ class ResourceLockManager:
             (self.namespace, resource, holder, ttl),
         )
         if row is None:
-            LOCK_ACQUISITIONS.labels("refused").inc()
+            _REFUSED.inc()
             LOCK_CONTENTION.inc()
             current, _ = await self._holder(resource)
             raise ResourceLocked(resource, current, 0.0)
-        LOCK_ACQUISITIONS.labels("acquired").inc()
+        _ACQUIRED.inc()
         return Lease(resource, holder, row["token"], row["expires_at"])
 
     async def release_held(self, resource: str, holder: str) -> bool:
         """Release a lock taken with :meth:`hold`; returns whether ``holder`` still held it."""
-        row = await self.db.fetchone(
-            """
-            WITH released AS (
-                UPDATE resource_locks SET holder = NULL, expires_at = NULL
-                WHERE namespace = %s AND resource = %s AND holder = %s
-                RETURNING resource
-            )
-            SELECT pg_notify(%s, %s) AS notified FROM released""",
-            (self.namespace, resource, holder, CHANNEL, f"{self.namespace}{_SEP}{resource}"),
-        )
-        return row is not None
+        async with self.db.pool.connection() as conn:
+            own = self._expect_own_notify(conn, resource)
+            try:
+                cur = await conn.execute(
+                    _RELEASE_HELD,
+                    (self.namespace, resource, holder, CHANNEL,
+                     f"{self.namespace}{_SEP}{resource}"),
+                )
+                row = await cur.fetchone()
+            except BaseException:
+                self._forget_own_notify(own)
+                raise
+        if row is None:
+            self._forget_own_notify(own)
+            return False
+        self._wake_one(resource)
+        return True
 
     async def is_locked(self, resource: str) -> bool:
         holder, _ = await self._holder(resource)
@@ -385,3 +583,65 @@ class ResourceLockManager:
             (self.namespace, include_free),
         )
         return [LockInfo(**r) for r in rows]
+
+
+class _Holding:
+    """The ``async with`` of :meth:`ResourceLockManager.acquire` and ``acquire_many``."""
+
+    __slots__ = ("_manager", "_resources", "_holder", "_ttl", "_wait_timeout", "_single",
+                 "_leases")
+
+    def __init__(self, manager: ResourceLockManager, resources: tuple[str, ...], holder: str,
+                 ttl: float, wait_timeout: float, *, single: bool) -> None:
+        self._manager = manager
+        self._resources = resources
+        self._holder = holder
+        self._ttl = ttl
+        self._wait_timeout = wait_timeout
+        self._single = single
+        self._leases: dict[str, Lease] = {}
+
+    async def __aenter__(self) -> Any:
+        manager, leases, ttl = self._manager, self._leases, self._ttl
+        deadline = time.monotonic() + self._wait_timeout
+        try:
+            for resource in sorted(self._resources):
+                lease = await manager._acquire(
+                    resource, self._holder, ttl, max(deadline - time.monotonic(), 0.0)
+                )
+                manager._start_renewal(lease, ttl)
+                leases[resource] = lease
+                LOCKS_HELD.inc()
+        except BaseException:
+            await self._release_all()
+            raise
+        if self._single:
+            return leases[self._resources[0]]
+        return tuple(leases[r] for r in self._resources)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        lost = [lease.resource for lease in self._leases.values() if lease.lost]
+        await self._release_all()
+        if lost and exc_type is None:
+            raise LockLost(
+                f"lost the lock on {', '.join(lost)} before the work finished; "
+                "its result must not be trusted: re-run the step"
+            )
+
+    async def _release_all(self) -> None:
+        leases, self._leases = list(self._leases.values()), {}
+        for i, lease in enumerate(leases):
+            LOCKS_HELD.dec()
+            try:
+                await self._manager._release_quietly(lease)
+            except asyncio.CancelledError:
+                for rest in leases[i + 1:]:  # cancelled: the others are released regardless
+                    LOCKS_HELD.dec()
+                    self._manager._release_later(rest)
+                raise
+

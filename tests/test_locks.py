@@ -128,3 +128,84 @@ async def test_a_lock_whose_holder_process_died_is_taken_over_at_once(rt) -> Non
     async with locks.acquire("repo:/dead", "successor", wait_timeout=5) as lease:
         assert time.monotonic() - started < 2  # not the 60 s TTL
         assert lease.token == first.token + 1  # the dead holder's late writes are fenced off
+
+
+async def test_a_long_holding_is_renewed_past_its_ttl(rt) -> None:
+    # renewal starts from a timer a third of the TTL in; a holding outliving its TTL keeps it
+    async with rt.locks.acquire("repo:/long", "patient", ttl=0.3) as lease:
+        first_expiry = lease.expires_at
+        await asyncio.sleep(1.0)  # over three TTLs
+        assert not lease.lost and lease.expires_at > first_expiry
+        with pytest.raises(ResourceLocked, match="locked by patient"):
+            async with rt.locks.acquire("repo:/long", "other", wait_timeout=0):
+                pass
+    assert not await rt.locks.is_locked("repo:/long")
+
+
+async def test_waiters_get_the_lock_one_after_another_in_arrival_order(rt) -> None:
+    order: list[str] = []
+
+    async def waiter(name: str) -> None:
+        async with rt.locks.acquire("docs:/queue", name, ttl=30, wait_timeout=10):
+            order.append(name)
+            await asyncio.sleep(0.01)
+
+    started = time.monotonic()
+    async with rt.locks.acquire("docs:/queue", "first", ttl=30):
+        tasks = []
+        for i in range(5):
+            tasks.append(asyncio.create_task(waiter(f"w{i}")))
+            await asyncio.sleep(0.05)  # each queued before the next arrives
+    await asyncio.wait_for(asyncio.gather(*tasks), 10)
+    assert order == [f"w{i}" for i in range(5)]
+    assert time.monotonic() - started < 5  # each woken by a release, none by the 30 s TTL
+
+
+async def test_a_woken_waiter_cancelled_before_it_runs_passes_its_turn_on(rt) -> None:
+    got: list[str] = []
+
+    async def waiter(name: str) -> None:
+        async with rt.locks.acquire("repo:/turn", name, ttl=30, wait_timeout=20):
+            got.append(name)
+
+    async with rt.locks.acquire("repo:/turn", "holder", ttl=30):
+        a = asyncio.create_task(waiter("a"))
+        await asyncio.sleep(0.1)
+        b = asyncio.create_task(waiter("b"))
+        await asyncio.sleep(0.1)
+    # the release has just woken "a" (first in line), which has not run yet: cancel it there
+    a.cancel()
+    started = time.monotonic()
+    await asyncio.wait_for(b, 10)
+    assert got == ["b"]
+    assert time.monotonic() - started < 2  # "b" was handed the turn, not left to the TTL
+    with pytest.raises(asyncio.CancelledError):
+        await a
+
+
+async def test_a_release_in_another_process_wakes_a_waiter_here(rt, orchestrator_settings) -> None:
+    # a second manager on its own pool and LISTEN connection stands for another process
+    from orchestrator.locks import ResourceLockManager
+    from state.db import Database
+
+    async with Database.connect(orchestrator_settings.database_url, max_size=2) as db:
+        other = ResourceLockManager(db, orchestrator_settings.namespace,
+                                    listen_url=orchestrator_settings.database_url)
+        await other.start()
+        try:
+            lease = await other.try_acquire("repo:/remote", "remote", ttl=30)
+            assert lease is not None
+            waiting = asyncio.create_task(_timed_acquire(rt, "repo:/remote"))
+            await asyncio.sleep(0.3)
+            assert not waiting.done()
+            assert await other.release(lease)
+            waited = await asyncio.wait_for(waiting, 10)
+            assert 0.25 < waited < 2.0  # woken by NOTIFY, not by the 30 s TTL
+        finally:
+            await other.close()
+
+
+async def _timed_acquire(rt, resource: str) -> float:
+    started = time.monotonic()
+    async with rt.locks.acquire(resource, "here", wait_timeout=10):
+        return time.monotonic() - started

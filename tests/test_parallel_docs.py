@@ -167,3 +167,24 @@ async def test_docs_writer_never_writes_outside_output(orchestrator, tmp_path) -
         await call_agent("docs", "write_docs", payload, locks=[resource],
                          runtime=orchestrator.runtime)
     assert not (tmp_path / "escape.md").exists() and not list(tmp_path.rglob("escape*"))
+
+
+async def test_workflow_events_are_broadcast_in_order(orchestrator_factory) -> None:
+    import asyncio
+
+    async def review(payload, ctx):
+        return {"verdict": "fine"}
+
+    orch = await orchestrator_factory(stand_ins=[stand_in("reviewer", {"review": review})],
+                                      workflows={"approval": approval})
+    paused, _ = await run_until_interrupt(orch, "approval", {"change": "PR-9"})
+    await resume(orch, paused.thread_id, {"approve": True, "by": "ana"})
+    wanted = ["workflow.started", "workflow.interrupted", "workflow.resumed",
+              "workflow.completed"]
+    for _ in range(100):  # events go out from a background publisher, in order
+        mine = [e.type for e in await orch.runtime.bus.recent_events()
+                if (e.data or {}).get("thread_id") == paused.thread_id]
+        if len(mine) >= len(wanted):
+            break
+        await asyncio.sleep(0.02)
+    assert mine == wanted
