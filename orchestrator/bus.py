@@ -21,9 +21,9 @@ import hashlib
 import hmac
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from pydantic import ValidationError
 from redis.asyncio import Redis
@@ -39,15 +39,147 @@ _FIELD = b"m"
 _SIG = b"s"
 _REPLY_MAXLEN = 100_000
 _REPLY_TTL_S = 3600
+_REPLY_BATCH = 500
+_TRIM_EVERY = 200
+_TRIM_AFTER_S = 1.0
 
 # Stored response, else claim the execution: one atomic step. Checking the store and then
 # claiming in two commands let a duplicate delivery slip in between the first execution
 # storing its response and dropping its claim, and execute the request a second time.
-_CLAIM_LUA = """
-local stored = redis.call('GET', KEYS[1])
-if stored then return {1, stored} end
-if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2, ''} end
-return {3, ''}
+# For many requests at once (those read together). Per request: KEYS its response and
+# inflight keys, ARGV the owner and the claim's ttl ms. Returns {codes, stored...}: codes has
+# one character per request, 1 (stored: its stored response follows, in order), 2 (claimed)
+# or 3 (busy: another consumer holds the claim) — a compact reply, cheap to parse.
+_CLAIM_MANY_LUA = """
+local codes, out = {}, {''}
+for i = 1, #KEYS, 2 do
+  local stored = redis.call('GET', KEYS[i])
+  if stored then
+    codes[#codes + 1] = '1'
+    out[#out + 1] = stored
+  elseif redis.call('SET', KEYS[i + 1], ARGV[i], 'NX', 'PX', ARGV[i + 1]) then
+    codes[#codes + 1] = '2'
+  else
+    codes[#codes + 1] = '3'
+  end
+end
+out[1] = table.concat(codes)
+return out
+"""
+
+# Answer many requests at once; per request, atomically like a MULTI/EXEC: store the response
+# (when asked), append it to the requester's reply stream, acknowledge the delivery, drop the
+# claim. KEYS per request: response, inflight, reply stream, request stream. ARGV: retention s,
+# reply maxlen, reply ttl s, then per request: store (1/0), json, signature ('' unsigned), group,
+# message id. One request failing (a key of the wrong type) does not stop the others: returns
+# {index, error text...} of those that failed (0-based; empty when all went through).
+_RESPOND_LUA = """
+local failed = {}
+local retention, maxlen, ttl = ARGV[1], ARGV[2], ARGV[3]
+for i = 0, #KEYS / 4 - 1 do
+  local k, a = i * 4, 3 + i * 5
+  local ok, err = pcall(function()
+    local raw, sig = ARGV[a + 2], ARGV[a + 3]
+    if ARGV[a + 1] == '1' then
+      redis.call('SET', KEYS[k + 1], sig .. '|' .. raw, 'EX', retention)
+    end
+    if sig == '' then
+      redis.call('XADD', KEYS[k + 3], 'MAXLEN', '~', maxlen, '*', 'm', raw)
+    else
+      redis.call('XADD', KEYS[k + 3], 'MAXLEN', '~', maxlen, '*', 'm', raw, 's', sig)
+    end
+    redis.call('EXPIRE', KEYS[k + 3], ttl)
+    redis.call('XACK', KEYS[k + 4], ARGV[a + 4], ARGV[a + 5])
+    redis.call('DEL', KEYS[k + 2])
+  end)
+  if not ok then
+    failed[#failed + 1] = i
+    failed[#failed + 1] = type(err) == 'table' and tostring(err.err) or tostring(err)
+  end
+end
+return failed
+"""
+
+# New entries of the request streams (KEYS, highest priority first) for one consumer, up to
+# ARGV[3] in all, higher priorities first: one round trip instead of one read per priority.
+# ARGV: group, consumer, count. Returns one flat list (cheap to parse): per stream read, its
+# name and entry count, then per entry its id and its 'm' and 's' fields (nil when absent).
+_READ_LUA = """
+local out = {}
+local want = tonumber(ARGV[3])
+for _, key in ipairs(KEYS) do
+  local got = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', want, 'STREAMS', key, '>')
+  local entries = got and got[1] and got[1][2] or {}
+  if #entries > 0 then
+    out[#out + 1] = key
+    out[#out + 1] = #entries
+    for _, entry in ipairs(entries) do
+      local m, s = false, false
+      local fields = entry[2] or {}
+      for j = 1, #fields, 2 do
+        if fields[j] == 'm' then m = fields[j + 1] elseif fields[j] == 's' then s = fields[j + 1] end
+      end
+      out[#out + 1] = entry[1]
+      out[#out + 1] = m
+      out[#out + 1] = s
+    end
+    want = want - #entries
+    if want <= 0 then break end
+  end
+end
+return out
+"""
+
+# Append requests to their streams (KEYS), one script call for many. ARGV per request: its
+# 'm' and 's' ('' when unsigned) fields. Returns {index, error text...} of those that failed.
+_SEND_LUA = """
+local failed = {}
+for i = 1, #KEYS do
+  local raw, sig = ARGV[2 * i - 1], ARGV[2 * i]
+  local ok, err = pcall(function()
+    if sig == '' then redis.call('XADD', KEYS[i], '*', 'm', raw)
+    else redis.call('XADD', KEYS[i], '*', 'm', raw, 's', sig) end
+  end)
+  if not ok then
+    failed[#failed + 1] = i - 1
+    failed[#failed + 1] = type(err) == 'table' and tostring(err.err) or tostring(err)
+  end
+end
+return failed
+"""
+
+# The replies after ARGV[1] on a reply stream (KEYS[1]), up to ARGV[2], without blocking; the
+# entries up to ARGV[1] (read already) are trimmed off. Returns one flat list, cheap to parse:
+# the id of the last entry, then each entry's 'm' and 's' fields (nil when absent); empty when
+# there is nothing new.
+_POLL_REPLIES_LUA = """
+redis.call('XTRIM', KEYS[1], 'MINID', ARGV[1])
+local got = redis.call('XREAD', 'COUNT', ARGV[2], 'STREAMS', KEYS[1], ARGV[1])
+local entries = got and got[1] and got[1][2] or {}
+if #entries == 0 then return {} end
+local out = {entries[#entries][1]}
+for _, entry in ipairs(entries) do
+  local m, s = false, false
+  local fields = entry[2] or {}
+  for j = 1, #fields, 2 do
+    if fields[j] == 'm' then m = fields[j + 1] elseif fields[j] == 's' then s = fields[j + 1] end
+  end
+  out[#out + 1] = m
+  out[#out + 1] = s
+end
+return out
+"""
+
+# Extend the claims (KEYS) still held by their owners (ARGV[i]) to ARGV[#KEYS + 1] ms.
+_RENEW_LUA = """
+local renewed = 0
+for i = 1, #KEYS do
+  if redis.call('GET', KEYS[i]) == ARGV[i] then
+    redis.call('PEXPIRE', KEYS[i], ARGV[#KEYS + 1])
+    renewed = renewed + 1
+  end
+end
+return renewed
 """
 
 _BREAK_LUA = """
@@ -94,6 +226,83 @@ class BusKeys:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+_Item = TypeVar("_Item")
+_Out = TypeVar("_Out")
+
+
+class _Coalescer(Generic[_Item, _Out]):
+    """Sends the items submitted while a write is on the wire together, in the next write.
+
+    ``flush(items)`` writes items in one round trip and returns one outcome per item (a value
+    or the exception for that item). When no write is in flight an item goes out at once, in
+    its submitter's task, so a lone caller waits no longer than it would without batching;
+    items submitted meanwhile queue up and one drainer task writes each accumulated batch in
+    turn. Under load that turns N commands (each costing redis-py ~150 us of CPU here, more
+    than the server's work) into a few. A queued item whose submitter was cancelled before its
+    batch left is not written.
+    """
+
+    def __init__(self, flush: Callable[[list[_Item]], Awaitable[Sequence[_Out | BaseException]]],
+                 name: str) -> None:
+        self._flush = flush
+        self._name = name
+        self._queue: list[tuple[_Item, asyncio.Future[_Out]]] = []
+        self._busy = False
+        self._drainer: asyncio.Task[None] | None = None
+
+    async def submit(self, item: _Item) -> _Out:
+        if self._busy:
+            fut: asyncio.Future[_Out] = asyncio.get_running_loop().create_future()
+            self._queue.append((item, fut))
+            return await fut
+        self._busy = True
+        try:
+            outcome = (await self._flush([item]))[0]
+        finally:
+            if self._queue:
+                self._drainer = asyncio.create_task(self._drain(), name=self._name)
+            else:
+                self._busy = False
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    async def _drain(self) -> None:
+        batch: list[tuple[_Item, asyncio.Future[_Out]]] = []
+        try:
+            while self._queue:
+                batch, self._queue = [(i, f) for i, f in self._queue if not f.done()], []
+                if not batch:
+                    continue
+                try:
+                    outcomes = await self._flush([item for item, _ in batch])
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    outcomes = [exc] * len(batch)
+                for (_, fut), outcome in zip(batch, outcomes, strict=True):
+                    if fut.done():
+                        continue
+                    if isinstance(outcome, BaseException):
+                        fut.set_exception(outcome)
+                    else:
+                        fut.set_result(outcome)
+                batch = []
+        finally:  # cancelled (the bus closes): nobody may wait forever
+            for _, fut in batch + self._queue:
+                if not fut.done():
+                    fut.cancel()
+            self._queue = []
+            self._busy = False
+            self._drainer = None
+
+    async def close(self) -> None:
+        if self._drainer is not None:
+            self._drainer.cancel()
+            with contextlib.suppress(BaseException):
+                await self._drainer
 
 
 class DecodeFailure(Exception):
@@ -153,11 +362,6 @@ def decode_request(fields: dict[bytes, bytes], secret: bytes | None = None) -> A
         raise DecodeFailure(f"invalid request: {where + ': ' if where else ''}{first['msg']}") from None
 
 
-def _stored(fields: dict[bytes, bytes]) -> bytes:
-    """A response as kept in the store: ``signature|json`` (signature empty when unsigned)."""
-    return fields.get(_SIG, b"") + b"|" + fields[_FIELD]
-
-
 class EventBus:
     """Request/response and events over one Redis client.
 
@@ -186,6 +390,17 @@ class EventBus:
         self._reader: asyncio.Task[None] | None = None
         self._closing = False
         self._groups: set[str] = set()
+        # Writes made by many tasks at once go out together (see _Coalescer).
+        self._claim_many = redis.register_script(_CLAIM_MANY_LUA)
+        self._respond_many = redis.register_script(_RESPOND_LUA)
+        self._read_new = redis.register_script(_READ_LUA)
+        self._renew_many = redis.register_script(_RENEW_LUA)
+        self._send_many = redis.register_script(_SEND_LUA)
+        self._poll_replies = redis.register_script(_POLL_REPLIES_LUA)
+        self._sends: _Coalescer[tuple[str, dict[bytes, bytes]], Any] = _Coalescer(
+            self._flush_sends, "bus-sends")
+        self._responses: _Coalescer[tuple[Any, ...], None] = _Coalescer(
+            self._flush_responses, "bus-responses")
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -204,6 +419,8 @@ class EventBus:
             if not done:
                 log.warning("reply reader did not stop within 3s; leaving it to finish")
             self._reader = None
+        for coalescer in (self._sends, self._responses):
+            await coalescer.close()
         for fut in self._waiters.values():
             if not fut.done():
                 fut.cancel()
@@ -232,9 +449,19 @@ class EventBus:
         if fut is None or fut.done():
             fut = asyncio.get_running_loop().create_future()
             self._waiters[request.request_id] = fut
-        await self.redis.xadd(self.keys.requests(request.target, request.priority),
-                              encode(request, self.secret))
+        await self._sends.submit((self.keys.requests(request.target, request.priority),
+                                  encode(request, self.secret)))
         return fut
+
+    async def _flush_sends(self, items: list[tuple[str, dict[bytes, bytes]]]) -> list[Any]:
+        args: list[bytes] = []
+        for _stream, fields in items:
+            args += [fields[_FIELD], fields.get(_SIG, b"")]
+        failed = await self._send_many(keys=[stream for stream, _ in items], args=args)
+        outcomes: list[Any] = [None] * len(items)
+        for index, problem in zip(failed[::2], failed[1::2], strict=True):
+            outcomes[int(index)] = ResponseError(_text(problem))
+        return outcomes
 
     async def request(self, request: AgentRequest, timeout: float) -> AgentResponse:
         """Send ``request`` and wait up to ``timeout`` seconds for its response.
@@ -244,7 +471,10 @@ class EventBus:
         """
         fut = await self.send(request)
         try:
-            return await asyncio.wait_for(asyncio.shield(fut), timeout)
+            # Awaited directly (no shield, no wait_for task): the reply wakes this task at once.
+            # A timeout cancels the waiter, which forget() would do anyway.
+            async with asyncio.timeout(timeout):
+                return await fut
         finally:
             self.forget(request.request_id)
 
@@ -259,11 +489,49 @@ class EventBus:
 
     async def _read_replies(self) -> None:
         last_id = b"0-0"  # the stream is ours alone: everything in it is for us
-        # Block well under redis-py's default 5 s socket timeout, or the read times out.
+        # Entries read are trimmed off the stream (it is read from last_id, so they are never
+        # read again) in batches, with a later read: at most _TRIM_EVERY entries or
+        # _TRIM_AFTER_S seconds' worth stay behind.
+        untrimmed, trimmed_at = 0, time.monotonic()
+        # While replies keep coming (the last read returned several) they are polled with a
+        # script that trims too and returns them compactly; else the reader blocks on XREAD.
+        poll = False
         backoff = 0.05
         while not self._closing:
+            replies: list[dict[bytes, bytes]] = []
             try:
-                entries = await self.redis.xread({self.reply_stream: last_id}, count=500, block=1000)
+                if poll:
+                    flat = await self._poll_replies(keys=[self.reply_stream],
+                                                    args=[last_id, _REPLY_BATCH])
+                    untrimmed, trimmed_at = 0, time.monotonic()
+                    if flat:
+                        last_id = flat[0]
+                        for i in range(1, len(flat), 2):
+                            fields = {_FIELD: flat[i]} if flat[i] is not None else {}
+                            if flat[i + 1] is not None:
+                                fields[_SIG] = flat[i + 1]
+                            replies.append(fields)
+                else:
+                    # Block well under redis-py's default 5 s socket timeout, or the read
+                    # times out.
+                    if untrimmed >= _TRIM_EVERY or (
+                        untrimmed and time.monotonic() - trimmed_at >= _TRIM_AFTER_S
+                    ):  # one round trip for both
+                        async with self.redis.pipeline(transaction=False) as pipe:
+                            pipe.xtrim(self.reply_stream, minid=last_id)
+                            pipe.xread({self.reply_stream: last_id}, count=_REPLY_BATCH,
+                                       block=1000)
+                            _trimmed, entries = await pipe.execute(raise_on_error=False)
+                        if isinstance(entries, Exception):
+                            raise entries
+                        untrimmed, trimmed_at = 0, time.monotonic()
+                    else:
+                        entries = await self.redis.xread({self.reply_stream: last_id},
+                                                         count=_REPLY_BATCH, block=1000)
+                    for _stream, messages in entries or ():
+                        for message_id, fields in messages:
+                            last_id = message_id
+                            replies.append(fields)
                 backoff = 0.05
             except asyncio.CancelledError:
                 raise
@@ -272,14 +540,14 @@ class EventBus:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
                 continue
-            if not entries:
-                continue
-            for _stream, messages in entries:
-                for message_id, fields in messages:
-                    last_id = message_id
+            poll = len(replies) > 1
+            if replies:
+                for fields in replies:
                     self._dispatch_reply(fields)
-            with contextlib.suppress(Exception):
-                await self.redis.xtrim(self.reply_stream, minid=last_id)
+                untrimmed += len(replies)
+                # Let the requesters just answered run before the next read is sent: they
+                # wait, the read does not.
+                await asyncio.sleep(0)
 
     def _dispatch_reply(self, fields: dict[bytes, bytes]) -> None:
         try:
@@ -308,26 +576,59 @@ class EventBus:
         self._groups.add(agent_type)
 
     async def read_requests(
-        self, agent_type: str, consumer: str, *, count: int, block_ms: int
+        self, agent_type: str, consumer: str, *, count: int, block_ms: int, poll: bool = True
     ) -> list[Delivery]:
         """Read up to ``count`` new requests, higher priorities first.
 
-        Streams are polled without blocking in priority order; only when all are empty does
-        the call block (up to ``block_ms``) on all of them at once.
+        Streams are polled without blocking in priority order (one script, one round trip);
+        only when all are empty does the call block (up to ``block_ms``) on all of them at
+        once. ``poll=False`` skips the poll, for a caller whose last blocking read came back
+        short (the streams were just drained): the blocking read returns at once anyway when
+        entries are waiting, higher priorities still first in the result.
         """
         await self.ensure_group(agent_type)
         streams = [self.keys.requests(agent_type, p) for p in PRIORITIES]
-        for stream in streams:
-            entries = await self.redis.xreadgroup(agent_type, consumer, {stream: ">"}, count=count)
-            if entries:
-                return self._deliveries(entries)
-        entries = await self.redis.xreadgroup(
-            agent_type, consumer, dict.fromkeys(streams, ">"), count=count, block=block_ms
-        )
+        try:
+            found = (await self._read_new(keys=streams, args=[agent_type, consumer, count])
+                     if poll else None)
+            if found:
+                return self._flat_deliveries(found)
+            entries = await self.redis.xreadgroup(
+                agent_type, consumer, dict.fromkeys(streams, ">"), count=count, block=block_ms
+            )
+        except ResponseError as exc:
+            if "NOGROUP" in str(exc) or "UNBLOCKED" in str(exc):
+                # the streams were deleted (a flush, a restart without persistence): create
+                # them and the group again on the next read
+                self._groups.discard(agent_type)
+            raise
         deliveries = self._deliveries(entries or [])
         order = {s: i for i, s in enumerate(streams)}
         deliveries.sort(key=lambda d: order.get(d.stream, 99))
         return deliveries
+
+    def _flat_deliveries(self, flat: list[Any]) -> list[Delivery]:
+        """Deliveries from _READ_LUA's flat reply."""
+        out: list[Delivery] = []
+        i = 0
+        while i < len(flat):
+            stream, n = _text(flat[i]), int(flat[i + 1])
+            i += 2
+            for _ in range(n):
+                mid, raw, sig = flat[i], flat[i + 1], flat[i + 2]
+                i += 3
+                fields = {_FIELD: raw} if raw is not None else {}
+                if sig is not None:
+                    fields[_SIG] = sig
+                out.append(self._delivery(stream, _text(mid), fields, 1))
+        return out
+
+    def _delivery(self, stream: str, mid: str, fields: dict[bytes, bytes], count: int) -> Delivery:
+        raw, sig = fields.get(_FIELD), fields.get(_SIG)
+        try:
+            return Delivery(stream, mid, decode_request(fields, self.secret), raw, None, sig, count)
+        except DecodeFailure as exc:
+            return Delivery(stream, mid, None, raw, str(exc), sig, count)
 
     def _deliveries(self, entries: Any, counts: dict[str, int] | None = None) -> list[Delivery]:
         if isinstance(entries, dict):  # RESP3
@@ -339,14 +640,7 @@ class EventBus:
                 mid = message_id.decode() if isinstance(message_id, bytes) else str(message_id)
                 if fields is None:  # entry deleted while pending
                     continue
-                raw = fields.get(_FIELD)
-                count = (counts or {}).get(mid, 1)
-                sig = fields.get(_SIG)
-                try:
-                    request = decode_request(fields, self.secret)
-                    out.append(Delivery(stream_name, mid, request, raw, None, sig, count))
-                except DecodeFailure as exc:
-                    out.append(Delivery(stream_name, mid, None, raw, str(exc), sig, count))
+                out.append(self._delivery(stream_name, mid, fields, (counts or {}).get(mid, 1)))
         return out
 
     async def stored_response(self, request_id: str) -> AgentResponse | None:
@@ -367,23 +661,46 @@ class EventBus:
     ) -> tuple[str, AgentResponse | None]:
         """Atomically: the stored response if there is one (``"stored"``), else a claim on
         executing the request (``"claimed"``), else ``"busy"`` (another consumer holds it)."""
-        kind, raw = await self.redis.eval(
-            _CLAIM_LUA, 2, self.keys.response(request_id), self.keys.inflight(request_id),
-            owner, ttl_ms,
-        )
-        if int(kind) == 1:
-            stored = self._load_stored(raw)
-            if stored is None:  # unreadable or unsigned stored answer: execute again
-                await self.redis.delete(self.keys.response(request_id))
-                return await self.claim_or_replay(request_id, owner, ttl_ms)
-            return "stored", stored
-        return ("claimed" if int(kind) == 2 else "busy"), None
+        return (await self.claim_many([(request_id, owner)], ttl_ms))[0]
+
+    async def claim_many(
+        self, claims: Sequence[tuple[str, str]], ttl_ms: int
+    ) -> list[tuple[str, AgentResponse | None]]:
+        """:meth:`claim_or_replay` for many (request id, owner) pairs in one round trip (the
+        requests a consumer read together); one outcome per pair, in order."""
+        if not claims:
+            return []
+        keys: list[str] = []
+        args: list[str | int] = []
+        for request_id, owner in claims:
+            keys += [self.keys.response(request_id), self.keys.inflight(request_id)]
+            args += [owner, ttl_ms]
+        codes, *stored_blobs = await self._claim_many(keys=keys, args=args)
+        blobs = iter(stored_blobs)
+        out: list[tuple[str, AgentResponse | None]] = []
+        for (request_id, owner), kind in zip(claims, _text(codes), strict=True):
+            if kind == "1":
+                stored = self._load_stored(next(blobs))
+                if stored is None:  # unreadable or unsigned stored answer: execute again
+                    await self.redis.delete(self.keys.response(request_id))
+                    out.append(await self.claim_or_replay(request_id, owner, ttl_ms))
+                else:
+                    out.append(("stored", stored))
+            else:
+                out.append(("claimed" if kind == "2" else "busy", None))
+        return out
 
     async def renew_execution(self, request_id: str, owner: str, ttl_ms: int) -> None:
-        key = self.keys.inflight(request_id)
-        current = await self.redis.get(key)
-        if current is not None and current.decode() == owner:
-            await self.redis.pexpire(key, ttl_ms)
+        await self.renew_executions({request_id: owner}, ttl_ms)
+
+    async def renew_executions(self, claims: dict[str, str], ttl_ms: int) -> int:
+        """Extend the claims on these requests (request id -> owner) that their owners still
+        hold, in one round trip; returns how many were."""
+        if not claims:
+            return 0
+        return int(await self._renew_many(
+            keys=[self.keys.inflight(request_id) for request_id in claims],
+            args=[*claims.values(), ttl_ms]))
 
     async def claim_owner(self, request_id: str) -> str | None:
         """Who holds the execution claim on ``request_id`` (``host:pid:agent_id``), if anyone."""
@@ -403,17 +720,28 @@ class EventBus:
         agent_type: str,
         store: bool = True,
     ) -> None:
-        """Store the response, send it to the requester and acknowledge, in one transaction."""
+        """Store the response, send it to the requester and acknowledge, in one atomic step
+        (responses finished together go out in one script call)."""
         data = encode(response, self.secret)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            if store:  # stored signed, like on the wire: replays are verified too
-                pipe.set(self.keys.response(request.request_id), _stored(data),
-                         ex=self.response_retention)
-            pipe.xadd(request.reply_to, data, maxlen=_REPLY_MAXLEN, approximate=True)
-            pipe.expire(request.reply_to, _REPLY_TTL_S)
-            pipe.xack(delivery.stream, agent_type, delivery.message_id)
-            pipe.delete(self.keys.inflight(request.request_id))
-            await pipe.execute()
+        # Stored signed, like on the wire (``signature|json``, the signature empty when
+        # unsigned): replays are verified too.
+        await self._responses.submit((
+            store, request.request_id, request.reply_to, delivery.stream, agent_type,
+            delivery.message_id, data[_FIELD], data.get(_SIG, b""),
+        ))
+
+    async def _flush_responses(self, items: list[tuple[Any, ...]]) -> list[None | Exception]:
+        keys: list[str] = []
+        args: list[Any] = [self.response_retention, _REPLY_MAXLEN, _REPLY_TTL_S]
+        for store, request_id, reply_to, stream, group, message_id, raw, sig in items:
+            keys += [self.keys.response(request_id), self.keys.inflight(request_id), reply_to,
+                     stream]
+            args += [1 if store else 0, raw, sig, group, message_id]
+        failed = await self._respond_many(keys=keys, args=args)
+        outcomes: list[None | Exception] = [None] * len(items)
+        for index, problem in zip(failed[::2], failed[1::2], strict=True):
+            outcomes[int(index)] = ResponseError(_text(problem))
+        return outcomes
 
     async def dead_letter(self, delivery: Delivery, *, agent_type: str, reason: str) -> None:
         """Move a delivery to the agent type's dead-letter stream, acknowledge it, and tell

@@ -44,38 +44,54 @@ __all__ = ["Worker"]
 log = logging.getLogger(__name__)
 
 _TRANSIENT = (TimeoutError, ConnectionError, OSError)
+#: With a backlog, how long the reader waits for half the handler slots to be free.
+_BATCH_WAIT_S = 0.002
 
 
 class _Capacity:
-    """A semaphore whose limit can change while it is in use (for autoscaling)."""
+    """A semaphore whose limit can change while it is in use (for autoscaling).
+
+    Releasing is synchronous (a done callback calls it): no task per request to give a slot
+    back, and waiters are woken only when a slot is free.
+    """
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.in_use = 0
-        self._changed = asyncio.Condition()
+        self._waiters: list[asyncio.Future[None]] = []
 
     @property
     def free(self) -> int:
         return max(self.limit - self.in_use, 0)
 
-    async def wait_free(self) -> None:
-        async with self._changed:
-            await self._changed.wait_for(lambda: self.in_use < self.limit)
+    async def wait_free(self, at_least: int = 1) -> None:
+        """Until at least ``at_least`` slots (capped at the limit) are free."""
+        while self.in_use > self.limit - min(at_least, self.limit):
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
 
     async def acquire(self) -> None:
-        async with self._changed:
-            await self._changed.wait_for(lambda: self.in_use < self.limit)
-            self.in_use += 1
+        await self.wait_free()
+        self.in_use += 1
 
-    async def release(self) -> None:
-        async with self._changed:
-            self.in_use -= 1
-            self._changed.notify_all()
+    def release(self) -> None:
+        self.in_use -= 1
+        self._wake()
 
     async def set_limit(self, limit: int) -> None:
-        async with self._changed:
-            self.limit = limit
-            self._changed.notify_all()
+        self.limit = limit
+        self._wake()
+
+    def _wake(self) -> None:
+        if self.in_use < self.limit:
+            for waiter in self._waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
 
 
 class Worker:
@@ -132,6 +148,8 @@ class Worker:
         self._loops: list[asyncio.Task[None]] = []
         self._inflight: set[asyncio.Task[None]] = set()
         self._executing: set[str] = set()  # request ids this process is executing now
+        self._claims: dict[str, str] = {}  # request id -> claim, of handlers running now
+        self._loggers: dict[str, logging.Logger] = {}
         self.handled = 0
 
     async def __aenter__(self) -> Worker:
@@ -165,6 +183,7 @@ class Worker:
                 asyncio.create_task(self._scale(agent), name=f"scale-{t}"),
             ]
         self._loops.append(asyncio.create_task(self._heartbeat(), name="agent-heartbeat"))
+        self._loops.append(asyncio.create_task(self._renew_claims(), name="claim-renewer"))
 
     async def stop(self, grace: float = 30.0) -> None:
         """Stop reading, let in-flight requests finish for up to ``grace`` seconds, deregister."""
@@ -235,25 +254,86 @@ class Worker:
 
     async def _spawn(self, agent: Agent, delivery: Delivery) -> None:
         """Handle ``delivery`` in a task of its own once a slot is free."""
+        await self.capacity[agent.agent_type].acquire()
+        self._start(agent, delivery, None)
+
+    def _start(self, agent: Agent, delivery: Delivery,
+               claimed: tuple[str, AgentResponse | None] | None) -> None:
+        """Handle ``delivery`` in a task of its own, in a slot already acquired."""
         capacity = self.capacity[agent.agent_type]
-        await capacity.acquire()
-        task = asyncio.create_task(self._handle(agent, self.agent_ids[agent.agent_type], delivery))
+        task = asyncio.create_task(
+            self._handle(agent, self.agent_ids[agent.agent_type], delivery, claimed))
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
-        task.add_done_callback(lambda _t: asyncio.ensure_future(capacity.release()))
+        task.add_done_callback(lambda _t: capacity.release())
+
+    async def _start_batch(self, agent: Agent, deliveries: list[Delivery]) -> None:
+        """Handle what one read returned: a slot each, then the claims of all of them in one
+        round trip, then a task each."""
+        capacity = self.capacity[agent.agent_type]
+        started = acquired = 0
+        try:
+            for _ in deliveries:
+                await capacity.acquire()
+                acquired += 1
+            claimed = await self._claim_batch(agent, deliveries)
+            for delivery in deliveries:
+                self._start(agent, delivery, claimed.get(delivery.message_id))
+                started += 1
+        finally:  # cancelled (stopping): give back the slots no task took
+            for _ in range(acquired - started):
+                capacity.release()
+
+    async def _claim_batch(
+        self, agent: Agent, deliveries: list[Delivery]
+    ) -> dict[str, tuple[str, AgentResponse | None]]:
+        """Claim the readable first deliveries among ``deliveries`` together; by message id.
+        The others (and all of them when Redis fails here) are claimed by their own tasks."""
+        claim = self._claim_prefix + self.agent_ids[agent.agent_type]
+        batch = [d for d in deliveries if d.request is not None
+                 and d.delivery_count <= self.max_deliveries]
+        if not batch:
+            return {}
+        try:
+            outcomes = await self.bus.claim_many(
+                [(d.request.request_id, claim) for d in batch if d.request is not None],
+                self.claim_ttl_ms)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("claiming %d %s requests failed: %s", len(batch), agent.agent_type, exc)
+            return {}
+        out = {}
+        for delivery, outcome in zip(batch, outcomes, strict=True):
+            if outcome[0] == "claimed" and delivery.request is not None:
+                # running here from now on (see _claim_live), renewed until answered
+                self._executing.add(delivery.request.request_id)
+                self._claims[delivery.request.request_id] = claim
+            out[delivery.message_id] = outcome
+        return out
 
     async def _consume(self, agent: Agent) -> None:
         capacity = self.capacity[agent.agent_type]
         backoff = 0.05
+        poll = True
         while not self._stopping.is_set():
             # Read as many as there are free slots, without holding them across the blocking
             # read: the reclaimer and the scaler must not be starved by an idle reader.
             await capacity.wait_free()
+            if poll and capacity.free < capacity.limit // 2:
+                # A backlog (the last read was full): rather than reading one request per
+                # slot as each frees up, wait a moment for half of them, so that reads,
+                # claims and answers go to Redis in batches.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(_BATCH_WAIT_S):
+                        await capacity.wait_free(capacity.limit // 2)
             try:
+                count = max(capacity.free, 1)
                 deliveries = await self.bus.read_requests(
-                    agent.agent_type, self.name, count=max(capacity.free, 1),
-                    block_ms=self.block_ms,
+                    agent.agent_type, self.name, count=count, block_ms=self.block_ms, poll=poll,
                 )
+                # A short read drained the streams: block right away next time.
+                poll = len(deliveries) >= count
                 backoff = 0.05
             except asyncio.CancelledError:
                 raise
@@ -262,8 +342,11 @@ class Worker:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
                 continue
-            for delivery in deliveries:
-                await self._spawn(agent, delivery)
+            if deliveries:
+                await self._start_batch(agent, deliveries)
+                # Let the handlers run to their first wait before this loop sends its next
+                # read: the requests read are being waited for, the next read is not.
+                await asyncio.sleep(0)
 
     async def _reclaim(self, agent: Agent) -> None:
         """Take over requests whose consumer died before acknowledging them."""
@@ -314,15 +397,23 @@ class Worker:
 
     # -- one request -------------------------------------------------------------------------
 
-    async def _handle(self, agent: Agent, agent_id: str, delivery: Delivery) -> None:
+    async def _handle(
+        self, agent: Agent, agent_id: str, delivery: Delivery,
+        claimed: tuple[str, AgentResponse | None] | None = None,
+    ) -> None:
         try:
-            await self._handle_one(agent, agent_id, delivery)
+            await self._handle_one(agent, agent_id, delivery, claimed)
         except asyncio.CancelledError:
             raise
         except Exception:  # infrastructure failure: the message stays pending for redelivery
             log.exception("could not answer %s on %s", delivery.message_id, delivery.stream)
 
-    async def _handle_one(self, agent: Agent, agent_id: str, delivery: Delivery) -> None:
+    async def _handle_one(
+        self, agent: Agent, agent_id: str, delivery: Delivery,
+        claimed: tuple[str, AgentResponse | None] | None = None,
+    ) -> None:
+        """Answer ``delivery``. ``claimed``: the outcome of its claim when the reader claimed
+        it with the others it read (then a claim it got is already in ``_executing``)."""
         request = delivery.request
         if request is None:
             BUS_DEAD_LETTERS.labels(agent.agent_type, "undecodable").inc()
@@ -342,8 +433,14 @@ class Worker:
             return
         claim = self._claim_prefix + agent_id
         while True:
-            state, stored = await self.bus.claim_or_replay(
-                request.request_id, claim, self.claim_ttl_ms)
+            if claimed is not None:
+                (state, stored), claimed = claimed, None
+            else:
+                state, stored = await self.bus.claim_or_replay(
+                    request.request_id, claim, self.claim_ttl_ms)
+                if state == "claimed":
+                    self._executing.add(request.request_id)
+                    self._claims[request.request_id] = claim
             if state == "busy":
                 # Another consumer is executing this very request: answer with its result.
                 stored = await self._await_other(request.request_id)
@@ -354,22 +451,24 @@ class Worker:
                 return
             if state == "claimed":
                 break
-        if request.expired():
-            # Not executed, and not stored: a later re-send of this id still gets it done.
-            BUS_HANDLED.labels(agent.agent_type, "expired").inc()
-            response = self._response(request, agent_id, "timeout", 0.0,
-                                      error=ErrorInfo(code="deadline_passed",
-                                                      message="the request's deadline passed "
-                                                      "before an agent could start it"))
-            await self.bus.respond(delivery, request, response, agent_type=agent.agent_type,
-                                   store=False)
-            return
-        self._executing.add(request.request_id)
+        # claimed: in _executing and _claims (renewed) until answered
         try:
-            response = await self._execute(agent, agent_id, request, claim)
+            if request.expired():
+                # Not executed, and not stored: a later re-send of this id still gets it done.
+                BUS_HANDLED.labels(agent.agent_type, "expired").inc()
+                response = self._response(request, agent_id, "timeout", 0.0,
+                                          error=ErrorInfo(code="deadline_passed",
+                                                          message="the request's deadline "
+                                                          "passed before an agent could start "
+                                                          "it"))
+                await self.bus.respond(delivery, request, response,
+                                       agent_type=agent.agent_type, store=False)
+                return
+            response = await self._execute(agent, agent_id, request)
             await self._respond_through_outage(delivery, request, response, agent.agent_type)
         finally:
             self._executing.discard(request.request_id)
+            self._claims.pop(request.request_id, None)
         self.handled += 1
 
     async def _respond_through_outage(
@@ -417,16 +516,19 @@ class Worker:
         return await self.bus.stored_response(request_id)
 
     async def _execute(
-        self, agent: Agent, agent_id: str, request: AgentRequest, claim: str
+        self, agent: Agent, agent_id: str, request: AgentRequest
     ) -> AgentResponse:
         started = time.perf_counter()
+        logger = self._loggers.get(agent.agent_type)
+        if logger is None:
+            logger = self._loggers[agent.agent_type] = logging.getLogger(
+                f"agents.{agent.agent_type}")
         ctx = RequestContext(
             request=request,
             agent_id=agent_id,
             agent_type=agent.agent_type,
             log=logging.LoggerAdapter(
-                logging.getLogger(f"agents.{agent.agent_type}"),
-                {"request_id": request.request_id, "thread_id": request.correlation_id},
+                logger, {"request_id": request.request_id, "thread_id": request.correlation_id},
             ),
             bus=self.bus,
             chat_model_spec=self.chat_model,
@@ -442,12 +544,13 @@ class Worker:
                     f"not {request.request_type!r}",
                 ),
             )
-        renewer = asyncio.create_task(self._renew_claim(request.request_id, claim))
+        timeout = None
         try:
-            timeout = None
             if request.deadline is not None:
                 timeout = max((request.deadline - datetime.now(UTC)).total_seconds(), 0.001)
-            result = await asyncio.wait_for(handler(request.payload, ctx), timeout)
+            # run in this task (asyncio.wait_for would start one more per request)
+            async with asyncio.timeout(timeout):
+                result = await handler(request.payload, ctx)
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
                 await self.bus.redis.delete(self.bus.keys.inflight(request.request_id))
@@ -462,19 +565,19 @@ class Worker:
             else:
                 ctx.log.info("%s.%s: %s", agent.agent_type, request.request_type, info.message)
             return self._response(request, agent_id, status, elapsed, error=info)
-        finally:
-            renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewer
         BUS_HANDLED.labels(agent.agent_type, "success").inc()
         elapsed = (time.perf_counter() - started) * 1000
         return self._response(request, agent_id, "success", elapsed, result=result)
 
-    async def _renew_claim(self, request_id: str, claim: str) -> None:
+    async def _renew_claims(self) -> None:
+        """Extend the claims this worker holds (its requests from claim to answer), all in one
+        round trip, every third of the claim's ttl: a claim is renewed within ttl/3 of being
+        taken, and then every ttl/3, until answered (one task for all, not one per request)."""
         while True:
             await asyncio.sleep(self.claim_ttl_ms / 3000)
-            with contextlib.suppress(Exception):
-                await self.bus.renew_execution(request_id, claim, self.claim_ttl_ms)
+            if self._claims:
+                with contextlib.suppress(Exception):
+                    await self.bus.renew_executions(dict(self._claims), self.claim_ttl_ms)
 
     @staticmethod
     def _response(

@@ -13,6 +13,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from orchestrator.agent import Agent
+from orchestrator.bus import encode
 from orchestrator.calls import call_agent
 from orchestrator.errors import AgentError, AgentUnavailable
 from orchestrator.registry import AgentRegistry
@@ -217,3 +218,144 @@ async def test_duplicate_deliveries_across_consumers_execute_once(orchestrator_s
         answers = await asyncio.gather(*sends)
     assert answers == [req.payload["n"] for req in requests for _ in range(4)]
     assert executions == Counter({req.request_id: 1 for req in requests})
+
+
+async def test_many_requests_in_flight_are_each_answered_and_executed_once(
+    orchestrator_settings,
+) -> None:
+    """Hundreds of requests at once from one process: their sends, claims and answers go to
+    Redis in batches; every request gets its own answer, and each id runs once even when it
+    is sent twice in the same burst."""
+    from collections import Counter
+
+    executions: Counter[str] = Counter()
+
+    async def echo(payload, ctx):
+        executions[ctx.request.request_id] += 1
+        return {"n": payload["n"]}
+
+    settings = orchestrator_settings.model_copy(update={"worker_max_concurrency": 10})
+    async with Runtime.open(settings, agents=[stand_in("burst", echo)]) as rt:
+        requests = [rt.bus.new_reply_stream_request(target="burst", request_type="x",
+                                                    payload={"n": n}) for n in range(300)]
+        twice = requests + requests[:50]
+        responses = await asyncio.gather(*(rt.bus.request(r, 30) for r in twice))
+        assert [r.result["n"] for r in responses] == [r.payload["n"] for r in twice]
+        assert [r.request_id for r in responses] == [r.request_id for r in twice]
+        # and through call_agent, with its registry check and circuit breaker
+        calls = await asyncio.gather(*(call_agent("burst", "x", {"n": n}, runtime=rt)
+                                       for n in range(100)))
+        assert [c.result["n"] for c in calls] == list(range(100))
+        pending = await rt.redis.xpending(rt.bus.keys.requests("burst", "normal"), "burst")
+        assert pending["pending"] == 0  # all acknowledged
+    assert executions == Counter({r.request_id: 1 for r in requests}) + Counter(
+        {c.request_id: 1 for c in calls})
+
+
+async def test_one_failing_answer_does_not_stop_the_others_sent_with_it(
+    orchestrator_settings,
+) -> None:
+    """Answers finished together go out in one script call; one that Redis refuses (its reply
+    stream is not a stream) fails alone, and stays unacknowledged for redelivery."""
+    from orchestrator.messages import AgentResponse
+
+    async with Runtime.open(orchestrator_settings, agents=[]) as rt:
+        bad_reply = f"{orchestrator_settings.namespace}:not-a-stream"
+        await rt.redis.set(bad_reply, "x")
+        good = [rt.bus.new_reply_stream_request(target="ans", request_type="x")
+                for _ in range(4)]
+        bad = rt.bus.new_reply_stream_request(target="ans", request_type="x")
+        bad = bad.model_copy(update={"reply_to": bad_reply})
+        waiters = [await rt.bus.send(r) for r in good]
+        await rt.redis.xadd(rt.bus.keys.requests("ans", "normal"), encode(bad))
+        deliveries = await rt.bus.read_requests("ans", "w", count=10, block_ms=100)
+        assert len(deliveries) == 5
+
+        def answer(d):
+            return AgentResponse(request_id=d.request.request_id, source="ans@w",
+                                 status="success", result={"id": d.request.request_id})
+
+        outcomes = await asyncio.gather(
+            *(rt.bus.respond(d, d.request, answer(d), agent_type="ans") for d in deliveries),
+            return_exceptions=True)
+        failed = [d for d, o in zip(deliveries, outcomes, strict=True) if o is not None]
+        assert [d.request.request_id for d in failed] == [bad.request_id]
+        assert "WRONGTYPE" in str(outcomes[deliveries.index(failed[0])])
+        answers = await asyncio.wait_for(asyncio.gather(*waiters), 10)
+        assert [a.result["id"] for a in answers] == [r.request_id for r in good]
+        pending = await rt.redis.xpending_range(rt.bus.keys.requests("ans", "normal"), "ans",
+                                                min="-", max="+", count=10)
+        assert [p["message_id"].decode() for p in pending] == [failed[0].message_id]
+
+
+async def test_the_worker_keeps_serving_after_its_streams_are_deleted(
+    orchestrator_settings,
+) -> None:
+    """A flush (or a restart without persistence) deletes the request streams and their
+    consumer group while the worker blocks on them: it creates them again and goes on."""
+
+    async def ok(payload, ctx):
+        return "ok"
+
+    async with Runtime.open(orchestrator_settings, agents=[stand_in("phoenix", ok)]) as rt:
+        req = rt.bus.new_reply_stream_request(target="phoenix", request_type="x")
+        assert (await rt.bus.request(req, 10)).result == "ok"
+        from orchestrator.messages import PRIORITIES
+
+        await rt.redis.delete(*(rt.bus.keys.requests("phoenix", p) for p in PRIORITIES))
+        again = rt.bus.new_reply_stream_request(target="phoenix", request_type="x")
+        assert (await rt.bus.request(again, 20)).result == "ok"
+
+
+async def test_a_long_handler_keeps_its_claim(orchestrator_settings) -> None:
+    """Claims are renewed (by one task for all of a worker's requests) while their handlers
+    run: a handler running past the claim's ttl still holds it, so no one else runs it."""
+    from orchestrator.worker import Worker
+
+    started = asyncio.Event()
+
+    async def slow(payload, ctx):
+        started.set()
+        await asyncio.sleep(1.2)
+        return "done"
+
+    async with Runtime.open(orchestrator_settings, agents=[]) as rt:
+        async with Worker(rt.bus, rt.registry, [stand_in("slowclaim", slow)], claim_ttl=0.3):
+            req = rt.bus.new_reply_stream_request(target="slowclaim", request_type="x")
+            waiter = await rt.bus.send(req)
+            await asyncio.wait_for(started.wait(), 10)
+            for _ in range(4):  # well past the 0.3 s ttl
+                await asyncio.sleep(0.25)
+                assert await rt.bus.claim_owner(req.request_id) is not None
+            assert (await asyncio.wait_for(waiter, 10)).result == "done"
+            assert await rt.bus.claim_owner(req.request_id) is None  # dropped when answered
+
+
+async def test_writes_made_together_go_out_together() -> None:
+    """The coalescer behind sends and answers: items submitted while a write is on the wire
+    go in the next write; an item's own failure reaches only its submitter; an item whose
+    submitter gave up before its batch left is never written."""
+    from orchestrator.bus import _Coalescer
+
+    written: list[list[int]] = []
+    gate = asyncio.Event()
+
+    async def flush(items: list[int]) -> list[object]:
+        written.append(list(items))
+        await gate.wait()
+        return [ValueError(f"bad {i}") if i == 3 else i * 10 for i in items]
+
+    coalescer: _Coalescer[int, object] = _Coalescer(flush, "test")
+    first = asyncio.create_task(coalescer.submit(0))
+    await asyncio.sleep(0)
+    others = [asyncio.create_task(coalescer.submit(i)) for i in range(1, 6)]
+    await asyncio.sleep(0)
+    others[3].cancel()  # item 4 gives up before its batch leaves
+    await asyncio.sleep(0)
+    gate.set()
+    assert await first == 0
+    outcomes = await asyncio.gather(*others, return_exceptions=True)
+    assert written == [[0], [1, 2, 3, 5]]
+    assert outcomes[0] == 10 and outcomes[1] == 20 and outcomes[4] == 50
+    assert isinstance(outcomes[2], ValueError) and str(outcomes[2]) == "bad 3"
+    assert isinstance(outcomes[3], asyncio.CancelledError)

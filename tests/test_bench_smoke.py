@@ -1,0 +1,30 @@
+"""The benchmark suite runs (``python -m bench --quick``): a smoke test, never a timed one —
+it checks that every benchmark runs to the end and reports, not what figures it gets."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+async def test_every_benchmark_runs_and_reports(service_env, tmp_path) -> None:
+    import asyncio
+
+    summary = tmp_path / "bench.json"
+    done = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "bench", "--quick", "--json", str(summary)],
+        env=service_env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    document = json.loads(summary.read_text())
+    assert document["crashed"] == []
+    names = {r["benchmark"] for r in document["results"]}
+    assert names >= {"bus_round_trip", "bus_throughput", "lock_acquire_release", "lock_handover",
+                     "checkpointed_steps", "workflows_at_scale", "memory_in_flight",
+                     "dependency_analysis_10k", "dependency_analysis_vs_grimp"}
+    for result in document["results"]:
+        assert result["figures"] or result["notes"], result  # it measured something, or said why
