@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -149,10 +150,16 @@ class BreakerPolicy:
     failure_ratio: float = 0.5
     cooldown: float = 15.0
     probes: int = 3
+    #: How long this process trusts a closed state it saw, instead of asking Redis before each
+    #: call: a circuit another process opens is honored here within this delay. (Measured:
+    #: the check was one of the five Redis round trips of a ~1.8 ms agent call.)
+    closed_cache: float = 0.1
 
     def __post_init__(self) -> None:
         if self.window <= 0 or self.cooldown <= 0 or self.min_calls < 1 or self.probes < 1:
             raise ValueError("window and cooldown must be > 0, min_calls and probes >= 1")
+        if self.closed_cache < 0:
+            raise ValueError("closed_cache must be >= 0")
         if not 0 <= self.failure_ratio < 1:
             raise ValueError("failure_ratio must be in [0, 1)")
 
@@ -185,6 +192,7 @@ class CircuitBreaker:
         # Outlives an open period and a probe round; an idle target's circuit is forgotten.
         longest = policy.cooldown + 2 * max(policy.cooldown, policy.window)
         self._ttl_ms = int(longest * 1000) + 60_000
+        self._closed_seen: dict[str, float] = {}  # target -> when it was last seen closed
         self._before = redis.register_script(_BEFORE_LUA)
         self._record = redis.register_script(_RECORD_LUA)
         self._read = redis.register_script(_READ_LUA)
@@ -195,6 +203,10 @@ class CircuitBreaker:
 
     def _observe(self, target: str, state: str) -> str:
         BREAKER_STATE.labels(target).set(_LEVEL[state])
+        if state == "closed":
+            self._closed_seen[target] = time.monotonic()
+        else:
+            self._closed_seen.pop(target, None)
         return state
 
     async def before_call(self, target: str) -> None:
@@ -204,6 +216,9 @@ class CircuitBreaker:
             CircuitOpen: the circuit is open, or half-open with all its probe calls taken;
                 ``retry_at`` (aware datetime) says when a call may be let through again.
         """
+        seen = self._closed_seen.get(target)
+        if seen is not None and time.monotonic() - seen < self.policy.closed_cache:
+            return  # closed a moment ago (by our own calls' records, or a check)
         allowed, raw_state, retry_at, now, calls, failures, began = await self._before(
             keys=self._keys(target),
             args=[self.policy.probes, self._probe_timeout_ms, self._ttl_ms],

@@ -85,13 +85,24 @@ async def test_open_circuit_fails_fast_naming_target_state_and_retry(make_breake
 
 async def test_state_is_shared_by_breakers_on_other_connections(make_breaker) -> None:
     first, second = make_breaker(), make_breaker()
-    await second.before_call("review")
+    await second.before_call("review")  # second saw it closed: it trusts that briefly
     await record_all(first, "review", "----")
+    await second.before_call("review")  # within closed_cache: still let through
+    await asyncio.sleep(FAST.closed_cache)
     started = time.perf_counter()
     with pytest.raises(CircuitOpen, match="'review'"):
         await second.before_call("review")
     assert time.perf_counter() - started < 0.05
     assert await second.state("review") == "open"
+
+
+async def test_an_uncached_breaker_sees_another_process_open_it_at_once(make_breaker) -> None:
+    eager = BreakerPolicy(window=5, min_calls=4, cooldown=0.5, probes=2, closed_cache=0)
+    first, second = make_breaker(eager), make_breaker(eager)
+    await second.before_call("review")
+    await record_all(first, "review", "----")
+    with pytest.raises(CircuitOpen, match="'review'"):
+        await second.before_call("review")
 
 
 async def test_half_open_lets_exactly_the_probes_through_across_processes(make_breaker) -> None:
