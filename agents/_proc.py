@@ -14,10 +14,11 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from orchestrator.agent import HandlerError
 
-__all__ = ["Completed", "run", "git", "resolve_repo", "resolve_folder"]
+__all__ = ["Completed", "run", "git", "resolve_repo", "resolve_folder", "ref_arg", "commit_of"]
 
 _OUTPUT_LIMIT = 200_000  # characters of each stream kept; test output can be huge
 
@@ -118,4 +119,28 @@ async def resolve_folder(raw: object) -> Path:
     if not await asyncio.to_thread(path.is_dir):
         raise HandlerError("invalid_input", f"{raw} is not a folder")
     return path
+
+
+def ref_arg(payload: dict[str, Any], key: str, default: str | None = None) -> str:
+    """The branch or commit named by ``payload[key]`` (never an option-like ``-x``).
+
+    Raises:
+        HandlerError: ``invalid_input`` when it is missing or not a plausible ref.
+    """
+    value = payload.get(key, default)
+    if not isinstance(value, str) or not value or value.startswith("-"):
+        raise HandlerError("invalid_input", f"payload needs {key!r}, a branch or commit")
+    return value
+
+
+async def commit_of(repo: str | Path, ref: str) -> str:
+    """The commit ``ref`` names in ``repo``.
+
+    Raises:
+        HandlerError: ``invalid_input`` when it names none.
+    """
+    done = await git(repo, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}", check=False)
+    if done.returncode != 0:
+        raise HandlerError("invalid_input", f"{ref!r} is not a branch or commit of {repo}")
+    return done.stdout.strip()
 

@@ -31,7 +31,7 @@ from typing import Any
 
 from orchestrator.agent import Agent, HandlerError, RequestContext
 
-from ._proc import Completed, git, resolve_repo, run
+from ._proc import Completed, commit_of, git, ref_arg, resolve_repo, run
 
 __all__ = ["agent", "parse_test_counts", "repo_resource"]
 
@@ -86,18 +86,6 @@ def _argv(command: object) -> list[str]:
     return argv
 
 
-def _ref(payload: dict[str, Any], key: str, default: str | None = None) -> str:
-    value = payload.get(key, default)
-    if not isinstance(value, str) or not value or value.startswith("-"):
-        raise HandlerError("invalid_input", f"payload needs {key!r}, a branch or commit")
-    return value
-
-
-async def _commit(repo: Path, ref: str) -> str:
-    done = await git(repo, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}", check=False)
-    if done.returncode != 0:
-        raise HandlerError("invalid_input", f"{ref!r} is not a branch or commit of {repo}")
-    return done.stdout.strip()
 
 
 @contextlib.asynccontextmanager
@@ -117,10 +105,10 @@ async def _worktree(repo: Path, commit: str):
 @agent.handler("run_tests")
 async def run_tests(payload: dict[str, Any], ctx: RequestContext) -> dict[str, Any]:
     repo = await resolve_repo(payload.get("repo"))
-    ref = _ref(payload, "ref")
+    ref = ref_arg(payload, "ref")
     argv = _argv(payload.get("command", "python -m pytest -q"))
     timeout = _timeout(payload)
-    commit = await _commit(repo, ref)
+    commit = await commit_of(repo, ref)
     async with _worktree(repo, commit) as tree:
         ctx.log.info("running %s at %s (%s)", shlex.join(argv), ref, commit[:12])
         done = await run(argv, cwd=tree, timeout=timeout)
@@ -178,10 +166,10 @@ def _timeout(payload: dict[str, Any]) -> float:
 async def merge(payload: dict[str, Any], ctx: RequestContext) -> dict[str, Any]:
     repo = await resolve_repo(payload.get("repo"))
     await ctx.check_fencing(repo_resource(repo))
-    source, target = _ref(payload, "source"), _ref(payload, "target", "main")
+    source, target = ref_arg(payload, "source"), ref_arg(payload, "target", "main")
     message = payload.get("message") or f"Merge {source} into {target}"
-    source_commit = await _commit(repo, source)
-    target_commit = await _commit(repo, f"refs/heads/{target}")
+    source_commit = await commit_of(repo, source)
+    target_commit = await commit_of(repo, f"refs/heads/{target}")
     already = await git(repo, "merge-base", "--is-ancestor", source_commit, target_commit,
                         check=False)
     if already.returncode == 0:  # a redelivered request after the merge, or nothing to merge

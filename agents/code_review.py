@@ -27,7 +27,7 @@ from typing import Any
 
 from orchestrator.agent import Agent, HandlerError, RequestContext
 
-from ._proc import git, resolve_repo, run
+from ._proc import commit_of, git, ref_arg, resolve_repo, run
 
 __all__ = ["agent", "ruff_binary", "ruff_findings"]
 
@@ -49,24 +49,17 @@ def ruff_binary() -> str:
     return str(find_ruff_bin())
 
 
-def _ref(payload: dict[str, Any], key: str, default: str | None = None) -> str:
-    value = payload.get(key, default)
-    if not isinstance(value, str) or not value or value.startswith("-"):
-        raise HandlerError("invalid_input", f"payload needs {key!r}, a branch or commit")
-    return value
 
 
 @agent.handler("review")
 async def review(payload: dict[str, Any], ctx: RequestContext) -> dict[str, Any]:
     repo = await resolve_repo(payload.get("repo"))
-    source, target = _ref(payload, "source"), _ref(payload, "target", "main")
+    source, target = ref_arg(payload, "source"), ref_arg(payload, "target", "main")
     max_findings = payload.get("max_findings", 0)
     if not isinstance(max_findings, int) or max_findings < 0:
         raise HandlerError("invalid_input", "'max_findings' must be a whole number >= 0")
     for ref in (source, target):
-        done = await git(repo, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}", check=False)
-        if done.returncode != 0:
-            raise HandlerError("invalid_input", f"{ref!r} is not a branch or commit of {repo}")
+        await commit_of(repo, ref)
     base = (await git(repo, "merge-base", target, source)).stdout.strip()
     diff = await git(repo, "diff", "--name-only", "-z", "--diff-filter=ACMR", base, source)
     files = sorted(f for f in diff.stdout.split("\0") if f.endswith(_PY_SUFFIXES))

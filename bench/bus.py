@@ -46,7 +46,7 @@ from orchestrator.runtime import Runtime
 from orchestrator.settings import Settings
 
 from ._noop_worker import noop_agent
-from .common import Result, print_result, settings, summary
+from .common import Result, print_result, settings, subprocess_env, summary
 
 __all__ = ["run"]
 
@@ -61,16 +61,8 @@ _THROUGHPUT_TARGET = ("≥ 3000 requests/s with 1000 in flight from one process 
 @contextlib.asynccontextmanager
 async def _worker_process(base: Settings) -> AsyncIterator[asyncio.subprocess.Process]:
     """A ``bench._noop_worker`` process on ``base``'s services and namespace."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRATOR_")}
-    env.update({
-        "ORCHESTRATOR_NAMESPACE": base.namespace,
-        "ORCHESTRATOR_DATABASE_URL": base.database_url or "",
-        "ORCHESTRATOR_REDIS_URL": base.redis_url or "",
-        "ORCHESTRATOR_DATA_DIR": str(base.data_dir),
-        "PYTHONUNBUFFERED": "1",
-    })
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bench._noop_worker", env=env,
+        sys.executable, "-m", "bench._noop_worker", env=subprocess_env(base),
         stdout=asyncio.subprocess.PIPE, stderr=None,
     )
     try:

@@ -10,6 +10,7 @@ noisy: a ratio to a baseline measured in the same run is what means something.
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -17,7 +18,7 @@ from typing import Any
 
 from orchestrator.settings import Settings
 
-__all__ = ["Result", "settings", "summary", "percentile", "print_result"]
+__all__ = ["Result", "settings", "subprocess_env", "summary", "percentile", "print_result"]
 
 
 @dataclass
@@ -38,6 +39,23 @@ def settings(name: str, **overrides: Any) -> Settings:
     """Settings from ``ORCHESTRATOR_*`` (embedded services when unset), in a namespace of the
     benchmark's own so runs never see each other's keys, locks or workflows."""
     return Settings.from_env(namespace=f"bench-{name}-{uuid.uuid4().hex[:8]}", **overrides)
+
+
+def subprocess_env(base: Settings, **overrides: Any) -> dict[str, str]:
+    """The environment of a helper process (a worker, a lock holder) on ``base``'s services
+    and namespace, hosting no built-in agents; ``overrides`` set more ``ORCHESTRATOR_*``
+    variables (``database_url=...`` becomes ``ORCHESTRATOR_DATABASE_URL``)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRATOR_")}
+    env.update({
+        "ORCHESTRATOR_NAMESPACE": base.namespace,
+        "ORCHESTRATOR_DATABASE_URL": base.database_url or "",
+        "ORCHESTRATOR_REDIS_URL": base.redis_url or "",
+        "ORCHESTRATOR_DATA_DIR": str(base.data_dir),
+        "ORCHESTRATOR_LOCAL_AGENTS": "false",
+        "PYTHONUNBUFFERED": "1",
+    })
+    env.update({f"ORCHESTRATOR_{k.upper()}": str(v) for k, v in overrides.items()})
+    return env
 
 
 def percentile(samples: list[float], q: float) -> float:

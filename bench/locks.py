@@ -26,14 +26,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
 import sys
 import time
 
 from orchestrator.runtime import Runtime
 
-from .common import Result, print_result, settings, summary
+from .common import Result, print_result, settings, subprocess_env, summary
 
 __all__ = ["run"]
 
@@ -183,11 +182,7 @@ async def _cross_process_handover(rt: Runtime, rounds: int, waiters: int) -> lis
     """The holder is another process; ``waiters`` tasks of this process wait for each of its
     releases (woken by NOTIFY); hand-over measured on the shared monotonic clock."""
     s = rt.settings
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRATOR_")}
-    env.update({"ORCHESTRATOR_NAMESPACE": s.namespace,
-                "ORCHESTRATOR_DATABASE_URL": rt.database_url,
-                "ORCHESTRATOR_REDIS_URL": s.redis_url or "", "ORCHESTRATOR_LOCAL_AGENTS": "false",
-                "ORCHESTRATOR_DATA_DIR": str(s.data_dir)})
+    env = subprocess_env(s, database_url=rt.database_url)  # the embedded one, if started
     resource = "bench:handover-remote"
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-c", _REMOTE_HOLDER, resource, str(rounds), env=env,

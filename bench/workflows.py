@@ -36,7 +36,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import sys
 import time
 import uuid
@@ -56,7 +55,7 @@ from orchestrator.settings import Settings
 from state.db import Database
 from state.schema import MultiAgentState, now_iso
 
-from .common import Result, print_result, settings
+from .common import Result, print_result, settings, subprocess_env
 
 __all__ = ["run", "scale_specs", "steps_spec", "ENTERED", "SCALE_AGENTS", "SCALE_LOCAL",
            "STEPS"]
@@ -176,20 +175,6 @@ def scale_specs() -> dict[str, WorkflowSpec]:
 # -- helpers ---------------------------------------------------------------------------------
 
 
-def _env(base: Settings, **overrides: Any) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRATOR_")}
-    env.update({
-        "ORCHESTRATOR_NAMESPACE": base.namespace,
-        "ORCHESTRATOR_DATABASE_URL": base.database_url or "",
-        "ORCHESTRATOR_REDIS_URL": base.redis_url or "",
-        "ORCHESTRATOR_DATA_DIR": str(base.data_dir),
-        "ORCHESTRATOR_LOCAL_AGENTS": "false",
-        "PYTHONUNBUFFERED": "1",
-    })
-    env.update({f"ORCHESTRATOR_{k.upper()}": str(v) for k, v in overrides.items()})
-    return env
-
-
 async def _stop(proc: asyncio.subprocess.Process) -> None:
     if proc.returncode is None:
         proc.terminate()
@@ -207,7 +192,7 @@ async def _agent_workers(base: Settings, count: int = 2) -> AsyncIterator[None]:
     try:
         for _ in range(count):
             procs.append(await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "bench._worker", "agent", env=_env(base, **_WORKER_OVERRIDES),
+                sys.executable, "-m", "bench._worker", "agent", env=subprocess_env(base, **_WORKER_OVERRIDES),
                 stdout=asyncio.subprocess.PIPE, stderr=None))
         for proc in procs:
             assert proc.stdout is not None
@@ -374,7 +359,7 @@ async def _memory(base: Settings, n: int, threads: list[str]) -> Result:
     redis = Redis.from_url(base.redis_url)
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bench._worker", "memory", str(n),
-        env=_env(base, **_SCALE_OVERRIDES), stdout=asyncio.subprocess.PIPE, stderr=None,
+        env=subprocess_env(base, **_SCALE_OVERRIDES), stdout=asyncio.subprocess.PIPE, stderr=None,
         limit=2**24)
     try:
         assert proc.stdout is not None
