@@ -138,6 +138,7 @@ class Runtime:
                         heartbeat_interval=settings.heartbeat_interval,
                         name=f"local-{process_id}",
                         chat_model=settings.chat_model,
+                        child_env_withhold=settings.child_env_withhold,
                     )
                     await runtime.worker.start()
                     stack.push_async_callback(runtime.worker.stop)

@@ -10,7 +10,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .errors import InvalidInput
 
@@ -85,6 +93,18 @@ class Settings(BaseModel):
         description="LangChain chat model for agents that can use one: 'module:factory', a "
         "callable returning a BaseChatModel (unset: agents use their rules only)",
     )
+
+    child_env_withhold: tuple[str, ...] = Field(
+        (), description="variables (names or shell patterns such as AWS_*, comma separated) "
+        "withheld from the processes agents start, besides ORCHESTRATOR_*, which always is",
+    )
+
+    @field_validator("child_env_withhold", mode="before")
+    @classmethod
+    def _split_names(cls, value: object) -> object:
+        if isinstance(value, str):  # from the environment: "AWS_*, GITHUB_TOKEN"
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
 
     @model_validator(mode="after")
     def _concurrency_bounds(self) -> Settings:

@@ -28,6 +28,7 @@ import psutil
 
 from .agent import Agent, HandlerError, RequestContext
 from .bus import Delivery, EventBus
+from .childenv import withholding
 from .errors import OrchestratorError
 from .messages import AgentRequest, AgentResponse, ErrorInfo
 from .metrics import (
@@ -121,6 +122,7 @@ class Worker:
         scale_down_after: float = 2.0,
         name: str | None = None,
         chat_model: str | None = None,
+        child_env_withhold: Sequence[str] = (),
     ) -> None:
         if not agents:
             raise ValueError("a worker needs at least one agent")
@@ -128,6 +130,7 @@ class Worker:
             raise ValueError("need 1 <= min_concurrency <= max_concurrency")
         self.bus = bus
         self.chat_model = chat_model
+        self.child_env_withhold = tuple(child_env_withhold)  # see orchestrator.childenv
         self.registry = registry
         self.agents = list(agents)
         self.min_concurrency = min_concurrency
@@ -549,7 +552,7 @@ class Worker:
             if request.deadline is not None:
                 timeout = max((request.deadline - datetime.now(UTC)).total_seconds(), 0.001)
             # run in this task (asyncio.wait_for would start one more per request)
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(timeout), withholding(self.child_env_withhold):
                 result = await handler(request.payload, ctx)
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
