@@ -12,7 +12,10 @@
   chain, weighted by estimates) first, fixes before new work, then the longest way to the end.
 * ``dispatch`` starts the ready tasks — every dependency done, which means it passed QA — in
   priority order, at most ``max_parallel`` at once; retries (fix tasks) go first. It waits
-  out a retry's back-off and a paused circuit breaker.
+  out a retry's back-off and a paused circuit breaker. When no developer or QA agent is
+  live, it waits a few seconds for one, then stops with ``agent_unavailable``: the thread
+  stays intact, and ``resume`` carries on once an agent is started. (Parallel tasks pause
+  in one step: ``pause_until`` keeps the later deadline.)
 * ``work`` runs one task: the developer agent applies it, then the QA agent checks that file
   at once (ruff or a syntax check, and the tests that import it). Both run inside one LangGraph
   ``@task`` with a ``CachePolicy`` keyed by the task's inputs (its spec, the agents' versions
@@ -71,12 +74,17 @@ class PlanExecutionInput(BaseModel):
         return plan.model_dump(mode="json")
 
 
+def _later(left: float | None, right: float | None) -> float:
+    """The later of two pause deadlines: parallel ``work`` tasks may pause in one step."""
+    return max(left or 0.0, right or 0.0)
+
+
 class PlanState(MultiAgentState, total=False):
     plan: dict[str, Any]
     analysis: dict[str, Any]
     tasks: Annotated[dict[str, dict[str, Any]], merge_dicts]
     dead_letters: Annotated[list[dict[str, Any]], append_list]
-    pause_until: float
+    pause_until: Annotated[float, _later]
     pauses: Annotated[list[dict[str, Any]], append_list]
     integration: dict[str, Any]
     deploy: dict[str, Any] | None
@@ -282,8 +290,10 @@ def _ready(state: PlanState, now: float) -> tuple[list[str], float | None]:
 async def dispatch(state: PlanState) -> dict[str, Any]:
     plan, tasks = _plan(state), state["tasks"]
     pause_until = state.get("pause_until") or 0.0
-    if pause_until > time.time():  # a circuit breaker is open: wait for its cool-down
-        await _wait_for_breakers(min(pause_until, time.time() + 60.0))
+    if pause_until > time.time():  # a breaker is open, or an agent missing: wait for it
+        missing = await _wait_for_agents(min(pause_until, time.time() + 60.0))
+        if missing:  # nobody to do the work: stop here, resumable once one is started
+            raise AgentUnavailable(missing[0])
     now = time.time()
     ready, soonest = _ready(state, now)
     if not ready and soonest is not None:  # only back-offs pending: wait for the first
@@ -303,13 +313,15 @@ async def dispatch(state: PlanState) -> dict[str, Any]:
     return {"route": {"next": "integrate"}}
 
 
-async def _wait_for_breakers(until: float) -> None:
-    """Sleep until ``until``, or until the developer's and QA's circuits have closed."""
+async def _wait_for_agents(until: float) -> list[str]:
+    """Sleep until ``until``, or until the developer's and QA's circuits are closed and each
+    has a live agent; return the agent types that still have none."""
     rt = await current_runtime()
-    while time.time() < until:
+    while True:
+        missing = [t for t in _AGENTS if not await rt.registry.has_live(t)]
         states = [await rt.breaker.state(agent_type) for agent_type in _AGENTS]
-        if all(s == "closed" for s in states):
-            return
+        if time.time() >= until or (not missing and all(s == "closed" for s in states)):
+            return missing
         await asyncio.sleep(min(0.25, max(until - time.time(), 0.0)))
 
 
