@@ -86,7 +86,8 @@ async def git(repo: str | Path, *args: str, timeout: float = 60.0, check: bool =
                      env={**os.environ, "GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C"})
     if check and (done.returncode != 0 or done.timed_out):
         detail = (done.stderr or done.stdout).strip() or f"exit {done.returncode}"
-        raise HandlerError("git_failed", f"git {' '.join(args)} failed in {repo}: {detail}")
+        raise HandlerError("git_failed", f"git {' '.join(args)} failed in {repo}: {detail}",
+                           blames_input=True)
     return done
 
 

@@ -200,7 +200,8 @@ async def _merge_in_place(repo: Path, source_commit: str, message: str) -> str:
     if dirty.stdout.strip():
         raise HandlerError(
             "dirty_worktree",
-            f"{repo} has uncommitted changes on the target branch; commit or stash them first")
+            f"{repo} has uncommitted changes on the target branch; commit or stash them first",
+            blames_input=True)
     await _merge_or_abort(repo, source_commit, message)
     return (await git(repo, "rev-parse", "HEAD")).stdout.strip()
 
@@ -230,7 +231,7 @@ async def _merge_or_abort(tree: Path, source_commit: str, message: str) -> None:
     await git(tree, "merge", "--abort", check=False)
     if files:
         raise _Conflict(files)  # aborted: the tree is as it was
-    raise HandlerError("merge_failed", (done.stderr or done.stdout).strip())
+    raise HandlerError("merge_failed", (done.stderr or done.stdout).strip(), blames_input=True)
 
 
 async def _identity(tree: Path) -> list[str]:

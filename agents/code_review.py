@@ -127,7 +127,8 @@ async def _archive(repo: Path, ref: str, paths: list[str]) -> bytes:
     )
     out, err = await asyncio.wait_for(proc.communicate(), 120)
     if proc.returncode != 0:
-        raise HandlerError("git_failed", f"git archive {ref} failed: {err.decode().strip()}")
+        raise HandlerError("git_failed", f"git archive {ref} failed: {err.decode().strip()}",
+                           blames_input=True)
     return out
 
 

@@ -111,7 +111,8 @@ async def _move_traffic(spec: TrafficSpec, deployment: str, percent: int) -> str
                                f"{argv[0]} timed out after {spec.timeout:g}s", retryable=True)
         if done.returncode != 0:
             raise HandlerError("traffic_command_failed",
-                               f"{' '.join(argv)} exited {done.returncode}: {output}")
+                               f"{' '.join(argv)} exited {done.returncode}: {output}",
+                               blames_input=True)
         return output
     module_name, _, attr = (spec.callable or "").partition(":")
     try:
@@ -180,7 +181,8 @@ async def rollback(payload: dict[str, Any], ctx: RequestContext) -> dict[str, An
             raise HandlerError(
                 "rollback_failed",
                 f"traffic is at 0%, but the rollback command {' '.join(spec.rollback_command)} "
-                f"failed (exit {done.returncode}): {command_output}; finish the rollback by hand")
+                f"failed (exit {done.returncode}): {command_output}; finish the rollback by hand",
+                blames_input=True)
     ctx.log.warning("%s rolled back (%s): %s", spec.deployment, spec.mode, spec.reason)
     return {"deployment": spec.deployment, "percent": 0, "traffic_output": traffic_output,
             "rollback_output": command_output}

@@ -95,7 +95,8 @@ async def develop(payload: dict[str, Any], ctx: RequestContext) -> dict[str, Any
         raise HandlerError("invalid_input", f"task {task.get('id')!r} has no content, patch or command")
     after = await asyncio.to_thread(_sha256, path)
     if after is None:
-        raise HandlerError("file_missing", f"{task['file']} does not exist after {action}: {detail}")
+        raise HandlerError("file_missing", f"{task['file']} does not exist after {action}: {detail}",
+                           blames_input=True)
     return {"file": task["file"], "action": action, "changed": before != after,
             "sha256": after, "detail": detail, "attempt": attempt}
 
@@ -106,13 +107,14 @@ async def _apply_patch(repo: Path, patch: str) -> tuple[str, str]:
     if check.returncode == 0:
         done = await run(["git", "-C", str(repo), "apply", "-"], stdin=data, timeout=60)
         if done.returncode != 0:
-            raise HandlerError("patch_failed", done.stderr.strip())
+            raise HandlerError("patch_failed", done.stderr.strip(), blames_input=True)
         return "patched", "applied the patch"
     reverse = await run(["git", "-C", str(repo), "apply", "--reverse", "--check", "-"],
                         stdin=data, timeout=60)
     if reverse.returncode == 0:  # a re-run after the patch went in
         return "patched", "the patch was already applied"
-    raise HandlerError("patch_failed", f"the patch does not apply: {check.stderr.strip()}")
+    raise HandlerError("patch_failed", f"the patch does not apply: {check.stderr.strip()}",
+                       blames_input=True)
 
 
 async def _run_command(repo: Path, command: object, timeout: float) -> tuple[str, str]:
@@ -125,7 +127,8 @@ async def _run_command(repo: Path, command: object, timeout: float) -> tuple[str
     output = (done.stdout + done.stderr).strip()[-2000:]
     if done.timed_out or done.returncode != 0:
         raise HandlerError("command_failed", f"{shlex.join(argv)} "
-                           f"{'timed out' if done.timed_out else f'exited {done.returncode}'}: {output}")
+                           f"{'timed out' if done.timed_out else f'exited {done.returncode}'}: {output}",
+                           blames_input=True)
     return "ran", f"ran {shlex.join(argv)}"
 
 

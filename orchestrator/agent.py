@@ -114,15 +114,21 @@ def load_chat_model(spec: str) -> Any:
 class HandlerError(OrchestratorError):
     """Raise from a handler to answer with a specific error code.
 
-    ``retryable`` tells the requester whether trying again may succeed.
+    ``retryable`` tells the requester whether trying again may succeed. ``blames_input``
+    says the request is at fault, not the agent (a patch that does not apply, the user's
+    command failing, a dirty repository): the answer still shows a working agent, so it
+    never counts towards opening the agent type's circuit breaker. Mark every such error
+    where it is raised.
     """
 
     code = "handler_error"
 
-    def __init__(self, code: str, message: str, *, retryable: bool = False) -> None:
+    def __init__(self, code: str, message: str, *, retryable: bool = False,
+                 blames_input: bool = False) -> None:
         super().__init__(message)
         self.code = code
         self.retryable = retryable
+        self.blames_input = blames_input
 
 
 @dataclass

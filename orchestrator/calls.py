@@ -220,12 +220,15 @@ def _healthy(response: AgentResponse) -> bool:
     if response.status == "rejected":
         return True  # an unknown request type is the caller's mistake
     error = response.error
-    if response.status == "error" and error is not None and not error.retryable:
-        return error.code in _INPUT_ERRORS
+    if response.status == "error" and error is not None:
+        if error.blames_input:  # the agent says so where it raised it (HandlerError)
+            return True
+        return not error.retryable and error.code in _INPUT_ERRORS
     return False
 
 
-#: Error codes that blame the request, not the agent: they do not trip the breaker.
+#: Error codes that blame the request, not the agent, whoever raised them (agents mark their
+#: own with ``HandlerError(..., blames_input=True)``): they do not trip the breaker.
 _INPUT_ERRORS = frozenset({"invalid_input", "unsafe_path", "missing_fencing_token",
                            "stale_fencing_token", "unknown_request_type"})
 

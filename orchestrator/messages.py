@@ -59,6 +59,9 @@ class ErrorInfo(BaseModel):
     code: str
     message: str
     retryable: bool = False
+    #: the agent says the request itself is at fault (a patch that does not apply, a failing
+    #: command of the user's): the agent is healthy, so its circuit breaker does not count it
+    blames_input: bool = False
 
 
 class AgentResponse(BaseModel):

@@ -620,7 +620,8 @@ def _owner_dead(owner: str) -> bool:
 
 def _error_info(exc: Exception) -> ErrorInfo:
     if isinstance(exc, HandlerError):
-        return ErrorInfo(code=exc.code, message=exc.message, retryable=exc.retryable)
+        return ErrorInfo(code=exc.code, message=exc.message, retryable=exc.retryable,
+                         blames_input=exc.blames_input)
     if isinstance(exc, OrchestratorError):
         return ErrorInfo(code=exc.code, message=exc.message, retryable=False)
     if isinstance(exc, TimeoutError):

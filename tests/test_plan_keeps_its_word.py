@@ -7,7 +7,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from orchestrator.agent import builtin_agents
+import pytest
+
+from agents.developer import file_resource
+from orchestrator.agent import HandlerError, builtin_agents
+from orchestrator.calls import call_agent
+from orchestrator.errors import AgentError
+from orchestrator.messages import AgentResponse, ErrorInfo
+from orchestrator.testing import stand_in
 
 from .fixture_repo import git
 
@@ -52,3 +59,49 @@ async def test_two_tasks_pausing_at_once_pause_dispatch_and_resume_completes(
     assert done.status == "completed", done
     assert done.final_result["done"] == ["a", "b"]
     assert (repo / "pkg" / "a.py").read_text() == "A = 1\n"
+
+
+async def test_errors_that_blame_the_input_never_open_the_breaker(
+    orchestrator_factory, tmp_path
+) -> None:
+    async def refuse(payload, ctx):
+        raise HandlerError(payload["code"], "the request is wrong",
+                           blames_input=payload["blames_input"])
+
+    picky, clumsy = stand_in("picky", {"do": refuse}), stand_in("clumsy", {"do": refuse})
+    orch = await orchestrator_factory(stand_ins=[picky, clumsy], breaker_min_calls=4,
+                                      breaker_window=30)
+    rt = orch.runtime
+    repo = small_repo(tmp_path / "repo")
+    bad_patch = ("--- a/pkg/a.py\n+++ b/pkg/a.py\n@@ -1 +1 @@\n-NOT THERE\n+A = 2\n")
+    task = {"id": "a", "file": "pkg/a.py", "kind": "fix", "patch": bad_patch}
+    for _ in range(10):  # a plan of non-applying patches: the developer is fine
+        with pytest.raises(AgentError) as raised:
+            await call_agent("developer", "develop", {"repo": str(repo), "task": task},
+                             locks=[file_resource(repo, "pkg/a.py")], runtime=rt)
+        assert raised.value.error_code == "patch_failed"
+    for _ in range(10):  # a failing plan command
+        with pytest.raises(AgentError, match="command_failed"):
+            await call_agent("developer", "develop", {"repo": str(repo), "task": {
+                "id": "c", "file": "pkg/c.py", "kind": "new", "command": "python -c 'exit(3)'"}},
+                locks=[file_resource(repo, "pkg/c.py")], runtime=rt)
+    for _ in range(10):  # a code no list knows, marked where it is raised
+        with pytest.raises(AgentError):
+            await call_agent("picky", "do", {"code": "no_such_thing", "blames_input": True},
+                             runtime=rt)
+    assert await rt.breaker.state("developer") == "closed"
+    assert await rt.breaker.state("picky") == "closed"
+    # the same error unmarked is the agent's: it does open the breaker (the test can fail)
+    for _ in range(4):
+        with pytest.raises(AgentError):
+            await call_agent("clumsy", "do", {"code": "no_such_thing", "blames_input": False},
+                             runtime=rt)
+    assert await rt.breaker.state("clumsy") == "open"
+
+
+def test_the_input_blame_travels_in_the_error_info() -> None:
+    info = ErrorInfo(code="patch_failed", message="no", blames_input=True)
+    response = AgentResponse(request_id="r", source="s", status="error", error=info)
+    again = AgentResponse.model_validate_json(response.model_dump_json())
+    assert again.error is not None and again.error.blames_input is True
+    assert ErrorInfo(code="x", message="y").blames_input is False  # old senders: not blamed
