@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -31,7 +30,7 @@ from .agent import Agent
 from .errors import InvalidInput, OrchestratorError, StaleWorkflowVersion, WorkflowBusy
 from .graphs import WorkflowSpec, get_workflow, validate_input
 from .metrics import WORKFLOW_RUNS, WORKFLOW_STEP_SECONDS
-from .processes import parse_process_id, pid_alive
+from .processes import process_alive
 from .runtime import Runtime, use_runtime
 from .settings import Settings
 
@@ -428,9 +427,9 @@ class Orchestrator:
     def _owner_dead(self, record: WorkflowRecord, silent_for: float | None) -> bool:
         if not record.owner:
             return True
-        host, pid = parse_process_id(record.owner)
-        if host == socket.gethostname() and pid is not None:
-            return not pid_alive(pid)
+        alive = process_alive(record.owner)  # None unless the pid provably names the owner
+        if alive is not None:
+            return not alive
         if silent_for is None and record.heartbeat_at is not None:
             from datetime import UTC, datetime
 

@@ -24,8 +24,6 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-import psutil
-
 from .agent import Agent, HandlerError, RequestContext
 from .bus import Delivery, EventBus
 from .childenv import withholding
@@ -38,6 +36,7 @@ from .metrics import (
     WORKER_BACKLOG,
     WORKER_CONCURRENCY,
 )
+from .processes import new_process_id, process_alive
 from .registry import AgentRegistry
 
 __all__ = ["Worker"]
@@ -145,7 +144,7 @@ class Worker:
         self.name = name or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.agent_ids = {a.agent_type: f"{a.agent_type}@{self.name}" for a in self.agents}
         # claims name the process, so a dead owner on this host is recognised at once
-        self._claim_prefix = f"{socket.gethostname()}:{os.getpid()}:{self.name}:"
+        self._claim_prefix = f"{new_process_id()}:{self.name}:"
         self.capacity = {a.agent_type: _Capacity(min_concurrency) for a in self.agents}
         self._stopping = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
@@ -603,19 +602,10 @@ class Worker:
 
 
 def _owner_dead(owner: str) -> bool:
-    """A claim owner (``host:pid:agent_id``) on this host whose process is gone. Owners on other
-    hosts are trusted until their claim's TTL runs out."""
-    host, _, rest = owner.partition(":")
-    pid_text = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid_text.isdigit():
-        return False
-    pid = int(pid_text)
-    if pid == os.getpid():
-        return False
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
+    """A claim owner (``<process id>:<worker>:<agent id>``) whose process provably is gone
+    (:func:`processes.process_alive`). Any other owner (another host or pid namespace, an
+    older version's ``host:pid:...``) is trusted until its claim's TTL runs out."""
+    return process_alive(owner.partition(":")[0]) is False
 
 
 def _error_info(exc: Exception) -> ErrorInfo:

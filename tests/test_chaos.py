@@ -42,6 +42,7 @@ import redis
 from agents.docs import docs_resource
 from agents.docs import render as builtin_render
 from orchestrator.facade import Orchestrator
+from orchestrator.processes import process_id_of
 from orchestrator.testing import DEFAULT_DATABASE_URL, stand_in
 from state.db import Database
 from state.migrations import migrate
@@ -854,12 +855,12 @@ async def test_resume_after_a_kill_before_the_first_checkpoint(
 ) -> None:
     orch = await orchestrator_factory()
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    owner = process_id_of(dead.pid)  # read before it is reaped
     dead.wait()
     # exactly what a `run` killed right after creating its workflow row leaves behind
     thread_id = f"early-kill-{uuid.uuid4().hex[:8]}"
     data = {"package": str(fixture_package), "output": str(tmp_path / "docs")}
-    await orch.runtime.workflows.create(
-        thread_id, "parallel_docs", data, owner=f"{socket.gethostname()}-{dead.pid}-0000dead")
+    await orch.runtime.workflows.create(thread_id, "parallel_docs", data, owner=owner)
     result = await orch.resume(thread_id)
     assert result.status == "completed", result.error
     assert result.final_result["modules"] == 12

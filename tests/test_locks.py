@@ -108,14 +108,13 @@ async def test_an_expired_held_lock_goes_to_the_next_holder_with_a_new_token(rt)
 
 
 async def test_a_lock_whose_holder_process_died_is_taken_over_at_once(rt) -> None:
-    import socket
     import subprocess
 
-    from orchestrator.processes import new_process_id
+    from orchestrator.processes import new_process_id, process_id_of
 
     gone = subprocess.Popen(["true"])
-    gone.wait()  # a pid of this host that no longer runs
-    dead_holder = f"{socket.gethostname()}-{gone.pid}-deadbeef:thread:task"
+    dead_holder = f"{process_id_of(gone.pid)}:thread:task"  # read before it is reaped
+    gone.wait()  # a process of this host that no longer runs
     live_holder = f"{new_process_id()}:thread:task"  # this very process
     locks = rt.locks
     async with locks.acquire("repo:/live", live_holder, ttl=60):
