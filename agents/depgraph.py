@@ -95,6 +95,7 @@ __all__ = [
     "SUFFIXES",
     "DependencyGraph",
     "analyze",
+    "patch_additions",
 ]
 
 SUFFIXES: tuple[str, ...] = (".py", ".js", ".jsx", ".ts", ".tsx", ".mjs", ".cjs")
@@ -553,6 +554,7 @@ def analyze(
     *,
     paths: Iterable[str] | None = None,
     overrides: Mapping[str, str] | None = None,
+    additions: Mapping[str, str] | None = None,
     exclude: Iterable[str] = DEFAULT_EXCLUDES,
 ) -> DependencyGraph:
     """Analyze the imports of a repository (or of a plan's files) into a DependencyGraph.
@@ -574,6 +576,11 @@ def analyze(
             import targets; a ``tsconfig.json`` / ``jsconfig.json`` may be overridden too.
             Without ``paths``, source files in ``overrides`` are analyzed with the
             repository's.
+        additions: repository-relative path -> source lines a plan adds to the file (the
+            ``+`` lines of a patch, see :func:`patch_additions`): their imports count as the
+            file's, on top of its content (on disk or in ``overrides``).  They are fragments:
+            each import statement in them is parsed on its own (indented or not), and what
+            does not parse is ignored.  A file with additions is not "not found".
         exclude: folder (or file) names skipped by the walk.
 
     Python files are parsed one at a time in this thread, under a module lock (CPython
@@ -592,6 +599,7 @@ def analyze(
     root_path = root_path.resolve()
     norm_overrides = {_norm_rel(root_path, k): v for k, v in (overrides or {}).items()}
     plan = None if paths is None else sorted({_norm_rel(root_path, p) for p in paths})
+    norm_additions = {_norm_rel(root_path, k): v for k, v in (additions or {}).items()}
 
     excluded = frozenset((exclude,) if isinstance(exclude, str) else exclude)
     repo = _walk(root_path, excluded, norm_overrides)
@@ -606,7 +614,8 @@ def analyze(
     else:
         files = plan
         for rel in plan:
-            if rel not in norm_overrides and not (root_path / rel).is_file():
+            if (rel not in norm_overrides and rel not in norm_additions
+                    and not (root_path / rel).is_file()):
                 errors[rel] = "file not found (neither on disk nor in overrides)"
     analyzed = [rel for rel in files if rel not in errors and posixpath.splitext(rel)[1] in SUFFIXES]
 
@@ -621,6 +630,16 @@ def analyze(
     for rel, specs in _js_imports(js, errors):
         _resolve_js(repo, rel, specs, targets.setdefault(rel, set()),
                     unresolved.setdefault(rel, set()), errors)
+    for rel, added in sorted(norm_additions.items()):
+        if rel not in files or posixpath.splitext(rel)[1] not in SUFFIXES:
+            continue
+        if rel.endswith(".py"):
+            _resolve_python(repo, rel, _python_fragment_imports(added),
+                            targets.setdefault(rel, set()), unresolved.setdefault(rel, set()))
+        else:  # tree-sitter recovers from fragments; their syntax errors are not the file's
+            for _, specs in _js_imports([(rel, added.encode("utf-8", "surrogatepass"))], {}):
+                _resolve_js(repo, rel, specs, targets.setdefault(rel, set()),
+                            unresolved.setdefault(rel, set()), errors)
 
     keep = set(files)
     edges = [(a, b) for a in sorted(targets) for b in sorted(targets[a]) if b in keep]
@@ -812,6 +831,65 @@ def _python_imports(
                 out.append((rel, _collect_python(tree)))
     finally:
         _gc_resume()
+    return out
+
+
+def patch_additions(patch: str, path: str) -> str:
+    """The lines a unified diff adds to ``path`` (its ``+`` lines, without the ``+``).
+
+    Hunks of other files are left out; a diff that names no file (a bare hunk) counts
+    whole.  ``path`` is repository-relative; ``a/``/``b/`` prefixes in the diff are ignored.
+    """
+    wanted = path.replace("\\", "/").removeprefix("./")
+    current: str | None = None
+    out: list[str] = []
+    for line in patch.splitlines():
+        if line.startswith("+++ "):
+            name = line[4:].split("\t", 1)[0].strip()
+            if name.startswith(("a/", "b/")):
+                name = name[2:]
+            current = name
+            continue
+        if line.startswith("--- ") or line.startswith("diff --git "):
+            continue
+        if line.startswith("+") and (current is None or current == wanted):
+            out.append(line[1:])
+    return "".join(f"{line}\n" for line in out)
+
+
+def _python_fragment_imports(text: str) -> list[_PyImport]:
+    """Import statements found in lines that need not form a module (a patch's additions):
+    each ``import``/``from`` statement is dedented and parsed alone, with its parenthesized
+    or backslash-continued lines; anything that does not parse is skipped."""
+    lines = text.splitlines()
+    statements: list[str] = []
+    i = 0
+    while i < len(lines):
+        first = lines[i].strip()
+        i += 1
+        if not first.startswith(("import ", "from ")):
+            continue
+        parts = [first]
+        depth = first.count("(") - first.count(")")
+        while (depth > 0 or parts[-1].endswith("\\")) and i < len(lines):
+            nxt = lines[i].strip()
+            i += 1
+            parts.append(nxt)
+            depth += nxt.count("(") - nxt.count(")")
+        statements.append("\n".join(parts))
+    out: list[_PyImport] = []
+    if not statements:
+        return out
+    with PARSE_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for statement in statements:
+            for candidate in (statement, statement.partition(";")[0]):  # `import a; if x:`
+                try:
+                    tree = ast.parse(candidate)
+                except (SyntaxError, ValueError, RecursionError, MemoryError):
+                    continue
+                out.extend(_collect_python(tree))
+                break
     return out
 
 

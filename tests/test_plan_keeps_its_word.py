@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from agents.depgraph import analyze, patch_additions
 from agents.developer import file_resource
 from orchestrator.agent import HandlerError, builtin_agents
 from orchestrator.calls import call_agent
@@ -105,3 +106,62 @@ def test_the_input_blame_travels_in_the_error_info() -> None:
     again = AgentResponse.model_validate_json(response.model_dump_json())
     assert again.error is not None and again.error.blames_input is True
     assert ErrorInfo(code="x", message="y").blames_input is False  # old senders: not blamed
+
+
+INIT_PATCH = """\
+--- a/pkg/__init__.py
++++ b/pkg/__init__.py
+@@ -1 +1,9 @@
+ \"\"\"A package.\"\"\"
++from . import extra
++
++
++def helpers():
++    from pkg.tools import (
++        tool,
++    )
++    return tool, extra
+"""
+
+
+def test_the_imports_a_patch_adds_are_dependencies(tmp_path) -> None:
+    repo = small_repo(tmp_path / "repo")
+    (repo / "pkg").mkdir()
+    (repo / "pkg" / "__init__.py").write_text('"""A package."""\n')
+    assert patch_additions(INIT_PATCH, "pkg/__init__.py").splitlines()[0] == "from . import extra"
+    assert patch_additions(INIT_PATCH, "pkg/other.py") == ""  # hunks of other files: none
+    files = ["pkg/__init__.py", "pkg/extra.py", "pkg/tools.py", "web/a.ts", "web/b.ts"]
+    overrides = {"pkg/extra.py": "X = 1\n", "pkg/tools.py": "def tool(): ...\n",
+                 "web/a.ts": "export const a = 1;\n", "web/b.ts": "export const b = 2;\n"}
+    before = analyze(repo, paths=files, overrides=overrides)
+    assert before.edges == []  # the file on disk imports nothing
+    ts_patch = "@@ -1 +1,2 @@\n export const a = 1;\n+import { b } from './b';\n"
+    after = analyze(repo, paths=files, overrides=overrides, additions={
+        "pkg/__init__.py": patch_additions(INIT_PATCH, "pkg/__init__.py"),
+        "web/a.ts": patch_additions(ts_patch, "web/a.ts")})
+    assert after.edges == [("pkg/__init__.py", "pkg/extra.py"), ("pkg/__init__.py", "pkg/tools.py"),
+                           ("web/a.ts", "web/b.ts")]
+    assert after.errors == {}  # fragments are not syntax errors of the file
+
+
+async def test_a_patch_task_runs_after_the_module_its_patch_imports(
+    orchestrator_factory, tmp_path
+) -> None:
+    orch = await orchestrator_factory()
+    repo = small_repo(tmp_path / "repo")
+    (repo / "pkg").mkdir()
+    (repo / "pkg" / "__init__.py").write_text('"""A package."""\n')
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "package")
+    patch = INIT_PATCH.replace("pkg.tools", "pkg.extra").replace("tool,", "X,").replace(
+        "return tool, extra", "return X, extra")
+    plan = {"repo": str(repo), "integration_command": "python -c 'import pkg'", "tasks": [
+        {"id": "init", "file": "pkg/__init__.py", "kind": "fix", "patch": patch},
+        {"id": "extra", "file": "pkg/extra.py", "kind": "new", "content": "X = 1\n"}]}
+    result = await orch.run("plan_execution", {"plan": plan})
+    assert result.status == "completed", result
+    assert result.final_result["batches"] == [["extra"], ["init"]]
+    state = (await orch.get(result.thread_id)).values
+    assert state["analysis"]["edges"] == [["init", "extra"]]
+    init, extra = (state["tasks"][t]["attempts"][-1] for t in ("init", "extra"))
+    assert init["started"] >= extra["finished"]

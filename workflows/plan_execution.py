@@ -228,7 +228,10 @@ def _cache_keys(plan: Plan, deps: dict[str, set[str]], versions: dict[str, str],
 async def analyze(state: PlanState) -> dict[str, Any]:
     plan = _plan(state)
     call = await call_agent("planner", "analyze_plan", {
-        "repo": plan.repo, "files": {t.file: t.content for t in plan.tasks}}, subtask="analyze")
+        "repo": plan.repo, "files": {t.file: t.content for t in plan.tasks},
+        # the imports a patch adds are edges too (its + lines, on top of the file)
+        "patches": {t.file: t.patch for t in plan.tasks if t.patch is not None}},
+        subtask="analyze")
     by_file = {t.file: t.id for t in plan.tasks}
     edges = {(by_file[a], by_file[b]) for a, b in call.result["edges"]
              if a in by_file and b in by_file and a != b}
