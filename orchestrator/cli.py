@@ -12,6 +12,7 @@ import json
 import logging
 import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -32,6 +33,41 @@ class UsageError(Exception):
     """Bad command-line usage: exit 2 with the message."""
 
 
+def _thread_id(value: str) -> str:
+    """argparse type of a thread id: 1-200 printable characters (it is shown, logged, typed)."""
+    if not value:
+        raise argparse.ArgumentTypeError("must not be empty (leave the option out for a new id)")
+    if len(value) > 200:
+        raise argparse.ArgumentTypeError(f"is {len(value)} characters long; at most 200")
+    if not value.isprintable() or value != value.strip():
+        raise argparse.ArgumentTypeError(
+            f"{value!r} holds control characters or surrounding spaces; use printable text")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise argparse.ArgumentTypeError("is not valid UTF-8 text") from None
+    return value
+
+
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{number} is not a positive number")
+    return number
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("langgraph-orchestrator")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="orchestrator",
@@ -41,6 +77,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog="exit codes: 0 completed, 3 interrupted (resume it), 1 failed, 2 bad usage/input",
     )
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     def local_agents_flag(sp: argparse.ArgumentParser) -> None:
@@ -53,13 +90,16 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--input", metavar="FILE", help="JSON input object from FILE, or - for stdin")
     run.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
                      help="set one input field (VALUE parsed as JSON when it is JSON); repeatable")
-    run.add_argument("--thread-id", help="thread id for the new workflow (default: a new UUID)")
+    run.add_argument("--thread-id", type=_thread_id,
+                     help="thread id for the new workflow (default: a new UUID)")
     run.add_argument("--json", action="store_true", help="print the result as one JSON object")
     local_agents_flag(run)
 
     resume = sub.add_parser("resume", help="continue a paused, crashed or failed workflow")
     resume.add_argument("thread_id")
-    resume.add_argument("--value", metavar="JSON", help="answer to the pending interrupt (JSON)")
+    resume.add_argument("--value", metavar="JSON",
+                        help="answer to the pending question, as JSON that fits its schema "
+                        "(`orchestrator show THREAD_ID` prints the question and examples)")
     resume.add_argument("--json", action="store_true", help="print the result as one JSON object")
     local_agents_flag(resume)
 
@@ -70,7 +110,8 @@ def _parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("ls", help="list workflows, most recently updated first")
     ls.add_argument("--status", choices=["running", "interrupted", "completed", "failed"])
     ls.add_argument("--type", dest="workflow_type", help="only this workflow type")
-    ls.add_argument("--limit", type=int, default=50)
+    ls.add_argument("--limit", type=_positive_int, default=50, metavar="N",
+                    help="at most N workflows (default 50)")
     ls.add_argument("--json", action="store_true")
 
     show = sub.add_parser("show", help="show one workflow: record, state, pending interrupts")
@@ -139,28 +180,100 @@ def _parser() -> argparse.ArgumentParser:
 # -- helpers -----------------------------------------------------------------------------------
 
 
+# Bounds on what ``run`` accepts: a workflow's input is stored in its record and in every
+# checkpoint, so a multi-megabyte value is a mistake, and a deeply nested one only crashes
+# whatever walks it recursively later (the JSON decoder, pydantic, psycopg).
+MAX_INPUT_BYTES = 8 * 1024 * 1024
+MAX_INPUT_DEPTH = 100
+
+
+def _utf8(value: str, what: str) -> str:
+    """``value`` if it is valid UTF-8 text (argv smuggles undecodable bytes in as surrogates)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UsageError(f"{what} is not valid UTF-8 text") from None
+    return value
+
+
+def _read_input(source: str, stdin: TextIO) -> str:
+    """The text of ``--input`` (a file, or ``-`` for stdin), at most MAX_INPUT_BYTES of UTF-8."""
+    limit = MAX_INPUT_BYTES
+    try:
+        if source == "-":
+            binary = getattr(stdin, "buffer", None)
+            raw: bytes | str = (binary.read(limit + 1) if binary is not None
+                                else stdin.read(limit + 1))
+        else:
+            with open(source, "rb") as fh:
+                raw = fh.read(limit + 1)
+    except OSError as exc:
+        raise UsageError(f"cannot read --input {source}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:  # a text stdin that cannot decode what it was given
+        raise UsageError(f"--input {source} is not UTF-8 text") from None
+    size = len(raw if isinstance(raw, bytes) else raw.encode("utf-8", "surrogateescape"))
+    if size > limit:
+        raise UsageError(f"--input {source} is larger than {limit // (1024 * 1024)} MiB; "
+                         "a workflow input holds paths and settings, not data")
+    if isinstance(raw, str):
+        return _utf8(raw, f"--input {source}")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"--input {source} is not UTF-8 text (byte {exc.start}: "
+                         f"{raw[exc.start:exc.start + 1]!r})") from None
+
+
+def _too_deep(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests lists and objects more than ``limit`` levels (no recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth > limit:
+                return True
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+def _load_json(text: str, what: str, *, lenient: bool = False) -> Any:
+    """``text`` decoded as JSON, refused when it nests too deep; ``lenient``: text that is
+    not JSON is returned as it is (``--set name=value``)."""
+    try:
+        loaded = json.loads(text)
+    except json.JSONDecodeError as exc:
+        if lenient:
+            return text
+        raise UsageError(f"{what} is not valid JSON: {exc}") from None
+    except RecursionError:  # the decoder gave up: deeper than the interpreter's stack
+        loaded, deep = None, True
+    else:
+        deep = _too_deep(loaded, MAX_INPUT_DEPTH)
+    if deep:
+        raise UsageError(f"{what} nests lists or objects more than {MAX_INPUT_DEPTH} levels deep")
+    return loaded
+
+
 def _parse_input(args: argparse.Namespace, stdin: TextIO) -> dict[str, Any]:
     data: dict[str, Any] = {}
+    size = 0
     if args.input:
-        try:
-            text = stdin.read() if args.input == "-" else Path(args.input).read_text()
-        except OSError as exc:
-            raise UsageError(f"cannot read --input {args.input}: {exc.strerror}") from None
-        try:
-            loaded = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise UsageError(f"--input {args.input} is not valid JSON: {exc}") from None
+        text = _read_input(args.input, stdin)
+        size += len(text)
+        loaded = _load_json(text, f"--input {args.input}")
         if not isinstance(loaded, dict):
             raise UsageError(f"--input {args.input} must hold a JSON object")
         data.update(loaded)
     for item in args.set:
-        key, sep, raw = item.partition("=")
+        key, sep, raw = _utf8(item, "--set").partition("=")
         if not sep or not key:
-            raise UsageError(f"--set expects KEY=VALUE, got {item!r}")
-        try:
-            data[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            data[key] = raw
+            raise UsageError(f"--set expects KEY=VALUE, got {item[:200]!r}")
+        size += len(raw)
+        data[key] = _load_json(raw, f"--set {key}", lenient=True)
+    if size > MAX_INPUT_BYTES:
+        raise UsageError(f"the input is larger than {MAX_INPUT_BYTES // (1024 * 1024)} MiB; "
+                         "a workflow input holds paths and settings, not data")
     return data
 
 
@@ -198,27 +311,65 @@ def _print_result(result: Any, args: argparse.Namespace, out: TextIO) -> int:
     return _STATUS_EXIT.get(result.status, EXIT_FAILED)
 
 
+class _LogHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The CLI's log handler: clears the progress line of its stream before a record is
+    written, and draws it again after, so a warning never lands inside the progress line."""
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__(stream)
+        self.progress: _ProgressPrinter | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        progress = self.progress
+        if progress is None:
+            super().emit(record)
+            return
+        with progress.lock:
+            progress.erase()
+            super().emit(record)
+            progress.draw()
+
+
 class _ProgressPrinter:
     """Progress on a terminal: one rewritten line per finished step."""
 
     def __init__(self, stream: TextIO) -> None:
         self.stream = stream
         self.enabled = stream.isatty()
-        self.width = 0
+        self.line = ""
+        self.lock = threading.RLock()  # log records come from worker threads too
+        self._handlers = [h for h in logging.getLogger().handlers
+                          if isinstance(h, _LogHandler) and h.stream is stream]
+        if self.enabled:
+            for handler in self._handlers:
+                handler.progress = self
 
     def __call__(self, progress: Any) -> None:
         if not self.enabled:
             return
         count = f"[{progress.done}/{progress.total}] " if progress.total else ""
-        line = f"{count}{progress.label}"[:120]
-        self.stream.write("\r" + line.ljust(self.width))
-        self.stream.flush()
-        self.width = len(line)
+        with self.lock:
+            self.erase()
+            self.line = f"{count}{progress.label}"[:120]
+            self.draw()
+
+    def draw(self) -> None:
+        if self.line:
+            self.stream.write("\r" + self.line)
+            self.stream.flush()
+
+    def erase(self) -> None:
+        if self.line:
+            self.stream.write("\r" + " " * len(self.line) + "\r")
+            self.stream.flush()
 
     def finish(self) -> None:
-        if self.enabled and self.width:
-            self.stream.write("\r" + " " * self.width + "\r")
-            self.stream.flush()
+        with self.lock:
+            self.erase()
+            self.line = ""
+        for handler in self._handlers:
+            if handler.progress is self:
+                handler.progress = None
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -412,6 +563,22 @@ async def _cmd_locks(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: 
     return EXIT_OK
 
 
+async def _dead_letter_ids(bus: Any, agent_type: str, wanted: list[str]) -> list[str]:
+    """``wanted`` (all of ``agent_type``'s dead letters when empty), each checked to exist.
+
+    Raises:
+        UsageError: naming the ids that are not dead letters of ``agent_type``.
+    """
+    present = [d["id"] for d in await bus.dead_letters(agent_type, 100_000)]
+    if not wanted:
+        return present
+    unknown = [i for i in wanted if i not in set(present)]
+    if unknown:
+        raise UsageError(f"no dead letter {', '.join(unknown)} for agent type {agent_type!r}; "
+                         f"`orchestrator dlq ls --agent {agent_type}` lists them")
+    return list(dict.fromkeys(wanted))
+
+
 async def _cmd_dlq(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
     from .bus import DecodeFailure
     from .runtime import Runtime
@@ -438,18 +605,26 @@ async def _cmd_dlq(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: Te
             _print_json(found[0], out)
             return EXIT_OK
         if args.dlq_command == "replay":
-            ids = args.ids or [d["id"] for d in await bus.dead_letters(args.agent, 100_000)]
-            failed = 0
+            ids = await _dead_letter_ids(bus, args.agent, args.ids)
+            if not ids:
+                out.write(f"no dead letters for agent type {args.agent!r}: nothing queued\n")
+                return EXIT_OK
+            queued, failed = 0, 0
             for entry_id in ids:
                 try:
                     request = await bus.replay_dead_letter(args.agent, entry_id)
-                    out.write(f"replayed {entry_id} as request {request.request_id}\n")
                 except (KeyError, DecodeFailure) as exc:
                     failed += 1
                     err.write(f"cannot replay {entry_id}: {exc}; purge it instead\n")
+                    continue
+                queued += 1
+                out.write(f"replayed {entry_id} as request {request.request_id} "
+                          f"({request.target}.{request.request_type}, attempt {request.attempt})\n")
+            out.write(f"queued {queued} of {len(ids)} dead letter(s) for {args.agent!r} again\n")
             return EXIT_FAILED if failed else EXIT_OK
         if args.dlq_command == "purge":
-            n = await bus.purge_dead_letters(args.agent, args.ids or None)
+            ids = await _dead_letter_ids(bus, args.agent, args.ids) if args.ids else None
+            n = await bus.purge_dead_letters(args.agent, ids)
             out.write(f"purged {n} dead letter(s)\n")
             return EXIT_OK
     raise UsageError("usage: orchestrator dlq ls|show|replay|purge")
@@ -538,11 +713,12 @@ def main(
     if not args.command:
         parser.print_help(out)
         return EXIT_USAGE
-    logging.basicConfig(
-        level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=err,
-    )
+    handler = _LogHandler(err)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    saved_level = root.level
+    root.addHandler(handler)
+    root.setLevel([logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)])
     try:
         return asyncio.run(_COMMANDS[args.command](args, out, err, inp))
     except (UsageError, InvalidInput) as exc:
@@ -554,12 +730,27 @@ def main(
     except KeyboardInterrupt:
         err.write("interrupted; `orchestrator recover` continues running workflows\n")
         return 130
-    except Exception as exc:  # e.g. the database or Redis cannot be reached
+    except Exception as exc:
         if args.verbose:
             log.exception("command failed")
-        err.write(f"orchestrator: {type(exc).__name__}: {exc}\n"
-                  "  (check ORCHESTRATOR_DATABASE_URL / ORCHESTRATOR_REDIS_URL; -v for details)\n")
+        err.write(f"orchestrator: {type(exc).__name__}: {exc}\n  ({_hint(exc)})\n")
         return EXIT_FAILED
+    finally:
+        root.removeHandler(handler)  # main() may run again in one process (tests, embedding)
+        root.setLevel(saved_level)
+
+
+def _hint(exc: BaseException) -> str:
+    """What to check after an unexpected error: the services only when they are the cause."""
+    import psycopg
+    import redis
+
+    from .services import EmbeddedServiceError
+
+    if isinstance(exc, psycopg.OperationalError | redis.ConnectionError | redis.TimeoutError
+                  | ConnectionError | EmbeddedServiceError):
+        return "check ORCHESTRATOR_DATABASE_URL / ORCHESTRATOR_REDIS_URL; -v for details"
+    return "an unexpected error; -v shows where it happened"
 
 
 if __name__ == "__main__":  # pragma: no cover

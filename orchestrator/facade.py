@@ -200,7 +200,11 @@ class Orchestrator:
         """
         spec = get_workflow(workflow, self._extra)
         validated = validate_input(spec, input)
-        thread_id = thread_id or str(uuid.uuid4())
+        if thread_id is None:
+            thread_id = str(uuid.uuid4())
+        elif not thread_id or not thread_id.isprintable() or len(thread_id) > 200:
+            raise InvalidInput(f"thread id {thread_id[:200]!r} must be 1-200 printable "
+                               "characters; leave it out for a new id")
         try:
             record = await self.runtime.workflows.create(
                 thread_id, workflow, validated.model_dump(mode="json"), owner=self.owner
@@ -316,7 +320,8 @@ class Orchestrator:
         except Exception as exc:
             error = exc.to_dict() if isinstance(exc, OrchestratorError) else {
                 "code": "internal_error", "message": f"{type(exc).__name__}: {exc}"}
-            log.warning("workflow %s failed: %s", thread_id, error["message"])
+            # info, not warning: the error is returned to the caller, who reports it once
+            log.info("workflow %s failed: %s", thread_id, error["message"])
             with contextlib.suppress(Exception):
                 await self._set(thread_id, version, status="failed", error=error, owner=None)
             WORKFLOW_RUNS.labels(workflow, "failed").inc()

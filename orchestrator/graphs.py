@@ -88,6 +88,11 @@ def validate_input(spec: WorkflowSpec, data: Any) -> BaseModel:
         raise InvalidInput(f"{spec.name} input must be a JSON object, not {type(data).__name__}")
     try:
         return spec.input_model.model_validate(data)
+    except OSError as exc:  # a validator touched the file system with a path it refuses
+        raise InvalidInput(
+            f"{spec.name}: the input names a path the system refuses ({exc.strerror or exc}); "
+            "give existing paths of ordinary length"
+        ) from None
     except ValidationError as exc:
         problems = []
         for err in exc.errors():

@@ -157,6 +157,7 @@ async def test_dlq_ls_show_replay_purge(env, orchestrator_settings) -> None:
     code, out, err = await asyncio.to_thread(run_cli, "dlq", "replay", "docs")
     assert code == 1  # the garbage one cannot be replayed...
     assert f"replayed {letters[0]['id']} as request {good.request_id}" in out
+    assert "queued 1 of 2 dead letter(s) for 'docs' again" in out
     assert f"cannot replay {letters[1]['id']}" in err and "purge it instead" in err
     code, out, _ = await asyncio.to_thread(run_cli, "dlq", "purge", "docs")
     assert code == 0 and out == "purged 1 dead letter(s)\n"
@@ -191,3 +192,97 @@ def test_analyze_prints_edges_cycles_batches_and_the_critical_path(tmp_path) -> 
     assert "pkg/a.py -> pkg/b.py -> pkg/c.py -> pkg/a.py" in text
     code, _, err = run_cli("analyze", str(tmp_path / "missing"))
     assert code == 2 and "is not a folder" in err
+
+
+# -- the edges: every bad input exits 2 naming it, never with the services hint ------------------
+
+
+def run_cli_any(*argv: str, stdin: str = "") -> tuple[int, str, str]:
+    """run_cli, also for errors argparse reports itself (SystemExit, on sys.stderr)."""
+    import contextlib
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+        try:
+            code = cli.main(list(argv), stdout=out, stderr=err, stdin=io.StringIO(stdin))
+        except SystemExit as exc:
+            code = int(exc.code or 0)
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_bad_input_files_and_values_exit_2_naming_them(env, tmp_path) -> None:
+    not_utf8 = tmp_path / "latin1.json"
+    not_utf8.write_bytes(b'{"package": "caf\xe9"}')
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    deep_object = tmp_path / "deep_object.json"
+    deep_object.write_text('{"package": ' + "[" * 500 + "]" * 500 + "}")
+    huge_value = tmp_path / "huge.json"
+    huge_value.write_text(json.dumps({"package": "a" * 5_000_000, "output": "x"}))
+    too_big = tmp_path / "big.json"
+    too_big.write_text(json.dumps({"package": "a" * 9_000_000}))
+    long_name = tmp_path / "long_name.json"
+    long_name.write_text(json.dumps({"package": "a" * 300, "output": "x"}))
+    cases = [
+        (["--input", str(not_utf8)], f"--input {not_utf8} is not UTF-8 text"),
+        (["--input", str(deep)], "nests lists or objects more than 100 levels deep"),
+        (["--input", str(deep_object)], "nests lists or objects more than 100 levels deep"),
+        (["--set", "package=" + "[" * 100_000], "--set package nests lists or objects more than 100"),
+        (["--set", "package=caf\udce9"], "--set is not valid UTF-8 text"),
+        (["--input", str(huge_value)], "input field 'package': String should have at most 4096"),
+        (["--input", str(too_big)], "is larger than 8 MiB"),
+        (["--input", str(long_name)], "cannot use " + "a" * 300 + " as a package folder: "
+                                      "File name too long"),
+    ]
+    for argv, message in cases:
+        code, out, err = run_cli_any("run", "parallel_docs", *argv)
+        assert (code, message) == (2, message) and message in err, (argv[:2], err[:500])
+        assert "ORCHESTRATOR_DATABASE_URL" not in err and len(err) < 2000
+
+
+def test_non_utf8_on_stdin_exits_2(env) -> None:
+    class BinaryStdin(io.StringIO):
+        buffer = io.BytesIO(b'{"package": "\xff"}')
+
+    out, err = io.StringIO(), io.StringIO()
+    code = cli.main(["run", "parallel_docs", "--input", "-"], stdout=out, stderr=err,
+                    stdin=BinaryStdin())
+    assert code == 2 and "--input - is not UTF-8 text" in err.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["ls", "--limit", "-1"], "argument --limit: -1 is not a positive number"),
+        (["ls", "--limit", "0"], "argument --limit: 0 is not a positive number"),
+        (["run", "parallel_docs", "--thread-id", ""], "argument --thread-id: must not be empty"),
+        (["run", "parallel_docs", "--thread-id", "a\nb"], "holds control characters"),
+        (["run", "parallel_docs", "--thread-id", "a\x1b[2J"], "holds control characters"),
+        (["run", "parallel_docs", "--thread-id", " padded"], "surrounding spaces"),
+        (["dlq", "replay", "docs", "bogus-id"], "no dead letter bogus-id for agent type 'docs'"),
+        (["dlq", "purge", "docs", "bogus-id"], "no dead letter bogus-id for agent type 'docs'"),
+        (["dlq", "show", "docs", "bogus-id"], "no dead letter bogus-id for agent type 'docs'"),
+    ],
+)
+def test_bad_arguments_exit_2_naming_them(env, argv, message) -> None:
+    code, out, err = run_cli_any(*argv)
+    assert code == 2 and message in err, (out, err)
+    assert "ORCHESTRATOR_DATABASE_URL" not in err
+
+
+async def test_an_empty_thread_id_is_refused_by_the_api_too(orchestrator_factory) -> None:
+    from orchestrator.errors import InvalidInput
+
+    orch = await orchestrator_factory()
+    for bad in ("", "a\x00b"):
+        with pytest.raises(InvalidInput, match="must be 1-200 printable characters"):
+            await orch.run("parallel_docs", {"package": "json", "output": "/tmp/x"}, bad)
+
+
+def test_version() -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "orchestrator.cli", "--version"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout == "orchestrator 0.1.0\n"

@@ -31,6 +31,8 @@ from state.schema import MultiAgentState, now_iso
 
 __all__ = ["ParallelDocsInput", "ParallelDocsState", "builder", "workflow"]
 
+_PATH_MAX = 4096  # bytes in a path on Linux; longer input is not a path (nor a package name)
+
 
 class ParallelDocsInput(BaseModel):
     """What ``parallel_docs`` needs. Validation resolves both to absolute folders."""
@@ -38,9 +40,11 @@ class ParallelDocsInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     package: str = Field(
-        min_length=1, description="folder of a Python package, or an importable package name"
+        min_length=1, max_length=_PATH_MAX,
+        description="folder of a Python package, or an importable package name",
     )
-    output: str = Field(min_length=1, description="folder to write the Markdown into")
+    output: str = Field(min_length=1, max_length=_PATH_MAX,
+                        description="folder to write the Markdown into")
 
     @field_validator("package")
     @classmethod
@@ -50,9 +54,12 @@ class ParallelDocsInput(BaseModel):
     @field_validator("output")
     @classmethod
     def _resolve_output(cls, value: str) -> str:
-        path = Path(value).expanduser().resolve()
-        if path.exists() and not path.is_dir():
-            raise ValueError(f"{value} exists and is not a folder; choose a folder for the docs")
+        try:
+            path = Path(value).expanduser().resolve()
+            if path.exists() and not path.is_dir():
+                raise ValueError(f"{value} exists and is not a folder; choose a folder for the docs")
+        except OSError as exc:  # a name too long, a loop of symlinks, no permission
+            raise ValueError(f"cannot use {value} as a folder: {exc.strerror or exc}") from None
         return str(path)
 
 
@@ -63,8 +70,11 @@ def resolve_package(value: str) -> Path:
         ValueError: neither; the message says what was looked for.
     """
     path = Path(value).expanduser()
-    if path.is_dir():
-        return path.resolve()
+    try:
+        if path.is_dir():
+            return path.resolve()
+    except OSError as exc:  # a name too long, a loop of symlinks, no permission
+        raise ValueError(f"cannot use {value} as a package folder: {exc.strerror or exc}") from None
     looks_like_path = os.sep in value or value.startswith(".") or path.suffix == ".py"
     if looks_like_path:
         raise ValueError(f"package folder {value} does not exist; give a folder or a package name")

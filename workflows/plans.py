@@ -152,6 +152,61 @@ def parse_plan(raw: Any, *, base: Path | None = None) -> Plan:
     return plan.model_copy(update={"repo": str(repo.resolve())})
 
 
+# A plan of a thousand tasks is a few tens of thousands of YAML nodes; far more, counting each
+# alias as the copy it becomes, is an alias bomb (a 687-byte plan of nested anchors expands to
+# gigabytes once validated), refused before anything is built from it.
+MAX_PLAN_NODES = 200_000
+
+
+class _PlanLoader(yaml.SafeLoader):
+    """SafeLoader that measures a document before constructing it: aliases are counted as
+    the copies validation makes of them, and a document too big or recursive is refused."""
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        _check_expansion(node, MAX_PLAN_NODES)
+        return super().construct_document(node)
+
+
+def _check_expansion(root: yaml.Node, limit: int) -> None:
+    """Raise PlanError when ``root`` expands to more than ``limit`` nodes or contains itself.
+
+    Each distinct node's expanded size is computed once (iteratively, post-order), so the
+    check costs time in the size of the text, not of its expansion.
+    """
+    sizes: dict[int, int] = {}
+    on_path: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        if children_done:
+            on_path.discard(key)
+            children = _children(node)
+            sizes[key] = 1 + sum(sizes[id(c)] for c in children)
+            if sizes[key] > limit:
+                raise PlanError(
+                    f"the plan expands to more than {limit:,} YAML nodes (line "
+                    f"{node.start_mark.line + 1}): anchors and aliases (&name, *name) "
+                    "repeat what they name; a plan that big is refused")
+            continue
+        if key in sizes:
+            continue
+        if key in on_path:
+            raise PlanError(f"the plan contains itself through an alias (line "
+                            f"{node.start_mark.line + 1}); a plan must be a tree")
+        on_path.add(key)
+        stack.append((node, True))
+        stack.extend((c, False) for c in _children(node) if id(c) not in sizes)
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return []
+
+
 def load_plan(path: str | Path) -> Plan:
     """Read a plan from a YAML or JSON file; a relative ``repo`` is relative to the file.
 
@@ -164,9 +219,13 @@ def load_plan(path: str | Path) -> Plan:
     except OSError as exc:
         raise PlanError(f"cannot read plan {path}: {exc.strerror or exc}") from None
     try:
-        raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        raw = json.loads(text) if path.suffix == ".json" else yaml.load(text, _PlanLoader)  # noqa: S506
     except json.JSONDecodeError as exc:
         raise PlanError(f"plan {path} is not valid JSON: {exc}") from None
     except yaml.YAMLError as exc:
         raise PlanError(f"plan {path} is not valid YAML: {exc}") from None
+    except RecursionError:
+        raise PlanError(f"plan {path} nests lists or mappings too deeply") from None
+    except PlanError as exc:
+        raise PlanError(f"plan {path}: {exc}") from None
     return parse_plan(raw, base=path.resolve().parent)
