@@ -691,6 +691,10 @@ async def _cmd_services(args: argparse.Namespace, out: TextIO, err: TextIO, stdi
     raise UsageError("usage: orchestrator services status|stop")
 
 
+# the commands that open the services (and so create a data dir when they are embedded)
+_USES_SERVICES = {"run", "resume", "recover", "ls", "show", "agents", "worker", "locks", "dlq",
+                  "db"}
+
 _COMMANDS = {
     "run": _cmd_run, "resume": _cmd_resume, "recover": _cmd_recover, "ls": _cmd_ls,
     "show": _cmd_show, "graphs": _cmd_graphs, "agents": _cmd_agents, "worker": _cmd_worker,
@@ -720,6 +724,8 @@ def main(
     root.addHandler(handler)
     root.setLevel([logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)])
     try:
+        if args.command in _USES_SERVICES:
+            _announce_new_data_dir(err)
         return asyncio.run(_COMMANDS[args.command](args, out, err, inp))
     except (UsageError, InvalidInput) as exc:
         err.write(f"orchestrator: error: {exc}\n")
@@ -738,6 +744,18 @@ def main(
     finally:
         root.removeHandler(handler)  # main() may run again in one process (tests, embedding)
         root.setLevel(saved_level)
+
+
+def _announce_new_data_dir(err: TextIO) -> None:
+    """One line on stderr when this command is about to create a data dir: a command run
+    from the wrong folder should not start a second, empty set of services unnoticed."""
+    settings = Settings.from_env()
+    embedded = settings.database_url is None or settings.redis_url is None
+    if embedded and not settings.data_dir.exists():
+        err.write(f"orchestrator: creating a new data dir {settings.data_dir.absolute()} "
+                  "(no .orchestrator folder here or above; set ORCHESTRATOR_DATA_DIR to "
+                  "use another)\n")
+        err.flush()
 
 
 def _hint(exc: BaseException) -> str:

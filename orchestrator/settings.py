@@ -22,9 +22,24 @@ from pydantic import (
 
 from .errors import InvalidInput
 
-__all__ = ["Settings", "ENV_PREFIX"]
+__all__ = ["Settings", "ENV_PREFIX", "DATA_DIR_NAME", "find_data_dir"]
 
 ENV_PREFIX = "ORCHESTRATOR_"
+DATA_DIR_NAME = ".orchestrator"
+
+
+def find_data_dir(start: Path) -> Path | None:
+    """The nearest ``.orchestrator`` folder in ``start`` or above it, the way git finds
+    ``.git``: a command run from a sub-folder uses the project's data dir."""
+    start = start.absolute()
+    for folder in (start, *start.parents):
+        candidate = folder / DATA_DIR_NAME
+        try:
+            if candidate.is_dir():
+                return candidate
+        except OSError:  # a parent we may not look into
+            continue
+    return None
 
 
 class Settings(BaseModel):
@@ -38,7 +53,11 @@ class Settings(BaseModel):
     redis_url: str | None = Field(
         None, description="Redis URL; unset starts the embedded Redis in data_dir"
     )
-    data_dir: Path = Field(Path(".orchestrator"), description="home of the embedded services")
+    data_dir: Path = Field(
+        Path(DATA_DIR_NAME),
+        description="home of the embedded services; from_env: the nearest .orchestrator folder "
+        "in the current directory or above, else ./.orchestrator",
+    )
     namespace: str = Field(
         "orchestrator",
         pattern=r"^[A-Za-z0-9_.-]{1,64}$",
@@ -113,8 +132,14 @@ class Settings(BaseModel):
         return self
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, *, cwd: Path | None = None,
+        **overrides: object,
+    ) -> Settings:
         """Build settings from ``ORCHESTRATOR_*`` variables; ``overrides`` win.
+
+        Without ``ORCHESTRATOR_DATA_DIR`` the data dir is the nearest ``.orchestrator`` folder
+        in ``cwd`` (default: the current directory) or above it, else ``cwd/.orchestrator``.
 
         Raises:
             InvalidInput: a variable has a value of the wrong shape; the message names it.
@@ -126,6 +151,9 @@ class Settings(BaseModel):
             if raw is not None and raw != "":
                 values[name] = raw
         values.update({k: v for k, v in overrides.items() if v is not None})
+        if "data_dir" not in values:
+            here = Path.cwd() if cwd is None else cwd
+            values["data_dir"] = find_data_dir(here) or here.absolute() / DATA_DIR_NAME
         try:
             return cls(**values)  # type: ignore[arg-type]
         except ValidationError as exc:

@@ -108,6 +108,54 @@ def test_an_interrupted_run_exits_3_and_says_how_to_resume(env, monkeypatch) -> 
     assert json.loads(out)["final_result"] == {"status": "failed", "approved": False, "by": "bo"}
 
 
+def test_a_missing_or_malformed_answer_exits_2_and_the_question_stays(env, monkeypatch) -> None:
+    """Review L1/R6 (no --value crashed inside LangGraph and failed the workflow) and H2."""
+    from orchestrator import graphs
+    from orchestrator.runtime import Runtime
+
+    monkeypatch.setattr(graphs, "available_workflows", lambda: {"approval": approval})
+
+    async def review(payload, ctx):
+        return {"verdict": "ok"}
+
+    real_open = Runtime.open
+    monkeypatch.setattr(Runtime, "open", lambda settings, *, agents=None: real_open(
+        settings, agents=[stand_in("reviewer", {"review": review})]))
+    code, out, err = run_cli("run", "approval", "--set", "change=PR-2", "--thread-id", "ask-1")
+    assert code == 3, err
+    # the pending question is shown with what it expects and how to answer
+    assert "question (approval): approve PR-2?" in out
+    assert "answer: {by: string, approve: boolean}" in out
+    assert """resume with: orchestrator resume ask-1 --value '{"approve": true, "by": "ana"}'""" \
+        in out
+
+    def status() -> str:
+        code, out, _ = run_cli("show", "ask-1", "--json")
+        return json.loads(out)["status"]
+
+    code, out, err = run_cli("resume", "ask-1")
+    assert code == 2, (out, err)
+    assert "workflow ask-1 waits for an answer" in err and "approve PR-2?" in err
+    assert '"approve": {"title": "Approve", "type": "boolean"}' in err  # its schema
+    assert err.count("waits for an answer") == 1 and "Traceback" not in err
+    assert status() == "interrupted"
+
+    for value, problem in [('{"approve": "false", "by": "bo"}', "approve: 'false' is not of "
+                            "type 'boolean'"), ('"yes"', "is not of type 'object'"),
+                           ('{"aprove": true, "by": "bo"}', "'aprove' was unexpected"),
+                           ("null", "waits for an answer")]:
+        code, out, err = run_cli("resume", "ask-1", "--value", value)
+        assert code == 2, (value, out, err)
+        assert problem in err and err.count("orchestrator: error:") == 1, err
+        assert status() == "interrupted"
+    code, out, err = run_cli("resume", "ask-1", "--value", '{"approve": true, "by": "bo"}')
+    assert code == 0, err
+    # answering a workflow that waits for nothing is refused too, not silently ignored
+    code, out, err = run_cli("resume", "ask-1", "--value", '{"approve": false, "by": "bo"}')
+    assert code == 2 and "waits for no answer" in err
+    assert status() == "completed"
+
+
 def test_graphs_lists_parallel_docs(env) -> None:
     code, out, _ = run_cli("graphs")
     assert code == 0 and "parallel_docs" in out and "input: package, output" in out
@@ -286,3 +334,47 @@ def test_version() -> None:
     done = subprocess.run([sys.executable, "-m", "orchestrator.cli", "--version"],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stdout == "orchestrator 0.1.0\n"
+
+
+# -- the data dir is found the way git finds .git ---------------------------------------------
+
+
+def test_the_data_dir_is_the_nearest_orchestrator_folder_above(tmp_path) -> None:
+    from orchestrator.settings import Settings
+
+    deep = tmp_path / "proj" / "src" / "pkg"
+    deep.mkdir(parents=True)
+    assert Settings.from_env({}, cwd=deep).data_dir == deep / ".orchestrator"  # none yet
+    (tmp_path / "proj" / ".orchestrator").mkdir()
+    assert Settings.from_env({}, cwd=deep).data_dir == tmp_path / "proj" / ".orchestrator"
+    (tmp_path / "proj" / "src" / ".orchestrator").write_text("a file, not a data dir")
+    assert Settings.from_env({}, cwd=deep).data_dir == tmp_path / "proj" / ".orchestrator"
+    explicit = {"ORCHESTRATOR_DATA_DIR": str(tmp_path / "elsewhere")}
+    assert Settings.from_env(explicit, cwd=deep).data_dir == tmp_path / "elsewhere"
+
+
+def test_a_command_that_creates_a_data_dir_says_where_and_sub_folders_reuse_it(
+    service_env, tmp_path
+) -> None:
+    import subprocess
+    import sys
+
+    from orchestrator.services import embedded_status
+
+    env = {k: v for k, v in service_env.items() if k != "ORCHESTRATOR_REDIS_URL"}  # embedded
+    project = tmp_path / "proj"
+    (project / "sub").mkdir(parents=True)
+
+    def ls(cwd):
+        return subprocess.run([sys.executable, "-m", "orchestrator.cli", "ls"], cwd=cwd, env=env,
+                              capture_output=True, text=True, timeout=120)
+
+    first = ls(project)
+    assert first.returncode == 0, first.stderr
+    assert first.stderr.count("\n") == 1
+    assert f"creating a new data dir {project / '.orchestrator'} " in first.stderr
+    again = ls(project / "sub")  # found above, not a second one in sub/
+    assert again.returncode == 0 and again.stderr == "", again.stderr
+    assert not (project / "sub" / ".orchestrator").exists()
+    assert (project / ".orchestrator" / "redis").is_dir()
+    assert not embedded_status(project / ".orchestrator")["redis"]["running"]
