@@ -9,6 +9,9 @@ Request types:
   "batches", "critical_path", "unresolved", "errors"}``.
 * ``analyze_repository`` ``{"repo"}`` → the same for every Python, JavaScript and TypeScript
   file of the repository.
+* ``file_hashes`` ``{"repo", "files": [path...]}`` → ``{"sha256": {path: hex digest, or null
+  when the file does not exist}}``: what the working tree holds now (plan_execution checks a
+  cached task's result against it).
 
 The analysis is ``agents/depgraph.py``: Python through ``ast``, JavaScript and TypeScript
 through tree-sitter.
@@ -17,6 +20,8 @@ through tree-sitter.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+from pathlib import Path
 from typing import Any
 
 from orchestrator.agent import Agent, HandlerError, RequestContext
@@ -53,6 +58,29 @@ async def analyze_plan(payload: dict[str, Any], ctx: RequestContext) -> dict[str
         return await asyncio.to_thread(graph.to_dict, weights=weights)
     except ValueError as exc:  # a path outside the repository, a bad weight
         raise HandlerError("invalid_input", str(exc)) from None
+
+
+def _sha256(repo: Path, rel: str) -> str | None:
+    path = (repo / rel).resolve()
+    if not path.is_relative_to(repo):
+        raise HandlerError("unsafe_path", f"{rel} is outside the repository {repo}")
+    try:
+        digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+        return digest.hexdigest()
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        return None
+
+
+@agent.handler("file_hashes")
+async def file_hashes(payload: dict[str, Any], ctx: RequestContext) -> dict[str, Any]:
+    repo = await resolve_folder(payload.get("repo"))
+    files = payload.get("files")
+    if not isinstance(files, list) or not all(isinstance(f, str) and f for f in files):
+        raise HandlerError("invalid_input", "payload needs 'files': [path, ...]")
+    return {"sha256": await asyncio.to_thread(lambda: {f: _sha256(repo, f) for f in files})}
 
 
 @agent.handler("analyze_repository")

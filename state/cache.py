@@ -5,6 +5,10 @@ a ``CachePolicy``: LangGraph looks results up by the policy's key before running
 what it returned after. Entries are per namespace (like everything else) and expire with the
 policy's ``ttl``. Only the async methods are supported: the orchestrator runs graphs with
 ``astream``/``ainvoke``.
+
+A cache cannot know whether what it holds is still true outside it (a task's result in a
+working tree that was since reset): a graph that finds out forgets the entry with
+:meth:`PostgresCache.aforget`, and calling the task again then runs it.
 """
 
 from __future__ import annotations
@@ -13,12 +17,19 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from langgraph.cache.base import BaseCache, FullKey, Namespace
+from xxhash import xxh3_128_hexdigest
 
 from .db import Database
 
-__all__ = ["PostgresCache"]
+__all__ = ["PostgresCache", "stored_key"]
 
 _SEP = "\x1f"
+
+
+def stored_key(policy_key: str | bytes) -> str:
+    """The key LangGraph stores for what a ``CachePolicy.key_func`` returned (its xxh3-128
+    digest, as ``langgraph.pregel._algo`` computes it)."""
+    return xxh3_128_hexdigest(policy_key.encode() if isinstance(policy_key, str) else policy_key)
 
 
 class PostgresCache(BaseCache[Any]):
@@ -76,6 +87,15 @@ class PostgresCache(BaseCache[Any]):
                         created_at = now(), expires_at = EXCLUDED.expires_at""",
                     [(n, c, k, e, d, t, t) for n, c, k, e, d, t in rows],
                 )
+
+    async def aforget(self, policy_keys: Sequence[str | bytes]) -> int:
+        """Delete the entries of these ``CachePolicy`` keys (what ``key_func`` returned), in
+        every cache namespace of this namespace; returns how many were deleted."""
+        if not policy_keys:
+            return 0
+        return await self.db.execute(
+            "DELETE FROM graph_cache WHERE namespace = %s AND key = ANY(%s)",
+            (self.namespace, [stored_key(k) for k in policy_keys]))
 
     async def aclear(self, namespaces: Sequence[Namespace] | None = None) -> None:
         if namespaces is None:

@@ -165,3 +165,41 @@ async def test_a_patch_task_runs_after_the_module_its_patch_imports(
     assert state["analysis"]["edges"] == [["init", "extra"]]
     init, extra = (state["tasks"][t]["attempts"][-1] for t in ("init", "extra"))
     assert init["started"] >= extra["finished"]
+
+
+def five_tasks(repo: Path) -> dict[str, Any]:
+    return {"repo": str(repo), "integration_command": "python -c pass", "max_parallel": 4,
+            "tasks": [{"id": f"m{i}", "file": f"pkg/m{i}.py", "kind": "new",
+                       "content": f"VALUE = {i}\n"} for i in range(5)]}
+
+
+async def test_a_cache_hit_counts_only_if_the_repository_still_holds_the_result(
+    orchestrator_factory, tmp_path
+) -> None:
+    orch = await orchestrator_factory()
+    repo = small_repo(tmp_path / "repo")
+    plan = five_tasks(repo)
+    first = await orch.run("plan_execution", {"plan": plan})
+    assert first.status == "completed", first
+    assert first.final_result["cache"] == {"hits": 0, "misses": 5}
+    # an unchanged repository: every task comes from the cache
+    again = await orch.run("plan_execution", {"plan": plan})
+    assert again.final_result["cache"] == {"hits": 5, "misses": 0}
+    # the repository is reset, one file changed: the tasks run again and write their files
+    git(repo, "clean", "-fdxq")
+    (repo / "pkg").mkdir()
+    (repo / "pkg" / "m4.py").write_text("VALUE = 'changed by hand'\n")
+    (repo / "pkg" / "m3.py").write_text("VALUE = 3\n")  # what the task writes: still true
+    reset = await orch.run("plan_execution", {"plan": plan})
+    assert reset.status == "completed", reset
+    assert reset.final_result["cache"] == {"hits": 1, "misses": 4}
+    for i in range(5):
+        assert (repo / "pkg" / f"m{i}.py").read_text() == f"VALUE = {i}\n"
+    tasks = reset.final_result["tasks"]
+    assert {t for t, r in tasks.items() if r.get("stale_cache_hits")} == {"m0", "m1", "m2", "m4"}
+    # the stale entries were replaced by the new results: the next run hits them
+    last = await orch.run("plan_execution", {"plan": plan})
+    assert last.final_result["cache"] == {"hits": 5, "misses": 0}
+    state = (await orch.get(last.thread_id)).values
+    assert {r["attempts"][-1]["cached_from"] for t, r in state["tasks"].items()
+            if t != "m3"} == {reset.thread_id}

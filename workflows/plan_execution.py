@@ -12,16 +12,19 @@
   chain, weighted by estimates) first, fixes before new work, then the longest way to the end.
 * ``dispatch`` starts the ready tasks — every dependency done, which means it passed QA — in
   priority order, at most ``max_parallel`` at once; retries (fix tasks) go first. It waits
-  out a retry's back-off and a paused circuit breaker. When no developer or QA agent is
-  live, it waits a few seconds for one, then stops with ``agent_unavailable``: the thread
+  out a retry's back-off and a paused circuit breaker. When no developer, QA or planner
+  agent is live, it waits a few seconds for one, then stops with ``agent_unavailable``: the thread
   stays intact, and ``resume`` carries on once an agent is started. (Parallel tasks pause
   in one step: ``pause_until`` keeps the later deadline.)
 * ``work`` runs one task: the developer agent applies it, then the QA agent checks that file
   at once (ruff or a syntax check, and the tests that import it). Both run inside one LangGraph
   ``@task`` with a ``CachePolicy`` keyed by the task's inputs (its spec, the agents' versions
   and its dependencies' keys), so a task already done successfully is not redone: its result
-  comes from the PostgreSQL cache. A QA failure is retried as a fix (high priority) after
-  ``retry_delay`` seconds, doubling each time, up to ``max_attempts``; then it is dead-lettered.
+  comes from the PostgreSQL cache — if the repository still holds it: a hit is checked
+  against the file's sha256 now (planner ``file_hashes``), and a stale one (the repository
+  was reset, the file deleted or changed) is forgotten and the task done again. A QA
+  failure is retried as a fix (high priority) after ``retry_delay`` seconds, doubling each
+  time, up to ``max_attempts``; then it is dead-lettered.
 * ``escalate`` pauses on a dead letter with its evidence; resume with ``{"action": "skip" |
   "retry" | "abort", "by": ...}``. Skipping a task skips what depends on it.
 * ``integrate`` runs the integration command (cicd agent) on the working tree; ``canary``
@@ -47,6 +50,7 @@ from orchestrator.errors import AgentUnavailable, CircuitOpen, OrchestratorError
 from orchestrator.graphs import WorkflowSpec, validate_input
 from orchestrator.metrics import TASK_CACHE
 from orchestrator.runtime import current_runtime
+from state.cache import PostgresCache
 from state.schema import MultiAgentState, append_list, merge_dicts, now_iso
 
 from .canary import canary_graph, validate_canary
@@ -55,6 +59,7 @@ from .plans import Plan, PlanError, load_plan, parse_plan
 __all__ = ["PlanExecutionInput", "PlanState", "builder", "workflow"]
 
 _AGENTS = ("developer", "qa")
+_WORKERS = (*_AGENTS, "planner")  # work also asks the planner (is a cache hit still true?)
 
 
 class PlanExecutionInput(BaseModel):
@@ -321,8 +326,8 @@ async def _wait_for_agents(until: float) -> list[str]:
     has a live agent; return the agent types that still have none."""
     rt = await current_runtime()
     while True:
-        missing = [t for t in _AGENTS if not await rt.registry.has_live(t)]
-        states = [await rt.breaker.state(agent_type) for agent_type in _AGENTS]
+        missing = [t for t in _WORKERS if not await rt.registry.has_live(t)]
+        states = [await rt.breaker.state(agent_type) for agent_type in _WORKERS]
         if time.time() >= until or (not missing and all(s == "closed" for s in states)):
             return missing
         await asyncio.sleep(min(0.25, max(until - time.time(), 0.0)))
@@ -413,8 +418,19 @@ async def work(job: dict[str, Any]) -> dict[str, Any]:
     task_id, attempt = job["task"]["id"], job["attempt"]
     rec = dict(job["record"])
     started = time.time()
+    stale = 0
     try:
-        result = await develop_and_check(job)
+        for _ in range(2):
+            result = await develop_and_check(job)
+            if not _from_cache(result, job) or await _still_in_tree(job, result):
+                break
+            # the repository no longer holds what the cached task produced (reset, file
+            # deleted or changed): forget that entry, and do the task again
+            stale += 1
+            await _forget(job)
+        else:  # stored again meanwhile by another run: do it under a key of this attempt
+            result = await develop_and_check(
+                {**job, "key": f"{job['key']}:{job['thread_id']}:{attempt}"})
     except (CircuitOpen, AgentUnavailable) as exc:
         # not the task's fault: put it back, and have dispatch wait for the agent
         until = exc.retry_at.timestamp() if isinstance(exc, CircuitOpen) else time.time() + 5
@@ -425,16 +441,39 @@ async def work(job: dict[str, Any]) -> dict[str, Any]:
         evidence = {**exc.evidence, "stage": "qa"} if isinstance(exc, _QAFailed) else {
             "reason": str(exc), "code": exc.code, "stage": "develop"}
         return _failed(job, rec, started, evidence)
-    hit = result.get("computed_by") != job["thread_id"]
+    hit = _from_cache(result, job)
     TASK_CACHE.labels("hit" if hit else "miss").inc()
     finished = time.time()
     record = {"n": attempt, "outcome": "passed", "cache_hit": hit, "started": started,
               "finished": finished, "seconds": round(finished - started, 3),
               "qa": result["qa"], "develop": result["develop"]}
+    if hit:
+        record["cached_from"] = result.get("computed_by")
+    if stale:
+        record["stale_hits"] = stale
     rec.update(status="done", attempts=[*rec["attempts"], record])
     return {"tasks": {task_id: rec}, "subtask_status": {task_id: "done"},
             "partial_results": {task_id: {"file": job["task"]["file"],
                                           "sha256": result["develop"].get("sha256")}}}
+
+
+def _from_cache(result: dict[str, Any], job: dict[str, Any]) -> bool:
+    return result.get("computed_by") != job["thread_id"]
+
+
+async def _still_in_tree(job: dict[str, Any], result: dict[str, Any]) -> bool:
+    """Whether the task's file holds what the cached result produced (its sha256)."""
+    task = job["task"]
+    call = await call_agent("planner", "file_hashes", {"repo": job["repo"],
+                                                       "files": [task["file"]]},
+                            subtask=f"{task['id']}:cache-check:{job['attempt']}")
+    expected = (result.get("develop") or {}).get("sha256")
+    return expected is not None and call.result["sha256"].get(task["file"]) == expected
+
+
+async def _forget(job: dict[str, Any]) -> None:
+    rt = await current_runtime()
+    await PostgresCache(rt.db, rt.settings.namespace).aforget([_cache_key(job)])
 
 
 def _failed(job: dict[str, Any], rec: dict[str, Any], started: float,
@@ -551,6 +590,8 @@ async def report(state: PlanState) -> dict[str, Any]:
             "seconds": round(sum(a["seconds"] for a in attempts), 3),
             "cache_hits": task_hits, "priority": rec.get("priority"), "batch": rec.get("batch"),
             "retry_delays": [a.get("retry_delay") for a in attempts if a.get("retry_delay")],
+            **({"stale_cache_hits": stale} if (stale := sum(a.get("stale_hits", 0)
+                                                             for a in attempts)) else {}),
             **({"skipped_because": rec["skipped_because"]} if rec.get("skipped_because") else {}),
         }
     spans = [(a["started"], a["finished"]) for rec in tasks.values()
