@@ -40,7 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from orchestrator.agent import Agent, HandlerError, RequestContext
 
 from ._payload import parse_payload
-from ._proc import run
+from ._proc import child_env, run
 from .health import HealthSource, Prober, Sample, Thresholds
 
 __all__ = ["agent", "RestartSpec", "FixAction", "diagnose_by_rules", "ISSUE_ORDER"]
@@ -203,7 +203,7 @@ async def fix(payload: dict[str, Any], ctx: RequestContext) -> dict[str, Any]:
     spec = parse_payload(RestartSpec, payload.get("restart"), "restart")
     if spec.command is not None:
         done = await run(spec.command, timeout=spec.timeout, cwd=spec.cwd,
-                         env={**os.environ, **spec.env} if spec.env else None)
+                         env=spec.env)
         ok = done.returncode == 0 and not done.timed_out
         return {"action": "restart", "ok": ok, "exit_code": done.returncode,
                 "detail": f"{' '.join(spec.command)} exited {done.returncode}"}
@@ -261,7 +261,7 @@ def _restart_process(spec: RestartSpec, request_id: str) -> dict[str, Any]:
     log = open(spec.log_file, "ab") if spec.log_file else subprocess.DEVNULL  # noqa: SIM115
     try:
         proc = subprocess.Popen(
-            spec.start, cwd=spec.cwd, env={**os.environ, **spec.env}, stdin=subprocess.DEVNULL,
+            spec.start, cwd=spec.cwd, env=child_env(spec.env), stdin=subprocess.DEVNULL,
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
     except FileNotFoundError:

@@ -6,8 +6,12 @@ Keys (all under the settings' namespace ``ns``):
   agent type, so every instance of a type shares the load.
 * ``ns:reply:<process_id>`` — one reply stream per requesting process, read by one reader
   task for all in-flight requests (no blocked connection per request).
-* ``ns:resp:<request_id>`` — the stored response, kept for the retention period, so that a
-  redelivered or re-sent request is answered from the store instead of executed again.
+* ``ns:resp:<request_id>`` — the stored *success*, kept for the retention period, so that a
+  redelivered or re-sent request is answered from the store instead of executed again, by
+  every later attempt of its workflow too.
+* ``ns:err:<attempt>:<request_id>`` — a stored response of any other status, kept as long, but
+  answering only deliveries of that same attempt (``AgentRequest.attempt``): a later attempt
+  (a resume after the cause was fixed) runs the request again.
 * ``ns:inflight:<request_id>`` — a short-lived claim while one consumer executes a request.
 * ``ns:dlq:<agent_type>`` — dead letters, with their reason.
 * ``ns:events`` — the capped broadcast events stream.
@@ -19,10 +23,12 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
 
 from pydantic import ValidationError
@@ -30,6 +36,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from .messages import PRIORITIES, AgentRequest, AgentResponse, ErrorInfo, Event, Priority
+from .outage import Outage
 
 __all__ = ["EventBus", "Delivery", "BusKeys", "DecodeFailure"]
 
@@ -42,22 +49,29 @@ _REPLY_TTL_S = 3600
 _REPLY_BATCH = 500
 _TRIM_EVERY = 200
 _TRIM_AFTER_S = 1.0
+#: Safety cap of each request stream (approximate, like MAXLEN ~): entries are deleted once
+#: answered or dead-lettered, so only requests nobody answers (no worker for a long while)
+#: ever reach it; beyond it the oldest are dropped and their requesters time out.
+_REQUESTS_MAXLEN = 100_000
 
 # Stored response, else claim the execution: one atomic step. Checking the store and then
 # claiming in two commands let a duplicate delivery slip in between the first execution
 # storing its response and dropping its claim, and execute the request a second time.
-# For many requests at once (those read together). Per request: KEYS its response and
-# inflight keys, ARGV the owner and the claim's ttl ms. Returns {codes, stored...}: codes has
-# one character per request, 1 (stored: its stored response follows, in order), 2 (claimed)
-# or 3 (busy: another consumer holds the claim) — a compact reply, cheap to parse.
+# For many requests at once (those read together). Per request: KEYS its stored success,
+# its stored error for the request's attempt, and its inflight key; ARGV the owner and the
+# claim's ttl ms. A stored success answers every attempt; a stored error only its own attempt
+# (its key names the attempt). Returns {codes, stored...}: codes has one character per
+# request, 1 (stored: its stored response follows, in order), 2 (claimed) or 3 (busy: another
+# consumer holds the claim) — a compact reply, cheap to parse.
 _CLAIM_MANY_LUA = """
 local codes, out = {}, {''}
-for i = 1, #KEYS, 2 do
-  local stored = redis.call('GET', KEYS[i])
+for i = 1, #KEYS / 3 do
+  local k, a = i * 3 - 2, i * 2 - 1
+  local stored = redis.call('GET', KEYS[k]) or redis.call('GET', KEYS[k + 1])
   if stored then
     codes[#codes + 1] = '1'
     out[#out + 1] = stored
-  elseif redis.call('SET', KEYS[i + 1], ARGV[i], 'NX', 'PX', ARGV[i + 1]) then
+  elseif redis.call('SET', KEYS[k + 2], ARGV[a], 'NX', 'PX', ARGV[a + 1]) then
     codes[#codes + 1] = '2'
   else
     codes[#codes + 1] = '3'
@@ -69,7 +83,8 @@ return out
 
 # Answer many requests at once; per request, atomically like a MULTI/EXEC: store the response
 # (when asked), append it to the requester's reply stream, acknowledge the delivery, drop the
-# claim. KEYS per request: response, inflight, reply stream, request stream. ARGV: retention s,
+# claim. KEYS per request: where to store the response (its success or its attempt's error
+# key), inflight, reply stream, request stream. ARGV: retention s,
 # reply maxlen, reply ttl s, then per request: store (1/0), json, signature ('' unsigned), group,
 # message id. One request failing (a key of the wrong type) does not stop the others: returns
 # {index, error text...} of those that failed (0-based; empty when all went through).
@@ -90,6 +105,7 @@ for i = 0, #KEYS / 4 - 1 do
     end
     redis.call('EXPIRE', KEYS[k + 3], ttl)
     redis.call('XACK', KEYS[k + 4], ARGV[a + 4], ARGV[a + 5])
+    redis.call('XDEL', KEYS[k + 4], ARGV[a + 5])
     redis.call('DEL', KEYS[k + 2])
   end)
   if not ok then
@@ -130,15 +146,18 @@ end
 return out
 """
 
-# Append requests to their streams (KEYS), one script call for many. ARGV per request: its
-# 'm' and 's' ('' when unsigned) fields. Returns {index, error text...} of those that failed.
+# Append requests to their streams (KEYS), one script call for many. ARGV: the streams' cap,
+# then per request its 'm' and 's' ('' when unsigned) fields. Returns {index, error text...}
+# of those that failed. (Answered entries are deleted; the cap only bounds entries nobody
+# answers.)
 _SEND_LUA = """
 local failed = {}
+local cap = ARGV[1]
 for i = 1, #KEYS do
-  local raw, sig = ARGV[2 * i - 1], ARGV[2 * i]
+  local raw, sig = ARGV[2 * i], ARGV[2 * i + 1]
   local ok, err = pcall(function()
-    if sig == '' then redis.call('XADD', KEYS[i], '*', 'm', raw)
-    else redis.call('XADD', KEYS[i], '*', 'm', raw, 's', sig) end
+    if sig == '' then redis.call('XADD', KEYS[i], 'MAXLEN', '~', cap, '*', 'm', raw)
+    else redis.call('XADD', KEYS[i], 'MAXLEN', '~', cap, '*', 'm', raw, 's', sig) end
   end)
   if not ok then
     failed[#failed + 1] = i - 1
@@ -208,7 +227,19 @@ class BusKeys:
         return f"{self.namespace}:reply:{process_id}"
 
     def response(self, request_id: str) -> str:
+        """Where a request's *success* is stored (it answers every attempt)."""
         return f"{self.namespace}:resp:{request_id}"
+
+    def error_response(self, request_id: str, attempt: int) -> str:
+        """Where a request's other answer (error, timeout, rejected) is stored: it answers
+        deliveries of that attempt only."""
+        return f"{self.namespace}:err:{attempt}:{request_id}"
+
+    def stored_for(self, response: AgentResponse, attempt: int) -> str:
+        """The key ``response`` to a request of ``attempt`` is stored under."""
+        if response.status == "success":
+            return self.response(response.request_id)
+        return self.error_response(response.request_id, attempt)
 
     def inflight(self, request_id: str) -> str:
         return f"{self.namespace}:inflight:{request_id}"
@@ -321,6 +352,10 @@ class Delivery:
     signature: bytes | None = None
     #: how many times the stream has delivered this entry, this delivery included
     delivery_count: int = 1
+    #: (request id, reply stream) of an authentic entry that is not a valid request (a naive
+    #: deadline, a bad field) but names both: its requester is told of the dead letter
+    #: instead of waiting out its timeout
+    answer_to: tuple[str, str] | None = None
 
 
 def _signature(secret: bytes, raw: bytes) -> bytes:
@@ -377,6 +412,7 @@ class EventBus:
         process_id: str,
         response_retention: int = 86_400,
         events_maxlen: int = 10_000,
+        requests_maxlen: int = _REQUESTS_MAXLEN,
         secret: bytes | None = None,
     ) -> None:
         self.redis = redis
@@ -386,6 +422,7 @@ class EventBus:
         self.reply_stream = self.keys.reply(process_id)
         self.response_retention = response_retention
         self.events_maxlen = events_maxlen
+        self.requests_maxlen = requests_maxlen
         self._waiters: dict[str, asyncio.Future[AgentResponse]] = {}
         self._reader: asyncio.Task[None] | None = None
         self._closing = False
@@ -425,8 +462,9 @@ class EventBus:
             if not fut.done():
                 fut.cancel()
         self._waiters.clear()
-        with contextlib.suppress(Exception):
-            await self.redis.delete(self.reply_stream)
+        with contextlib.suppress(Exception):  # bounded: Redis may be gone (or hung)
+            async with asyncio.timeout(2):
+                await self.redis.delete(self.reply_stream)
 
     async def __aenter__(self) -> EventBus:
         await self.start()
@@ -454,7 +492,7 @@ class EventBus:
         return fut
 
     async def _flush_sends(self, items: list[tuple[str, dict[bytes, bytes]]]) -> list[Any]:
-        args: list[bytes] = []
+        args: list[bytes | int] = [self.requests_maxlen]
         for _stream, fields in items:
             args += [fields[_FIELD], fields.get(_SIG, b"")]
         failed = await self._send_many(keys=[stream for stream, _ in items], args=args)
@@ -497,6 +535,7 @@ class EventBus:
         # script that trims too and returns them compactly; else the reader blocks on XREAD.
         poll = False
         backoff = 0.05
+        outage = Outage(f"reading replies on {self.reply_stream}", log)
         while not self._closing:
             replies: list[dict[bytes, bytes]] = []
             try:
@@ -533,10 +572,13 @@ class EventBus:
                             last_id = message_id
                             replies.append(fields)
                 backoff = 0.05
+                outage.over()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # connection trouble: keep the reader alive
-                log.warning("reply reader: %s; retrying in %.2fs", exc, backoff)
+                if self._closing:
+                    break
+                outage.failed(exc)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
                 continue
@@ -628,7 +670,23 @@ class EventBus:
         try:
             return Delivery(stream, mid, decode_request(fields, self.secret), raw, None, sig, count)
         except DecodeFailure as exc:
-            return Delivery(stream, mid, None, raw, str(exc), sig, count)
+            return Delivery(stream, mid, None, raw, str(exc), sig, count,
+                            self._answer_address(fields))
+
+    def _answer_address(self, fields: dict[bytes, bytes]) -> tuple[str, str] | None:
+        """The request id and reply stream an invalid entry names, when it is authentic (signed
+        when signing) and its reply stream is one of this namespace's."""
+        try:
+            data = json.loads(_verified(fields, self.secret))
+        except (DecodeFailure, ValueError, RecursionError):
+            return None
+        if not isinstance(data, dict):
+            return None
+        request_id, reply_to = data.get("request_id"), data.get("reply_to")
+        if (isinstance(request_id, str) and 0 < len(request_id) <= 200
+                and isinstance(reply_to, str) and reply_to.startswith(self.keys.reply(""))):
+            return request_id, reply_to
+        return None
 
     def _deliveries(self, entries: Any, counts: dict[str, int] | None = None) -> list[Delivery]:
         if isinstance(entries, dict):  # RESP3
@@ -643,47 +701,60 @@ class EventBus:
                 out.append(self._delivery(stream_name, mid, fields, (counts or {}).get(mid, 1)))
         return out
 
-    async def stored_response(self, request_id: str) -> AgentResponse | None:
-        return self._load_stored(await self.redis.get(self.keys.response(request_id)))
+    async def stored_response(self, request_id: str, attempt: int | None = None
+                              ) -> AgentResponse | None:
+        """The stored answer to ``request_id`` that a delivery of ``attempt`` gets: its success,
+        else its error stored for that attempt (``attempt`` None: only a success)."""
+        if attempt is None:
+            return self._load_stored(await self.redis.get(self.keys.response(request_id)),
+                                     request_id)
+        success, error = await self.redis.mget(self.keys.response(request_id),
+                                               self.keys.error_response(request_id, attempt))
+        return self._load_stored(success if success is not None else error, request_id)
 
-    def _load_stored(self, blob: bytes | None) -> AgentResponse | None:
+    def _load_stored(self, blob: bytes | None, request_id: str) -> AgentResponse | None:
         if blob is None:
             return None
         sig, _, raw = blob.partition(b"|")
         fields = {_FIELD: raw, _SIG: sig} if sig else {_FIELD: raw}
         try:
-            return AgentResponse.model_validate_json(_verified(fields, self.secret))
+            stored = AgentResponse.model_validate_json(_verified(fields, self.secret))
         except (DecodeFailure, ValidationError):
             return None
+        return stored if stored.request_id == request_id else None
 
     async def claim_or_replay(
-        self, request_id: str, owner: str, ttl_ms: int
+        self, request_id: str, owner: str, ttl_ms: int, attempt: int = 1
     ) -> tuple[str, AgentResponse | None]:
-        """Atomically: the stored response if there is one (``"stored"``), else a claim on
+        """Atomically: the stored response a delivery of ``attempt`` gets, if there is one
+        (``"stored"``: a success, or an error stored for this same attempt), else a claim on
         executing the request (``"claimed"``), else ``"busy"`` (another consumer holds it)."""
-        return (await self.claim_many([(request_id, owner)], ttl_ms))[0]
+        return (await self.claim_many([(request_id, owner, attempt)], ttl_ms))[0]
 
     async def claim_many(
-        self, claims: Sequence[tuple[str, str]], ttl_ms: int
+        self, claims: Sequence[tuple[str, str, int]], ttl_ms: int
     ) -> list[tuple[str, AgentResponse | None]]:
-        """:meth:`claim_or_replay` for many (request id, owner) pairs in one round trip (the
-        requests a consumer read together); one outcome per pair, in order."""
+        """:meth:`claim_or_replay` for many (request id, owner, attempt) in one round trip (the
+        requests a consumer read together); one outcome per claim, in order."""
         if not claims:
             return []
         keys: list[str] = []
         args: list[str | int] = []
-        for request_id, owner in claims:
-            keys += [self.keys.response(request_id), self.keys.inflight(request_id)]
+        for request_id, owner, attempt in claims:
+            keys += [self.keys.response(request_id),
+                     self.keys.error_response(request_id, attempt),
+                     self.keys.inflight(request_id)]
             args += [owner, ttl_ms]
         codes, *stored_blobs = await self._claim_many(keys=keys, args=args)
         blobs = iter(stored_blobs)
         out: list[tuple[str, AgentResponse | None]] = []
-        for (request_id, owner), kind in zip(claims, _text(codes), strict=True):
+        for (request_id, owner, attempt), kind in zip(claims, _text(codes), strict=True):
             if kind == "1":
-                stored = self._load_stored(next(blobs))
+                stored = self._load_stored(next(blobs), request_id)
                 if stored is None:  # unreadable or unsigned stored answer: execute again
-                    await self.redis.delete(self.keys.response(request_id))
-                    out.append(await self.claim_or_replay(request_id, owner, ttl_ms))
+                    await self.redis.delete(self.keys.response(request_id),
+                                            self.keys.error_response(request_id, attempt))
+                    out.append(await self.claim_or_replay(request_id, owner, ttl_ms, attempt))
                 else:
                     out.append(("stored", stored))
             else:
@@ -721,33 +792,42 @@ class EventBus:
         store: bool = True,
     ) -> None:
         """Store the response, send it to the requester and acknowledge, in one atomic step
-        (responses finished together go out in one script call)."""
+        (responses finished together go out in one script call).
+
+        A success is stored for every later delivery; any other answer only for deliveries
+        of the request's own attempt (see :meth:`BusKeys.stored_for`).
+        """
         data = encode(response, self.secret)
         # Stored signed, like on the wire (``signature|json``, the signature empty when
         # unsigned): replays are verified too.
         await self._responses.submit((
-            store, request.request_id, request.reply_to, delivery.stream, agent_type,
+            self.keys.stored_for(response, request.attempt) if store else None,
+            request.request_id, request.reply_to, delivery.stream, agent_type,
             delivery.message_id, data[_FIELD], data.get(_SIG, b""),
         ))
 
     async def _flush_responses(self, items: list[tuple[Any, ...]]) -> list[None | Exception]:
         keys: list[str] = []
         args: list[Any] = [self.response_retention, _REPLY_MAXLEN, _REPLY_TTL_S]
-        for store, request_id, reply_to, stream, group, message_id, raw, sig in items:
-            keys += [self.keys.response(request_id), self.keys.inflight(request_id), reply_to,
-                     stream]
-            args += [1 if store else 0, raw, sig, group, message_id]
+        for store_key, request_id, reply_to, stream, group, message_id, raw, sig in items:
+            keys += [store_key or self.keys.response(request_id),
+                     self.keys.inflight(request_id), reply_to, stream]
+            args += [1 if store_key else 0, raw, sig, group, message_id]
         failed = await self._respond_many(keys=keys, args=args)
         outcomes: list[None | Exception] = [None] * len(items)
         for index, problem in zip(failed[::2], failed[1::2], strict=True):
             outcomes[int(index)] = ResponseError(_text(problem))
         return outcomes
 
-    async def dead_letter(self, delivery: Delivery, *, agent_type: str, reason: str) -> None:
-        """Move a delivery to the agent type's dead-letter stream, acknowledge it, and tell
-        the requester (when the request could be read) with a ``dead_lettered`` response.
+    async def dead_letter(self, delivery: Delivery, *, agent_type: str, reason: str,
+                          tell_requester: bool = True) -> None:
+        """Move a delivery to the agent type's dead-letter stream, acknowledge it and delete it
+        from its request stream, and tell the requester (when the entry names it) with a
+        ``dead_lettered`` response.
 
         The response is not stored: replaying the dead letter executes the request afresh.
+        ``tell_requester=False`` (an entry copied into the wrong stream) leaves the request's
+        requester and execution claim alone: the real agent's answer is still to come.
         """
         entry: dict[bytes, bytes] = {
             b"reason": reason.encode(),
@@ -761,17 +841,22 @@ class EventBus:
         if delivery.signature is not None:
             entry[_SIG] = delivery.signature
         request = delivery.request
+        address = ((request.request_id, request.reply_to) if request is not None
+                   else delivery.answer_to) if tell_requester else None
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.xadd(self.keys.dead_letters(agent_type), entry, maxlen=100_000, approximate=True)
             pipe.xack(delivery.stream, agent_type, delivery.message_id)
-            if request is not None:
+            pipe.xdel(delivery.stream, delivery.message_id)
+            if address is not None:
+                request_id, reply_to = address
                 response = AgentResponse(
-                    request_id=request.request_id, source=f"{agent_type}-dlq",
+                    request_id=request_id, source=f"{agent_type}-dlq",
                     status="dead_lettered", error=ErrorInfo(code="dead_lettered", message=reason),
                 )
-                pipe.xadd(request.reply_to, encode(response, self.secret), maxlen=_REPLY_MAXLEN,
+                pipe.xadd(reply_to, encode(response, self.secret), maxlen=_REPLY_MAXLEN,
                           approximate=True)
-                pipe.expire(request.reply_to, _REPLY_TTL_S)
+                pipe.expire(reply_to, _REPLY_TTL_S)
+            if request is not None and tell_requester:
                 pipe.delete(self.keys.inflight(request.request_id))
             await pipe.execute()
 
@@ -779,7 +864,12 @@ class EventBus:
         self, agent_type: str, consumer: str, *, min_idle_ms: int, count: int
     ) -> list[Delivery]:
         """Take over entries delivered to some consumer but unacknowledged for ``min_idle_ms``
-        (its consumer died or hung); each comes back with its delivery count."""
+        (its consumer died or hung); each comes back with its delivery count.
+
+        A pending entry no longer in its stream (dropped by the stream's safety cap) has
+        nothing left to deliver: it is acknowledged, so it stops counting as backlog (Redis 7
+        does that itself on XCLAIM; 6.2 returns a nil entry and keeps it pending).
+        """
         await self.ensure_group(agent_type)
         out: list[Delivery] = []
         for priority in PRIORITIES:
@@ -792,13 +882,41 @@ class EventBus:
             counts = {
                 _text(p["message_id"]): int(p["times_delivered"]) + 1 for p in pending
             }
-            claimed = await self.redis.xclaim(
-                stream, agent_type, consumer, min_idle_ms, [p["message_id"] for p in pending]
-            )
+            ids = [p["message_id"] for p in pending]
+            claimed = [(mid, fields) for mid, fields in
+                       await self.redis.xclaim(stream, agent_type, consumer, min_idle_ms, ids)
+                       if fields is not None]
+            if len(claimed) < len(ids):
+                await self._ack_vanished(stream, agent_type,
+                                         set(map(_text, ids)) - {_text(m) for m, _ in claimed})
             out += self._deliveries([(stream, claimed)], counts)
             if len(out) >= count:
                 break
         return out
+
+    async def _ack_vanished(self, stream: str, group: str, ids: set[str]) -> None:
+        """Acknowledge those of ``ids`` that are no longer in ``stream`` (the others were just
+        claimed by another consumer, and stay pending)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for mid in ids:
+                pipe.xrange(stream, min=mid, max=mid, count=1)
+            found = await pipe.execute()
+        gone = [mid for mid, entries in zip(ids, found, strict=True) if not entries]
+        if gone:
+            log.warning("%d pending request(s) on %s were dropped by the stream's cap of %d "
+                        "before anyone answered them", len(gone), stream, self.requests_maxlen)
+            await self.redis.xack(stream, group, *gone)
+
+    async def keep_pending(self, consumer: str, entries: dict[tuple[str, str], list[str]]) -> None:
+        """Reset the idle time of these pending entries ((stream, group) -> message ids), which
+        ``consumer`` is still working on, so that no reclaimer (``min_idle_ms``) takes them over.
+        The delivery count is left alone; an entry answered meanwhile is not claimed again."""
+        if not entries:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for (stream, group), ids in entries.items():
+                pipe.xclaim(stream, group, consumer, 0, ids, justid=True)
+            await pipe.execute()
 
     # -- dead letters --------------------------------------------------------------------------
 
@@ -825,8 +943,15 @@ class EventBus:
             })
         return out
 
-    async def replay_dead_letter(self, agent_type: str, entry_id: str) -> AgentRequest:
+    async def replay_dead_letter(self, agent_type: str, entry_id: str, *,
+                                 timeout: float = 300.0) -> AgentRequest:
         """Queue a dead letter's request again (as a new delivery) and remove the dead letter.
+
+        The copy gets a fresh deadline as far off as the original's was from its creation
+        (``timeout`` seconds when it had none): a queued replay never stays runnable forever.
+        It keeps its attempt: an error it gets is stored for that attempt, so it is never
+        replayed to a later attempt of the workflow (a resume runs the request again), while
+        its success is, like any success.
 
         Raises:
             KeyError: no such dead letter.
@@ -839,7 +964,11 @@ class EventBus:
         fields = entries[0][1]
         # verified like any delivery: replay never turns an unsigned message into a signed one
         request = decode_request(fields, self.secret)
-        request = request.model_copy(update={"attempt": request.attempt + 1, "deadline": None})
+        now = datetime.now(UTC)
+        span = (request.deadline - request.created_at if request.deadline is not None
+                else timedelta(seconds=timeout))
+        span = max(span, timedelta(seconds=1))
+        request = request.model_copy(update={"deadline": now + span, "created_at": now})
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.xadd(self.keys.requests(request.target, request.priority),
                       encode(request, self.secret))

@@ -6,8 +6,11 @@ tokens, waits for the response, releases the locks, and returns the result with 
 updates that record it.
 
 Inside a graph node the request id is deterministic — derived from the thread id, the task's
-checkpoint namespace (which carries LangGraph's task id) and the call's index within the task —
-so a node re-run after a crash gets the stored answer instead of redoing the work.
+checkpoint namespace (which carries LangGraph's task id), the call's index within the task and
+the agent type and request type it calls — so a node re-run after a crash gets the stored
+answer instead of redoing the work. The request also carries the workflow's attempt (one per
+run, resume or recovery): a stored *success* answers every attempt, a stored *error* only its
+own, so a resume after fixing the cause of a failure runs the failed call again.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from state.schema import now_iso
 from .errors import AgentError, AgentTimeout, AgentUnavailable, DeadLettered, OrchestratorError
 from .messages import AgentRequest, AgentResponse, Priority
 from .metrics import BUS_LATENCY, BUS_REQUESTS
-from .runtime import Runtime, current_runtime
+from .runtime import Runtime, current_attempt, current_runtime
 
 __all__ = ["AgentCall", "call_agent", "is_transient", "AGENT_RETRY", "request_id_for"]
 
@@ -49,23 +52,40 @@ class AgentCall:
     updates: dict[str, Any] = field(default_factory=dict)
 
 
-def request_id_for(thread_id: str, task_key: str, index: int) -> str:
-    """The deterministic request id of call number ``index`` of a graph task."""
-    return str(uuid.uuid5(_REQUEST_NS, f"{thread_id}|{task_key}|{index}"))
+def request_id_for(thread_id: str, task_key: str, index: int, target: str = "",
+                   request_type: str = "") -> str:
+    """The deterministic request id of call number ``index`` of a graph task, to
+    ``target``'s ``request_type`` (so a stored answer only ever answers that operation)."""
+    return str(uuid.uuid5(_REQUEST_NS,
+                          f"{thread_id}|{task_key}|{index}|{target}|{request_type}"))
 
 
-def _graph_context() -> tuple[str | None, str | None]:
-    """(thread id, task key) when called inside a LangGraph node, else (None, None)."""
+def _configurable() -> dict[str, Any] | None:
     try:
         from langgraph.config import get_config
 
         config = get_config()
     except RuntimeError:
-        return None, None
-    configurable = config.get("configurable", {})
+        return None
+    return config.get("configurable", {})
+
+
+def _thread_and_task(configurable: dict[str, Any]) -> tuple[str | None, str | None]:
     thread_id = configurable.get("thread_id")
     task_key = configurable.get("checkpoint_ns") or configurable.get("__pregel_task_id")
     return (str(thread_id) if thread_id else None), (str(task_key) if task_key else None)
+
+
+def _graph_context() -> tuple[str | None, str | None]:
+    """(thread id, task key) when called inside a LangGraph node, else (None, None)."""
+    return _thread_and_task(_configurable() or {})
+
+
+def _call_context(rt: Runtime) -> tuple[str | None, str | None, int]:
+    """(thread id, task key, workflow attempt): the attempt is the graph run's (see
+    :func:`orchestrator.runtime.current_attempt`), or the runtime's own outside a node."""
+    configurable = _configurable() or {}
+    return (*_thread_and_task(configurable), current_attempt(configurable, rt))
 
 
 async def call_agent(
@@ -101,12 +121,13 @@ async def call_agent(
     """
     rt = runtime or await current_runtime()
     timeout = timeout if timeout is not None else rt.settings.request_timeout
-    thread_id, task_key = _graph_context()
+    thread_id, task_key, attempt = _call_context(rt)
     counter_key = index = None
     if thread_id and task_key:
-        counter_key = f"{thread_id}|{task_key}"
+        # each attempt counts from 0: its calls meet the earlier attempts' stored successes
+        counter_key = f"{thread_id}|{task_key}|{attempt}"
         index = rt.next_call_index(counter_key)
-        request_id = request_id_for(thread_id, task_key, index)
+        request_id = request_id_for(thread_id, task_key, index, target, request_type)
     else:
         request_id = str(uuid.uuid4())
     request = AgentRequest(
@@ -118,6 +139,7 @@ async def call_agent(
         priority=priority,
         deadline=datetime.now(UTC) + timedelta(seconds=timeout),
         correlation_id=thread_id,
+        attempt=attempt,
         reply_to=rt.bus.reply_stream,
         fencing=dict(fencing or {}),
     )

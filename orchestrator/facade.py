@@ -27,11 +27,18 @@ from state.schema import now_iso
 from state.workflows import WorkflowRecord
 
 from .agent import Agent
-from .errors import InvalidInput, OrchestratorError, StaleWorkflowVersion, WorkflowBusy
+from .errors import (
+    InvalidAnswer,
+    InvalidInput,
+    OrchestratorError,
+    StaleWorkflowVersion,
+    WorkflowBusy,
+)
 from .graphs import WorkflowSpec, get_workflow, validate_input
 from .metrics import WORKFLOW_RUNS, WORKFLOW_STEP_SECONDS
 from .processes import process_alive
-from .runtime import Runtime, use_runtime
+from .questions import check_answer
+from .runtime import ATTEMPT_KEY, Runtime, use_runtime
 from .settings import Settings
 
 __all__ = ["Orchestrator", "RunResult", "Progress", "WorkflowDetails", "HistoryEntry"]
@@ -231,25 +238,39 @@ class Orchestrator:
         Raises:
             WorkflowNotFound: no such thread id.
             WorkflowBusy: another live process is running it.
+            InvalidAnswer: it waits for an answer and ``value`` is missing or does not fit the
+                question's schema; or it waits for none and ``value`` was given. Nothing was
+                changed: the question stays pending.
         """
         record = await self.runtime.workflows.get(thread_id)
         if record.status == "completed":
+            if value is not None:
+                raise InvalidAnswer(f"workflow {thread_id} is completed: it waits for no "
+                                    "answer, and this one was not used")
             return RunResult(thread_id, record.workflow_type, "completed", record.result)
         if record.status == "running" and record.owner != self.owner and self._owner_alive(record):
             raise WorkflowBusy(
                 f"workflow {thread_id} is running in live process {record.owner}; "
                 "wait for it, or stop that process and resume again"
             )
+        # A pending interrupt gets ``value`` as its answer, checked against the question's
+        # schema BEFORE anything changes (a refused answer leaves the workflow as it was);
+        # otherwise (crash, failure) the graph carries on from its last checkpoint,
+        # re-running only the unfinished tasks.
+        snapshot = await self.graph(record.workflow_type).aget_state(self._config(thread_id))
+        if snapshot.interrupts:
+            check_answer(thread_id, [i.value for i in snapshot.interrupts], value)
+        elif value is not None:
+            raise InvalidAnswer(
+                f"workflow {thread_id} ({record.status}) waits for no answer, so this one was "
+                f"not used; to carry on from its last checkpoint: orchestrator resume {thread_id}")
         try:
             record = await self.runtime.workflows.update(
                 thread_id, record.version, status="running", owner=self.owner, heartbeat_at="now",
-                error=None,
+                error=None, attempt="next",  # a new attempt: stored errors are not replayed to it
             )
         except StaleWorkflowVersion as exc:
             raise WorkflowBusy(f"workflow {thread_id} was claimed by another process") from exc
-        # A pending interrupt gets ``value`` as its answer; otherwise (crash, failure) the graph
-        # carries on from its last checkpoint, re-running only the unfinished tasks.
-        snapshot = await self.graph(record.workflow_type).aget_state(self._config(thread_id))
         graph_input: Any = Command(resume=value) if snapshot.interrupts else None
         if snapshot.created_at is None:
             # Killed after the row was written but before the first checkpoint: start it
@@ -268,7 +289,8 @@ class Orchestrator:
                 continue
             try:
                 claimed = await self.runtime.workflows.update(
-                    record.thread_id, record.version, owner=self.owner, heartbeat_at="now"
+                    record.thread_id, record.version, owner=self.owner, heartbeat_at="now",
+                    attempt="next",
                 )
             except StaleWorkflowVersion:
                 continue  # another recoverer won the race
@@ -282,6 +304,9 @@ class Orchestrator:
         thread_id, workflow = record.thread_id, record.workflow_type
         graph = self.graph(workflow)
         config = self._config(thread_id)
+        # agent calls carry the attempt (orchestrator.calls): an error stored for an earlier
+        # attempt is never replayed to this one
+        config["configurable"][ATTEMPT_KEY] = record.attempt
         tracker = _ProgressTracker(thread_id, on_progress)
         version = record.version
         step_started = last_step_write = time.perf_counter()

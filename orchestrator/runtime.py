@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextvars import ContextVar
@@ -33,11 +34,26 @@ from .registry import AgentRegistry
 from .settings import Settings
 from .worker import Worker
 
-__all__ = ["Runtime", "current_runtime", "use_runtime"]
+__all__ = ["ATTEMPT_KEY", "Runtime", "current_attempt", "current_runtime", "fresh_attempt",
+           "use_runtime"]
 
 log = logging.getLogger(__name__)
 
 _current: ContextVar[Runtime | None] = ContextVar("orchestrator_runtime", default=None)
+
+#: The ``configurable`` key of a graph run's config that carries its workflow attempt (the
+#: :class:`~orchestrator.facade.Orchestrator` sets it from the ``workflows`` row).
+ATTEMPT_KEY = "orchestrator_attempt"
+#: The attempt of graph runs made inside :func:`use_runtime` without a facade (``langgraph
+#: dev`` sets the runtime once per run).
+_attempt: ContextVar[int | None] = ContextVar("orchestrator_attempt", default=None)
+
+
+def fresh_attempt() -> int:
+    """An attempt number for a graph run the facade does not count (``langgraph dev``, a graph
+    invoked directly): random, so unique per run, and far above any count the facade
+    reaches."""
+    return (1 << 40) + secrets.randbits(52)
 
 
 class Runtime:
@@ -79,6 +95,8 @@ class Runtime:
         ))
         self.worker: Worker | None = None
         self._call_counters: OrderedDict[str, int] = OrderedDict()
+        #: the attempt of graph runs that name none (neither the facade nor use_runtime)
+        self.attempt = fresh_attempt()
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -92,10 +110,16 @@ class Runtime:
         if database_url is None or redis_url is None:
             from .services import EmbeddedServices
 
-            embedded = EmbeddedServices(
-                settings.data_dir, postgres=database_url is None, redis=redis_url is None
-            )
-            await asyncio.to_thread(embedded.start)
+            def start_embedded() -> EmbeddedServices:
+                # resolving the data dir and starting servers touch the file system: off the
+                # event loop (`langgraph dev` refuses blocking calls on it)
+                services = EmbeddedServices(
+                    settings.data_dir, postgres=database_url is None, redis=redis_url is None
+                )
+                services.start()
+                return services
+
+            embedded = await asyncio.to_thread(start_embedded)
             database_url = database_url or embedded.database_url
             redis_url = redis_url or embedded.redis_url
         try:
@@ -148,11 +172,14 @@ class Runtime:
                 await asyncio.to_thread(embedded.close)
 
     def next_call_index(self, task_key: str) -> int:
-        """0, 1, 2... for successive agent calls of one graph task in this process.
+        """0, 1, 2... for successive agent calls of one graph task (``task_key`` names the
+        workflow attempt too: see :func:`orchestrator.calls.call_agent`) in this process.
 
-        A task re-run after a crash starts again at 0 (a new process), so its calls get the
-        request ids of the first run and are answered from the response store; a retry in the
-        same process continues counting and so really re-executes.
+        Each attempt of a workflow (a run, a resume, a recovery after a crash) starts again at
+        0, so its calls get the request ids of the earlier attempts: their stored successes
+        answer them, and calls that failed run again (an error answers only its own attempt).
+        A retry within one attempt (LangGraph's RetryPolicy) continues counting, and so really
+        re-executes.
         """
         index = self._call_counters.get(task_key, -1) + 1
         self._call_counters[task_key] = index
@@ -169,13 +196,27 @@ class Runtime:
 
 
 @contextlib.contextmanager
-def use_runtime(runtime: Runtime) -> Iterator[Runtime]:
-    """Make ``runtime`` the one graph nodes see in this context."""
+def use_runtime(runtime: Runtime, *, attempt: int | None = None) -> Iterator[Runtime]:
+    """Make ``runtime`` the one graph nodes see in this context.
+
+    Graph runs inside it that carry no attempt in their config (the facade sets one) count as
+    ``attempt`` (default: a fresh one per use; ``langgraph dev`` enters this once per run).
+    """
     token = _current.set(runtime)
+    attempt_token = _attempt.set(attempt if attempt is not None else fresh_attempt())
     try:
         yield runtime
     finally:
+        _attempt.reset(attempt_token)
         _current.reset(token)
+
+
+def current_attempt(configurable: dict[str, object], runtime: Runtime) -> int:
+    """The workflow attempt of the graph run whose config has ``configurable``."""
+    attempt = configurable.get(ATTEMPT_KEY)
+    if isinstance(attempt, int) and attempt >= 1:
+        return attempt
+    return _attempt.get() or runtime.attempt
 
 
 async def current_runtime() -> Runtime:

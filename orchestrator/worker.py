@@ -20,7 +20,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -36,6 +36,7 @@ from .metrics import (
     WORKER_BACKLOG,
     WORKER_CONCURRENCY,
 )
+from .outage import Outage
 from .processes import new_process_id, process_alive
 from .registry import AgentRegistry
 
@@ -44,6 +45,9 @@ __all__ = ["Worker"]
 log = logging.getLogger(__name__)
 
 _TRANSIENT = (TimeoutError, ConnectionError, OSError)
+#: How long each step of stopping may take (marking draining, deregistering, announcing):
+#: the services may be gone.
+_STOP_STEP_S = 3.0
 #: With a backlog, how long the reader waits for half the handler slots to be free.
 _BATCH_WAIT_S = 0.002
 
@@ -151,6 +155,11 @@ class Worker:
         self._inflight: set[asyncio.Task[None]] = set()
         self._executing: set[str] = set()  # request ids this process is executing now
         self._claims: dict[str, str] = {}  # request id -> claim, of handlers running now
+        # message id -> (stream, agent type) of the deliveries being handled here: their idle
+        # time is kept fresh (see _renew_claims), so no reclaimer takes them over
+        self._running: dict[str, tuple[str, str]] = {}
+        # handler task -> its agent type's capacity (the slot it holds; see _await_other)
+        self._slots: dict[asyncio.Task[None], _Capacity] = {}
         self._loggers: dict[str, logging.Logger] = {}
         self.handled = 0
 
@@ -188,17 +197,20 @@ class Worker:
         self._loops.append(asyncio.create_task(self._renew_claims(), name="claim-renewer"))
 
     async def stop(self, grace: float = 30.0) -> None:
-        """Stop reading, let in-flight requests finish for up to ``grace`` seconds, deregister."""
+        """Stop reading, let in-flight requests finish for up to ``grace`` seconds, deregister.
+
+        PostgreSQL or Redis may be gone (often why the worker is stopped): every step is
+        bounded, and a service found gone is reported once and not asked again. The rows of a
+        worker that could not deregister go offline when their heartbeat ages out.
+        """
         if self._stopping.is_set():
             return
         self._stopping.set()
-        for agent_id in self.agent_ids.values():
-            with contextlib.suppress(Exception):
-                await self.registry.set_status(agent_id, "draining")
+        ids = list(self.agent_ids.values())
+        registry_ok = await self._bounded(
+            "marking the agents draining", lambda: self.registry.set_status(ids, "draining"))
         readers = [t for t in self._loops if t.get_name().startswith(("consume-", "reclaim-"))]
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.gather(*readers, return_exceptions=True),
-                                   self.block_ms / 1000 + 5)
+        await asyncio.wait(readers, timeout=self.block_ms / 1000 + 5)
         if self._inflight:
             _done, pending = await asyncio.wait(self._inflight, timeout=grace)
             for task in pending:
@@ -213,14 +225,33 @@ class Worker:
                 await asyncio.gather(*pending, return_exceptions=True)
         for task in self._loops:
             task.cancel()
-        await asyncio.gather(*self._loops, return_exceptions=True)
+        await asyncio.wait(self._loops, timeout=_STOP_STEP_S)
         for agent in self.agents:
-            agent_id = self.agent_ids[agent.agent_type]
             LIVE_AGENTS.labels(agent.agent_type).dec()
-            with contextlib.suppress(Exception):
-                await self.registry.deregister(agent_id)
-                await self.bus.publish("agent.status_change", {"agent_id": agent_id,
-                                                               "status": "stopped"})
+        if registry_ok and await self._bounded(
+            "deregistering the agents", lambda: self.registry.deregister(ids)
+        ):
+            async def published() -> None:
+                for agent_id in ids:
+                    await self.bus.publish("agent.status_change",
+                                           {"agent_id": agent_id, "status": "stopped"})
+
+            await self._bounded("announcing the stop", published)
+
+    async def _bounded(self, what: str, step: Callable[[], Awaitable[object]]) -> bool:
+        """Run one step of stopping for up to ``_STOP_STEP_S``; whether it went through (a
+        failure is logged once, here)."""
+        try:
+            async with asyncio.timeout(_STOP_STEP_S):
+                await step()
+            return True
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            problem = (f"no answer within {_STOP_STEP_S:.0f}s" if isinstance(exc, TimeoutError)
+                       else str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            log.warning("stopping: %s failed (%s); going on without it", what, problem)
+            return False
 
     async def wait_stopped(self) -> None:
         await self._stopping.wait()
@@ -235,24 +266,32 @@ class Worker:
 
     async def _heartbeat(self) -> None:
         ids = list(self.agent_ids.values())
-        while not self._stopping.is_set():
-            await asyncio.sleep(self.heartbeat_interval)
+        outage = Outage("heartbeat", log)
+        while not await self._stopped_within(self.heartbeat_interval):
             try:
-                alive = await self.registry.heartbeat(ids)
-                if alive < len(ids):  # someone deleted our rows: put them back
-                    for agent in self.agents:
-                        await self.registry.register(
-                            self.agent_ids[agent.agent_type], agent.agent_type,
-                            capabilities=agent.capabilities, version=agent.version,
-                        )
-                for agent_id in await self.registry.sweep():
-                    await self.bus.publish(
-                        "agent.status_change", {"agent_id": agent_id, "status": "offline"}
-                    )
+                # bounded: a beat that cannot go through in a few intervals is a lost service
+                async with asyncio.timeout(max(self.heartbeat_interval * 3, 5.0)):
+                    await self._beat(ids)
+                outage.over()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("heartbeat failed: %s", exc)
+                outage.failed(exc if str(exc) else TimeoutError("no answer in time"))
+
+    async def _beat(self, ids: list[str]) -> None:
+        """One heartbeat: refresh this worker's rows (putting back any someone deleted), and
+        mark the instances whose heartbeats stopped offline."""
+        alive = await self.registry.heartbeat(ids)
+        if alive < len(ids):  # someone deleted our rows: put them back
+            for agent in self.agents:
+                await self.registry.register(
+                    self.agent_ids[agent.agent_type], agent.agent_type,
+                    capabilities=agent.capabilities, version=agent.version,
+                )
+        for agent_id in await self.registry.sweep():
+            await self.bus.publish(
+                "agent.status_change", {"agent_id": agent_id, "status": "offline"}
+            )
 
     async def _spawn(self, agent: Agent, delivery: Delivery) -> None:
         """Handle ``delivery`` in a task of its own once a slot is free."""
@@ -266,12 +305,22 @@ class Worker:
         task = asyncio.create_task(
             self._handle(agent, self.agent_ids[agent.agent_type], delivery, claimed))
         self._inflight.add(task)
-        task.add_done_callback(self._inflight.discard)
-        task.add_done_callback(lambda _t: capacity.release())
+        self._slots[task] = capacity
+        message_id = delivery.message_id
+        self._running[message_id] = (delivery.stream, agent.agent_type)
+
+        def done(t: asyncio.Task[None]) -> None:
+            self._inflight.discard(t)
+            self._slots.pop(t, None)
+            self._running.pop(message_id, None)
+            capacity.release()
+
+        task.add_done_callback(done)
 
     async def _start_batch(self, agent: Agent, deliveries: list[Delivery]) -> None:
         """Handle what one read returned: a slot each, then the claims of all of them in one
         round trip, then a task each."""
+        deliveries = [d for d in deliveries if not await self._misrouted(agent, d)]
         capacity = self.capacity[agent.agent_type]
         started = acquired = 0
         try:
@@ -298,7 +347,8 @@ class Worker:
             return {}
         try:
             outcomes = await self.bus.claim_many(
-                [(d.request.request_id, claim) for d in batch if d.request is not None],
+                [(d.request.request_id, claim, d.request.attempt)
+                 for d in batch if d.request is not None],
                 self.claim_ttl_ms)
         except asyncio.CancelledError:
             raise
@@ -318,6 +368,7 @@ class Worker:
         capacity = self.capacity[agent.agent_type]
         backoff = 0.05
         poll = True
+        outage = Outage(f"reading {agent.agent_type} requests", log)
         while not self._stopping.is_set():
             # Read as many as there are free slots, without holding them across the blocking
             # read: the reclaimer and the scaler must not be starved by an idle reader.
@@ -337,11 +388,12 @@ class Worker:
                 # A short read drained the streams: block right away next time.
                 poll = len(deliveries) >= count
                 backoff = 0.05
+                outage.over()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("reading %s requests failed: %s", agent.agent_type, exc)
-                await asyncio.sleep(backoff)
+                outage.failed(exc)
+                await self._stopped_within(backoff)
                 backoff = min(backoff * 2, 2.0)
                 continue
             if deliveries:
@@ -350,23 +402,48 @@ class Worker:
                 # read: the requests read are being waited for, the next read is not.
                 await asyncio.sleep(0)
 
+    async def _misrouted(self, agent: Agent, delivery: Delivery) -> bool:
+        """Dead-letter ``delivery`` when its request is addressed to another agent type (copied
+        into this type's stream): nothing is claimed, stored or answered under its request id,
+        so the real agent's answer is not pre-empted."""
+        request = delivery.request
+        if request is None or request.target == agent.agent_type:
+            return False
+        BUS_DEAD_LETTERS.labels(agent.agent_type, "wrong_target").inc()
+        reason = (f"addressed to agent type {request.target!r}, found in the stream of "
+                  f"{agent.agent_type!r}: not executed")
+        log.warning("dead-lettering %s: %s", delivery.message_id, reason)
+        await self.bus.dead_letter(delivery, agent_type=agent.agent_type, reason=reason,
+                                   tell_requester=False)
+        return True
+
     async def _reclaim(self, agent: Agent) -> None:
         """Take over requests whose consumer died before acknowledging them."""
         pause = max(self.visibility_ms / 2000, 0.1)
+        outage = Outage(f"reclaiming {agent.agent_type} requests", log)
         while not await self._stopped_within(pause):
             try:
                 deliveries = await self.bus.reclaim(
                     agent.agent_type, self.name, min_idle_ms=self.visibility_ms,
                     count=self.max_concurrency,
                 )
+                outage.over()
                 for delivery in deliveries:
+                    if delivery.message_id in self._running:
+                        # ours, still running (its idle time was not refreshed in time: a
+                        # stalled loop): its handler answers it
+                        log.debug("%s is still running here; not started again",
+                                  delivery.message_id)
+                        continue
+                    if await self._misrouted(agent, delivery):
+                        continue
                     log.info("reclaimed %s (delivery %d) for %s", delivery.message_id,
                              delivery.delivery_count, agent.agent_type)
                     await self._spawn(agent, delivery)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("reclaiming %s requests failed: %s", agent.agent_type, exc)
+                outage.failed(exc)
 
     async def _scale(self, agent: Agent) -> None:
         """Set the type's concurrency from its backlog, between the minimum and maximum."""
@@ -439,13 +516,13 @@ class Worker:
                 (state, stored), claimed = claimed, None
             else:
                 state, stored = await self.bus.claim_or_replay(
-                    request.request_id, claim, self.claim_ttl_ms)
+                    request.request_id, claim, self.claim_ttl_ms, request.attempt)
                 if state == "claimed":
                     self._executing.add(request.request_id)
                     self._claims[request.request_id] = claim
             if state == "busy":
                 # Another consumer is executing this very request: answer with its result.
-                stored = await self._await_other(request.request_id)
+                stored = await self._await_other(request.request_id, request.attempt)
             if stored is not None:
                 BUS_HANDLED.labels(agent.agent_type, "replayed").inc()
                 await self.bus.respond(delivery, request, stored, agent_type=agent.agent_type,
@@ -505,17 +582,38 @@ class Worker:
             return False
         return True
 
-    async def _await_other(self, request_id: str) -> AgentResponse | None:
-        """Wait while another live consumer executes ``request_id``; its stored response, or
-        None when the claim went away without one (then the caller claims it)."""
-        pause = 0.02
-        while await self._claim_live(request_id):
-            stored = await self.bus.stored_response(request_id)
-            if stored is not None:
-                return stored
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, 0.5)
-        return await self.bus.stored_response(request_id)
+    async def _await_other(self, request_id: str, attempt: int = 1) -> AgentResponse | None:
+        """Wait while another live consumer executes ``request_id``; the stored response a
+        delivery of ``attempt`` gets (see :meth:`EventBus.stored_response`), or None when the
+        claim went away without one (then the caller claims it).
+
+        Waiting is not handling: the caller's handler slot is given back while it waits, so a
+        duplicate of a slow request never keeps the type's other requests from running. It is
+        taken back before returning: at once for a stored response (answering it is one
+        write), in turn with the others when the caller is to execute the request itself.
+        """
+        capacity = self._slots.get(asyncio.current_task())  # type: ignore[arg-type]
+        if capacity is not None:
+            capacity.release()
+        stored: AgentResponse | None = None
+        retaken = False
+        try:
+            pause = 0.02
+            while await self._claim_live(request_id):
+                stored = await self.bus.stored_response(request_id, attempt)
+                if stored is not None:
+                    break
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 0.5)
+            else:
+                stored = await self.bus.stored_response(request_id, attempt)
+            if capacity is not None and stored is None:
+                await capacity.acquire()
+                retaken = True
+            return stored
+        finally:
+            if capacity is not None and not retaken:
+                capacity.in_use += 1  # the task's done callback gives it back
 
     async def _execute(
         self, agent: Agent, agent_id: str, request: AgentRequest
@@ -574,12 +672,26 @@ class Worker:
     async def _renew_claims(self) -> None:
         """Extend the claims this worker holds (its requests from claim to answer), all in one
         round trip, every third of the claim's ttl: a claim is renewed within ttl/3 of being
-        taken, and then every ttl/3, until answered (one task for all, not one per request)."""
+        taken, and then every ttl/3, until answered (one task for all, not one per request).
+
+        The stream entries being handled here have their idle time reset just as often (a
+        third of the visibility timeout when that is shorter): a handler running longer than
+        the visibility timeout keeps its entry, and no reclaimer (this worker's included)
+        delivers it again while it runs."""
+        interval = min(self.claim_ttl_ms, self.visibility_ms) / 3000
         while True:
-            await asyncio.sleep(self.claim_ttl_ms / 3000)
+            await asyncio.sleep(interval)
             if self._claims:
                 with contextlib.suppress(Exception):
-                    await self.bus.renew_executions(dict(self._claims), self.claim_ttl_ms)
+                    async with asyncio.timeout(interval * 2):
+                        await self.bus.renew_executions(dict(self._claims), self.claim_ttl_ms)
+            if self._running:
+                entries: dict[tuple[str, str], list[str]] = {}
+                for message_id, key in list(self._running.items()):
+                    entries.setdefault(key, []).append(message_id)
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(interval * 2):
+                        await self.bus.keep_pending(self.name, entries)
 
     @staticmethod
     def _response(

@@ -25,10 +25,11 @@ STATUSES: tuple[str, ...] = ("running", "interrupted", "completed", "failed")
 
 _COLUMNS = (
     "thread_id, namespace, workflow_type, status, current_step, participating_agents, input, "
-    "result, error, owner, heartbeat_at, version, created_at, updated_at"
+    "result, error, owner, heartbeat_at, version, created_at, updated_at, attempt"
 )
 _UPDATABLE = frozenset(
-    {"status", "current_step", "participating_agents", "result", "error", "owner", "heartbeat_at"}
+    {"status", "current_step", "participating_agents", "result", "error", "owner", "heartbeat_at",
+     "attempt"}
 )
 _JSON = frozenset({"result", "error"})
 
@@ -49,6 +50,9 @@ class WorkflowRecord:
     version: int
     created_at: datetime
     updated_at: datetime
+    #: how many times the orchestrator started running the graph (run, resume, recover);
+    #: agent calls carry it, so a stored error is never replayed to a later attempt
+    attempt: int = 1
 
     @classmethod
     def from_row(cls, row: Row) -> WorkflowRecord:
@@ -122,6 +126,9 @@ class WorkflowStateManager:
     async def update(self, thread_id: str, expected_version: int, **changes: Any) -> WorkflowRecord:
         """Compare-and-set: apply ``changes`` only if the row is still at ``expected_version``.
 
+        ``heartbeat_at="now"`` sets the database's time; ``attempt="next"`` counts one more
+        attempt.
+
         Returns:
             The updated record, at ``expected_version + 1``.
 
@@ -138,6 +145,9 @@ class WorkflowStateManager:
             value = changes[key]
             if key == "heartbeat_at" and value == "now":
                 assignments.append("heartbeat_at = now()")
+                continue
+            if key == "attempt" and value == "next":
+                assignments.append("attempt = attempt + 1")
                 continue
             assignments.append(f"{key} = %s")
             params.append(Jsonb(value) if key in _JSON and value is not None else value)

@@ -4,6 +4,8 @@ circuit breaker and retries, on real Redis and PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import os
 import signal
 import subprocess
@@ -20,6 +22,7 @@ from orchestrator.agent import HandlerError
 from orchestrator.bus import encode
 from orchestrator.calls import call_agent
 from orchestrator.errors import AgentError, CircuitOpen, DeadLettered
+from orchestrator.messages import AgentRequest
 from orchestrator.runtime import Runtime
 from orchestrator.testing import stand_in
 from orchestrator.worker import Worker
@@ -76,7 +79,11 @@ async def test_too_many_deliveries_dead_letter_and_replay(orchestrator_settings)
                 {"agent_type": "dl", "reason": "max_deliveries"}) == before + 1
             # replayed: executed once, its response stored under the same request id
             replayed = await rt.bus.replay_dead_letter("dl", letters[0]["id"])
-            assert replayed.request_id == req.request_id and replayed.attempt == 2
+            # the same attempt (its error would be stored for it, never replayed to a resume),
+            # and a fresh bounded deadline (the original had none: never runnable forever)
+            assert replayed.request_id == req.request_id and replayed.attempt == req.attempt
+            assert replayed.deadline is not None
+            assert 0 < (replayed.deadline - datetime.now(UTC)).total_seconds() <= 300
             deadline = time.monotonic() + 10
             while await rt.bus.stored_response(req.request_id) is None:
                 assert time.monotonic() < deadline
@@ -259,3 +266,134 @@ async def test_worker_killed_mid_request_another_completes_it_once(
             if proc is not None and proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+async def test_a_stored_error_answers_its_own_attempt_only_a_success_every_attempt(
+    orchestrator_settings,
+) -> None:
+    """One request id: an error stored for attempt 1 answers a duplicate delivery of attempt
+    1 without running the handler; attempt 2 runs it; its success is replayed to attempt 3."""
+    runs: list[int] = []
+    fail = True
+
+    async def handler(payload, ctx):
+        runs.append(ctx.request.attempt)
+        if fail:
+            raise HandlerError("broken", "the cause is not fixed yet")
+        return {"ok": ctx.request.attempt}
+
+    async with Runtime.open(orchestrator_settings, agents=[stand_in("att", handler)]) as rt:
+        first = rt.bus.new_reply_stream_request(target="att", request_type="x", attempt=1)
+        answer = await rt.bus.request(first, 10)
+        assert answer.status == "error" and answer.error.code == "broken" and runs == [1]
+        again = await rt.bus.request(first, 10)  # a duplicate delivery of the same attempt
+        assert again.status == "error" and again.error.code == "broken" and runs == [1]
+        fail = False  # the cause is fixed; the workflow is resumed: attempt 2
+        second = first.model_copy(update={"attempt": 2})
+        answer = await rt.bus.request(second, 10)
+        assert answer.status == "success" and answer.result == {"ok": 2} and runs == [1, 2]
+        fail = True  # a stored success is replayed to any later attempt, not run again
+        third = await rt.bus.request(first.model_copy(update={"attempt": 3}), 10)
+        assert third.status == "success" and third.result == {"ok": 2} and runs == [1, 2]
+        # and to a late duplicate of attempt 1
+        late = await rt.bus.request(first, 10)
+        assert late.status == "success" and late.result == {"ok": 2} and runs == [1, 2]
+
+
+async def test_a_handler_running_past_the_visibility_timeout_is_not_reclaimed(
+    orchestrator_settings, caplog
+) -> None:
+    """Its worker keeps the entry's idle time fresh while it runs: it is delivered once, and a
+    quick request sent meanwhile runs at once in the type's other slot (min 1, max 2) instead
+    of waiting behind a reclaim of the slow one."""
+    caplog.set_level(logging.INFO, logger="orchestrator.worker")
+    runs: Counter[str] = Counter()
+    started = asyncio.Event()
+
+    async def handler(payload, ctx):
+        runs[payload["kind"]] += 1
+        if payload["kind"] == "slow":
+            started.set()
+            await asyncio.sleep(3.0)
+        return payload["kind"]
+
+    async with Runtime.open(orchestrator_settings, agents=[]) as rt:
+        stream = rt.bus.keys.requests("long", "normal")
+        async with Worker(rt.bus, rt.registry, [stand_in("long", handler)],
+                          visibility_timeout=1.0, min_concurrency=1, max_concurrency=2,
+                          scale_interval=0.05):
+            slow = await rt.bus.send(rt.bus.new_reply_stream_request(
+                target="long", request_type="x", payload={"kind": "slow"}))
+            await asyncio.wait_for(started.wait(), 10)
+            await asyncio.sleep(1.7)  # past the visibility timeout, and past a reclaim pass
+            sent = time.monotonic()
+            quick = await rt.bus.request(rt.bus.new_reply_stream_request(
+                target="long", request_type="x", payload={"kind": "quick"}), 10)
+            quick_s = time.monotonic() - sent
+            pending = await rt.redis.xpending_range(stream, "long", min="-", max="+", count=10)
+            assert not slow.done()
+            assert (await asyncio.wait_for(slow, 10)).result == "slow"
+    assert quick.result == "quick" and quick_s < 1.0, f"the quick request took {quick_s:.1f}s"
+    assert [p["times_delivered"] for p in pending] == [1]  # the slow one, delivered once
+    assert runs == Counter({"slow": 1, "quick": 1})
+    assert "reclaimed" not in caplog.text
+
+
+async def test_a_naive_deadline_is_refused_at_once(orchestrator_settings) -> None:
+    """A deadline without a timezone has no single meaning: the entry is dead-lettered on its
+    first delivery with a reason naming the deadline, and its requester is told at once."""
+    counts: Counter[str] = Counter()
+    with pytest.raises(ValueError, match="timezone"):
+        AgentRequest(source="s", target="t", request_type="x", reply_to="r",
+                     deadline=datetime(2030, 1, 1))
+    async with Runtime.open(orchestrator_settings,
+                            agents=[stand_in("naive", _counting(counts))]) as rt:
+        req = rt.bus.new_reply_stream_request(target="naive", request_type="x")
+        # the waiter is registered by a send to a stream nobody reads; the naive entry itself
+        # is written by hand (a client in another language, say)
+        waiter = await rt.bus.send(req.model_copy(update={"target": "nobody-reads-this"}))
+        data = json.loads(req.model_dump_json())
+        data["deadline"] = "2030-01-01T00:00:00"
+        sent = time.monotonic()
+        await rt.redis.xadd(rt.bus.keys.requests("naive", "normal"),
+                            {b"m": json.dumps(data).encode()})
+        response = await asyncio.wait_for(waiter, 5)
+        took = time.monotonic() - sent
+        letters = await rt.bus.dead_letters("naive")
+    assert response.status == "dead_lettered" and "deadline" in response.error.message
+    assert took < 2.0, f"told after {took:.1f}s"
+    assert len(letters) == 1 and letters[0]["deliveries"] == 1
+    assert "deadline" in letters[0]["reason"] and "timezone" in letters[0]["reason"]
+    assert counts == Counter()
+
+
+async def test_a_request_for_another_agent_type_is_refused_without_touching_its_id(
+    orchestrator_settings,
+) -> None:
+    """A (signed) request copied into another type's stream is dead-lettered there, never
+    executed, and nothing is stored, claimed or answered under its request id: the real
+    agent still executes it and its requester gets the real answer."""
+    wrong: Counter[str] = Counter()
+    right: Counter[str] = Counter()
+    settings = orchestrator_settings.model_copy(update={"bus_secret": SecretStr("s3cret")})
+    async with Runtime.open(settings, agents=[]) as rt:
+        req = rt.bus.new_reply_stream_request(target="realtype", request_type="x")
+        waiter = await rt.bus.send(req)  # queued for realtype, not served yet
+        await rt.redis.xadd(rt.bus.keys.requests("othertype", "normal"),
+                            encode(req, rt.bus.secret))
+        async with Worker(rt.bus, rt.registry, [stand_in("othertype", _counting(wrong))]):
+            deadline = time.monotonic() + 10
+            while not await rt.bus.dead_letters("othertype"):
+                assert time.monotonic() < deadline, "the copy was not dead-lettered"
+                await asyncio.sleep(0.05)
+            assert await rt.bus.stored_response(req.request_id) is None
+            assert await rt.bus.claim_owner(req.request_id) is None
+            await asyncio.sleep(0.2)
+            assert not waiter.done()
+        (letter,) = await rt.bus.dead_letters("othertype")
+        assert "'realtype'" in letter["reason"]
+        assert await rt.redis.xlen(rt.bus.keys.requests("othertype", "normal")) == 0
+        async with Worker(rt.bus, rt.registry, [stand_in("realtype", _counting(right))]):
+            response = await asyncio.wait_for(waiter, 10)
+    assert response.status == "success"
+    assert wrong == Counter() and right == Counter({req.request_id: 1})

@@ -127,8 +127,9 @@ async def test_run_until_interrupt_then_resume(orchestrator_factory) -> None:
     orch = await orchestrator_factory(stand_ins=[stand_in("reviewer", {"review": review})],
                                       workflows={"approval": approval})
     result, question = await run_until_interrupt(orch, "approval", {"change": "PR-7"})
-    assert question == {"question": "approve PR-7?",
-                        "review": {"verdict": "looks fine", "change": "PR-7"}}
+    assert question["kind"] == "approval" and question["question"] == "approve PR-7?"
+    assert question["context"] == {"review": {"verdict": "looks fine", "change": "PR-7"}}
+    assert question["schema"]["properties"]["approve"]["type"] == "boolean"
     record = (await orch.list_workflows(status="interrupted"))[0]
     assert record.thread_id == result.thread_id
     done = await resume(orch, result.thread_id, {"approve": True, "by": "ana"})
@@ -188,3 +189,23 @@ async def test_workflow_events_are_broadcast_in_order(orchestrator_factory) -> N
             break
         await asyncio.sleep(0.02)
     assert mine == wanted
+
+
+async def test_resume_after_the_cause_is_fixed_runs_the_failed_write_again(
+    orchestrator_factory, fixture_package, tmp_path
+) -> None:
+    """A failed agent call's stored error is not replayed to a resume (a new attempt), even
+    from a new process, whose call indexes start again at 0 (review H3)."""
+    out = tmp_path / "docs"
+    (out / "index.md").mkdir(parents=True)  # a directory where index.md must go
+    first = await orchestrator_factory()
+    failed = await first.run("parallel_docs", {"package": str(fixture_package),
+                                               "output": str(out)}, "docs-resume")
+    assert failed.status == "failed" and "unsafe" in failed.error["message"], failed.error
+    (out / "index.md").rmdir()  # the cause is fixed
+    second = await orchestrator_factory()  # a new process: its call indexes start at 0
+    result = await second.resume("docs-resume")
+    assert result.status == "completed", result.error
+    assert (out / "index.md").is_file()
+    assert sorted(_tree(out)) == sorted([f"{m}.md" for m in MODULES] + ["index.md"])
+    assert (await second.runtime.workflows.get("docs-resume")).attempt == 2

@@ -7,9 +7,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from langgraph.types import Command
 
 from orchestrator.calls import call_agent
 from orchestrator.errors import AgentError, InvalidInput
+from orchestrator.runtime import use_runtime
 from orchestrator.testing import resume, run_until_interrupt
 
 from .conftest import ORCHESTRATOR_CMD
@@ -80,8 +82,12 @@ async def test_approval_pauses_with_the_summary_and_the_merge_names_the_approver
     paused, question = await run_until_interrupt(orchestrator, "pr_deployment",
                                                  deliver(fixture_repo, "feature-pass"))
     assert question["kind"] == "approval"
-    assert question["summary"]["tests"]["counts"] == {"passed": 4}
-    assert question["summary"]["review"]["verdict"] == "approved"
+    assert question["context"]["summary"]["tests"]["counts"] == {"passed": 4}
+    assert question["context"]["summary"]["review"]["verdict"] == "approved"
+    # the question carries its answer's JSON Schema: a strict boolean, and who answers
+    schema = question["schema"]
+    assert schema["properties"]["approve"]["type"] == "boolean"
+    assert set(schema["required"]) == {"approve", "by"} and not schema["additionalProperties"]
     result = await resume(orchestrator, paused.thread_id,
                           {"approve": True, "by": "alice", "comment": "ship it"})
     assert result.status == "completed"
@@ -98,6 +104,36 @@ async def test_a_rejection_merges_nothing(orchestrator, fixture_repo) -> None:
                           {"approve": False, "by": "bob", "comment": "not this week"})
     assert result.status == "failed"
     assert result.final_result["reasons"] == ["rejected by bob: not this week"]
+    assert branch(fixture_repo) == before
+
+
+async def test_the_string_false_is_refused_and_never_merges(orchestrator, fixture_repo) -> None:
+    """Review H2: {"approve": "false"} used to approve (a non-empty string is truthy)."""
+    before = branch(fixture_repo)
+    paused, _ = await run_until_interrupt(orchestrator, "pr_deployment",
+                                          deliver(fixture_repo, "feature-pass"))
+    for bad in ({"approve": "false", "by": "reviewer", "comment": "NO, do not merge"},
+                {"approved": True, "by": "reviewer"}, "yes", None):
+        with pytest.raises(InvalidInput, match="approve" if bad else "waits for an answer"):
+            await resume(orchestrator, paused.thread_id, bad)
+        record = await orchestrator.runtime.workflows.get(paused.thread_id)
+        assert record.status == "interrupted" and record.error is None  # nothing moved
+        details = await orchestrator.get(paused.thread_id)
+        assert details.interrupts[0]["value"]["kind"] == "approval"  # still pending
+        assert branch(fixture_repo) == before
+    # straight through LangGraph (Studio, a direct call), past the facade: asked again
+    graph = orchestrator.graph("pr_deployment")
+    config = {"configurable": {"thread_id": paused.thread_id}}
+    with use_runtime(orchestrator.runtime):
+        await graph.ainvoke(Command(resume={"approve": "false", "by": "reviewer"}), config)
+    state = await graph.aget_state(config)
+    assert state.next == ("approve",) and "decision" not in state.values
+    assert "approve: Input should be a valid boolean" in \
+        state.interrupts[0].value["context"]["problem_with_last_answer"]
+    assert branch(fixture_repo) == before
+    result = await resume(orchestrator, paused.thread_id, {"approve": False, "by": "x"})
+    assert result.status == "failed" and result.final_result["stage"] == "approval"
+    assert result.final_result["reasons"] == ["rejected by x: no comment"]
     assert branch(fixture_repo) == before
 
 
@@ -201,3 +237,25 @@ async def test_cli_run_pause_and_resume(service_env, fixture_repo) -> None:
     assert json.loads(done.stdout)["final_result"]["merged"] is True
     bad = cli("run", "pr_deployment", "--set", f"repo={fixture_repo}", "--set", "source=nope")
     assert bad.returncode == 2 and "source 'nope' is not a branch" in bad.stderr
+
+
+async def test_a_merge_refused_for_a_dirty_target_runs_again_once_it_is_clean(
+    orchestrator_factory, fixture_repo
+) -> None:
+    """Review R2: the merge's stored error was replayed to the resume, from a new process too
+    (its call indexes start at 0), so cleaning the tree and resuming changed nothing."""
+    first = await orchestrator_factory()
+    paused, _ = await run_until_interrupt(first, "pr_deployment",
+                                          deliver(fixture_repo, "feature-pass"))
+    tracked = fixture_repo / "calc" / "__init__.py"
+    original = tracked.read_text()
+    tracked.write_text(original + "# local edit, not committed\n")  # dirty after validation
+    failed = await resume(first, paused.thread_id, {"approve": True, "by": "alice"})
+    assert failed.status == "failed" and "uncommitted" in failed.error["message"], failed.error
+    tracked.write_text(original)  # the cause is fixed
+    second = await orchestrator_factory()  # a new process: its call indexes start at 0
+    result = await second.resume(paused.thread_id)
+    assert result.status == "completed", result.error
+    assert result.final_result["merged"] is True
+    assert git(fixture_repo, "log", "-1", "--format=%s") == \
+        "Merge feature-pass into main (approved by alice)"
