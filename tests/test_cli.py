@@ -125,7 +125,7 @@ def test_a_missing_or_malformed_answer_exits_2_and_the_question_stays(env, monke
     assert code == 3, err
     # the pending question is shown with what it expects and how to answer
     assert "question (approval): approve PR-2?" in out
-    assert "answer: {by: string, approve: boolean}" in out
+    assert "answer: {approve: boolean, by: string}" in out
     assert """resume with: orchestrator resume ask-1 --value '{"approve": true, "by": "ana"}'""" \
         in out
 
@@ -378,3 +378,66 @@ def test_a_command_that_creates_a_data_dir_says_where_and_sub_folders_reuse_it(
     assert not (project / "sub" / ".orchestrator").exists()
     assert (project / ".orchestrator" / "redis").is_dir()
     assert not embedded_status(project / ".orchestrator")["redis"]["running"]
+
+
+# -- output on a terminal -----------------------------------------------------------------------
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_warning_never_lands_inside_the_progress_line(env, monkeypatch) -> None:
+    import logging
+    import re
+
+    from langgraph.graph import END, START, StateGraph
+    from pydantic import BaseModel
+
+    from orchestrator import graphs
+    from orchestrator.graphs import WorkflowSpec
+    from state.schema import MultiAgentState
+
+    class Input(BaseModel):
+        name: str
+
+    async def first(state):
+        return {"updated_at": "x"}
+
+    async def second(state):
+        logging.getLogger("tests.noisy").warning("the disk is nearly full")
+        return {"final_result": {"status": "completed"}}
+
+    builder = StateGraph(MultiAgentState)
+    builder.add_node("first_step", first)
+    builder.add_node("second_step", second)
+    builder.add_edge(START, "first_step")
+    builder.add_edge("first_step", "second_step")
+    builder.add_edge("second_step", END)
+    spec = WorkflowSpec("noisy", builder, Input, "logs a warning in its second step")
+    monkeypatch.setattr(graphs, "available_workflows", lambda: {"noisy": spec})
+
+    out, err = io.StringIO(), _Terminal()
+    code = cli.main(["run", "noisy", "--set", "name=x"], stdout=out, stderr=err,
+                    stdin=io.StringIO())
+    text = err.getvalue()
+    assert code == 0, text
+    assert "\rfirst_step" in text  # the progress line was drawn...
+    # ...and erased before the warning, which starts a line of its own
+    assert re.search(r"\rfirst_step\r {10}\r\d{4}-\d\d-\d\d [\d:,]+ WARNING tests.noisy: "
+                     r"the disk is nearly full\n\rfirst_step", text), repr(text)
+    assert text.endswith("\r" + " " * len("second_step") + "\r")  # and cleared at the end
+
+
+def test_a_failed_run_reports_its_error_once(service_env, tmp_path) -> None:
+    import subprocess
+    import sys
+
+    (tmp_path / "out" / "index.md").mkdir(parents=True)  # the docs cannot write their index
+    done = subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", "run", "parallel_docs", "--set",
+         "package=json", "--set", f"output={tmp_path / 'out'}"],
+        env=service_env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert (done.stdout + done.stderr).count("unsafe output path 'index.md'") == 1, done
