@@ -46,6 +46,7 @@ from state.db import Database
 
 from .errors import LockLost, ResourceLocked
 from .metrics import LOCK_ACQUISITIONS, LOCK_CONTENTION, LOCK_WAIT_SECONDS, LOCKS_HELD
+from .outage import Outage
 
 __all__ = ["Lease", "LockInfo", "ResourceLockManager"]
 
@@ -266,11 +267,13 @@ class ResourceLockManager:
         assert self.listen_url is not None
         backoff = 0.1
         prefix = self.namespace + _SEP
+        outage = Outage("the lock listener's connection", log)  # one warning per outage
         while not self._closing:
             try:
                 async with await AsyncConnection.connect(self.listen_url, autocommit=True) as conn:
                     await conn.execute(f"LISTEN {CHANNEL}")
                     self._listening.set()
+                    outage.over()
                     backoff = 0.1
                     while not self._closing:
                         # a bounded wait, so closing never has to cancel inside psycopg
@@ -290,7 +293,7 @@ class ResourceLockManager:
             except Exception as exc:
                 self._listening.clear()
                 self._own_notifies.clear()
-                log.warning("lock listener lost its connection (%s); reconnecting", exc)
+                outage.failed(exc)
                 # Wake every waiter: a release may have been missed while disconnected.
                 self._wake_all()
                 await asyncio.sleep(backoff)

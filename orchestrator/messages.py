@@ -7,7 +7,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 __all__ = [
     "AgentRequest",
@@ -40,14 +40,15 @@ class AgentRequest(BaseModel):
     request_type: str = Field(min_length=1)
     payload: dict[str, Any] = Field(default_factory=dict)
     priority: Priority = "normal"
-    deadline: datetime | None = None
+    #: timezone-aware (a naive time is refused at decode: it has no single meaning)
+    deadline: AwareDatetime | None = None
     correlation_id: str | None = Field(None, description="the workflow's thread id")
     attempt: int = Field(1, ge=1)
     reply_to: str = Field(min_length=1, description="stream the response goes to")
     fencing: dict[str, int] = Field(
         default_factory=dict, description="resource -> fencing token of each lock held"
     )
-    created_at: datetime = Field(default_factory=_utcnow)
+    created_at: AwareDatetime = Field(default_factory=_utcnow)
 
     def expired(self, now: datetime | None = None) -> bool:
         return self.deadline is not None and (now or _utcnow()) >= self.deadline

@@ -98,11 +98,16 @@ class AgentRegistry:
             (agent_ids,),
         )
 
-    async def set_status(self, agent_id: str, status: str) -> None:
-        await self.db.execute("UPDATE agents SET status = %s WHERE agent_id = %s", (status, agent_id))
+    async def set_status(self, agent_id: str | list[str], status: str) -> None:
+        """Set the status of one instance, or of several in one statement."""
+        ids = [agent_id] if isinstance(agent_id, str) else agent_id
+        await self.db.execute("UPDATE agents SET status = %s WHERE agent_id = ANY(%s)",
+                              (status, ids))
 
-    async def deregister(self, agent_id: str) -> None:
-        await self.db.execute("DELETE FROM agents WHERE agent_id = %s", (agent_id,))
+    async def deregister(self, agent_id: str | list[str]) -> None:
+        """Remove one instance, or several in one statement."""
+        ids = [agent_id] if isinstance(agent_id, str) else agent_id
+        await self.db.execute("DELETE FROM agents WHERE agent_id = ANY(%s)", (ids,))
         self._live_cache.clear()
 
     async def sweep(self) -> list[str]:

@@ -7,6 +7,7 @@ Connections are in autocommit mode with ``dict_row`` rows, which is also what La
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -20,6 +21,30 @@ __all__ = ["Database", "Row"]
 log = logging.getLogger(__name__)
 
 Row = dict[str, Any]
+
+
+class _ReconnectWarnings(logging.Filter):
+    """psycopg_pool warns on every failed attempt to reconnect (about one a second while the
+    server is down): the first of each pool's warnings per minute stays a warning, the others
+    go out at debug level. A lost database is one line in the log, not a flood."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._warned: dict[object, float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg != "error connecting in %r: %s" or record.levelno != logging.WARNING:
+            return True
+        pool = record.args[0] if isinstance(record.args, tuple) and record.args else None
+        now = time.monotonic()
+        if now - self._warned.get(pool, -120.0) >= 60.0:
+            self._warned[pool] = now
+        else:
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return True
+
+
+logging.getLogger("psycopg.pool").addFilter(_ReconnectWarnings())
 
 
 class Database:

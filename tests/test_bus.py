@@ -359,3 +359,62 @@ async def test_writes_made_together_go_out_together() -> None:
     assert outcomes[0] == 10 and outcomes[1] == 20 and outcomes[4] == 50
     assert isinstance(outcomes[2], ValueError) and str(outcomes[2]) == "bad 3"
     assert isinstance(outcomes[3], asyncio.CancelledError)
+
+
+async def test_answered_requests_leave_nothing_in_their_stream(orchestrator_settings) -> None:
+    """Entries are deleted once answered: executed, replayed from the store, expired, or
+    dead-lettered. The stream keeps neither entries nor payloads, and nothing stays pending;
+    the backlog (which drives autoscaling) reads 0."""
+    from datetime import UTC, datetime, timedelta
+
+    async def echo(payload, ctx):
+        return payload
+
+    async with Runtime.open(orchestrator_settings, agents=[stand_in("trim", echo)]) as rt:
+        stream = rt.bus.keys.requests("trim", "normal")
+        reqs = [rt.bus.new_reply_stream_request(target="trim", request_type="x",
+                                                payload={"secret": f"payload-{i}"})
+                for i in range(30)]
+        answers = await asyncio.gather(*(rt.bus.request(r, 10) for r in reqs))
+        assert [a.result for a in answers] == [r.payload for r in reqs]
+        # answered from the store, expired before it started, undecodable
+        assert (await rt.bus.request(reqs[0], 10)).result == reqs[0].payload
+        late = rt.bus.new_reply_stream_request(
+            target="trim", request_type="x", deadline=datetime.now(UTC) - timedelta(seconds=1))
+        assert (await rt.bus.request(late, 10)).status == "timeout"
+        await rt.redis.xadd(stream, {b"m": b"{not json"})
+        deadline = time.monotonic() + 10
+        while not await rt.bus.dead_letters("trim"):
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        assert await rt.redis.xlen(stream) == 0
+        assert (await rt.redis.xpending(stream, "trim"))["pending"] == 0
+        assert await rt.bus.backlog("trim") == 0
+        assert not any(b"payload-" in str(e).encode()
+                       for e in await rt.redis.xrange(stream))
+
+
+async def test_unanswered_requests_are_capped_and_a_dropped_pending_one_is_let_go(
+    orchestrator_settings,
+) -> None:
+    """The safety cap bounds a stream nobody serves; an entry the cap dropped while it was
+    pending (its consumer died) is acknowledged by the next reclaim, not counted as backlog
+    for ever."""
+    from orchestrator.bus import EventBus
+
+    async with Runtime.open(orchestrator_settings, agents=[]) as rt:
+        capped = EventBus(rt.redis, namespace=orchestrator_settings.namespace,
+                          process_id="capped", requests_maxlen=50)
+        for _ in range(400):
+            await capped.send(capped.new_reply_stream_request(target="unserved",
+                                                              request_type="x"))
+        # approximate, like MAXLEN ~: whole nodes (100 entries by default) are dropped
+        assert await rt.redis.xlen(rt.bus.keys.requests("unserved", "normal")) <= 150
+
+        await rt.bus.send(rt.bus.new_reply_stream_request(target="dropped", request_type="x"))
+        (got,) = await rt.bus.read_requests("dropped", "ghost", count=1, block_ms=100)
+        await rt.redis.xdel(got.stream, got.message_id)  # what the cap does to old entries
+        assert await rt.bus.reclaim("dropped", "heir", min_idle_ms=0, count=5) == []
+        assert (await rt.redis.xpending(got.stream, "dropped"))["pending"] == 0
+        assert await rt.bus.backlog("dropped") == 0
+        await capped.close()
