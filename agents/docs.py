@@ -3,9 +3,13 @@
 Request types:
 
 * ``list_modules`` ``{"package_dir"}`` → ``{"package", "modules": [{"name", "path"}]}``
-* ``render_module`` ``{"package_dir", "module", "path"}`` → ``{"module", "markdown", "summary"}``
-* ``write_docs`` ``{"output", "package", "pages": {module: markdown}, "summaries": {...}}`` →
-  ``{"output", "files", "index"}``. Guarded by the ``docs:<output>`` lock: the request must carry
+* ``render_module`` ``{"package_dir", "module", "path"}`` → ``{"module", "markdown", "summary"}``,
+  or ``{"module", "skipped": reason}`` for a module that cannot be read: a symlink out of the
+  package, a file it may not read, or text that does not decode (one such file never fails
+  the whole package).
+* ``write_docs`` ``{"output", "package", "pages": {module: markdown}, "summaries": {...},
+  "skipped": {module: reason}}`` → ``{"output", "files", "index"}``; the index lists the
+  skipped modules with their reason. Guarded by the ``docs:<output>`` lock: the request must carry
   that lock's fencing token, and a token older than one already seen is refused.
 
 The documented package is never imported.
@@ -14,7 +18,9 @@ The documented package is never imported.
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
+import io
+import tokenize
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from orchestrator.agent import Agent, HandlerError, RequestContext
@@ -65,14 +71,40 @@ async def list_modules(payload: dict[str, Any], ctx: RequestContext) -> dict[str
     }
 
 
-def _render(package_dir: Path, module: str, rel_path: str) -> dict[str, Any]:
-    path = (package_dir / rel_path).resolve()
-    if not path.is_relative_to(package_dir.resolve()) or path.suffix != ".py":
+def _read_source(package_dir: Path, rel_path: str) -> str:
+    """The text of a module, decoded as Python decodes it (PEP 263 coding line, else UTF-8).
+
+    Raises:
+        HandlerError: ``invalid_input`` for a path that is not a module's (the request is
+            wrong). _Unreadable: the module is the package's but cannot be read.
+    """
+    parts = PurePosixPath(rel_path)
+    if parts.is_absolute() or ".." in parts.parts or parts.suffix != ".py":
         raise HandlerError("invalid_input", f"{rel_path} is not a module of {package_dir}")
+    path = (package_dir / rel_path).resolve()
+    if not path.is_relative_to(package_dir.resolve()):
+        raise _Unreadable(f"a symlink to {path}, outside the package; not followed")
     try:
-        source = path.read_text(encoding="utf-8", errors="replace")
-    except FileNotFoundError:
-        raise HandlerError("invalid_input", f"module file {path} does not exist") from None
+        data = path.read_bytes()
+    except OSError as exc:  # gone since discovery, no permission, a folder, a fifo...
+        raise _Unreadable(f"cannot be read: {exc.strerror or exc}") from None
+    try:
+        encoding, _ = tokenize.detect_encoding(io.BytesIO(data).readline)
+        return data.decode(encoding)
+    except (SyntaxError, LookupError, UnicodeDecodeError) as exc:
+        reason = exc.reason if isinstance(exc, UnicodeDecodeError) else exc
+        raise _Unreadable(f"does not decode as Python source: {reason}") from None
+
+
+class _Unreadable(Exception):
+    """A module of the package that cannot be read; it is skipped, with this reason."""
+
+
+def _render(package_dir: Path, module: str, rel_path: str) -> dict[str, Any]:
+    try:
+        source = _read_source(package_dir, rel_path)
+    except _Unreadable as exc:
+        return {"module": module, "skipped": f"{rel_path}: {exc}"}
     return {
         "module": module,
         "markdown": render_module(source, module),
@@ -97,8 +129,12 @@ async def write(payload: dict[str, Any], ctx: RequestContext) -> dict[str, Any]:
         raise HandlerError("invalid_input", "payload needs 'output', 'package' and 'pages'")
     await ctx.check_fencing(docs_resource(output))
     files = {module_filename(name): text for name, text in pages.items()}
+    skipped = payload.get("skipped") or {}
+    if not isinstance(skipped, dict):
+        raise HandlerError("invalid_input", "'skipped' must map module names to reasons")
     files[INDEX_FILENAME] = render_index(
-        package, sorted((name, str(summaries.get(name, ""))) for name in pages)
+        package, sorted((name, str(summaries.get(name, ""))) for name in pages),
+        skipped=sorted((str(name), str(reason)) for name, reason in skipped.items()),
     )
     try:
         written = await asyncio.to_thread(write_docs, output, files)

@@ -366,16 +366,20 @@ def module_filename(name: str) -> str:
     return f"{name}.md"
 
 
-def render_index(package: str, modules: list[tuple[str, str]]) -> str:
+def render_index(
+    package: str, modules: list[tuple[str, str]], *, skipped: list[tuple[str, str]] = ()
+) -> str:
     """Render the index page linking every module page.
 
     Args:
         package: Top-level package name, used in the heading.
         modules: ``(module name, summary)`` pairs, in any order.
+        skipped: ``(module name, reason)`` pairs of modules that could not be read.
 
     Returns:
         ``# <package> API reference`` followed by one bullet per module,
-        ``- [pkg.mod](pkg.mod.md) — summary``, sorted by module name.
+        ``- [pkg.mod](pkg.mod.md) — summary``, sorted by module name; then, if any were
+        skipped, ``## Skipped modules`` with ``- pkg.mod — reason`` bullets.
     """
     blocks = [f"# {package} API reference"]
     items = []
@@ -384,6 +388,10 @@ def render_index(package: str, modules: list[tuple[str, str]]) -> str:
         summary = " ".join(summary.split())
         items.append(f"{item} — {summary}" if summary else item)
     blocks.append("\n".join(items) if items else "No public modules.")
+    if skipped:
+        blocks.append("## Skipped modules")
+        blocks.append("\n".join(f"- {_escape_inline(name)} — {_escape_inline(' '.join(why.split()))}"
+                                for name, why in sorted(skipped)))
     return _finish(blocks)
 
 

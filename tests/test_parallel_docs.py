@@ -209,3 +209,29 @@ async def test_resume_after_the_cause_is_fixed_runs_the_failed_write_again(
     assert (out / "index.md").is_file()
     assert sorted(_tree(out)) == sorted([f"{m}.md" for m in MODULES] + ["index.md"])
     assert (await second.runtime.workflows.get("docs-resume")).attempt == 2
+
+
+async def test_an_unreadable_module_is_skipped_and_listed_not_a_failed_run(
+    orchestrator, fixture_package, tmp_path
+) -> None:
+    secret = tmp_path / "secret.py"
+    secret.write_text('TOKEN = "do-not-publish"\n')
+    (fixture_package / "leak.py").symlink_to(secret)  # a symlink out of the package
+    (fixture_package / "garbled.py").write_bytes(b'"""Caf\xe9."""\n')  # not UTF-8, no coding line
+    (fixture_package / "latin.py").write_bytes(b'# -*- coding: latin-1 -*-\n"""Caf\xe9."""\n')
+    out = tmp_path / "docs"
+    result = await orchestrator.run("parallel_docs", {"package": str(fixture_package),
+                                                      "output": str(out)})
+    assert result.status == "completed", result.error
+    skipped = result.final_result["skipped"]
+    assert sorted(skipped) == ["fixturepkg.garbled", "fixturepkg.leak"]
+    assert skipped["fixturepkg.leak"] == f"leak.py: a symlink to {secret}, outside the package; " \
+        "not followed"
+    assert skipped["fixturepkg.garbled"].startswith("garbled.py: does not decode as Python source")
+    assert result.final_result["modules"] == len(MODULES) + 1  # latin.py decodes as it declares
+    assert "Café." in (out / "fixturepkg.latin.md").read_text()
+    assert not (out / "fixturepkg.leak.md").exists() and not (out / "fixturepkg.garbled.md").exists()
+    index = (out / "index.md").read_text()
+    assert "## Skipped modules" in index
+    assert "- fixturepkg.leak — leak.py: a symlink to" in index
+    assert "do-not-publish" not in "".join(p.read_text() for p in out.iterdir())

@@ -10,7 +10,9 @@
   holding the ``docs:<output>`` lock, whose fencing token the agent checks.
 
 Input: ``{"package": <folder of a Python package, or an importable package name>,
-"output": <folder>}``. Same input, byte-identical output.
+"output": <folder>}``. Same input, byte-identical output. A module that cannot be read (a
+symlink out of the package, no permission, undecodable text) is skipped: the index lists it
+with the reason, and ``final_result["skipped"]`` maps it to the reason.
 """
 
 from __future__ import annotations
@@ -153,6 +155,10 @@ async def document_module(task: dict[str, Any]) -> dict[str, Any]:
         {"package_dir": task["package"], "module": module, "path": task["path"]},
         subtask=module,
     )
+    if "skipped" in call.result:  # unreadable: reported in the index, not a failed run
+        reason = call.result["skipped"]
+        return _updates(call.updates, {"partial_results": {module: {"skipped": reason}},
+                                       "subtask_status": {module: "skipped"}})
     page = {"markdown": call.result["markdown"], "summary": call.result["summary"]}
     return _updates(call.updates, {"partial_results": {module: page},
                                    "subtask_status": {module: "done"}})
@@ -165,13 +171,16 @@ async def write_docs(state: ParallelDocsState) -> dict[str, Any]:
     missing = [m for m in modules if m not in pages]
     if missing:  # cannot happen through the fan-in; guard the invariant all the same
         raise RuntimeError(f"modules without a page: {', '.join(missing)}")
+    skipped = {m: pages[m]["skipped"] for m in modules if "skipped" in pages[m]}
+    written = [m for m in modules if m not in skipped]
     call = await call_agent(
         "docs", "write_docs",
         {
             "output": output,
             "package": state.get("package_name") or Path(state["package"]).name,
-            "pages": {m: pages[m]["markdown"] for m in modules},
-            "summaries": {m: pages[m]["summary"] for m in modules},
+            "pages": {m: pages[m]["markdown"] for m in written},
+            "summaries": {m: pages[m]["summary"] for m in written},
+            "skipped": skipped,
         },
         locks=[f"docs:{output}"],
         subtask="write_docs",
@@ -181,9 +190,11 @@ async def write_docs(state: ParallelDocsState) -> dict[str, Any]:
         "package": state.get("package_name"),
         "output": call.result["output"],
         "index": str(Path(call.result["output"]) / call.result["index"]),
-        "modules": len(modules),
+        "modules": len(written),
         "files": call.result["files"],
     }
+    if skipped:
+        final["skipped"] = skipped
     return _updates(call.updates, {"final_result": final})
 
 
