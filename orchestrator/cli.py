@@ -1,7 +1,8 @@
 """``orchestrator``: run, resume and inspect workflows; host agents; manage the database.
 
 Exit codes: 0 completed (or success), 3 interrupted (waiting for ``resume``), 1 failed,
-2 bad usage or bad input.
+2 bad usage or bad input, 4 completed but partial (the result's status is ``partial``: a
+plan finished with tasks skipped).
 """
 
 from __future__ import annotations
@@ -20,13 +21,22 @@ from typing import Any, TextIO
 from .errors import InvalidInput, OrchestratorError
 from .settings import Settings
 
-__all__ = ["main", "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_INTERRUPTED"]
+__all__ = ["main", "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_INTERRUPTED", "EXIT_PARTIAL"]
 
 log = logging.getLogger(__name__)
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 3
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_PARTIAL = 0, 1, 2, 3, 4
 _STATUS_EXIT = {"completed": EXIT_OK, "interrupted": EXIT_INTERRUPTED, "failed": EXIT_FAILED,
                 "running": EXIT_FAILED}
+
+
+def _exit_code(result: Any) -> int:
+    """The exit code of a run: by its status; a completed run whose result says ``partial``
+    (a plan that finished with tasks skipped) is not a clean success."""
+    final = result.final_result
+    if result.status == "completed" and isinstance(final, dict) and final.get("status") == "partial":
+        return EXIT_PARTIAL
+    return _STATUS_EXIT.get(result.status, EXIT_FAILED)
 
 
 class UsageError(Exception):
@@ -292,7 +302,7 @@ def _summarize(value: Any) -> str:
 def _print_result(result: Any, args: argparse.Namespace, out: TextIO) -> int:
     if args.json:
         _print_json(result.to_dict(), out)
-        return _STATUS_EXIT.get(result.status, EXIT_FAILED)
+        return _exit_code(result)
     out.write(f"{result.status}: {result.workflow_type} (thread {result.thread_id})\n")
     if isinstance(result.final_result, dict):
         for key, value in result.final_result.items():
@@ -308,7 +318,7 @@ def _print_result(result: Any, args: argparse.Namespace, out: TextIO) -> int:
         out.write(f"  resume with: orchestrator resume {result.thread_id} --value '<JSON>'\n")
     if result.status == "running":
         out.write(f"  stopped before the end; continue with: orchestrator resume {result.thread_id}\n")
-    return _STATUS_EXIT.get(result.status, EXIT_FAILED)
+    return _exit_code(result)
 
 
 class _LogHandler(logging.StreamHandler):  # type: ignore[type-arg]

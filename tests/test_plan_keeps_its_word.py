@@ -4,6 +4,8 @@ never open a circuit breaker (issue 10, item 5)."""
 
 from __future__ import annotations
 
+import io
+import json
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +13,7 @@ import pytest
 
 from agents.depgraph import analyze, patch_additions
 from agents.developer import file_resource
+from orchestrator import cli
 from orchestrator.agent import HandlerError, builtin_agents
 from orchestrator.calls import call_agent
 from orchestrator.errors import AgentError
@@ -203,3 +206,42 @@ async def test_a_cache_hit_counts_only_if_the_repository_still_holds_the_result(
     state = (await orch.get(last.thread_id)).values
     assert {r["attempts"][-1]["cached_from"] for t, r in state["tasks"].items()
             if t != "m3"} == {reset.thread_id}
+
+
+def test_a_plan_that_finishes_with_skipped_tasks_is_partial_and_exits_4(
+    monkeypatch, orchestrator_settings, tmp_path
+) -> None:
+    for key in ("DATABASE_URL", "REDIS_URL", "NAMESPACE"):
+        monkeypatch.setenv(f"ORCHESTRATOR_{key}", str(getattr(orchestrator_settings, key.lower())))
+    repo = small_repo(tmp_path / "repo")
+    plan = {"repo": str(repo), "integration_command": "python -c pass", "max_attempts": 1,
+            "tasks": [{"id": "good", "file": "pkg/good.py", "kind": "new", "content": "A = 1\n"},
+                      {"id": "bad", "file": "pkg/bad.py", "kind": "new",
+                       "content": "B = UNDEFINED\n"},  # F821: QA fails, nothing fixes it
+                      {"id": "user", "file": "pkg/user.py", "kind": "new",
+                       "content": "from pkg.bad import B\n\nC = B\n"}]}
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+
+    def cli_run(*argv: str) -> tuple[int, str]:
+        out, err = io.StringIO(), io.StringIO()
+        code = cli.main(list(argv), stdout=out, stderr=err, stdin=io.StringIO(""))
+        return code, out.getvalue() + err.getvalue()
+
+    code, out = cli_run("run", "plan_execution", "--set", f"plan={tmp_path / 'plan.json'}",
+                        "--json")
+    assert code == cli.EXIT_INTERRUPTED, out
+    thread_id = json.loads(out)["thread_id"]
+    code, out = cli_run("resume", thread_id, "--value", '{"action": "skip", "by": "me"}',
+                        "--json")
+    assert code == cli.EXIT_PARTIAL == 4, out
+    result = json.loads(out)
+    final = result["final_result"]
+    assert final["status"] == "partial" and final["skipped"] == ["bad", "user"]
+    assert final["done"] == ["good"]
+    assert final["reasons"] == ["2 of 3 tasks skipped: bad, user; left in the tree as their "
+                                "last attempt wrote them: pkg/bad.py"]
+    # the skipped task's file stays as its last attempt wrote it (documented); the task that
+    # depends on it never ran
+    assert final["left_in_tree"] == ["pkg/bad.py"]
+    assert (repo / "pkg" / "bad.py").read_text() == "B = UNDEFINED\n"
+    assert not (repo / "pkg" / "user.py").exists()

@@ -598,16 +598,25 @@ async def report(state: PlanState) -> dict[str, Any]:
              for a in rec.get("attempts", []) if not a.get("cache_hit")]
     final = dict(state.get("final_result") or {})
     canary = state.get("canary")
+    skipped = sorted(t for t, r in tasks.items() if r["status"] == "skipped")
     if not final:
         final = {"status": "completed"}
         if canary is not None and canary.get("status") != "completed":
             final = {"status": "failed", "stage": "canary",
                      "reasons": [canary.get("reason") or f"canary {canary.get('status')}"]}
+        elif skipped:  # finished, but not all of it: never a clean success (CLI exit 4)
+            plan = _plan(state)
+            # a skipped task that was worked on leaves its last attempt's file in the tree
+            left = sorted(plan.task(t).file for t in skipped if tasks[t].get("attempts"))
+            final = {"status": "partial", "left_in_tree": left, "reasons": [
+                f"{len(skipped)} of {len(tasks)} tasks skipped: {', '.join(skipped)}"
+                + (f"; left in the tree as their last attempt wrote them: {', '.join(left)}"
+                   if left else "")]}
     analysis = state.get("analysis") or {}
     final.update({
         "tasks": per_task,
         "done": sorted(t for t, r in tasks.items() if r["status"] == "done"),
-        "skipped": sorted(t for t, r in tasks.items() if r["status"] == "skipped"),
+        "skipped": skipped,
         "critical_path": analysis.get("critical_path"),
         "batches": analysis.get("batches"),
         "dead_letters": state.get("dead_letters") or [],
