@@ -1,7 +1,9 @@
 """Running tools (git, ruff, test commands) for the built-in agents, without a shell.
 
 Every run has a timeout; on expiry the whole process group is killed, so a hung test
-command cannot leave grandchildren behind.
+command cannot leave grandchildren behind. Every child gets the environment of
+:func:`orchestrator.childenv.child_environment` (never ``ORCHESTRATOR_*``, so never the bus
+secret or the database and Redis URLs), plus what the call adds.
 """
 
 from __future__ import annotations
@@ -17,10 +19,29 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.agent import HandlerError
+from orchestrator.childenv import child_environment
 
-__all__ = ["Completed", "run", "git", "resolve_repo", "resolve_folder", "ref_arg", "commit_of"]
+__all__ = ["Completed", "run", "git", "resolve_repo", "resolve_folder", "ref_arg", "commit_of",
+           "child_env", "NO_OWN_PLUGIN"]
 
 _OUTPUT_LIMIT = 200_000  # characters of each stream kept; test output can be huge
+
+# pytest option keeping this project's own plugin (entry point ``pytest11 = orchestrator``)
+# out of the tests under review; the repository's own conftest.py files still load
+NO_OWN_PLUGIN = "-p no:orchestrator"
+
+
+def child_env(extra: Mapping[str, str] | None = None, *, test_command: bool = False) -> dict[str, str]:
+    """The environment of a child process: see :mod:`orchestrator.childenv`; ``extra`` on top.
+
+    With ``test_command`` (tests of the code under review), ``PYTEST_ADDOPTS`` also gets
+    ``-p no:orchestrator``, so a pytest started by the command never loads this project's
+    plugin (its fixtures and side effects), whatever wraps it.
+    """
+    env = child_environment(extra)
+    if test_command:
+        env["PYTEST_ADDOPTS"] = f"{env.get('PYTEST_ADDOPTS', '')} {NO_OWN_PLUGIN}".strip()
+    return env
 
 
 @dataclass(frozen=True)
@@ -40,8 +61,12 @@ async def run(
     timeout: float = 60.0,
     env: Mapping[str, str] | None = None,
     stdin: bytes | None = None,
+    test_command: bool = False,
 ) -> Completed:
     """Run ``argv`` and collect its output; a timeout kills its process group.
+
+    The child's environment is :func:`child_env` with ``env`` added (never the parent's whole
+    environment); ``test_command`` marks tests of the code under review.
 
     Raises:
         HandlerError: ``command_not_found`` when the program does not exist.
@@ -49,7 +74,7 @@ async def run(
     started = time.perf_counter()
     try:
         proc = await asyncio.create_subprocess_exec(
-            *argv, cwd=cwd, env=dict(env) if env is not None else None,
+            *argv, cwd=cwd, env=child_env(env, test_command=test_command),
             stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
             start_new_session=True,
@@ -83,7 +108,7 @@ def _kill_group(pid: int) -> None:
 async def git(repo: str | Path, *args: str, timeout: float = 60.0, check: bool = True) -> Completed:
     """``git -C repo args...``; with ``check``, a failure raises naming the command."""
     done = await run(["git", "-C", str(repo), *args], timeout=timeout,
-                     env={**os.environ, "GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C"})
+                     env={"GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C"})
     if check and (done.returncode != 0 or done.timed_out):
         detail = (done.stderr or done.stdout).strip() or f"exit {done.returncode}"
         raise HandlerError("git_failed", f"git {' '.join(args)} failed in {repo}: {detail}",
@@ -105,7 +130,8 @@ async def resolve_repo(raw: object) -> Path:
     done = await git(path, "rev-parse", "--show-toplevel", check=False)
     if done.returncode != 0:
         raise HandlerError("invalid_input", f"{raw} is not a git repository")
-    return Path(done.stdout.strip())  # absolute, symbolic links resolved by git
+    # absolute, symbolic links resolved by git; only git's newline goes (a name may end in " ")
+    return Path(done.stdout.removesuffix("\n"))
 
 
 async def resolve_folder(raw: object) -> Path:
@@ -143,5 +169,5 @@ async def commit_of(repo: str | Path, ref: str) -> str:
     done = await git(repo, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}", check=False)
     if done.returncode != 0:
         raise HandlerError("invalid_input", f"{ref!r} is not a branch or commit of {repo}")
-    return done.stdout.strip()
+    return done.stdout.removesuffix("\n")
 

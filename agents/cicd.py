@@ -4,9 +4,13 @@ Request types:
 
 * ``run_tests`` ``{"repo", "ref", "command"="python -m pytest -q", "timeout"=600}`` →
   ``{"passed", "exit_code", "timed_out", "counts": {"passed", "failed", ...}, "seconds",
-  "commit", "output_tail"}``. The command runs without a shell in a fresh detached worktree
-  at ``ref``, which is removed afterwards; a leading ``python`` means the agent's own
-  interpreter. Counts are read from pytest's (or unittest's) summary.
+  "commit", "failures", "output_tail"}``. The command runs without a shell in a fresh
+  detached worktree at ``ref``, which is removed afterwards; a leading ``python`` means the
+  agent's own interpreter. Counts are read from pytest's (or unittest's) summary; failures
+  are test ids (``tests/test_x.py::test_y`` for pytest, ``tests.test_x.Case.test_y`` for
+  unittest) with the first line of their error. The command's environment is the worker's
+  without ``ORCHESTRATOR_*`` (see ``orchestrator.childenv``), and a pytest it starts never
+  loads this project's own pytest plugin (``PYTEST_ADDOPTS=-p no:orchestrator``).
 * ``run_command`` ``{"repo", "command", "timeout"=600}`` → like ``run_tests``, but in the
   repository's working tree as it is (integration tests after a plan's changes).
 * ``merge`` ``{"repo", "source", "target"="main", "message"}`` → ``{"merged": true, "commit",
@@ -15,17 +19,27 @@ Request types:
   no-fast-forward merge of ``source`` into ``target``: in place when ``target`` is checked
   out (the working tree must be clean), else in a temporary worktree, after which the branch
   is moved by compare-and-swap. A conflict is aborted: the repository is left as it was.
+
+Worktrees are added and removed one at a time per repository (a lock in this process and a
+``flock`` on ``<git dir>/orchestrator-worktrees.lock`` across processes), each under a name of
+its own (``orch-wt-<random>``). Each run holds a lock file beside its worktree while it lives;
+a worktree of this agent whose holder is gone (killed) or whose folder was deleted is removed
+the next time the agent works on the repository.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import os
 import re
 import shlex
 import shutil
 import sys
 import tempfile
+import weakref
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +47,7 @@ from orchestrator.agent import Agent, HandlerError, RequestContext
 
 from ._proc import Completed, commit_of, git, ref_arg, resolve_repo, run
 
-__all__ = ["agent", "parse_test_counts", "repo_resource"]
+__all__ = ["agent", "parse_test_counts", "repo_resource", "test_failures"]
 
 agent = Agent(
     "cicd",
@@ -72,6 +86,47 @@ def parse_test_counts(output: str) -> dict[str, int]:
     return counts
 
 
+_UNITTEST_HEADER = re.compile(
+    r"^(FAIL|ERROR|UNEXPECTED SUCCESS): (\S+) \(([^()\s]+)\)(.*)$")
+_RULE = re.compile(r"^(=|-){20,}$")
+
+
+def test_failures(output: str) -> list[str]:
+    """The failed tests named in pytest's or unittest's output: ``<test id> - <error>``.
+
+    pytest: its short summary (``FAILED tests/test_x.py::test_y - assert ...``). unittest:
+    each ``FAIL: test_y (tests.test_x.Case.test_y)`` block, as ``tests.test_x.Case.test_y``
+    (the id ``python -m unittest`` takes) with the last line of its traceback.
+    """
+    failures: list[str] = []
+    lines = output.splitlines()
+    for index, line in enumerate(lines):
+        if line.startswith(("FAILED ", "ERROR ")):
+            rest = line.split(" ", 1)[1]
+            if not rest.startswith("("):  # not unittest's "FAILED (failures=1)"
+                failures.append(rest)
+            continue
+        header = _UNITTEST_HEADER.match(line)
+        if header is None or index == 0 or not _RULE.match(lines[index - 1]):
+            continue
+        kind, name, where, rest = header.groups()
+        if where.startswith("unittest.") or where == name or where.endswith(f".{name}"):
+            test_id = name if where.startswith("unittest.") else where  # (import failure: name)
+        else:  # Python before 3.11 names the class only
+            test_id = f"{where}.{name}"
+        test_id += rest.rstrip()  # a subtest's " [message] (i=1)"
+        message = ""
+        for body in lines[index + 2:]:  # after the "-----" rule, up to the next rule
+            if _RULE.match(body):
+                break
+            if body.strip():
+                message = body.strip()
+        if kind == "UNEXPECTED SUCCESS":
+            message = "unexpected success"
+        failures.append(f"{test_id} - {message}" if message else test_id)
+    return failures
+
+
 def _argv(command: object) -> list[str]:
     if isinstance(command, str):
         argv = shlex.split(command)
@@ -88,18 +143,109 @@ def _argv(command: object) -> list[str]:
 
 
 
+_WORKTREE_PREFIX = "orch-wt-"
+_OWNER_LOCK = "owner.lock"  # in a worktree's temporary parent, held while its run lives
+_ADMIN_LOCK = "orchestrator-worktrees.lock"  # in the repository's (common) git dir
+_admin_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Lock]] = (
+    weakref.WeakKeyDictionary())
+
+
+def _open_lock_file(path: Path) -> int:
+    return os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+
+
+async def _flock(fd: int) -> None:
+    """Take an exclusive ``flock`` on ``fd``, waiting without blocking the event loop."""
+    pause = 0.005
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.1)
+
+
 @contextlib.asynccontextmanager
-async def _worktree(repo: Path, commit: str):
-    # the file system work goes to a thread: never block the event loop
-    parent = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="orch-wt-"))
-    path = parent / "tree"
+async def _worktree_admin(repo: Path) -> AsyncIterator[None]:
+    """Serialize ``git worktree`` add/remove on ``repo``: an asyncio lock in this process, and
+    a ``flock`` (per open file, so it also orders this process's own opens) across processes."""
+    common = Path((await git(repo, "rev-parse", "--path-format=absolute",
+                             "--git-common-dir")).stdout.removesuffix("\n"))
+    locks = _admin_locks.setdefault(asyncio.get_running_loop(), {})
+    lock = locks.setdefault(str(common), asyncio.Lock())
+    async with lock:
+        fd = await asyncio.to_thread(_open_lock_file, common / _ADMIN_LOCK)
+        try:
+            await _flock(fd)
+            yield
+        finally:
+            os.close(fd)  # releases the flock
+
+
+def _owner_alive(parent: Path) -> bool:
+    """Whether the run that made the worktree in ``parent`` still holds its lock file."""
     try:
-        await git(repo, "worktree", "add", "--detach", str(path), commit, timeout=300)
+        fd = os.open(parent / _OWNER_LOCK, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:  # gone (folder deleted), or a leftover of an older version
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+async def _remove_leftovers(repo: Path) -> list[str]:
+    """Remove this agent's worktrees of ``repo`` whose run is gone; call under the admin lock.
+
+    Only worktrees named like ours (``<tmp>/orch-wt-*/...``) are considered, so the
+    repository's other worktrees (a folder on an unmounted disk...) are never pruned.
+    """
+    listing = await git(repo, "worktree", "list", "--porcelain", "-z", check=False)
+    removed = []
+    for record in listing.stdout.split("\0\0"):
+        path_field = next((f for f in record.split("\0") if f.startswith("worktree ")), None)
+        if path_field is None:
+            continue
+        path = Path(path_field.removeprefix("worktree "))
+        if not path.parent.name.startswith(_WORKTREE_PREFIX):
+            continue
+        if await asyncio.to_thread(_owner_alive, path.parent):
+            continue
+        await git(repo, "worktree", "remove", "--force", "--force", "--", str(path), check=False)
+        await asyncio.to_thread(shutil.rmtree, path.parent, True)
+        removed.append(str(path))
+    return removed
+
+
+def _make_parent() -> tuple[Path, int]:
+    parent = Path(tempfile.mkdtemp(prefix=_WORKTREE_PREFIX))
+    fd = _open_lock_file(parent / _OWNER_LOCK)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a new file: nobody else holds it
+    return parent, fd
+
+
+@contextlib.asynccontextmanager
+async def _worktree(repo: Path, commit: str) -> AsyncIterator[Path]:
+    # the file system work goes to a thread: never block the event loop
+    parent, owner = await asyncio.to_thread(_make_parent)
+    path = parent / parent.name  # a unique basename: a unique .git/worktrees/<name>
+    try:
+        async with _worktree_admin(repo):
+            await _remove_leftovers(repo)
+            await git(repo, "worktree", "add", "--detach", "--", str(path), commit, timeout=300)
         yield path
     finally:
-        await git(repo, "worktree", "remove", "--force", str(path), check=False)
-        await asyncio.to_thread(shutil.rmtree, parent, True)
-        await git(repo, "worktree", "prune", check=False)
+        try:
+            async with _worktree_admin(repo):
+                await git(repo, "worktree", "remove", "--force", "--force", "--", str(path),
+                          check=False)
+        finally:
+            await asyncio.to_thread(shutil.rmtree, parent, True)
+            os.close(owner)
 
 
 @agent.handler("run_tests")
@@ -111,7 +257,7 @@ async def run_tests(payload: dict[str, Any], ctx: RequestContext) -> dict[str, A
     commit = await commit_of(repo, ref)
     async with _worktree(repo, commit) as tree:
         ctx.log.info("running %s at %s (%s)", shlex.join(argv), ref, commit[:12])
-        done = await run(argv, cwd=tree, timeout=timeout)
+        done = await run(argv, cwd=tree, timeout=timeout, test_command=True)
     return {**_outcome(done, argv, timeout), "commit": commit}
 
 
@@ -128,8 +274,7 @@ def _outcome(done: Completed, argv: list[str], timeout: float) -> dict[str, Any]
                   if counts else f"the test command exited {done.returncode}")
         if done.returncode == 5 and not counts.get("failed"):
             reason = "no tests were collected"
-    failures = [line.split(" ", 1)[1] for line in done.stdout.splitlines()
-                if line.startswith(("FAILED ", "ERROR "))][:50]
+    failures = test_failures(output)[:50]
     if failures and reason:
         reason += ": " + "; ".join(failures[:5])
     return {
@@ -151,7 +296,7 @@ async def run_command(payload: dict[str, Any], ctx: RequestContext) -> dict[str,
     argv = _argv(payload.get("command", "python -m pytest -q"))
     timeout = _timeout(payload)
     ctx.log.info("running %s in %s", shlex.join(argv), repo)
-    done = await run(argv, cwd=repo, timeout=timeout)
+    done = await run(argv, cwd=repo, timeout=timeout, test_command=True)
     return _outcome(done, argv, timeout)
 
 
@@ -176,7 +321,7 @@ async def merge(payload: dict[str, Any], ctx: RequestContext) -> dict[str, Any]:
         return {"merged": True, "already_merged": True, "commit": target_commit}
     head = await git(repo, "symbolic-ref", "--quiet", "HEAD", check=False)
     try:
-        if head.stdout.strip() == f"refs/heads/{target}":
+        if head.stdout.removesuffix("\n") == f"refs/heads/{target}":
             commit = await _merge_in_place(repo, source_commit, message)
         else:
             commit = await _merge_in_worktree(repo, target, target_commit, source_commit, message)

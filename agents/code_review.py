@@ -27,7 +27,7 @@ from typing import Any
 
 from orchestrator.agent import Agent, HandlerError, RequestContext
 
-from ._proc import commit_of, git, ref_arg, resolve_repo, run
+from ._proc import _kill_group, child_env, commit_of, git, ref_arg, resolve_repo, run
 
 __all__ = ["agent", "ruff_binary", "ruff_findings"]
 
@@ -60,8 +60,9 @@ async def review(payload: dict[str, Any], ctx: RequestContext) -> dict[str, Any]
         raise HandlerError("invalid_input", "'max_findings' must be a whole number >= 0")
     for ref in (source, target):
         await commit_of(repo, ref)
-    base = (await git(repo, "merge-base", target, source)).stdout.strip()
-    diff = await git(repo, "diff", "--name-only", "-z", "--diff-filter=ACMR", base, source)
+    base = (await git(repo, "merge-base", target, source)).stdout.removesuffix("\n")
+    diff = await git(repo, "diff", "--name-only", "-z", "--diff-filter=ACMR", base, source,
+                     "--")
     files = sorted(f for f in diff.stdout.split("\0") if f.endswith(_PY_SUFFIXES))
     findings = await _lint_at(repo, source, files) if files else []
     counts = Counter(f["code"] for f in findings)
@@ -89,7 +90,7 @@ async def _lint_at(repo: Path, ref: str, files: list[str]) -> list[dict[str, Any
         await asyncio.to_thread(_extract, archive, tmp)
         done = await run(
             [ruff_binary(), "check", "--output-format", "json", "--no-cache", "--exit-zero",
-             "--force-exclude", *files],
+             "--force-exclude", "--", *files],  # "--": a file may be named like an option
             cwd=tmp, timeout=300,
         )
         if done.returncode != 0 or done.timed_out:
@@ -123,9 +124,16 @@ def ruff_findings(raw: list[dict[str, Any]], root: str | Path) -> list[dict[str,
 async def _archive(repo: Path, ref: str, paths: list[str]) -> bytes:
     proc = await asyncio.create_subprocess_exec(
         "git", "-C", str(repo), "archive", "--format=tar", ref, "--", *paths,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, env=child_env({"GIT_TERMINAL_PROMPT": "0"}),
+        start_new_session=True,
     )
-    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), 120)
+    except BaseException:  # timed out or cancelled: never leave git running
+        _kill_group(proc.pid)
+        await proc.wait()
+        raise
     if proc.returncode != 0:
         raise HandlerError("git_failed", f"git archive {ref} failed: {err.decode().strip()}",
                            blames_input=True)

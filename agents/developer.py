@@ -19,11 +19,13 @@ Request types:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
 import shlex
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -64,10 +66,24 @@ def _sha256(path: Path) -> str | None:
 
 
 def _write(path: Path, text: str) -> None:
+    """Write ``path`` atomically through a temporary file of an unpredictable name, created
+    exclusively (``mkstemp``): a file or symbolic link committed beside the target can never
+    redirect the write; the target is replaced by a regular file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        mode = path.stat().st_mode & 0o777
+    except FileNotFoundError:
+        mode = 0o644
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
 
 
 @agent.handler("develop")
@@ -150,7 +166,7 @@ async def _fix(repo: Path, path: Path, task: dict[str, Any], evidence: Any,
         return "model", "the chat model rewrote the file from the QA evidence"
     if path.suffix in (".py", ".pyi"):
         done = await run([ruff_binary(), "check", "--fix", "--no-cache", "--exit-zero",
-                          "--output-format", "concise", str(path)], cwd=repo, timeout=120)
+                          "--output-format", "concise", "--", str(path)], cwd=repo, timeout=120)
         summary = (done.stdout + done.stderr).strip().splitlines()
         return "ruff-fix", summary[-1] if summary else "ruff found nothing to fix"
     return "none", f"no automatic fix for {path.suffix} files without a chat model"

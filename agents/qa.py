@@ -4,7 +4,7 @@ Request types:
 
 * ``check`` ``{"repo", "file", "test_command"="python -m pytest -q", "timeout"=600,
   "not_ready"=[]}`` → ``{"passed", "reason", "findings": [{"file", "line", "column", "code",
-  "message"}], "tests": {"files", "ran", "skipped", "deferred", "passed", "counts",
+  "message"}], "tests": {"files", "ran", "skipped", "deferred", "passed", "counts", "failures",
   "output_tail"}}``. Tests that also import a file of ``not_ready`` (work not done yet) are
   deferred, not run.
 
@@ -12,8 +12,10 @@ Lint: Python files with ruff (the repository's configuration applies); JavaScrip
 TypeScript files are parsed with tree-sitter, and each syntax error is a finding. Tests: the
 test files that import the file, directly or through other files (the import graph of
 ``agents/depgraph.py``): Python tests (``test_*.py``, ``*_test.py``) run with ``test_command``
-plus their paths; JavaScript tests (``*.test.js``, ``*.spec.mjs``...) with ``node --test`` when
-node is installed. TypeScript tests are listed but not run (node cannot run them unaided).
+plus ``--`` and their paths; JavaScript tests (``*.test.js``, ``*.spec.mjs``...) with
+``node --test --`` when node is installed. TypeScript tests are listed but not run (node cannot
+run them unaided). Test commands get the worker's environment without ``ORCHESTRATOR_*``, and
+a pytest they start never loads this project's own pytest plugin (``-p no:orchestrator``).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from typing import Any
 from orchestrator.agent import Agent, HandlerError, RequestContext
 
 from ._proc import resolve_repo, run
-from .cicd import parse_test_counts
+from .cicd import parse_test_counts, test_failures
 from .code_review import ruff_binary, ruff_findings
 from .depgraph import analyze
 
@@ -87,7 +89,7 @@ def syntax_findings(path: Path, rel: str) -> list[dict[str, Any]]:
 
 async def _ruff(repo: Path, rel: str) -> list[dict[str, Any]]:
     done = await run([ruff_binary(), "check", "--output-format", "json", "--no-cache",
-                      "--exit-zero", rel], cwd=repo, timeout=120)
+                      "--exit-zero", "--", rel], cwd=repo, timeout=120)
     if done.returncode != 0:
         raise HandlerError("ruff_failed", done.stderr.strip() or f"ruff exited {done.returncode}")
     return await asyncio.to_thread(ruff_findings, json.loads(done.stdout or "[]"), repo)
@@ -135,21 +137,25 @@ async def _run_tests(repo: Path, tests: list[str], command: object,
         argv = shlex.split(command) if isinstance(command, str) else list(command)
         if argv and argv[0] == "python":
             argv[0] = sys.executable
-        done = await run([*argv, *py], cwd=repo, timeout=timeout)
+        # "--" ends the command's options: a test file may be named like one
+        done = await run([*argv, *([] if "--" in argv else ["--"]), *py], cwd=repo,
+                         timeout=timeout, test_command=True)
         passed &= done.returncode == 0 and not done.timed_out
         counts = parse_test_counts(done.stdout)
         outputs.append(done.stdout + done.stderr)
         ran += py
     node = shutil.which("node")
     if js and node:
-        done = await run([node, "--test", *js], cwd=repo, timeout=timeout)
+        done = await run([node, "--test", "--", *js], cwd=repo, timeout=timeout,
+                         test_command=True)
         passed &= done.returncode == 0 and not done.timed_out
         outputs.append(done.stdout + done.stderr)
         ran += js
     elif js:
         skipped += js
+    output = "\n".join(outputs)
     return {"files": tests, "ran": ran, "skipped": skipped, "passed": passed, "counts": counts,
-            "output_tail": "\n".join(outputs)[-_OUTPUT_TAIL:]}
+            "failures": test_failures(output)[:50], "output_tail": output[-_OUTPUT_TAIL:]}
 
 
 @agent.handler("check")
@@ -180,9 +186,8 @@ async def check(payload: dict[str, Any], ctx: RequestContext) -> dict[str, Any]:
         reasons.append("; ".join(f"{f['file']}:{f['line']} {f['code']} {f['message']}"
                                  for f in findings[:5]))
     if not tests["passed"]:
-        failed = [line for line in tests["output_tail"].splitlines()
-                  if line.startswith(("FAILED ", "ERROR "))]
-        reasons.append("tests failed: " + ("; ".join(failed[:5]) or "see the output"))
+        reasons.append("tests failed: " + ("; ".join(tests.get("failures", [])[:5])
+                                           or "see the output"))
     ctx.log.info("QA of %s: %d findings, %d test files", rel, len(findings), len(tests["ran"]))
     return {"passed": not reasons, "reason": " | ".join(reasons) or None,
             "findings": findings, "tests": tests}

@@ -15,7 +15,7 @@ import os
 import subprocess
 from pathlib import Path
 
-__all__ = ["make_fixture_repo", "git"]
+__all__ = ["make_fixture_repo", "git", "add_branch"]
 
 _ENV = {
     "GIT_AUTHOR_NAME": "Fixture", "GIT_AUTHOR_EMAIL": "fixture@example.com",
@@ -108,3 +108,16 @@ def make_fixture_repo(path: Path) -> Path:
     _commit(path, "calc: document add on main",
             {"calc/__init__.py": _INIT.replace('"""Add two numbers."""', '"""Return a plus b."""')})
     return path
+
+
+def add_branch(repo: Path, name: str, files: dict[str, str], *, base: str = "main",
+               symlinks: dict[str, str] | None = None) -> None:
+    """Commit ``files`` (and ``symlinks``: link -> where it points) on a new branch ``name``
+    off ``base``, then check ``base`` out again."""
+    head = git(repo, "symbolic-ref", "--short", "HEAD")
+    git(repo, "checkout", "-q", "-b", name, base)
+    for link, points_to in (symlinks or {}).items():
+        (repo / link).parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(points_to, repo / link)
+    _commit(repo, f"branch {name}", files)
+    git(repo, "checkout", "-q", head)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 from pathlib import Path
@@ -15,7 +16,7 @@ from orchestrator.runtime import use_runtime
 from orchestrator.testing import resume, run_until_interrupt
 
 from .conftest import ORCHESTRATOR_CMD
-from .fixture_repo import git
+from .fixture_repo import add_branch, git
 from .test_canary import lines, traffic_log_command
 
 
@@ -259,3 +260,90 @@ async def test_a_merge_refused_for_a_dirty_target_runs_again_once_it_is_clean(
     assert result.final_result["merged"] is True
     assert git(fixture_repo, "log", "-1", "--format=%s") == \
         "Merge feature-pass into main (approved by alice)"
+
+
+LEAK_TEST = '''import json
+import os
+
+
+def test_leak():
+    with open({out!r}, "w") as handle:
+        json.dump(dict(os.environ), handle)
+'''
+
+
+async def test_the_tests_under_review_get_no_secret_and_no_service_urls(
+    orchestrator_factory, fixture_repo, tmp_path, monkeypatch
+) -> None:
+    """Review H6: a branch's test wrote the worker's os.environ to a file, bus secret and
+    database and Redis URLs included."""
+    secrets = {"ORCHESTRATOR_BUS_SECRET": "s3cr3t-value",
+               "ORCHESTRATOR_DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/adv",
+               "ORCHESTRATOR_REDIS_URL": "redis://127.0.0.1:6379/9"}
+    for name, value in {**secrets, "DEPLOY_TOKEN": "configured", "PLAIN": "kept"}.items():
+        monkeypatch.setenv(name, value)
+    orch = await orchestrator_factory(bus_secret="s3cr3t-value",
+                                      child_env_withhold=("DEPLOY_*",))
+    out = tmp_path / "environ.json"
+    add_branch(fixture_repo, "feature-leak", {"tests/test_leak.py": LEAK_TEST.format(out=str(out))})
+    result = await orch.run("pr_deployment", deliver(fixture_repo, "feature-leak",
+                                                     approval="auto", max_findings=1))  # E501
+    assert result.status == "completed", result
+    assert result.final_result["tests"]["counts"] == {"passed": 3}
+    leaked = json.loads(out.read_text())
+    assert not [name for name in leaked if name.startswith("ORCHESTRATOR_")], sorted(leaked)
+    assert "DEPLOY_TOKEN" not in leaked and leaked["PLAIN"] == "kept"
+    assert "-p no:orchestrator" in leaked["PYTEST_ADDOPTS"]
+
+
+async def test_a_file_named_like_a_ruff_option_hides_no_finding(orchestrator, fixture_repo) -> None:
+    """Review M2: an empty file named --extend-exclude=*.py made ruff skip every file, and the
+    branch was approved and merged."""
+    before = branch(fixture_repo)
+    add_branch(fixture_repo, "feature-inject", {"bad.py": "import os\nimport sys\n",
+                                                "--extend-exclude=*.py": ""})
+    result = await orchestrator.run("pr_deployment",
+                                    deliver(fixture_repo, "feature-inject", approval="auto"))
+    assert result.status == "failed", result
+    review = result.final_result["review"]
+    assert review["verdict"] == "changes_requested" and review["findings"] == 2, review
+    assert result.final_result["merged"] is False and branch(fixture_repo) == before
+
+
+@pytest.mark.slow
+async def test_a_dirty_target_tree_is_refused_before_the_tests_run(
+    orchestrator, fixture_repo, service_env
+) -> None:
+    tracked = fixture_repo / "calc" / "__init__.py"
+    tracked.write_text(tracked.read_text() + "# local edit\n")
+    (fixture_repo / "notes.txt").write_text("untracked files do not matter\n")
+    with pytest.raises(InvalidInput, match=r"uncommitted changes to calc/__init__.py; commit or "
+                                           r"stash them"):
+        await orchestrator.run("pr_deployment", deliver(fixture_repo, "feature-pass"))
+    cli = await asyncio.to_thread(
+        subprocess.run, [*ORCHESTRATOR_CMD, "run", "pr_deployment", "--set",
+                         f"repo={fixture_repo}", "--set", "source=feature-pass"],
+        env=service_env, capture_output=True, text=True, timeout=120)
+    assert cli.returncode == 2 and "calc/__init__.py" in cli.stderr, cli.stderr
+    # the target not checked out there: its work tree is not the merge's business
+    git(fixture_repo, "stash", "-q")
+    git(fixture_repo, "checkout", "-q", "feature-conflict")
+    tracked.write_text(tracked.read_text() + "# another local edit\n")
+    result = await orchestrator.run("pr_deployment",
+                                    deliver(fixture_repo, "feature-pass", approval="auto"))
+    assert result.status == "completed" and result.final_result["merged"] is True, result
+
+
+async def test_a_repository_path_is_never_stripped(orchestrator, tmp_path) -> None:
+    """Review L6: repo="r5 " was validated (and merged) as r5."""
+    from workflows.pr_deployment import PRDeploymentInput
+
+    from .fixture_repo import make_fixture_repo
+
+    make_fixture_repo(tmp_path / "r5")
+    spaced = make_fixture_repo(tmp_path / "r5 ")
+    checked = PRDeploymentInput.model_validate({"repo": str(spaced), "source": "feature-pass"})
+    assert checked.repo == str(spaced.resolve())
+    make_fixture_repo(tmp_path / "r6")
+    with pytest.raises(InvalidInput, match="does not exist"):
+        await orchestrator.run("pr_deployment", deliver(tmp_path / "r6 ", "feature-pass"))

@@ -6,8 +6,9 @@
                                                           ├─deploy given─▶ canary ─▶ finish
                                                           └──────────────────────▶ finish
 
-* ``validate`` checks the input (a git repository, existing refs; the canary spec with the
-  deployer agent), so bad input fails before any work is done.
+* ``validate`` checks the input (a git repository, existing refs, and when ``target`` is
+  checked out in the repository's work tree, no uncommitted changes to tracked files there;
+  the canary spec with the deployer agent), so bad input fails before any work is done.
 * ``review`` (code_review agent: ruff on the Python files changed since the merge base) and
   ``tests`` (cicd agent: the test command in a throw-away worktree at ``source``) run in
   parallel.
@@ -21,6 +22,7 @@
 from __future__ import annotations
 
 import asyncio
+import shlex
 import subprocess
 from pathlib import Path
 from typing import Any, Literal
@@ -30,6 +32,7 @@ from langgraph.types import interrupt
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from orchestrator.calls import AGENT_RETRY, call_agent
+from orchestrator.childenv import child_environment
 from orchestrator.graphs import WorkflowSpec, validate_input
 from state.schema import MultiAgentState, now_iso
 
@@ -45,7 +48,23 @@ def repo_resource(repo: str) -> str:
 
 def _git(repo: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["git", "-C", repo, *args], capture_output=True, text=True,
-                          timeout=30, check=False)
+                          timeout=30, check=False, stdin=subprocess.DEVNULL,
+                          env=child_environment({"GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C"}))
+
+
+def _uncommitted(repo: str) -> list[str]:
+    """Tracked files of ``repo``'s work tree with uncommitted changes (staged or not)."""
+    done = _git(repo, "status", "--porcelain=v1", "-z", "--untracked-files=no")
+    entries, files = done.stdout.split("\0"), []
+    index = 0
+    while index < len(entries):
+        entry = entries[index]
+        index += 1
+        if len(entry) > 3:
+            files.append(entry[3:])
+            if entry[0] in "RC":  # a rename or copy: the original path follows
+                index += 1
+    return files
 
 
 class PRDeploymentInput(BaseModel):
@@ -72,7 +91,7 @@ class PRDeploymentInput(BaseModel):
         done = _git(str(path), "rev-parse", "--show-toplevel")
         if done.returncode != 0:
             raise ValueError(f"{value} is not a git repository")
-        return done.stdout.strip()
+        return done.stdout.removesuffix("\n")  # only git's newline: a name may end in " "
 
     @model_validator(mode="after")
     def _refs(self) -> PRDeploymentInput:
@@ -84,6 +103,16 @@ class PRDeploymentInput(BaseModel):
             raise ValueError(f"target {self.target!r} is not a branch of {self.repo}")
         if self.source == self.target:
             raise ValueError("source and target are the same branch")
+        head = _git(self.repo, "symbolic-ref", "--quiet", "HEAD").stdout.removesuffix("\n")
+        if head == f"refs/heads/{self.target}":  # the merge would happen in this work tree
+            dirty = _uncommitted(self.repo)
+            if dirty:
+                shown = ", ".join(dirty[:10]) + (f" and {len(dirty) - 10} more"
+                                                 if len(dirty) > 10 else "")
+                raise ValueError(
+                    f"target {self.target!r} is checked out in {self.repo} with uncommitted "
+                    f"changes to {shown}; commit or stash them (git -C {shlex.quote(self.repo)} stash), or "
+                    "check out another branch there, then run again")
         return self
 
 
