@@ -28,6 +28,7 @@ from .agent import Agent, HandlerError, RequestContext
 from .bus import Delivery, EventBus
 from .childenv import withholding
 from .errors import OrchestratorError
+from .executions import EarlierStart, ExecutionLedger
 from .messages import AgentRequest, AgentResponse, ErrorInfo
 from .metrics import (
     BUS_DEAD_LETTERS,
@@ -161,6 +162,11 @@ class Worker:
         # handler task -> its agent type's capacity (the slot it holds; see _await_other)
         self._slots: dict[asyncio.Task[None], _Capacity] = {}
         self._loggers: dict[str, logging.Logger] = {}
+        # with a bus secret, signed messages started are recorded where a Redis writer cannot
+        # erase them, so a captured one copied back into a stream never runs twice
+        self._ledger = (ExecutionLedger(registry.db, registry.namespace,
+                                        retention=bus.response_retention)
+                        if bus.secret else None)
         self.handled = 0
 
     async def __aenter__(self) -> Worker:
@@ -543,6 +549,15 @@ class Worker:
                 await self.bus.respond(delivery, request, response,
                                        agent_type=agent.agent_type, store=False)
                 return
+            if self._ledger is not None and delivery.signature is not None:
+                earlier = await self._ledger.start(delivery.signature, request, claim)
+                if earlier is not None:  # this very signed message ran before: not again
+                    BUS_HANDLED.labels(agent.agent_type, "already_executed").inc()
+                    log.warning("refusing %s: its signed message was already started by %s",
+                                request.request_id, earlier.owner or "another consumer")
+                    await self.bus.respond(delivery, request, self._already_executed(
+                        request, agent_id, earlier), agent_type=agent.agent_type, store=False)
+                    return
             response = await self._execute(agent, agent_id, request)
             await self._respond_through_outage(delivery, request, response, agent.agent_type)
         finally:
@@ -692,6 +707,17 @@ class Worker:
                 with contextlib.suppress(Exception):
                     async with asyncio.timeout(interval * 2):
                         await self.bus.keep_pending(self.name, entries)
+
+    def _already_executed(self, request: AgentRequest, agent_id: str,
+                          earlier: EarlierStart) -> AgentResponse:
+        when = f" at {earlier.started_at.isoformat()}" if earlier.started_at else ""
+        return self._response(request, agent_id, "error", 0.0, error=ErrorInfo(
+            code="already_executed", retryable=True,
+            message=f"this signed request message (request {request.request_id}, attempt "
+            f"{request.attempt}) was already started by {earlier.owner or 'a consumer'}{when}, "
+            "and its answer is gone (deleted, expired, or that worker died before answering); "
+            "a signed message never runs twice: send a new request (a retry or a workflow "
+            "resume does)"))
 
     @staticmethod
     def _response(

@@ -397,3 +397,33 @@ async def test_a_request_for_another_agent_type_is_refused_without_touching_its_
             response = await asyncio.wait_for(waiter, 10)
     assert response.status == "success"
     assert wrong == Counter() and right == Counter({req.request_id: 1})
+
+
+async def test_with_a_secret_a_captured_signed_request_never_runs_twice(
+    orchestrator_settings,
+) -> None:
+    """Review M3: deleting the stored response and copying the captured signed entry back
+    into the stream ran the request again. The ledger of started messages is in PostgreSQL."""
+    counts: Counter[str] = Counter()
+    settings = orchestrator_settings.model_copy(update={"bus_secret": SecretStr("s3cret")})
+    async with Runtime.open(settings, agents=[stand_in("once", _counting(counts))]) as rt:
+        req = rt.bus.new_reply_stream_request(
+            target="once", request_type="develop",
+            deadline=datetime.now(UTC) + timedelta(seconds=120))
+        first = await asyncio.wait_for(await rt.bus.send(req), 10)
+        assert first.status == "success" and counts[req.request_id] == 1
+        # the same signed fields again: answered from the store
+        again = await asyncio.wait_for(await rt.bus.send(req), 10)
+        assert again.status == "success" and counts[req.request_id] == 1
+        # a Redis writer deletes the stored response and adds the captured fields once more
+        assert await rt.redis.delete(rt.bus.keys.response(req.request_id)) == 1
+        replayed = await asyncio.wait_for(await rt.bus.send(req), 10)
+        assert replayed.status == "error" and replayed.error.code == "already_executed"
+        assert counts[req.request_id] == 1  # not run again
+        rows = await rt.db.fetch("SELECT request_id FROM bus_executions WHERE namespace = %s",
+                                 (settings.namespace,))
+        assert [r["request_id"] for r in rows] == [req.request_id]
+        # a new message for the request, signed by its requester (a retry, a resume), runs
+        resent = req.model_copy(update={"attempt": 2})
+        answer = await asyncio.wait_for(await rt.bus.send(resent), 10)
+        assert answer.status == "success" and counts[req.request_id] == 2
