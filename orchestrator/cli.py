@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+import uuid
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
 from .errors import InvalidInput, OrchestratorError
+from .questions import describe_question
 from .settings import Settings
 
 __all__ = ["main", "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_INTERRUPTED", "EXIT_PARTIAL"]
@@ -312,10 +315,9 @@ def _print_result(result: Any, args: argparse.Namespace, out: TextIO) -> int:
     if result.error:
         out.write(f"  error ({result.error.get('code')}): {result.error.get('message')}\n")
         out.write(f"  to retry from the last checkpoint: orchestrator resume {result.thread_id}\n")
-    for item in result.interrupts:
-        out.write(f"  waiting for input: {json.dumps(item['value'], default=str)}\n")
-    if result.status == "interrupted":
-        out.write(f"  resume with: orchestrator resume {result.thread_id} --value '<JSON>'\n")
+    for item in result.interrupts:  # the question, the answer it expects, how to give it
+        for line in describe_question(item["value"], result.thread_id):
+            out.write(f"  {line}\n")
     if result.status == "running":
         out.write(f"  stopped before the end; continue with: orchestrator resume {result.thread_id}\n")
     return _exit_code(result)
@@ -483,7 +485,8 @@ async def _cmd_show(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: T
     if details.next:
         out.write(f"next:      {', '.join(details.next)}\n")
     for item in details.interrupts:
-        out.write(f"waiting:   {json.dumps(item['value'], default=str)}\n")
+        for n, line in enumerate(describe_question(item["value"], r.thread_id)):
+            out.write(f"{'waiting:' if n == 0 else '':<11}{line}\n")
     if history is not None:
         out.write("\nhistory (oldest first):\n")
         for h in history:

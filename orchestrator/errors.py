@@ -22,6 +22,7 @@ __all__ = [
     "StaleWorkflowVersion",
     "WorkflowNotFound",
     "InvalidInput",
+    "InvalidAnswer",
     "DeadLettered",
     "WorkflowBusy",
     "MigrationError",
@@ -32,6 +33,19 @@ class InvalidInput(OrchestratorError):
     """Input that can never succeed as given: retrying it is pointless."""
 
     code = "invalid_input"
+
+
+class InvalidAnswer(InvalidInput):
+    """An answer to a pending question that does not fit its schema (or no answer at all).
+
+    Nothing was changed: the question stays pending. ``problem`` names the fields.
+    """
+
+    code = "invalid_answer"
+
+    def __init__(self, message: str, *, problem: str | None = None) -> None:
+        super().__init__(message)
+        self.problem = problem or message
 
 
 class AgentUnavailable(OrchestratorError):

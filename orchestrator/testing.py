@@ -15,7 +15,8 @@ installs the orchestrator:
 * ``orchestrator``: one opened with the built-in agents.
 
 Helpers: :func:`stand_in` replaces an agent type with handlers of the test's own;
-:func:`run_until_interrupt` and :func:`resume` drive a graph to its next pause and on.
+:func:`run_until_interrupt` and :func:`resume` drive a graph to its next pause (a question:
+``{"kind", "question", "schema", "context"}``) and on.
 
 Example::
 
@@ -83,6 +84,9 @@ async def run_until_interrupt(
 ) -> tuple[RunResult, Any]:
     """Run ``workflow`` to its next interrupt; returns the result and the interrupt's value.
 
+    For a question asked with :func:`orchestrator.questions.ask` the value is
+    ``{"kind", "question", "schema", "context"}``: what the graph shows a person is in
+    ``question["context"]``, the expected answer's JSON Schema in ``question["schema"]``.
     Fails the test if the workflow ends without pausing.
     """
     result = await orch.run(workflow, input, thread_id)
@@ -92,7 +96,12 @@ async def run_until_interrupt(
 
 
 async def resume(orch: Orchestrator, thread_id: str, value: Any = None) -> RunResult:
-    """Answer the pending interrupt of ``thread_id`` with ``value`` and run on."""
+    """Answer the pending interrupt of ``thread_id`` with ``value`` and run on.
+
+    Raises:
+        orchestrator.errors.InvalidAnswer: ``value`` does not fit the question's schema (or is
+            missing); nothing changed and the question is still pending.
+    """
     return await orch.resume(thread_id, value)
 
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from langgraph.graph import END, START, StateGraph
-from langgraph.types import interrupt
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from orchestrator.calls import AGENT_RETRY, call_agent
 from orchestrator.graphs import WorkflowSpec
+from orchestrator.questions import Answer, ask
 from state.schema import MultiAgentState
 
 
@@ -27,16 +27,22 @@ async def review(state: ApprovalState) -> dict[str, Any]:
     return {**call.updates, "partial_results": {"review": call.result}}
 
 
+class ApprovalAnswer(Answer):  # Answer: strict, no unknown keys, and `by` (who answers)
+    model_config = ConfigDict(json_schema_extra={"examples": [{"approve": True, "by": "ana"}]})
+
+    approve: bool
+
+
 async def approve(state: ApprovalState) -> dict[str, Any]:
-    decision = interrupt({"question": f"approve {state['change']}?",
-                          "review": state["partial_results"]["review"]})
-    return {"decision": decision}
+    answer = ask(ApprovalAnswer, kind="approval", question=f"approve {state['change']}?",
+                 context={"review": state["partial_results"]["review"]})
+    return {"decision": answer.model_dump()}
 
 
 async def finish(state: ApprovalState) -> dict[str, Any]:
-    approved = bool(state["decision"].get("approve"))
+    approved = state["decision"]["approve"] is True
     return {"final_result": {"status": "completed" if approved else "failed",
-                             "approved": approved, "by": state["decision"].get("by")}}
+                             "approved": approved, "by": state["decision"]["by"]}}
 
 
 _builder = StateGraph(ApprovalState)

@@ -109,8 +109,9 @@ async def test_a_manual_rollback_is_a_resume_value(orchestrator_factory, start_s
     service = await start_service()
     paused, question = await run_until_interrupt(
         orch, "rollout", {"deploy": spec("shop", service, tmp_path, pause_after=[25])})
-    assert question["kind"] == "canary_gate" and question["percent"] == 25
-    assert question["evidence"]["verdict"] == "healthy"
+    assert question["kind"] == "canary_gate" and question["context"]["percent"] == 25
+    assert question["context"]["evidence"]["verdict"] == "healthy"
+    assert question["schema"]["properties"]["action"]["enum"] == ["continue", "rollback"]
     assert lines(tmp_path / "shop.traffic") == ["10", "25"]
     result = await resume(orch, paused.thread_id,
                           {"action": "rollback", "by": "bob", "reason": "saw errors in logs"})
@@ -135,10 +136,47 @@ async def test_a_second_rollout_of_the_same_deployment_is_refused(orchestrator_f
     other = await orch.run("rollout", {"deploy": spec("search", service, tmp_path)})
     assert other.status == "completed"
     assert lines(tmp_path / "pay.traffic") == ["10"]  # the refused one moved no traffic
-    finished = await resume(orch, first.thread_id, {"action": "continue"})
+    finished = await resume(orch, first.thread_id, {"action": "continue", "by": "ops"})
     assert finished.status == "completed"
     again = await orch.run("rollout", {"deploy": spec("pay", service, tmp_path)})
     assert again.status == "completed"  # the lock went with the first rollout
+
+
+async def test_only_an_explicit_continue_continues(orchestrator_factory, start_service,
+                                                   tmp_path) -> None:
+    """Review M5: any answer but exactly {"action": "rollback"} used to continue."""
+    from langgraph.types import Command
+
+    from orchestrator.errors import InvalidInput
+    from orchestrator.runtime import use_runtime
+
+    orch = await orchestrator_factory(workflows=WORKFLOWS)
+    service = await start_service()
+    paused, _ = await run_until_interrupt(
+        orch, "rollout", {"deploy": spec("gate", service, tmp_path, stages=[10, 50, 100],
+                                         pause_after=[10])})
+    for bad, field in [({"action": "roll back", "by": "oncall", "reason": "errors, STOP"},
+                        "action"),
+                       ({"action": "continue"}, "by"), ("continue", "answer"),
+                       ({"action": "continue", "by": "x", "reson": "typo"}, "reson")]:
+        with pytest.raises(InvalidInput, match=field):
+            await resume(orch, paused.thread_id, bad)
+        assert (await orch.runtime.workflows.get(paused.thread_id)).status == "interrupted"
+    assert lines(tmp_path / "gate.traffic") == ["10"]
+    # straight through LangGraph (as Studio would), past the facade: asked again, not decided
+    graph, config = orch.graph("rollout"), {"configurable": {"thread_id": paused.thread_id}}
+    with use_runtime(orch.runtime):
+        await graph.ainvoke(Command(resume={"action": "roll back", "by": "oncall"}), config)
+    state = await graph.aget_state(config, subgraphs=True)
+    again = state.interrupts[0].value
+    assert again["kind"] == "canary_gate"
+    assert "action" in again["context"]["problem_with_last_answer"]
+    assert lines(tmp_path / "gate.traffic") == ["10"]
+    assert not (tmp_path / "gate.rollback").exists()
+    result = await resume(orch, paused.thread_id, {"action": "continue", "by": "oncall"})
+    assert result.status == "completed", result
+    assert lines(tmp_path / "gate.traffic") == ["10", "50", "100"]
+    assert result.final_result["canary"]["status"] == "completed"
 
 
 @pytest.mark.parametrize("bad, message", [

@@ -9,10 +9,12 @@ import time
 
 import pytest
 import yaml
+from langgraph.types import Command
 
 from agents.developer import develop as builtin_develop
 from orchestrator.errors import InvalidInput
 from orchestrator.metrics import TASK_CACHE
+from orchestrator.runtime import use_runtime
 from orchestrator.testing import resume, run_until_interrupt, stand_in
 from workflows.plans import PlanError, load_plan, parse_plan
 
@@ -42,9 +44,9 @@ async def test_a_plan_runs_in_dependency_order_in_parallel_with_retries_and_esca
     paused, question = await run_until_interrupt(orch, "plan_execution", {"plan": plan})
 
     # the task that is never fixed was tried 3 times, with growing delays, then escalated
-    assert question["kind"] == "dead_letter" and question["task"] == NEVER_FIXED
-    assert [a["n"] for a in question["attempts"]] == [1, 2, 3]
-    assert question["evidence"]["findings"][0]["code"] == "F821"
+    assert question["kind"] == "dead_letter" and question["context"]["task"] == NEVER_FIXED
+    assert [a["n"] for a in question["context"]["attempts"]] == [1, 2, 3]
+    assert question["context"]["evidence"]["findings"][0]["code"] == "F821"
     state = (await orch.get(paused.thread_id)).values
     tasks = state["tasks"]
     never = tasks[NEVER_FIXED]["attempts"]
@@ -108,14 +110,27 @@ async def test_escalation_retry_and_abort(orchestrator_factory, tmp_path) -> Non
     repo, plan = make_plan_repo(tmp_path / "repo", max_attempts=1)
     plan["tasks"] = [t for t in plan["tasks"] if t["id"] in ("config", "units", NEVER_FIXED)]
     paused, question = await run_until_interrupt(orch, "plan_execution", {"plan": plan})
-    assert question["task"] == NEVER_FIXED and len(question["attempts"]) == 1
+    assert question["context"]["task"] == NEVER_FIXED
+    assert len(question["context"]["attempts"]) == 1
+    assert question["schema"]["properties"]["action"]["enum"] == ["skip", "retry", "abort"]
     # a retry gets a fresh budget of attempts; it fails again, and asks again
     again = await resume(orch, paused.thread_id, {"action": "retry", "by": "dev"})
     assert again.status == "interrupted"
-    assert len(again.interrupts[0]["value"]["attempts"]) == 2
-    confused = await resume(orch, paused.thread_id, {"action": "later"})
-    assert confused.status == "interrupted"  # a wrong answer loses nothing: it asks again
-    assert "unknown action 'later'" in confused.interrupts[0]["value"]["problem_with_last_answer"]
+    assert len(again.interrupts[0]["value"]["context"]["attempts"]) == 2
+    # a wrong answer is refused before anything moves, and the question stays
+    for bad, field in [({"action": "later", "by": "dev"}, "action"), ("skip", "answer"),
+                       ({"action": "skip"}, "by"), ({"acton": "skip", "by": "dev"}, "acton")]:
+        with pytest.raises(InvalidInput, match=field):
+            await resume(orch, paused.thread_id, bad)
+        assert (await orch.runtime.workflows.get(paused.thread_id)).status == "interrupted"
+    # past the facade, straight into LangGraph: asked again, nothing decided
+    graph, config = orch.graph("plan_execution"), {"configurable": {"thread_id": paused.thread_id}}
+    with use_runtime(orch.runtime):
+        await graph.ainvoke(Command(resume={"action": "later", "by": "dev"}), config)
+    state = await graph.aget_state(config)
+    assert state.values["tasks"][NEVER_FIXED]["status"] == "dead"
+    assert "'skip', 'retry' or 'abort'" in \
+        state.interrupts[0].value["context"]["problem_with_last_answer"]
     aborted = await resume(orch, paused.thread_id, {"action": "abort", "by": "dev"})
     assert aborted.status == "failed"
     assert aborted.final_result["reasons"] == [f"aborted by dev at the dead letter of {NEVER_FIXED}"]

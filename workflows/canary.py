@@ -13,8 +13,10 @@
 * ``observe`` has the deployer wait out the rest of the stage and sample health; a crash
   resumes the stage where it was, waiting only what is left of it. Degraded holds the stage
   and observes again (``max_holds`` times); unhealthy rolls back.
-* ``gate`` pauses for a human after the stages in ``pause_after`` (resume with
-  ``{"action": "continue"}`` or ``{"action": "rollback", "by": ..., "reason": ...}``).
+* ``gate`` pauses for a human after the stages in ``pause_after`` (a typed question,
+  ``GateAnswer``: resume with ``{"action": "continue", "by": ...}`` or
+  ``{"action": "rollback", "by": ..., "reason": ...}``). Only an explicit ``continue``
+  continues; any other answer is refused and asked again.
 * ``rollback`` sets traffic to 0, runs the rollback command and ends the rollout failed,
   with the evidence.
 
@@ -27,16 +29,17 @@ import time
 from typing import Any, Literal
 
 from langgraph.graph import END, START, StateGraph
-from langgraph.types import interrupt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from orchestrator.calls import AGENT_RETRY, call_agent
 from orchestrator.errors import AgentError, ResourceLocked
 from orchestrator.held_locks import hold_lock, release_lock
 from orchestrator.metrics import CANARY_ROLLBACKS, CANARY_STAGE
+from orchestrator.questions import Answer, ask
 from state.schema import MultiAgentState, now_iso
 
-__all__ = ["CanarySpec", "CanaryState", "canary_graph", "validate_canary", "DEFAULT_STAGES"]
+__all__ = ["CanarySpec", "CanaryState", "GateAnswer", "canary_graph", "validate_canary",
+           "DEFAULT_STAGES"]
 
 DEFAULT_STAGES = [10, 25, 50, 75, 100]
 
@@ -171,23 +174,31 @@ def after_observe(state: CanaryState) -> Literal["observe", "gate", "rollback"]:
     return state["canary"]["next"]
 
 
+class GateAnswer(Answer):
+    """The answer to a canary gate: only an explicit ``continue`` continues."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"action": "continue", "by": "oncall", "reason": "error rate flat"},
+        {"action": "rollback", "by": "oncall", "reason": "errors in the logs"},
+    ]})
+
+    action: Literal["continue", "rollback"]
+    reason: str | None = Field(None, max_length=4000)
+
+
 async def gate(state: CanaryState) -> dict[str, Any]:
     spec, canary = _spec(state), dict(state["canary"])
     percent = canary["percent"]
     if percent in spec.pause_after and percent != spec.stages[-1]:
-        answer = interrupt({
-            "kind": "canary_gate",
-            "deployment": spec.name,
-            "percent": percent,
-            "evidence": canary["stages"][-1],
-            "question": f"{spec.name} is healthy at {percent}%: continue or roll back?",
-            "resume_with": {"action": "continue | rollback", "by": "who", "reason": "why"},
-        })
-        answer = answer if isinstance(answer, dict) else {"action": str(answer)}
-        if answer.get("action") == "rollback":
-            canary["manual_rollback"] = {"by": answer.get("by"), "reason": answer.get("reason"),
-                                         "at": now_iso()}
+        answer = ask(GateAnswer, kind="canary_gate",
+                     question=f"{spec.name} is healthy at {percent}%: continue or roll back?",
+                     context={"deployment": spec.name, "percent": percent,
+                              "evidence": canary["stages"][-1]})
+        decision = {"by": answer.by, "reason": answer.reason, "at": now_iso()}
+        if answer.action != "continue":
+            canary["manual_rollback"] = decision
             return {"canary": canary}
+        canary["continued"] = [*canary.get("continued", []), {"percent": percent, **decision}]
     canary["stage"] += 1
     return {"canary": canary}
 

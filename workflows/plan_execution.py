@@ -25,8 +25,9 @@
   was reset, the file deleted or changed) is forgotten and the task done again. A QA
   failure is retried as a fix (high priority) after ``retry_delay`` seconds, doubling each
   time, up to ``max_attempts``; then it is dead-lettered.
-* ``escalate`` pauses on a dead letter with its evidence; resume with ``{"action": "skip" |
-  "retry" | "abort", "by": ...}``. Skipping a task skips what depends on it.
+* ``escalate`` pauses on a dead letter with its evidence (a typed question,
+  ``DeadLetterAnswer``); resume with ``{"action": "skip" | "retry" | "abort", "by": ...}``.
+  Skipping a task skips what depends on it; a malformed answer is asked again.
 * ``integrate`` runs the integration command (cicd agent) on the working tree; ``canary``
   rolls out when the plan has ``deploy``; ``report`` sums up every task.
 """
@@ -42,13 +43,14 @@ from typing import Annotated, Any, Literal
 
 from langgraph.func import task as graph_task
 from langgraph.graph import END, START, StateGraph
-from langgraph.types import CachePolicy, Send, interrupt
-from pydantic import BaseModel, ConfigDict, field_validator
+from langgraph.types import CachePolicy, Send
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from orchestrator.calls import AGENT_RETRY, call_agent
 from orchestrator.errors import AgentUnavailable, CircuitOpen, OrchestratorError
 from orchestrator.graphs import WorkflowSpec, validate_input
 from orchestrator.metrics import TASK_CACHE
+from orchestrator.questions import Answer, ask
 from orchestrator.runtime import current_runtime
 from state.cache import PostgresCache
 from state.schema import MultiAgentState, append_list, merge_dicts, now_iso
@@ -516,26 +518,39 @@ def _dependents(tasks: dict[str, dict[str, Any]], root: str) -> list[str]:
     return sorted(out)
 
 
+class DeadLetterAnswer(Answer):
+    """The answer to a dead letter: skip the task (and what depends on it), retry, or abort."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"action": "skip", "by": "qa-lead", "comment": "not needed for this release"},
+        {"action": "retry", "by": "dev"},
+        {"action": "abort", "by": "dev"},
+    ]})
+
+    action: Literal["skip", "retry", "abort"]
+    comment: str | None = Field(None, max_length=4000)
+
+
 async def escalate(state: PlanState) -> dict[str, Any]:
     task_id = state["route"]["task"]
     rec = dict(state["tasks"][task_id])
     plan = _plan(state)
     last = rec["attempts"][-1] if rec["attempts"] else {}
-    answer = interrupt({
-        "kind": "dead_letter",
-        "task": task_id,
-        "file": plan.task(task_id).file,
-        "question": f"task {task_id} failed QA {len(rec['attempts'])} times: skip it (and "
-        "what depends on it), retry it, or abort the plan?",
-        "attempts": [{k: a.get(k) for k in ("n", "outcome", "seconds")} for a in rec["attempts"]],
-        "evidence": last.get("evidence"),
-        "blocked": _dependents(state["tasks"], task_id),
-        "problem_with_last_answer": rec.get("last_answer_error"),
-        "resume_with": {"action": "skip | retry | abort", "by": "who"},
-    })
-    answer = answer if isinstance(answer, dict) else {"action": str(answer)}
-    action, by = answer.get("action"), answer.get("by")
-    decision = {"task": task_id, "action": action, "by": by, "at": now_iso()}
+    # a malformed answer never decides: ask() asks again, saying what was wrong
+    answer = ask(DeadLetterAnswer, kind="dead_letter",
+                 question=f"task {task_id} failed QA {len(rec['attempts'])} times: skip it (and "
+                 "what depends on it), retry it, or abort the plan?",
+                 context={
+                     "task": task_id,
+                     "file": plan.task(task_id).file,
+                     "attempts": [{k: a.get(k) for k in ("n", "outcome", "seconds")}
+                                  for a in rec["attempts"]],
+                     "evidence": last.get("evidence"),
+                     "blocked": _dependents(state["tasks"], task_id),
+                 })
+    action, by = answer.action, answer.by
+    decision = {"task": task_id, "action": action, "by": by, "comment": answer.comment,
+                "at": now_iso()}
     if action == "retry":
         rec.update(status="retry", not_before=0.0, reset_at=len(rec["attempts"]),
                    budget=len(rec["attempts"]) + plan.max_attempts, decision=decision)
@@ -543,11 +558,7 @@ async def escalate(state: PlanState) -> dict[str, Any]:
     if action == "abort":
         return {"tasks": {task_id: {**rec, "decision": decision}}, "final_result": {
             "status": "failed", "stage": "escalation",
-            "reasons": [f"aborted by {by or 'a human'} at the dead letter of {task_id}"]}}
-    if action != "skip":
-        # a wrong answer must not lose the question: mark it, and ask again
-        return {"tasks": {task_id: {**rec, "last_answer_error":
-                                    f"unknown action {action!r}: use skip, retry or abort"}}}
+            "reasons": [f"aborted by {by} at the dead letter of {task_id}"]}}
     skipped = {task_id: {**rec, "status": "skipped", "decision": decision}}
     for dependent in _dependents(state["tasks"], task_id):
         skipped[dependent] = {**state["tasks"][dependent], "status": "skipped",

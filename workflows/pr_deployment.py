@@ -12,8 +12,9 @@
 * ``review`` (code_review agent: ruff on the Python files changed since the merge base) and
   ``tests`` (cicd agent: the test command in a throw-away worktree at ``source``) run in
   parallel.
-* ``approve`` pauses with the summary; resume with ``{"approve": true|false, "by": ...,
-  "comment": ...}``.
+* ``approve`` pauses with the summary (a typed question, ``ApprovalAnswer``); resume with
+  ``{"approve": true|false, "by": ..., "comment": ...}``: a JSON boolean, ``"false"`` is
+  refused and asked again, never taken as a yes.
 * ``merge`` (cicd agent) holds the ``repo:<path>`` lock and passes its fencing token; a
   conflict ends the run failed, naming the files, with the repository left as it was.
 * ``canary`` is the shared rollout subgraph (``workflows/canary.py``).
@@ -28,17 +29,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 from langgraph.graph import END, START, StateGraph
-from langgraph.types import interrupt
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from orchestrator.calls import AGENT_RETRY, call_agent
 from orchestrator.childenv import child_environment
 from orchestrator.graphs import WorkflowSpec, validate_input
+from orchestrator.questions import Answer, ask
 from state.schema import MultiAgentState, now_iso
 
 from .canary import CanarySpec, canary_graph, validate_canary
 
-__all__ = ["PRDeploymentInput", "PRDeploymentState", "builder", "workflow", "repo_resource"]
+__all__ = ["PRDeploymentInput", "PRDeploymentState", "ApprovalAnswer", "builder", "workflow",
+           "repo_resource"]
 
 
 def repo_resource(repo: str) -> str:
@@ -202,29 +204,37 @@ def after_decide(state: PRDeploymentState) -> Literal["approve", "merge", "finis
     return "merge" if state.get("approval") == "auto" else "approve"
 
 
+class ApprovalAnswer(Answer):
+    """The answer to ``approve``: a JSON boolean (``"false"`` is refused), who, and why."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"approve": True, "by": "alice", "comment": "ship it"},
+        {"approve": False, "by": "alice", "comment": "needs a migration first"},
+    ]})
+
+    approve: bool = Field(description="true merges; false ends the run failed, unmerged")
+    comment: str | None = Field(None, max_length=4000)
+
+
 async def approve(state: PRDeploymentState) -> dict[str, Any]:
-    answer = interrupt({
-        "kind": "approval",
-        "question": f"merge {state['source']} into {state['target']} of {state['repo']}?",
-        "summary": _summary(state),
-        "resume_with": {"approve": "true | false", "by": "who", "comment": "why"},
-    })
-    if not isinstance(answer, dict):
-        answer = {"approve": answer in (True, "approve", "approved", "yes")}
-    decision = {"approved": bool(answer.get("approve", answer.get("approved"))),
-                "by": answer.get("by"), "comment": answer.get("comment"), "at": now_iso()}
+    answer = ask(ApprovalAnswer, kind="approval",
+                 question=f"merge {state['source']} into {state['target']} of {state['repo']}?",
+                 context={"summary": _summary(state)})
+    decision = {"approved": answer.approve, "by": answer.by, "comment": answer.comment,
+                "at": now_iso()}
     update: dict[str, Any] = {"decision": decision}
-    if not decision["approved"]:
+    if answer.approve is not True:
         update["final_result"] = {
             **_summary(state), "status": "failed", "stage": "approval", "merged": False,
-            "reasons": [f"rejected by {decision['by'] or 'a reviewer'}: "
-                        f"{decision['comment'] or 'no comment'}"],
+            "reasons": [f"rejected by {answer.by}: {answer.comment or 'no comment'}"],
         }
     return update
 
 
 def after_approve(state: PRDeploymentState) -> Literal["merge", "finish"]:
-    return "finish" if state.get("final_result") else "merge"
+    # fail closed: only a recorded, strictly true approval merges
+    approved = (state.get("decision") or {}).get("approved") is True
+    return "merge" if approved and not state.get("final_result") else "finish"
 
 
 async def merge(state: PRDeploymentState) -> dict[str, Any]:

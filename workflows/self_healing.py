@@ -13,22 +13,27 @@
   one is configured).
 * ``fix`` applies the runbook's action for that issue under the ``service:<name>`` lock: the
   n-th attempt at an issue takes the n-th action of its list (the last one repeats).
-* ``escalate`` pauses with the evidence once ``max_attempts`` fixes failed; resume with
+* ``escalate`` pauses with the evidence (``healing["escalation"]``: why, and what was seen)
+  when the health or metrics URL answers 4xx (a misconfiguration: no restart is tried), when a
+  fix did not work (a command exited non-zero, a started process died at once), or once
+  ``max_attempts`` fixes failed to heal (a typed question, ``EscalationAnswer``); resume with
   ``{"action": {"type": "restart"|"command"|"wait", ...}, "by": ...}`` to try something, or
-  ``{"give_up": true, "by": ..., "comment": ...}``.
+  ``{"give_up": true, "by": ..., "comment": ...}``. A malformed answer (a bare string, a
+  typo'd key) is asked again, never taken as a give-up.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from langgraph.graph import END, START, StateGraph
-from langgraph.types import interrupt
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.json_schema import SkipJsonSchema
 
 from orchestrator.calls import AGENT_RETRY, call_agent
 from orchestrator.graphs import WorkflowSpec
 from orchestrator.metrics import HEALING_ATTEMPTS, HEALING_OUTCOMES
+from orchestrator.questions import Answer, ask
 from state.schema import MultiAgentState, now_iso
 
 __all__ = ["SelfHealingInput", "SelfHealingState", "builder", "workflow", "DEFAULT_RUNBOOK"]
@@ -193,44 +198,79 @@ async def verify(state: SelfHealingState) -> dict[str, Any]:
 def after_verify(state: SelfHealingState) -> Literal["diagnose", "escalate", "__end__"]:
     if state.get("final_result"):
         return END
-    automatic = [a for a in state["healing"]["attempts"] if not a.get("manual")]
-    if state["healing"].get("escalated") or len(automatic) >= int(state.get("max_attempts", 3)):
-        return "escalate"
-    return "diagnose"
+    return "escalate" if state["healing"].get("escalation") else "diagnose"
+
+
+class _Closed(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class RestartAction(_Closed):
+    type: Literal["restart"]
+
+
+class CommandAction(_Closed):
+    type: Literal["command"]
+    argv: list[str] = Field(min_length=1, description="the command, without a shell")
+    timeout: float = Field(60.0, gt=0, le=3600)
+
+
+class WaitAction(_Closed):
+    type: Literal["wait"]
+    seconds: float = Field(ge=0, le=3600)
+
+
+HealingAction = Annotated[RestartAction | CommandAction | WaitAction, Field(discriminator="type")]
+
+
+class EscalationAnswer(Answer):
+    """The answer to an escalation: an ``action`` to try, or ``give_up: true`` (one of them)."""
+
+    model_config = ConfigDict(json_schema_extra={
+        "oneOf": [{"required": ["action"]}, {"required": ["give_up"]}],
+        "examples": [
+            {"action": {"type": "restart"}, "by": "oncall"},
+            {"action": {"type": "command", "argv": ["systemctl", "restart", "db"]},
+             "by": "oncall"},
+            {"give_up": True, "by": "oncall", "comment": "needs a new disk"},
+        ]})
+
+    action: HealingAction | SkipJsonSchema[None] = None
+    give_up: Literal[True] | SkipJsonSchema[None] = None
+    comment: str | None = Field(None, max_length=4000)
+
+    @model_validator(mode="after")
+    def _one_of(self) -> EscalationAnswer:
+        given = {"action", "give_up"} & self.model_fields_set
+        if len(given) != 1 or (self.action is None and self.give_up is None):
+            raise ValueError("give either 'action' (what to try) or 'give_up': true, not both")
+        return self
 
 
 async def escalate(state: SelfHealingState) -> dict[str, Any]:
     healing = dict(state["healing"])
     diagnosis = healing.get("diagnosis") or {}
-    answer = interrupt({
-        "kind": "escalation",
-        "service": state["service"],
-        "question": f"{state['service']} is still unhealthy after {len(healing['attempts'])} "
-        "fix attempts: what should be tried?",
-        "diagnosis": diagnosis,
-        "attempts": healing["attempts"],
-        "evidence": healing["evidence"],
-        "problem_with_last_answer": healing.get("last_answer_error"),
-        "resume_with": {"action": {"type": "restart | command | wait"}, "by": "who",
-                        "or": {"give_up": True, "comment": "why"}},
-    })
-    answer = answer if isinstance(answer, dict) else {"give_up": True}
-    if answer.get("give_up") or not answer.get("action"):
+    # a malformed answer never decides (nor gives up): ask() asks again, saying what was wrong
+    answer = ask(
+        EscalationAnswer, kind="escalation",
+        question=f"{state['service']}: "
+        + ((healing.get("escalation") or {}).get("reason")
+           or f"still unhealthy after {len(healing['attempts'])} fix attempts")
+        + ". What should be tried?",
+        context={"service": state["service"], "escalation": healing.get("escalation"),
+                 "diagnosis": diagnosis, "attempts": healing["attempts"],
+                 "evidence": healing["evidence"]})
+    if answer.action is None:
         HEALING_OUTCOMES.labels(state["service"], "gave_up").inc()
         return {"healing": {**healing, "status": "gave_up"}, "final_result": {
             "status": "failed", "outcome": "gave_up", "service": state["service"],
             "attempts": len(healing["attempts"]), "history": healing["attempts"],
-            "reason": f"given up by {answer.get('by') or 'a human'}: "
-                      f"{answer.get('comment') or 'no comment'}",
+            "reason": f"given up by {answer.by}: {answer.comment or 'no comment'}",
             "evidence": healing["evidence"]}}
-    try:
-        action = _action(answer["action"])
-    except ValueError as exc:
-        # a bad answer must not lose the escalation: ask again, saying what was wrong
-        return {"healing": {**healing, "escalated": True, "last_answer_error": str(exc)}}
     HEALING_OUTCOMES.labels(state["service"], "escalated").inc()
-    return {"healing": {**healing, "escalated": True, "manual_action": {**action},
-                        "manual_by": answer.get("by"), "last_answer_error": None,
+    action = answer.action.model_dump(exclude_unset=True)
+    return {"healing": {**healing, "escalated": True, "manual_action": action,
+                        "manual_by": answer.by, "manual_comment": answer.comment,
                         "diagnosis": {**diagnosis, "kind": diagnosis.get("kind", "manual")}}}
 
 
