@@ -11,8 +11,9 @@ Rules for one sample, first match wins:
 
 * no answer (connection refused, connect error, timeout, connection dropped) → unhealthy ``down``;
 * status >= 500 → unhealthy ``http_5xx``;
-* status 4xx → degraded ``http_5xx`` (the service answers, but not what we asked for: a wrong
-  path or a refused probe is worth a look, not a rollback on its own); the detail names the status;
+* status 4xx → degraded ``http_4xx``: the service answers, but not what we asked for. A wrong
+  path or a refused probe is a misconfiguration, worth a look, not a rollback or a restart on
+  its own; the detail names the status and the URL, and ``body`` keeps an excerpt of the answer;
 * a JSON object body may report ``error_rate`` (0..1) and ``p95_ms`` (or ``p95_latency_ms`` /
   ``latency_ms``); error_rate >= ``error_rate_unhealthy`` → unhealthy ``error_rate``;
   >= ``error_rate_degraded`` → degraded ``error_rate``;
@@ -21,7 +22,8 @@ Rules for one sample, first match wins:
 
 ``kind="prometheus"`` (GET the metrics text, parsed with ``prometheus_client``'s parser):
 
-* no answer → unhealthy ``down``; any non-2xx status, or a body that does not parse as the
+* no answer → unhealthy ``down``; a 4xx status → unhealthy ``http_4xx`` (the metrics URL is
+  wrong or refused); any other non-2xx status, or a body that does not parse as the
   Prometheus text format → unhealthy ``http_5xx``;
 * the window is the time since the previous successful scrape of the same :class:`Prober` (the
   first scrape uses the cumulative totals). error_rate = increase of ``error_metric`` series whose
@@ -75,10 +77,12 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 Status = Literal["healthy", "degraded", "unhealthy"]
-Issue = Literal["down", "http_5xx", "latency", "error_rate"]
+Issue = Literal["down", "http_5xx", "http_4xx", "latency", "error_rate"]
 
 # Most severe first: breaks ties when naming the most common issue.
-_ISSUE_SEVERITY: tuple[str, ...] = ("down", "http_5xx", "error_rate", "latency")
+_ISSUE_SEVERITY: tuple[str, ...] = ("down", "http_5xx", "http_4xx", "error_rate", "latency")
+# Characters of a 4xx answer's body kept as evidence.
+_BODY_EXCERPT = 300
 _P95_KEYS = ("p95_ms", "p95_latency_ms", "latency_ms")
 # Parsing a large metrics page is CPU work done in a thread; this bounds the wait for it.
 _MIN_PARSE_TIMEOUT = 5.0
@@ -152,6 +156,8 @@ class Sample(BaseModel):
     p95_ms: float | None
     detail: str
     at: str
+    #: An excerpt of the body of an answer that tells what is wrong (a 4xx), else None.
+    body: str | None = None
 
 
 class Observation(BaseModel):
@@ -248,7 +254,10 @@ class Prober:
             return _sample("unhealthy", "http_5xx", said, *seen)
         if code >= 400:
             return _sample(
-                "degraded", "http_5xx", f"{said}: a client error, not a healthy answer", *seen
+                "degraded", "http_4xx",
+                f"{said}: a client error, not a health answer; the health URL or the probe is "
+                "misconfigured",
+                *seen, body=_excerpt(response),
             )
         return self._apply_thresholds(said, code, elapsed, error_rate, p95)
 
@@ -259,6 +268,12 @@ class Prober:
             return _sample("unhealthy", "down", f"GET {url} {failure}")
         code = response.status_code
         said = f"GET {url} answered {code} in {_fmt_ms(elapsed)}"
+        if 400 <= code < 500:
+            return _sample(
+                "unhealthy", "http_4xx",
+                f"{said}, not metrics; the metrics URL or the probe is misconfigured",
+                code, elapsed, body=_excerpt(response),
+            )
         if not 200 <= code < 300:
             return _sample("unhealthy", "http_5xx", f"{said}, not metrics", code, elapsed)
         try:
@@ -426,6 +441,8 @@ def _sample(
     elapsed: float | None = None,
     error_rate: float | None = None,
     p95: float | None = None,
+    *,
+    body: str | None = None,
 ) -> Sample:
     return Sample(
         status=status,
@@ -436,7 +453,15 @@ def _sample(
         p95_ms=None if p95 is None else round(p95, 3),
         detail=detail if detail.endswith(".") else detail + ".",
         at=datetime.now(UTC).isoformat(timespec="milliseconds"),
+        body=body,
     )
+
+
+def _excerpt(response: httpx.Response) -> str:
+    """The start of a body as text, whitespace folded, for evidence."""
+    text = response.content[: _BODY_EXCERPT * 4].decode("utf-8", "replace")
+    text = " ".join(text.split())
+    return text if len(text) <= _BODY_EXCERPT else text[: _BODY_EXCERPT - 1] + "…"
 
 
 def _read_body(response: httpx.Response) -> tuple[float | None, float | None, list[str]]:

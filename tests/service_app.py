@@ -28,8 +28,10 @@ import json
 import math
 import os
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -217,8 +219,10 @@ class _Server(ThreadingHTTPServer):
 
 
 def _write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
 
 
@@ -310,6 +314,9 @@ class ServiceProcess:
     ) -> ServiceProcess:
         """Start a service in ``tmp_dir`` (its port, pid and log files go there).
 
+        ``port=0`` picks a free port first and passes it, so the process's command line is
+        ``argv`` exactly (a restart proves a pid file's process by its command line).
+
         Raises:
             RuntimeError: if it exits or does not listen within ``timeout`` seconds; the
                 message carries what it wrote to stderr.
@@ -317,6 +324,8 @@ class ServiceProcess:
         tmp_dir = Path(tmp_dir)
         tmp_dir.mkdir(parents=True, exist_ok=True)
         name = f"service-{uuid.uuid4().hex[:8]}"
+        if not port:
+            port = free_port()
         port_file = tmp_dir / f"{name}.port"
         pid_file = tmp_dir / f"{name}.pid"
         argv = [
@@ -450,6 +459,13 @@ class ServiceProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
         self.process.wait(timeout=5)
+
+
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def _read(path: Path) -> str:

@@ -87,11 +87,13 @@ async def test_error_mode_is_unhealthy_http_5xx(start_service: StartService) -> 
     assert "answered 500" in result.samples[0].detail
 
 
-async def test_client_error_is_degraded(start_service: StartService) -> None:
+async def test_client_error_is_a_misconfiguration_not_a_5xx(start_service: StartService) -> None:
     service = await start_service()
     sample = await Prober(http_source(service, "/no-such-path")).sample()
-    assert (sample.status, sample.issue, sample.http_status) == ("degraded", "http_5xx", 404)
-    assert "answered 404" in sample.detail
+    assert (sample.status, sample.issue, sample.http_status) == ("degraded", "http_4xx", 404)
+    assert f"GET {service.url}/no-such-path answered 404" in sample.detail
+    assert "misconfigured" in sample.detail
+    assert sample.body == '{"error": "no such path: /no-such-path"}'
 
 
 async def test_slow_service_is_degraded_by_latency(start_service: StartService) -> None:
@@ -209,7 +211,8 @@ async def test_prometheus_counter_reset_after_restart(start_service: StartServic
 async def test_prometheus_endpoint_errors(start_service: StartService) -> None:
     service = await start_service()
     missing = await Prober(HealthSource(kind="prometheus", url=service.url + "/nope")).sample()
-    assert (missing.status, missing.issue, missing.http_status) == ("unhealthy", "http_5xx", 404)
+    assert (missing.status, missing.issue, missing.http_status) == ("unhealthy", "http_4xx", 404)
+    assert missing.body == '{"error": "no such path: /nope"}'
     not_metrics = await Prober(HealthSource(kind="prometheus", url=service.url + "/health")).sample()
     assert (not_metrics.status, not_metrics.issue) == ("unhealthy", "http_5xx")
     assert "Prometheus text format" in not_metrics.detail

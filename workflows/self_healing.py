@@ -1,10 +1,12 @@
 """``self_healing``: probe a service, diagnose, apply a runbook fix, verify; escalate.
 
     detect ─healthy─────────────────────────────────────────────▶ END
+       ├─4xx (misconfigured)─────────────────────────▶ escalate
        └─▶ diagnose ─▶ fix ─▶ verify ─healthy──────────────────▶ END (healed)
-              ▲                  ├─attempts left─▶ diagnose
-              │                  └─out of attempts─▶ escalate ─give up─▶ END
-              └──────────── (a human's action) ◀──────────┘
+              ▲         │        ├─attempts left─▶ diagnose
+              │         │        ├─4xx, or out of attempts─▶ escalate ─give up─▶ END
+              │         └─the fix failed───────────────────▶ escalate
+              └──────────── fix ◀── (a human's action) ◀────────┘
 
 * ``detect`` and ``verify`` ask the infrastructure agent to probe ``health_url`` (and
   ``metrics_url``); ``verify`` keeps probing up to ``verify_timeout`` while the service
@@ -104,6 +106,24 @@ class SelfHealingState(MultiAgentState, total=False):
     healing: dict[str, Any]
 
 
+def _misconfiguration(state: SelfHealingState,
+                      samples: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Why to escalate at once when a probed URL answered 4xx, with the evidence; else None.
+
+    A 4xx is an answer, so the service runs: the probe or the service is misconfigured, and
+    restarting it would not help.
+    """
+    for index, sample in enumerate(samples):  # the probe's samples: health, then metrics
+        if sample.get("issue") == "http_4xx":
+            url = state["health_url"] if index == 0 else state.get("metrics_url")
+            return {"why": "misconfigured",
+                    "reason": f"{url} answered {sample.get('http_status')}: the service answers, "
+                    "but the URL or the service is misconfigured; a restart would not fix it",
+                    "evidence": {"url": url, "http_status": sample.get("http_status"),
+                                 "body": sample.get("body"), "detail": sample.get("detail")}}
+    return None
+
+
 def _probe_payload(state: SelfHealingState, wait_healthy: float = 0.0) -> dict[str, Any]:
     return {"health_url": state["health_url"], "metrics_url": state.get("metrics_url"),
             "thresholds": state.get("thresholds") or {}, "wait_healthy": wait_healthy}
@@ -113,7 +133,10 @@ async def detect(state: SelfHealingState) -> dict[str, Any]:
     call = await call_agent("infrastructure", "probe", _probe_payload(state), subtask="detect")
     healing = {"status": "healthy" if call.result["healthy"] else "unhealthy",
                "detected": call.result, "evidence": call.result["samples"], "attempts": [],
-               "started_at": now_iso()}
+               "started_at": now_iso(),
+               "escalation": _misconfiguration(state, call.result["samples"])}
+    if healing["escalation"]:
+        healing["status"] = "misconfigured"
     update: dict[str, Any] = {**call.updates, "healing": healing,
                               "workflow_type": "self_healing"}
     if call.result["healthy"]:
@@ -124,8 +147,10 @@ async def detect(state: SelfHealingState) -> dict[str, Any]:
     return update
 
 
-def after_detect(state: SelfHealingState) -> Literal["diagnose", "__end__"]:
-    return END if state.get("final_result") else "diagnose"
+def after_detect(state: SelfHealingState) -> Literal["diagnose", "escalate", "__end__"]:
+    if state.get("final_result"):
+        return END
+    return "escalate" if state["healing"].get("escalation") else "diagnose"
 
 
 async def diagnose(state: SelfHealingState) -> dict[str, Any]:
@@ -169,9 +194,20 @@ async def fix(state: SelfHealingState) -> dict[str, Any]:
     )
     attempt = {"n": number, "issue": kind, "action": action, "result": call.result,
                "manual": bool(healing.get("manual_action")), "at": now_iso()}
-    healing.update(attempts=[*healing["attempts"], attempt], manual_action=None)
+    escalation = None
+    if not call.result.get("ok"):  # nothing to verify: a human has to look at why
+        escalation = {"why": "fix_failed",
+                      "reason": f"fix {number} ({action['type']}) did not work: "
+                      f"{call.result.get('detail', 'no detail')}",
+                      "evidence": call.result}
+    healing.update(attempts=[*healing["attempts"], attempt], manual_action=None,
+                   escalation=escalation)
     return {**call.updates, "healing": healing,
             "subtask_status": {f"fix:{number}": "done" if call.result.get("ok") else "failed"}}
+
+
+def after_fix(state: SelfHealingState) -> Literal["verify", "escalate"]:
+    return "escalate" if state["healing"].get("escalation") else "verify"
 
 
 async def verify(state: SelfHealingState) -> dict[str, Any]:
@@ -185,7 +221,18 @@ async def verify(state: SelfHealingState) -> dict[str, Any]:
     attempts = list(healing["attempts"])
     attempts[-1] = {**attempts[-1], "verified": call.result["healthy"]}
     healing.update(attempts=attempts, evidence=call.result["samples"],
-                   status="healed" if call.result["healthy"] else "unhealthy")
+                   status="healed" if call.result["healthy"] else "unhealthy",
+                   escalation=_misconfiguration(state, call.result["samples"]))
+    automatic = [a for a in attempts if not a.get("manual")]
+    if healing["escalation"]:
+        healing["status"] = "misconfigured"
+    elif not call.result["healthy"] and (
+            healing.get("escalated") or len(automatic) >= int(state.get("max_attempts", 3))):
+        healing["escalation"] = {
+            "why": "not_healed",
+            "reason": f"still unhealthy after {len(attempts)} fix attempt(s): "
+            f"{', '.join(call.result.get('issues') or []) or 'no issue named'}",
+            "evidence": call.result["samples"]}
     update: dict[str, Any] = {**call.updates, "healing": healing}
     if call.result["healthy"]:
         HEALING_OUTCOMES.labels(state["service"], "healed").inc()
@@ -287,9 +334,9 @@ builder.add_node("fix", fix, retry_policy=AGENT_RETRY)
 builder.add_node("verify", verify, retry_policy=AGENT_RETRY)
 builder.add_node("escalate", escalate)
 builder.add_edge(START, "detect")
-builder.add_conditional_edges("detect", after_detect, ["diagnose", END])
+builder.add_conditional_edges("detect", after_detect, ["diagnose", "escalate", END])
 builder.add_conditional_edges("diagnose", after_diagnose, ["fix", "escalate"])
-builder.add_edge("fix", "verify")
+builder.add_conditional_edges("fix", after_fix, ["verify", "escalate"])
 builder.add_conditional_edges("verify", after_verify, ["diagnose", "escalate", END])
 builder.add_conditional_edges("escalate", after_escalate, ["fix", "escalate", END])
 
