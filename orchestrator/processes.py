@@ -91,15 +91,34 @@ def _no_such_pid(pid: int) -> bool:
     return False
 
 
+_OWN: dict[int, tuple[str | None, int | None, int | None]] = {}
+
+
+def _own() -> tuple[str | None, int | None, int | None]:
+    """(boot, pid namespace, start time) of this process: read once per process (at import,
+    so that no ``/proc`` read happens later on an event loop; again after a fork)."""
+    pid = os.getpid()
+    own = _OWN.get(pid)
+    if own is None:
+        stat = _stat(pid)
+        own = (_boot_id(), _pid_namespace(), stat[1] if stat else None)
+        _OWN.clear()
+        _OWN[pid] = own
+    return own
+
+
 def process_id_of(pid: int) -> str:
     """The process id that process ``pid`` of this pid namespace carries (a new random part
     each call). Without ``/proc`` it is the bare ``<host>-<pid>-<random>``, which
     :func:`process_alive` never answers for."""
     base = f"{socket.gethostname()}-{pid}-{uuid.uuid4().hex[:8]}"
-    boot, pidns, stat = _boot_id(), _pid_namespace(), _stat(pid)
-    if boot is None or pidns is None or stat is None:
+    boot, pidns, start = _own()
+    if pid != os.getpid():
+        stat = _stat(pid)
+        start = stat[1] if stat else None
+    if boot is None or pidns is None or start is None:
         return base
-    return f"{base}-{boot}.{pidns}.{stat[1]}"
+    return f"{base}-{boot}.{pidns}.{start}"
 
 
 def new_process_id() -> str:
@@ -129,7 +148,8 @@ def process_alive(process_id: str) -> bool | None:
     ref = parse_process_id(process_id)
     if ref is None or ref.pid <= 0 or ref.host != socket.gethostname():
         return None
-    if ref.boot != _boot_id() or ref.pidns != _pid_namespace():
+    boot, pidns, _ = _own()
+    if ref.boot != boot or ref.pidns != pidns:
         return None
     stat = _stat(ref.pid)
     if stat is None:
@@ -143,3 +163,6 @@ def process_alive(process_id: str) -> bool | None:
 def died_on_this_host(process_id: str) -> bool:
     """True only when ``process_id`` provably names a process that is gone."""
     return process_alive(process_id) is False
+
+
+_own()
