@@ -15,9 +15,10 @@ Each test runs the workflow in a CLI subprocess (``orchestrator run ... --thread
   ids, the stored responses and (for a restart) the infrastructure agent's restart marker
   keep work from being done twice.
 
-What was sent to agents is read back from the Redis request streams (they are never trimmed),
-so the tests can check the ``wait`` a re-sent ``observe`` carried, and that a ``set_traffic``
-or ``fix`` was never sent a second time.
+What was sent to agents is recorded by a tap on the Redis request streams (a reader of the
+test's own, blocked on them from the start of each test: answered entries are deleted from
+the streams), so the tests can check the ``wait`` a re-sent ``observe`` carried, and that a
+``set_traffic`` or ``fix`` was never sent a second time.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import signal
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -159,13 +160,50 @@ async def kill9(proc: subprocess.Popen[bytes]) -> None:
     await asyncio.to_thread(proc.wait)
 
 
+_TAPPED = ("deployer", "infrastructure")
+_tapped: dict[str, list[dict[bytes, bytes]]] = {}
+
+
+@pytest.fixture(autouse=True)
+async def request_tap(orchestrator_settings) -> AsyncIterator[None]:
+    """Record every entry added to the tapped agent types' request streams during the test.
+
+    Answered entries are deleted from their stream within a few round trips, so the tap
+    stays blocked on the streams: Redis hands it each entry as it is added.
+    """
+    from redis.asyncio import Redis
+
+    from orchestrator.bus import BusKeys
+
+    keys = BusKeys(orchestrator_settings.namespace)
+    last = {keys.requests(t, "normal"): "0-0" for t in _TAPPED}
+    _tapped.clear()
+    _tapped.update({t: [] for t in _TAPPED})
+    by_stream = {keys.requests(t, "normal"): _tapped[t] for t in _TAPPED}
+    redis = Redis.from_url(orchestrator_settings.redis_url)
+
+    async def tap() -> None:
+        while True:
+            for stream, entries in await redis.xread(last, block=1000) or ():
+                name = stream.decode()
+                for entry_id, fields in entries:
+                    last[name] = entry_id
+                    by_stream[name].append(fields)
+
+    task = asyncio.create_task(tap())
+    yield
+    task.cancel()
+    with contextlib.suppress(BaseException):
+        await task
+    await redis.aclose()
+
+
 async def sent(orch, agent_type: str, request_type: str) -> list[dict[str, Any]]:
-    """Every ``request_type`` request sent to ``agent_type`` (in order), from the request
-    stream: ``{"request_id", "payload"}``."""
-    bus = orch.runtime.bus
+    """Every ``request_type`` request sent to ``agent_type`` (in order), as the tap recorded
+    them: ``{"request_id", "payload"}``."""
     out = []
-    for _id, fields in await bus.redis.xrange(bus.keys.requests(agent_type, "normal")):
-        request = decode_request(fields, bus.secret)
+    for fields in _tapped[agent_type]:
+        request = decode_request(fields, orch.runtime.bus.secret)
         if request.request_type == request_type:
             out.append({"request_id": request.request_id, "payload": request.payload})
     return out
