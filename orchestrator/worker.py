@@ -216,7 +216,8 @@ class Worker:
         registry_ok = await self._bounded(
             "marking the agents draining", lambda: self.registry.set_status(ids, "draining"))
         readers = [t for t in self._loops if t.get_name().startswith(("consume-", "reclaim-"))]
-        await asyncio.wait(readers, timeout=self.block_ms / 1000 + 5)
+        if readers:
+            await asyncio.wait(readers, timeout=self.block_ms / 1000 + 5)
         if self._inflight:
             _done, pending = await asyncio.wait(self._inflight, timeout=grace)
             for task in pending:
@@ -231,7 +232,8 @@ class Worker:
                 await asyncio.gather(*pending, return_exceptions=True)
         for task in self._loops:
             task.cancel()
-        await asyncio.wait(self._loops, timeout=_STOP_STEP_S)
+        if self._loops:
+            await asyncio.wait(self._loops, timeout=_STOP_STEP_S)
         for agent in self.agents:
             LIVE_AGENTS.labels(agent.agent_type).dec()
         if registry_ok and await self._bounded(
