@@ -11,6 +11,7 @@ import fcntl
 import json
 import logging
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -305,11 +306,8 @@ async def test_worktrees_left_by_a_killed_run_are_pruned_by_the_next_run(
         git(fixture_repo, "worktree", "add", "-q", "--detach", str(parent / parent.name), "main")
         (parent / "owner.lock").touch()
     git(fixture_repo, "worktree", "add", "-q", "--detach", str(other), "main")
-    # a run killed with its folder deleted since (a tmp cleaner, a reboot)
-    import shutil
-    shutil.rmtree(gone_parent)
-    other_tree = other
-    shutil.rmtree(other_tree)  # not ours: never pruned by the agent
+    shutil.rmtree(gone_parent)  # a killed run's folder, deleted since (a tmp cleaner, a reboot)
+    shutil.rmtree(other)  # not ours: never pruned by the agent
     fd = os.open(live_parent / "owner.lock", os.O_RDWR)
     fcntl.flock(fd, fcntl.LOCK_EX)  # a run still going on
     try:
