@@ -18,10 +18,13 @@
   on ``rt.bus.request`` (the bus); ``call_agent`` is measured the same way and reported beside
   it, with the CPU time per request of each process (what bounds it on a shared machine).
 
-    python -m bench.bus [--quick] [--only round_trip|throughput]
+    python -m bench.bus [--quick] [--only round_trip|throughput] [--secret SECRET]
 
 Uses ORCHESTRATOR_DATABASE_URL / ORCHESTRATOR_REDIS_URL (embedded services when unset); every
-run uses a namespace of its own and deletes its keys afterwards.
+run uses a namespace of its own and deletes its keys afterwards. With a bus secret
+(``--secret``, or ``ORCHESTRATOR_BUS_SECRET`` for ``python -m bench``) every message is signed
+and verified, and the worker records each signed request it starts in PostgreSQL (the
+execution ledger): the figures then include that cost.
 """
 
 from __future__ import annotations
@@ -61,8 +64,9 @@ _THROUGHPUT_TARGET = ("≥ 3000 requests/s with 1000 in flight from one process 
 @contextlib.asynccontextmanager
 async def _worker_process(base: Settings) -> AsyncIterator[asyncio.subprocess.Process]:
     """A ``bench._noop_worker`` process on ``base``'s services and namespace."""
+    secret = {"bus_secret": base.bus_secret.get_secret_value()} if base.bus_secret else {}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bench._noop_worker", env=subprocess_env(base),
+        sys.executable, "-m", "bench._noop_worker", env=subprocess_env(base, **secret),
         stdout=asyncio.subprocess.PIPE, stderr=None,
     )
     try:
@@ -260,10 +264,13 @@ async def _throughput(rt: Runtime, size: int, batches: int, raw: bool,
 # -- the suite -----------------------------------------------------------------------------
 
 
-async def run(quick: bool = False, only: str | None = None) -> list[Result]:
+async def run(quick: bool = False, only: str | None = None,
+              secret: str | None = None) -> list[Result]:
     n, warmup = (150, 30) if quick else (1500, 100)
     size, batches = (300, 2) if quick else (1000, 5)
-    base = settings("bus")
+    base = settings("bus", **({"bus_secret": secret} if secret else {}))
+    if base.bus_secret:
+        print("   (with a bus secret: signed messages, the execution ledger)", file=sys.stderr)
     results: list[Result] = []
     try:
         async with _worker_process(base) as proc, Runtime.open(base, agents=[]) as rt:
@@ -302,8 +309,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="bus benchmarks")
     parser.add_argument("--quick", action="store_true", help="a small smoke run (< 15 s)")
     parser.add_argument("--only", choices=["round_trip", "throughput"])
+    parser.add_argument("--secret", help="run with this bus secret (signed messages)")
     args = parser.parse_args()
-    results = asyncio.run(run(args.quick, args.only))
+    results = asyncio.run(run(args.quick, args.only, args.secret))
     for result in results:
         print_result(result)
     print(json.dumps([r.to_dict() for r in results]))
