@@ -144,7 +144,7 @@ async def _run_tests(repo: Path, tests: list[str], command: object,
         counts = parse_test_counts(done.stdout)
         outputs.append(done.stdout + done.stderr)
         ran += py
-    node = shutil.which("node")
+    node = await asyncio.to_thread(shutil.which, "node")  # PATH lookups touch the disk
     if js and node:
         done = await run([node, "--test", "--", *js], cwd=repo, timeout=timeout,
                          test_command=True)

@@ -39,7 +39,8 @@ async def _server_runtime() -> Runtime:
         _lock = _lock or asyncio.Lock()
         async with _lock:
             if _runtime is None:
-                _runtime = await _stack.enter_async_context(Runtime.open(Settings.from_env()))
+                settings = await asyncio.to_thread(Settings.from_env)  # reads the file system
+                _runtime = await _stack.enter_async_context(Runtime.open(settings))
     return _runtime
 
 
