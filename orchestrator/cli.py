@@ -400,13 +400,45 @@ async def _cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: Te
 
     data = _parse_input(args, stdin)
     validate_input(get_workflow(args.workflow), data)  # bad input fails before any start-up
+    thread_id = args.thread_id or str(uuid.uuid4())  # known here, to say how to resume it
     progress = _ProgressPrinter(err)
     async with Orchestrator(_settings(args)) as orch:
         try:
-            result = await orch.run(args.workflow, data, args.thread_id, on_progress=progress)
+            async with _stop_promptly_on_ctrl_c(orch, thread_id, args, err):
+                result = await orch.run(args.workflow, data, thread_id, on_progress=progress)
         finally:
             progress.finish()
     return _print_result(result, args, out)
+
+
+@contextlib.asynccontextmanager
+async def _stop_promptly_on_ctrl_c(
+    orch: Any, thread_id: str, args: argparse.Namespace, err: TextIO
+) -> AsyncIterator[None]:
+    """On Ctrl-C (asyncio.run cancels the command), stop at once and say how to go on.
+
+    The workflow's record stays ``running`` with this (soon dead) process as its owner, so
+    ``orchestrator resume`` carries it on from its last checkpoint. The agent requests this
+    process was handling are cancelled instead of drained (the worker's grace period is for
+    SIGTERM): unanswered, they run again when the workflow is resumed.
+    """
+    try:
+        yield
+    except asyncio.CancelledError:
+        worker = orch.runtime.worker
+        if worker is not None:
+            worker_log = logging.getLogger("orchestrator.worker")
+            level = worker_log.level
+            worker_log.setLevel(logging.ERROR)  # its "still running" warnings: we say it here
+            try:
+                await worker.stop(grace=0)
+            finally:
+                worker_log.setLevel(level)
+        err.write(f"\ninterrupted: workflow {thread_id} stopped (agent work in progress in "
+                  f"this process was cancelled and runs again); continue it with "
+                  f"`orchestrator resume {thread_id}`\n")
+        args.interrupt_reported = True
+        raise
 
 
 async def _cmd_resume(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
@@ -421,7 +453,8 @@ async def _cmd_resume(args: argparse.Namespace, out: TextIO, err: TextIO, stdin:
     progress = _ProgressPrinter(err)
     async with Orchestrator(_settings(args)) as orch:
         try:
-            result = await orch.resume(args.thread_id, value, on_progress=progress)
+            async with _stop_promptly_on_ctrl_c(orch, args.thread_id, args, err):
+                result = await orch.resume(args.thread_id, value, on_progress=progress)
         finally:
             progress.finish()
     return _print_result(result, args, out)
@@ -747,7 +780,8 @@ def main(
         err.write(f"orchestrator: {exc.code}: {exc}\n")
         return EXIT_USAGE if exc.code == "workflow_not_found" else EXIT_FAILED
     except KeyboardInterrupt:
-        err.write("interrupted; `orchestrator recover` continues running workflows\n")
+        if not getattr(args, "interrupt_reported", False):
+            err.write("interrupted; `orchestrator recover` continues running workflows\n")
         return 130
     except Exception as exc:
         if args.verbose:

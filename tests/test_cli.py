@@ -441,3 +441,55 @@ def test_a_failed_run_reports_its_error_once(service_env, tmp_path) -> None:
         env=service_env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 1
     assert (done.stdout + done.stderr).count("unsafe output path 'index.md'") == 1, done
+
+
+# -- Ctrl-C -------------------------------------------------------------------------------------
+
+
+async def test_ctrl_c_during_run_stops_promptly_and_resume_completes(
+    service_env, orchestrator_settings, tmp_path
+) -> None:
+    import asyncio
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    import uuid
+
+    from orchestrator.runtime import Runtime
+
+    log = tmp_path / "slow.log"
+    log.write_text("")
+    thread_id = f"ctrl-c-{uuid.uuid4().hex[:8]}"
+    command = [sys.executable, "-m", "tests.cli_process", str(log)]
+    proc = subprocess.Popen([*command, "run", "slowflow", "--set", "seconds=60",
+                             "--thread-id", thread_id], env=service_env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while "start" not in log.read_text():  # the slow agent call is under way
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+            await asyncio.sleep(0.1)
+        interrupted_at = time.monotonic()
+        os.kill(proc.pid, signal.SIGINT)
+        out, err = await asyncio.to_thread(proc.communicate, timeout=30)
+        stopped_after = time.monotonic() - interrupted_at
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert stopped_after < 10, stopped_after  # the handler sleeps 60 s: it was not awaited
+    assert f"continue it with `orchestrator resume {thread_id}`" in err
+    assert "WARNING" not in err and err.count("interrupted") == 1, err
+
+    async with Runtime.open(orchestrator_settings, agents=[]) as rt:
+        record = await rt.workflows.get(thread_id)
+    assert record.status == "running"  # its owner is gone: resumable
+
+    done = await asyncio.to_thread(
+        subprocess.run, [*command, "resume", thread_id], env=service_env,
+        capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert f"completed: slowflow (thread {thread_id})" in done.stdout
+    assert log.read_text().split() == ["start", "start", "done"]  # the cut call ran again
