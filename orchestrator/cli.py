@@ -186,7 +186,11 @@ def _parser() -> argparse.ArgumentParser:
     services = sub.add_parser("services", help="the embedded PostgreSQL and Redis")
     services_sub = services.add_subparsers(dest="services_command", metavar="ACTION")
     services_sub.add_parser("status", help="are the embedded services running?")
-    services_sub.add_parser("stop", help="stop the embedded services of the data dir")
+    services_stop = services_sub.add_parser(
+        "stop", help="stop the embedded services of the data dir (refused while other "
+        "processes use them, unless --force)")
+    services_stop.add_argument("--force", action="store_true",
+                               help="stop them even under live processes (listed)")
     return p
 
 
@@ -724,12 +728,25 @@ async def _cmd_db(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: Tex
 
 
 async def _cmd_services(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
-    from .services import embedded_status, stop_embedded
+    from .services import embedded_status, embedded_users, stop_embedded
 
     settings = _settings(args)
     if args.services_command == "stop":
+        users = await asyncio.to_thread(embedded_users, settings.data_dir)
+        listed = "".join(f"\n  pid {pid}: {command}" for pid, command in users)
+        if users and not args.force:
+            err.write(f"orchestrator: the embedded services of {settings.data_dir} are in use "
+                      f"by {len(users)} live process(es):{listed}\nstop those first, or stop "
+                      "the services under them with `orchestrator services stop --force`\n")
+            return EXIT_FAILED
         stopped = await asyncio.to_thread(stop_embedded, settings.data_dir)
-        out.write("stopped\n" if stopped else "nothing was running\n")
+        if not stopped:
+            out.write("nothing was running\n")
+        elif users:
+            out.write(f"stopped, under {len(users)} live process(es) that used them (their "
+                      f"database and Redis calls fail from now on):{listed}\n")
+        else:
+            out.write("stopped\n")
         return EXIT_OK
     if args.services_command == "status":
         _print_json(embedded_status(settings.data_dir), out)

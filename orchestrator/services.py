@@ -76,7 +76,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-__all__ = ["EmbeddedServiceError", "EmbeddedServices", "embedded_status", "stop_embedded"]
+__all__ = ["EmbeddedServiceError", "EmbeddedServices", "embedded_status", "embedded_users",
+           "stop_embedded"]
 
 logger = logging.getLogger(__name__)
 
@@ -624,8 +625,39 @@ class EmbeddedServices:
         self.close()
 
 
+def _users(path: Path) -> list[tuple[int, str]]:
+    """``(pid, command line)`` of the live processes in handle list ``path``, this one aside."""
+    try:
+        entries = [(int(e), None) if isinstance(e, int) else (int(e[0]), float(e[1]))
+                   for e in json.loads(path.read_text())]  # bare pids: older versions
+    except (OSError, ValueError, TypeError, IndexError):
+        return []
+    users = []
+    for pid, created in entries:
+        if pid == os.getpid() or not _alive(pid, created):
+            continue
+        try:
+            command = shlex.join(psutil.Process(pid).cmdline()) or "?"
+        except psutil.Error:
+            command = "?"
+        users.append((pid, command[:200]))
+    return users
+
+
+def embedded_users(data_dir: str | os.PathLike[str]) -> list[tuple[int, str]]:
+    """``(pid, command line)`` of the other live processes using the embedded servers under
+    data_dir (those holding a handle), so a stop can say whom it affects."""
+    _, pgdata, rdir = _paths(data_dir)
+    users: dict[int, str] = {}
+    for handles in (pgdata / ".handle_pids.json", rdir / ".handle_pids.json"):
+        users.update(_users(handles))
+    return sorted(users.items())
+
+
 def stop_embedded(data_dir: str | os.PathLike[str]) -> bool:
-    """Gracefully stop the embedded servers under data_dir, regardless of other users.
+    """Gracefully stop the embedded servers under data_dir, regardless of other users
+    (:func:`embedded_users` lists them: ``orchestrator services stop`` refuses without
+    ``--force`` while there are any).
 
     Returns whether anything was running.
     """

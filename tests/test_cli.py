@@ -493,3 +493,45 @@ async def test_ctrl_c_during_run_stops_promptly_and_resume_completes(
     assert done.returncode == 0, done.stderr
     assert f"completed: slowflow (thread {thread_id})" in done.stdout
     assert log.read_text().split() == ["start", "start", "done"]  # the cut call ran again
+
+
+# -- services stop ------------------------------------------------------------------------------
+
+
+def test_services_stop_names_the_live_users_and_needs_force(monkeypatch) -> None:
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    from orchestrator.services import embedded_status, stop_embedded
+
+    base = Path(tempfile.mkdtemp(prefix="orch-cli-", dir="/tmp"))  # short: the socket path
+    data_dir = base / "data"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys\nfrom orchestrator.services import EmbeddedServices\n"
+         f"s = EmbeddedServices({str(data_dir)!r}, postgres=False)\ns.start()\n"
+         "print('ready', flush=True)\nsys.stdin.read()\ns.close()\n"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "ready\n"
+        monkeypatch.setenv("ORCHESTRATOR_DATA_DIR", str(data_dir))
+        code, out, err = run_cli("services", "stop")
+        assert code == 1 and out == ""
+        assert f"in use by 1 live process(es):\n  pid {holder.pid}: " in err
+        assert "orchestrator services stop --force" in err
+        assert embedded_status(data_dir)["redis"]["running"]  # nothing was stopped
+
+        code, out, err = run_cli("services", "stop", "--force")
+        assert code == 0, err
+        assert out.startswith("stopped, under 1 live process(es)") and f"pid {holder.pid}" in out
+        assert not embedded_status(data_dir)["redis"]["running"]
+        holder.communicate("", timeout=30)
+        code, out, _ = run_cli("services", "stop")
+        assert (code, out) == (0, "nothing was running\n")
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+        stop_embedded(data_dir)
+        shutil.rmtree(base, ignore_errors=True)
