@@ -333,7 +333,10 @@ def test_version() -> None:
 
     done = subprocess.run([sys.executable, "-m", "orchestrator.cli", "--version"],
                           capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0 and done.stdout == "orchestrator 0.1.0\n"
+    from importlib.metadata import version
+
+    assert done.returncode == 0
+    assert done.stdout == f"orchestrator {version('langgraph-orchestrator')}\n"
 
 
 # -- the data dir is found the way git finds .git ---------------------------------------------
