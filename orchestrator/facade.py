@@ -271,14 +271,19 @@ class Orchestrator:
             )
         except StaleWorkflowVersion as exc:
             raise WorkflowBusy(f"workflow {thread_id} was claimed by another process") from exc
-        graph_input: Any = Command(resume=value) if snapshot.interrupts else None
-        if snapshot.created_at is None:
-            # Killed after the row was written but before the first checkpoint: start it
-            # from the input the row keeps.
-            spec = get_workflow(record.workflow_type, self._extra)
-            graph_input = _initial_input(spec, validate_input(spec, record.input), record)
+        graph_input: Any = (Command(resume=value) if snapshot.interrupts
+                            else self._restart_input(record, snapshot))
         self._publish("workflow.resumed", {"thread_id": thread_id})
         return await self._invoke(record, graph_input, on_progress)
+
+    def _restart_input(self, record: WorkflowRecord, snapshot: Any) -> Any:
+        """What carries a workflow on from its last checkpoint: nothing (LangGraph re-runs the
+        unfinished tasks), or, when it was killed after its row was written but before its
+        first checkpoint, its input again (kept by the row)."""
+        if snapshot.created_at is not None:
+            return None
+        spec = get_workflow(record.workflow_type, self._extra)
+        return _initial_input(spec, validate_input(spec, record.input), record)
 
     async def recover(self, *, on_progress: ProgressCallback | None = None) -> list[RunResult]:
         """Continue every ``running`` workflow whose owning process died, from its last
@@ -295,7 +300,10 @@ class Orchestrator:
             except StaleWorkflowVersion:
                 continue  # another recoverer won the race
             log.info("recovering workflow %s (owner %s died)", record.thread_id, record.owner)
-            results.append(await self._invoke(claimed, None, on_progress))
+            snapshot = await self.graph(record.workflow_type).aget_state(
+                self._config(record.thread_id))
+            results.append(await self._invoke(claimed, self._restart_input(claimed, snapshot),
+                                              on_progress))
         return results
 
     async def _invoke(

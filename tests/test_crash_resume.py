@@ -99,3 +99,28 @@ async def test_kill_midway_then_recover_completes_exactly_once(
     assert [(r.thread_id, r.status) for r in results] == [(thread_id, "completed")]
     _assert_complete(out, counts)
     assert await orch.recover() == []  # nothing left to recover
+
+
+async def test_recover_starts_a_workflow_killed_before_its_first_checkpoint(
+    orchestrator, fixture_package, tmp_path
+) -> None:
+    """A process killed after writing the workflow's row but before its first checkpoint:
+    `recover` starts it from the input the row keeps (it passed no input to the graph and
+    failed with EmptyInputError; `resume` already handled this)."""
+    from orchestrator.processes import process_id_of
+
+    victim = await asyncio.create_subprocess_exec("sleep", "30")
+    owner = process_id_of(victim.pid)  # a process of this host that then dies
+    victim.kill()
+    await victim.wait()
+    out = tmp_path / "docs"
+    thread_id = f"early-{uuid.uuid4().hex[:8]}"
+    await orchestrator.runtime.workflows.create(
+        thread_id, "parallel_docs", {"package": str(fixture_package), "output": str(out)},
+        owner=owner)
+
+    results = await orchestrator.recover()
+
+    assert [(r.thread_id, r.status) for r in results] == [(thread_id, "completed")], results
+    assert (out / "index.md").exists()
+    assert (await orchestrator.runtime.workflows.get(thread_id)).status == "completed"
