@@ -299,6 +299,26 @@ async def test_a_restart_that_fails_at_once_is_escalated_with_its_output(
     assert paused.status == "interrupted"
 
 
+async def test_a_fix_that_fails_outright_goes_on_to_the_next_action_of_the_runbook(
+    orchestrator, start_service, reap
+) -> None:
+    """Only a failed fix with nothing left to try escalates; the runbook's next action still
+    gets its turn."""
+    service = await start_service()
+    reap(service.pid_file)
+    service.kill()
+    start = f"{shlex.join(service.argv)} >/dev/null 2>&1 &"
+    runbook = {"down": [{"type": "command", "argv": ["sh", "-c", "exit 3"]},
+                        {"type": "command", "argv": ["sh", "-c", start]}]}
+    result = await orchestrator.run("self_healing", heal_input(
+        service, runbook=runbook, max_attempts=3, verify_timeout=5, restart=None))
+    assert result.status == "completed", result
+    assert result.final_result["outcome"] == "healed"
+    history = result.final_result["history"]
+    assert [(a["result"]["ok"], a["action"]["argv"][-1]) for a in history] == \
+        [(False, "exit 3"), (True, start)]
+
+
 @pytest.fixture
 def bystander():
     """An unrelated process (``sleep 300``) this test started, killed afterwards by its pid."""

@@ -176,6 +176,18 @@ def _next_action(state: SelfHealingState) -> dict[str, Any] | None:
     return actions[min(tried, len(actions) - 1)]
 
 
+def _untried_action_left(state: SelfHealingState, kind: str, number: int) -> bool:
+    """Whether the runbook holds another action for ``kind`` than the ``number`` tried so far
+    (the last one repeats, and repeating a fix that failed outright would only fail again),
+    within ``max_attempts``."""
+    if kind == "manual" or number >= int(state.get("max_attempts", 3)):
+        return False
+    actions = (state.get("runbook") or {}).get(kind) or []
+    tried = sum(1 for a in state["healing"]["attempts"]
+                if a["issue"] == kind and not a.get("manual"))
+    return tried + 1 < len(actions)
+
+
 def after_diagnose(state: SelfHealingState) -> Literal["fix", "escalate"]:
     return "fix" if _next_action(state) is not None else "escalate"
 
@@ -195,7 +207,9 @@ async def fix(state: SelfHealingState) -> dict[str, Any]:
     attempt = {"n": number, "issue": kind, "action": action, "result": call.result,
                "manual": bool(healing.get("manual_action")), "at": now_iso()}
     escalation = None
-    if not call.result.get("ok"):  # nothing to verify: a human has to look at why
+    if not call.result.get("ok") and not _untried_action_left(state, kind, number):
+        # it did not even run (a start that died at once, a failing command), and the runbook
+        # has nothing else to try: a human has to look at why
         escalation = {"why": "fix_failed",
                       "reason": f"fix {number} ({action['type']}) did not work: "
                       f"{call.result.get('detail', 'no detail')}",
