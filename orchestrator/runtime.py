@@ -51,9 +51,9 @@ _attempt: ContextVar[int | None] = ContextVar("orchestrator_attempt", default=No
 
 def fresh_attempt() -> int:
     """An attempt number for a graph run the facade does not count (``langgraph dev``, a graph
-    invoked directly): random, so unique per run, and far above any count the facade
-    reaches."""
-    return (1 << 40) + secrets.randbits(52)
+    invoked directly): random, so unique per run (one chance in 2**30 of meeting another),
+    far above any count the facade reaches, and within a PostgreSQL ``integer``."""
+    return (1 << 30) + secrets.randbits(30)
 
 
 class Runtime:

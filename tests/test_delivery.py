@@ -427,3 +427,16 @@ async def test_with_a_secret_a_captured_signed_request_never_runs_twice(
         resent = req.model_copy(update={"attempt": 2})
         answer = await asyncio.wait_for(await rt.bus.send(resent), 10)
         assert answer.status == "success" and counts[req.request_id] == 2
+
+
+async def test_with_a_secret_a_call_outside_a_graph_is_recorded_and_answered(
+    orchestrator_settings,
+) -> None:
+    """A call made outside a graph run carries its runtime's own attempt number, which the
+    execution ledger must be able to record (a too large one left the request unanswered)."""
+    counts: Counter[str] = Counter()
+    settings = orchestrator_settings.model_copy(update={"bus_secret": SecretStr("s3cret")})
+    async with Runtime.open(settings, agents=[stand_in("plain", _counting(counts))]) as rt:
+        call = await call_agent("plain", "x", {}, runtime=rt, timeout=10)
+        assert call.result == "ok" and sum(counts.values()) == 1
+        assert call.response.status == "success"
