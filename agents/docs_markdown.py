@@ -415,9 +415,16 @@ def _check_path(root: Path, rel: object) -> tuple[str, Path]:
     return str(pure), target
 
 
+#: Temporary files of a page: ``.<page>.orchestrator-<mkstemp's random part>.tmp``, a name no
+#: user file is likely to have, so that a writer can clear what a killed one left behind.
+_TMP_MARK = "orchestrator-"
+_TMP_RANDOM = re.compile(r"[a-z0-9_]{8}")
+
+
 def _write_atomic(target: Path, data: bytes) -> None:
     mode = (target.stat().st_mode & 0o777) if target.exists() else 0o644
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.{_TMP_MARK}",
+                               suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -430,12 +437,14 @@ def _write_atomic(target: Path, data: bytes) -> None:
 
 
 def _remove_stale_temporaries(target: Path) -> None:
-    """Delete temporary files of ``target`` left by a writer killed before its rename (only
-    names this module makes: ``.<name>.<random>.tmp``, regular files)."""
+    """Delete temporary files of ``target`` left by a writer killed before its rename: only
+    regular files named exactly as :func:`_write_atomic` names them, never a user's file."""
     if not target.parent.is_dir():
         return
-    for stale in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
-        if stale.is_file() and not stale.is_symlink():
+    prefix = f".{target.name}.{_TMP_MARK}"
+    for stale in target.parent.glob(f"{glob.escape(prefix)}*.tmp"):
+        random_part = stale.name[len(prefix):-len(".tmp")]
+        if _TMP_RANDOM.fullmatch(random_part) and stale.is_file() and not stale.is_symlink():
             stale.unlink(missing_ok=True)
 
 
@@ -444,7 +453,8 @@ def write_docs(output_dir: str | os.PathLike[str], files: dict[str, str]) -> lis
 
     All paths are validated before anything is written (``output_dir`` is not
     even created when one is refused).  A file whose content is unchanged is
-    not rewritten, so it keeps its mtime.  Nothing is ever deleted.
+    not rewritten, so it keeps its mtime.  Nothing is deleted but the temporary files a
+    killed writer left (``.<page>.orchestrator-<random>.tmp``).
 
     Args:
         output_dir: Destination folder, created (with parents) if missing.

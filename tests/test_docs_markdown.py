@@ -390,3 +390,17 @@ def test_smoke_stdlib_package(package: str) -> None:
     index = render_index(package, summaries)
     assert index.count("\n- [") == len(mods)
 
+
+
+def test_write_docs_clears_its_own_leftovers_and_never_a_users_file(tmp_path: Path) -> None:
+    """Review L11: any ``.<page>.*.tmp`` was deleted, a user's file included."""
+    out = tmp_path / "docs"
+    out.mkdir()
+    mine = out / ".index.md.orchestrator-ab12cd_9.tmp"  # a killed writer's leftover
+    theirs = [out / ".index.md.notes.tmp", out / ".index.md.orchestrator-mine.tmp"]
+    for path in (mine, *theirs):
+        path.write_text("x")
+    write_docs(out, {"index.md": "# index\n"})
+    assert not mine.exists()
+    assert all(path.read_text() == "x" for path in theirs)
+    assert sorted(p.name for p in out.iterdir()) == sorted(["index.md", *(p.name for p in theirs)])
