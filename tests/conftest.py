@@ -7,7 +7,7 @@ import asyncio
 import os
 import sys
 import textwrap
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +18,19 @@ from tests.service_app import ServiceProcess
 
 StartService = Callable[..., Awaitable[ServiceProcess]]
 
-# The fixture repository's tests need no pytest plugins, and autoloading the ones installed
-# here (langsmith, hypothesis, langgraph-cli...) costs ~4 s per test run in a worktree.
-os.environ.setdefault("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_plugin_autoload_in_test_commands() -> Iterator[None]:
+    """The fixture repositories' tests need no pytest plugins, and autoloading the ones
+    installed here (langsmith, hypothesis, langgraph-cli...) costs ~4 s per test run in a
+    worktree. Set for the processes tests start, once the session runs (set at import, it would
+    also reach pytest-xdist's workers, which then load no plugin at all)."""
+    before = os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD")
+    os.environ.setdefault("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
+    yield
+    if before is None:
+        os.environ.pop("PYTEST_DISABLE_PLUGIN_AUTOLOAD", None)
 
 
 @pytest.fixture
