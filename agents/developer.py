@@ -19,18 +19,16 @@ Request types:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
-import os
 import shlex
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from orchestrator.agent import Agent, HandlerError, RequestContext
 
+from ._atomic import write_atomic
 from ._proc import resolve_repo, run
 from .code_review import ruff_binary
 
@@ -67,23 +65,10 @@ def _sha256(path: Path) -> str | None:
 
 def _write(path: Path, text: str) -> None:
     """Write ``path`` atomically through a temporary file of an unpredictable name, created
-    exclusively (``mkstemp``): a file or symbolic link committed beside the target can never
-    redirect the write; the target is replaced by a regular file."""
+    exclusively: a file or symbolic link committed beside the target can never redirect the
+    write; the target is replaced by a regular file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        mode = path.stat().st_mode & 0o777
-    except FileNotFoundError:
-        mode = 0o644
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, text)
 
 
 @agent.handler("develop")

@@ -26,11 +26,11 @@ import ast
 import glob
 import os
 import re
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from ._atomic import write_atomic
 from ._pyparse import PARSE_LOCK
 
 __all__ = [
@@ -421,24 +421,9 @@ _TMP_MARK = "orchestrator-"
 _TMP_RANDOM = re.compile(r"[a-z0-9_]{8}")
 
 
-def _write_atomic(target: Path, data: bytes) -> None:
-    mode = (target.stat().st_mode & 0o777) if target.exists() else 0o644
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.{_TMP_MARK}",
-                               suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(tmp, mode)
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _remove_stale_temporaries(target: Path) -> None:
     """Delete temporary files of ``target`` left by a writer killed before its rename: only
-    regular files named exactly as :func:`_write_atomic` names them, never a user's file."""
+    regular files named exactly as the writer names them, never a user's file."""
     if not target.parent.is_dir():
         return
     prefix = f".{target.name}.{_TMP_MARK}"
@@ -491,5 +476,5 @@ def write_docs(output_dir: str | os.PathLike[str], files: dict[str, str]) -> lis
         if target.is_file() and target.read_bytes() == data:
             continue
         target.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomic(target, data)
+        write_atomic(target, data, mark=_TMP_MARK)
     return sorted(planned)

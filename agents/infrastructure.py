@@ -42,7 +42,6 @@ import os
 import shlex
 import stat
 import subprocess
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -53,6 +52,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from orchestrator.agent import Agent, HandlerError, RequestContext
 
+from ._atomic import write_atomic
 from ._payload import parse_payload
 from ._proc import child_env, run
 from .health import HealthSource, Prober, Sample, Thresholds
@@ -261,25 +261,6 @@ def _read_pid(path: Path) -> int | None:
     return pid if pid > 0 else None
 
 
-def _write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
-    """Replace ``path`` with ``text``.
-
-    The temporary file gets a random name from ``mkstemp`` (``O_EXCL``: a file or symlink
-    planted beside the target is never written through), and the rename replaces a symlink
-    at ``path`` itself instead of following it.
-    """
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def _read_record(marker: Path) -> dict[str, Any] | None:
     """The restart record beside the pid file, if this agent's user wrote it.
 
@@ -426,10 +407,10 @@ def _restart_process(spec: RestartSpec, request_id: str) -> dict[str, Any]:
     said.append(f"started pid {proc.pid}" if stopped or stale
                 else f"was not running; started pid {proc.pid}")
     result = {**base, "ok": True, "pid": proc.pid, "detail": "; ".join(said)}
-    _write_atomic(marker, json.dumps({"request_id": request_id, "pid": proc.pid,
+    write_atomic(marker, json.dumps({"request_id": request_id, "pid": proc.pid,
                                       "create_time": created, "cmdline": cmdline,
-                                      "result": result}))
-    _write_atomic(pid_file, f"{proc.pid}\n")
+                                      "result": result}), mode=0o644)
+    write_atomic(pid_file, f"{proc.pid}\n", mode=0o644)
     deadline = time.monotonic() + spec.settle
     while proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
