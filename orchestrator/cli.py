@@ -2,7 +2,7 @@
 
 Exit codes: 0 completed (or success), 3 interrupted (waiting for ``resume``), 1 failed,
 2 bad usage or bad input, 4 completed but partial (the result's status is ``partial``: a
-plan finished with tasks skipped).
+plan finished with tasks skipped), 130 stopped by Ctrl-C (the workflow stays resumable).
 """
 
 from __future__ import annotations
@@ -87,7 +87,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Durable LangGraph workflows for multi-agent software delivery. "
         "Configuration comes from ORCHESTRATOR_* variables (see README); with no database "
         "or Redis URL set, embedded ones are started in ORCHESTRATOR_DATA_DIR.",
-        epilog="exit codes: 0 completed, 3 interrupted (resume it), 1 failed, 2 bad usage/input",
+        epilog="exit codes: 0 completed, 3 interrupted (resume it), 1 failed, 2 bad usage/input, "
+               "4 completed but partial, 130 stopped by Ctrl-C (resume it)",
     )
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
     p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
