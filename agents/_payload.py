@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from orchestrator.agent import HandlerError
+from orchestrator.errors import AgentErrorCode
 
 __all__ = ["parse_payload"]
 
@@ -28,4 +29,4 @@ def parse_payload(model: type[M], data: Any, what: str) -> M:
             else f"{what}: {e['msg']}"
             for e in exc.errors()
         )
-        raise HandlerError("invalid_input", problems) from None
+        raise HandlerError(AgentErrorCode.INVALID_INPUT, problems) from None

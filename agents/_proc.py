@@ -20,6 +20,7 @@ from typing import Any
 
 from orchestrator.agent import HandlerError
 from orchestrator.childenv import child_environment
+from orchestrator.errors import AgentErrorCode
 
 __all__ = ["Completed", "run", "git", "resolve_repo", "resolve_folder", "ref_arg", "commit_of",
            "child_env", "NO_OWN_PLUGIN"]
@@ -80,7 +81,7 @@ async def run(
             start_new_session=True,
         )
     except FileNotFoundError:
-        raise HandlerError("command_not_found",
+        raise HandlerError(AgentErrorCode.COMMAND_NOT_FOUND,
                            f"{argv[0]!r} was not found (cwd {cwd}); install it or fix the command") from None
     timed_out = False
     try:
@@ -111,7 +112,7 @@ async def git(repo: str | Path, *args: str, timeout: float = 60.0, check: bool =
                      env={"GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C"})
     if check and (done.returncode != 0 or done.timed_out):
         detail = (done.stderr or done.stdout).strip() or f"exit {done.returncode}"
-        raise HandlerError("git_failed", f"git {' '.join(args)} failed in {repo}: {detail}",
+        raise HandlerError(AgentErrorCode.GIT_FAILED, f"git {' '.join(args)} failed in {repo}: {detail}",
                            blames_input=True)
     return done
 
@@ -123,13 +124,13 @@ async def resolve_repo(raw: object) -> Path:
         HandlerError: ``invalid_input`` when it is not a path to a git repository.
     """
     if not isinstance(raw, str) or not raw:
-        raise HandlerError("invalid_input", "payload needs 'repo', the path of a git repository")
+        raise HandlerError(AgentErrorCode.INVALID_INPUT, "payload needs 'repo', the path of a git repository")
     path = await asyncio.to_thread(os.path.expanduser, raw)
     if not await asyncio.to_thread(os.path.isdir, path):
-        raise HandlerError("invalid_input", f"repository folder {raw} does not exist")
+        raise HandlerError(AgentErrorCode.INVALID_INPUT, f"repository folder {raw} does not exist")
     done = await git(path, "rev-parse", "--show-toplevel", check=False)
     if done.returncode != 0:
-        raise HandlerError("invalid_input", f"{raw} is not a git repository")
+        raise HandlerError(AgentErrorCode.INVALID_INPUT, f"{raw} is not a git repository")
     # absolute, symbolic links resolved by git; only git's newline goes (a name may end in " ")
     return Path(done.stdout.removesuffix("\n"))
 
@@ -141,10 +142,10 @@ async def resolve_folder(raw: object) -> Path:
         HandlerError: ``invalid_input`` when it is not a folder.
     """
     if not isinstance(raw, str) or not raw:
-        raise HandlerError("invalid_input", "payload needs 'repo', the path of a folder")
+        raise HandlerError(AgentErrorCode.INVALID_INPUT, "payload needs 'repo', the path of a folder")
     path = await asyncio.to_thread(lambda: Path(raw).expanduser().resolve())
     if not await asyncio.to_thread(path.is_dir):
-        raise HandlerError("invalid_input", f"{raw} is not a folder")
+        raise HandlerError(AgentErrorCode.INVALID_INPUT, f"{raw} is not a folder")
     return path
 
 
@@ -156,7 +157,7 @@ def ref_arg(payload: dict[str, Any], key: str, default: str | None = None) -> st
     """
     value = payload.get(key, default)
     if not isinstance(value, str) or not value or value.startswith("-"):
-        raise HandlerError("invalid_input", f"payload needs {key!r}, a branch or commit")
+        raise HandlerError(AgentErrorCode.INVALID_INPUT, f"payload needs {key!r}, a branch or commit")
     return value
 
 
@@ -168,6 +169,6 @@ async def commit_of(repo: str | Path, ref: str) -> str:
     """
     done = await git(repo, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}", check=False)
     if done.returncode != 0:
-        raise HandlerError("invalid_input", f"{ref!r} is not a branch or commit of {repo}")
+        raise HandlerError(AgentErrorCode.INVALID_INPUT, f"{ref!r} is not a branch or commit of {repo}")
     return done.stdout.removesuffix("\n")
 

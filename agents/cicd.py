@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.agent import Agent, HandlerError, RequestContext
+from orchestrator.errors import AgentErrorCode
 
 from ._proc import Completed, commit_of, git, ref_arg, resolve_repo, run
 
@@ -133,9 +134,9 @@ def _argv(command: object) -> list[str]:
     elif isinstance(command, list) and all(isinstance(a, str) for a in command):
         argv = list(command)
     else:
-        raise HandlerError("invalid_input", "'command' must be a string or a list of strings")
+        raise HandlerError(AgentErrorCode.INVALID_INPUT, "'command' must be a string or a list of strings")
     if not argv:
-        raise HandlerError("invalid_input", "'command' is empty")
+        raise HandlerError(AgentErrorCode.INVALID_INPUT, "'command' is empty")
     if argv[0] == "python":
         argv[0] = sys.executable
     return argv
@@ -303,7 +304,7 @@ async def run_command(payload: dict[str, Any], ctx: RequestContext) -> dict[str,
 def _timeout(payload: dict[str, Any]) -> float:
     timeout = payload.get("timeout", 600)
     if not isinstance(timeout, int | float) or timeout <= 0:
-        raise HandlerError("invalid_input", "'timeout' must be a positive number of seconds")
+        raise HandlerError(AgentErrorCode.INVALID_INPUT, "'timeout' must be a positive number of seconds")
     return float(timeout)
 
 
@@ -344,7 +345,7 @@ async def _merge_in_place(repo: Path, source_commit: str, message: str) -> str:
     dirty = await git(repo, "status", "--porcelain", "--untracked-files=no")
     if dirty.stdout.strip():
         raise HandlerError(
-            "dirty_worktree",
+            AgentErrorCode.DIRTY_WORKTREE,
             f"{repo} has uncommitted changes on the target branch; commit or stash them first",
             blames_input=True)
     await _merge_or_abort(repo, source_commit, message)
@@ -361,7 +362,7 @@ async def _merge_in_worktree(
     moved = await git(repo, "update-ref", "-m", message, f"refs/heads/{target}", commit,
                       target_commit, check=False)
     if moved.returncode != 0:
-        raise HandlerError("target_moved", f"{target} moved during the merge; run it again",
+        raise HandlerError(AgentErrorCode.TARGET_MOVED, f"{target} moved during the merge; run it again",
                            retryable=True)
     return commit
 
@@ -376,7 +377,7 @@ async def _merge_or_abort(tree: Path, source_commit: str, message: str) -> None:
     await git(tree, "merge", "--abort", check=False)
     if files:
         raise _Conflict(files)  # aborted: the tree is as it was
-    raise HandlerError("merge_failed", (done.stderr or done.stdout).strip(), blames_input=True)
+    raise HandlerError(AgentErrorCode.MERGE_FAILED, (done.stderr or done.stdout).strip(), blames_input=True)
 
 
 async def _identity(tree: Path) -> list[str]:

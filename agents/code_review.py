@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.agent import Agent, HandlerError, RequestContext
+from orchestrator.errors import AgentErrorCode
 
 from ._proc import _kill_group, child_env, commit_of, git, ref_arg, resolve_repo, run
 
@@ -57,7 +58,7 @@ async def review(payload: dict[str, Any], ctx: RequestContext) -> dict[str, Any]
     source, target = ref_arg(payload, "source"), ref_arg(payload, "target", "main")
     max_findings = payload.get("max_findings", 0)
     if not isinstance(max_findings, int) or max_findings < 0:
-        raise HandlerError("invalid_input", "'max_findings' must be a whole number >= 0")
+        raise HandlerError(AgentErrorCode.INVALID_INPUT, "'max_findings' must be a whole number >= 0")
     for ref in (source, target):
         await commit_of(repo, ref)
     base = (await git(repo, "merge-base", target, source)).stdout.removesuffix("\n")
@@ -94,12 +95,12 @@ async def _lint_at(repo: Path, ref: str, files: list[str]) -> list[dict[str, Any
             cwd=tmp, timeout=300,
         )
         if done.returncode != 0 or done.timed_out:
-            raise HandlerError("ruff_failed", f"ruff could not lint the changes: {done.stderr.strip()}",
+            raise HandlerError(AgentErrorCode.RUFF_FAILED, f"ruff could not lint the changes: {done.stderr.strip()}",
                                retryable=done.timed_out)
         try:
             raw = json.loads(done.stdout or "[]")
         except json.JSONDecodeError as exc:
-            raise HandlerError("ruff_failed", f"unreadable ruff output: {exc}") from None
+            raise HandlerError(AgentErrorCode.RUFF_FAILED, f"unreadable ruff output: {exc}") from None
         return await asyncio.to_thread(ruff_findings, raw, tmp)
     finally:
         await asyncio.to_thread(shutil.rmtree, tmp, True)
@@ -135,7 +136,7 @@ async def _archive(repo: Path, ref: str, paths: list[str]) -> bytes:
         await proc.wait()
         raise
     if proc.returncode != 0:
-        raise HandlerError("git_failed", f"git archive {ref} failed: {err.decode().strip()}",
+        raise HandlerError(AgentErrorCode.GIT_FAILED, f"git archive {ref} failed: {err.decode().strip()}",
                            blames_input=True)
     return out
 

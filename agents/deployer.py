@@ -26,6 +26,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from orchestrator.agent import Agent, HandlerError, RequestContext
+from orchestrator.errors import AgentErrorCode
 
 from ._payload import parse_payload
 from ._proc import run
@@ -90,7 +91,7 @@ class CanaryCheck(BaseModel):
 def _deployment(payload: dict[str, Any]) -> str:
     name = payload.get("deployment")
     if not isinstance(name, str) or not name:
-        raise HandlerError("invalid_input", "payload needs 'deployment', the deployment's name")
+        raise HandlerError(AgentErrorCode.INVALID_INPUT, "payload needs 'deployment', the deployment's name")
     return name
 
 
@@ -107,10 +108,10 @@ async def _move_traffic(spec: TrafficSpec, deployment: str, percent: int) -> str
         done = await run(argv, timeout=spec.timeout)
         output = (done.stdout + done.stderr).strip()[-2000:]
         if done.timed_out:
-            raise HandlerError("traffic_command_failed",
+            raise HandlerError(AgentErrorCode.TRAFFIC_COMMAND_FAILED,
                                f"{argv[0]} timed out after {spec.timeout:g}s", retryable=True)
         if done.returncode != 0:
-            raise HandlerError("traffic_command_failed",
+            raise HandlerError(AgentErrorCode.TRAFFIC_COMMAND_FAILED,
                                f"{' '.join(argv)} exited {done.returncode}: {output}",
                                blames_input=True)
         return output
@@ -120,7 +121,7 @@ async def _move_traffic(spec: TrafficSpec, deployment: str, percent: int) -> str
         for part in attr.split("."):
             fn = getattr(fn, part)
     except (ImportError, AttributeError) as exc:
-        raise HandlerError("invalid_input", f"traffic callable {spec.callable}: {exc}") from None
+        raise HandlerError(AgentErrorCode.INVALID_INPUT, f"traffic callable {spec.callable}: {exc}") from None
     outcome = fn(percent, deployment)
     if inspect.isawaitable(outcome):
         outcome = await asyncio.wait_for(outcome, spec.timeout)
@@ -130,7 +131,7 @@ async def _move_traffic(spec: TrafficSpec, deployment: str, percent: int) -> str
 def _percent(payload: dict[str, Any]) -> int:
     percent = payload.get("percent")
     if not isinstance(percent, int) or not 0 <= percent <= 100:
-        raise HandlerError("invalid_input", "'percent' must be a whole number from 0 to 100")
+        raise HandlerError(AgentErrorCode.INVALID_INPUT, "'percent' must be a whole number from 0 to 100")
     return percent
 
 
@@ -148,7 +149,7 @@ async def set_traffic(payload: dict[str, Any], ctx: RequestContext) -> dict[str,
 async def observe_stage(payload: dict[str, Any], ctx: RequestContext) -> dict[str, Any]:
     wait = payload.get("wait", 0)
     if not isinstance(wait, int | float) or wait < 0:
-        raise HandlerError("invalid_input", "'wait' must be a number of seconds >= 0")
+        raise HandlerError(AgentErrorCode.INVALID_INPUT, "'wait' must be a number of seconds >= 0")
     spec = parse_payload(ObserveSpec, {k: v for k, v in payload.items() if k != "wait"}, "observe")
     if wait:
         await asyncio.sleep(wait)
@@ -179,7 +180,7 @@ async def rollback(payload: dict[str, Any], ctx: RequestContext) -> dict[str, An
         command_output = (done.stdout + done.stderr).strip()[-2000:]
         if done.returncode != 0 or done.timed_out:
             raise HandlerError(
-                "rollback_failed",
+                AgentErrorCode.ROLLBACK_FAILED,
                 f"traffic is at 0%, but the rollback command {' '.join(spec.rollback_command)} "
                 f"failed (exit {done.returncode}): {command_output}; finish the rollback by hand",
                 blames_input=True)

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.agent import Agent, HandlerError, RequestContext
+from orchestrator.errors import AgentErrorCode
 
 from ._atomic import write_atomic
 from ._proc import resolve_repo, run
@@ -49,10 +50,10 @@ def file_resource(repo: str | Path, file: str) -> str:
 
 def _target(repo: Path, file: object) -> Path:
     if not isinstance(file, str) or not file:
-        raise HandlerError("invalid_input", "the task needs 'file', a path in the repository")
+        raise HandlerError(AgentErrorCode.INVALID_INPUT, "the task needs 'file', a path in the repository")
     path = (repo / file).resolve()
     if not path.is_relative_to(repo):
-        raise HandlerError("unsafe_path", f"{file} is outside the repository {repo}")
+        raise HandlerError(AgentErrorCode.UNSAFE_PATH, f"{file} is outside the repository {repo}")
     return path
 
 
@@ -76,7 +77,7 @@ async def develop(payload: dict[str, Any], ctx: RequestContext) -> dict[str, Any
     repo = await resolve_repo(payload.get("repo"))
     task = payload.get("task")
     if not isinstance(task, dict):
-        raise HandlerError("invalid_input", "payload needs 'task', the plan task")
+        raise HandlerError(AgentErrorCode.INVALID_INPUT, "payload needs 'task', the plan task")
     path = await asyncio.to_thread(_target, repo, task.get("file"))
     await ctx.check_fencing(file_resource(repo, task["file"]))
     attempt = int(payload.get("attempt") or 1)
@@ -93,10 +94,10 @@ async def develop(payload: dict[str, Any], ctx: RequestContext) -> dict[str, Any
     elif task.get("command") is not None:
         action, detail = await _run_command(repo, task["command"], timeout)
     else:
-        raise HandlerError("invalid_input", f"task {task.get('id')!r} has no content, patch or command")
+        raise HandlerError(AgentErrorCode.INVALID_INPUT, f"task {task.get('id')!r} has no content, patch or command")
     after = await asyncio.to_thread(_sha256, path)
     if after is None:
-        raise HandlerError("file_missing", f"{task['file']} does not exist after {action}: {detail}",
+        raise HandlerError(AgentErrorCode.FILE_MISSING, f"{task['file']} does not exist after {action}: {detail}",
                            blames_input=True)
     return {"file": task["file"], "action": action, "changed": before != after,
             "sha256": after, "detail": detail, "attempt": attempt}
@@ -108,26 +109,26 @@ async def _apply_patch(repo: Path, patch: str) -> tuple[str, str]:
     if check.returncode == 0:
         done = await run(["git", "-C", str(repo), "apply", "-"], stdin=data, timeout=60)
         if done.returncode != 0:
-            raise HandlerError("patch_failed", done.stderr.strip(), blames_input=True)
+            raise HandlerError(AgentErrorCode.PATCH_FAILED, done.stderr.strip(), blames_input=True)
         return "patched", "applied the patch"
     reverse = await run(["git", "-C", str(repo), "apply", "--reverse", "--check", "-"],
                         stdin=data, timeout=60)
     if reverse.returncode == 0:  # a re-run after the patch went in
         return "patched", "the patch was already applied"
-    raise HandlerError("patch_failed", f"the patch does not apply: {check.stderr.strip()}",
+    raise HandlerError(AgentErrorCode.PATCH_FAILED, f"the patch does not apply: {check.stderr.strip()}",
                        blames_input=True)
 
 
 async def _run_command(repo: Path, command: object, timeout: float) -> tuple[str, str]:
     argv = shlex.split(command) if isinstance(command, str) else list(command or [])
     if not argv or not all(isinstance(a, str) for a in argv):
-        raise HandlerError("invalid_input", "'command' must be a string or a list of strings")
+        raise HandlerError(AgentErrorCode.INVALID_INPUT, "'command' must be a string or a list of strings")
     if argv[0] == "python":
         argv[0] = sys.executable
     done = await run(argv, cwd=repo, timeout=timeout)
     output = (done.stdout + done.stderr).strip()[-2000:]
     if done.timed_out or done.returncode != 0:
-        raise HandlerError("command_failed", f"{shlex.join(argv)} "
+        raise HandlerError(AgentErrorCode.COMMAND_FAILED, f"{shlex.join(argv)} "
                            f"{'timed out' if done.timed_out else f'exited {done.returncode}'}: {output}",
                            blames_input=True)
     return "ran", f"ran {shlex.join(argv)}"

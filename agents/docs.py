@@ -24,6 +24,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from orchestrator.agent import Agent, HandlerError, RequestContext
+from orchestrator.errors import AgentErrorCode
 
 from .docs_markdown import (
     INDEX_FILENAME,
@@ -54,10 +55,10 @@ def docs_resource(output: str | Path) -> str:
 def _package_dir(payload: dict[str, Any]) -> Path:
     raw = payload.get("package_dir")
     if not isinstance(raw, str) or not raw:
-        raise HandlerError("invalid_input", "payload needs 'package_dir', a folder path")
+        raise HandlerError(AgentErrorCode.INVALID_INPUT, "payload needs 'package_dir', a folder path")
     path = Path(raw)
     if not path.is_dir():
-        raise HandlerError("invalid_input", f"package folder {raw} does not exist")
+        raise HandlerError(AgentErrorCode.INVALID_INPUT, f"package folder {raw} does not exist")
     return path
 
 
@@ -80,7 +81,7 @@ def _read_source(package_dir: Path, rel_path: str) -> str:
     """
     parts = PurePosixPath(rel_path)
     if parts.is_absolute() or ".." in parts.parts or parts.suffix != ".py":
-        raise HandlerError("invalid_input", f"{rel_path} is not a module of {package_dir}")
+        raise HandlerError(AgentErrorCode.INVALID_INPUT, f"{rel_path} is not a module of {package_dir}")
     path = (package_dir / rel_path).resolve()
     if not path.is_relative_to(package_dir.resolve()):
         raise _Unreadable(f"a symlink to {path}, outside the package; not followed")
@@ -117,7 +118,7 @@ async def render(payload: dict[str, Any], ctx: RequestContext) -> dict[str, Any]
     package_dir = _package_dir(payload)
     module, rel_path = payload.get("module"), payload.get("path")
     if not isinstance(module, str) or not isinstance(rel_path, str):
-        raise HandlerError("invalid_input", "payload needs 'module' and 'path' strings")
+        raise HandlerError(AgentErrorCode.INVALID_INPUT, "payload needs 'module' and 'path' strings")
     return await asyncio.to_thread(_render, package_dir, module, rel_path)
 
 
@@ -126,12 +127,12 @@ async def write(payload: dict[str, Any], ctx: RequestContext) -> dict[str, Any]:
     output, package = payload.get("output"), payload.get("package")
     pages, summaries = payload.get("pages"), payload.get("summaries") or {}
     if not isinstance(output, str) or not isinstance(package, str) or not isinstance(pages, dict):
-        raise HandlerError("invalid_input", "payload needs 'output', 'package' and 'pages'")
+        raise HandlerError(AgentErrorCode.INVALID_INPUT, "payload needs 'output', 'package' and 'pages'")
     await ctx.check_fencing(docs_resource(output))
     files = {module_filename(name): text for name, text in pages.items()}
     skipped = payload.get("skipped") or {}
     if not isinstance(skipped, dict):
-        raise HandlerError("invalid_input", "'skipped' must map module names to reasons")
+        raise HandlerError(AgentErrorCode.INVALID_INPUT, "'skipped' must map module names to reasons")
     files[INDEX_FILENAME] = render_index(
         package, sorted((name, str(summaries.get(name, ""))) for name in pages),
         skipped=sorted((str(name), str(reason)) for name, reason in skipped.items()),
@@ -139,6 +140,6 @@ async def write(payload: dict[str, Any], ctx: RequestContext) -> dict[str, Any]:
     try:
         written = await asyncio.to_thread(write_docs, output, files)
     except UnsafePath as exc:
-        raise HandlerError("unsafe_path", str(exc)) from None
+        raise HandlerError(AgentErrorCode.UNSAFE_PATH, str(exc)) from None
     resolved = await asyncio.to_thread(lambda: str(Path(output).resolve()))
     return {"output": resolved, "files": written, "index": INDEX_FILENAME}

@@ -51,6 +51,7 @@ import psutil
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from orchestrator.agent import Agent, HandlerError, RequestContext
+from orchestrator.errors import AgentErrorCode
 
 from ._atomic import write_atomic
 from ._payload import parse_payload
@@ -167,7 +168,7 @@ def diagnose_by_rules(samples: list[dict[str, Any]], kinds: list[str]) -> tuple[
 async def diagnose(payload: dict[str, Any], ctx: RequestContext) -> dict[str, Any]:
     samples, kinds = payload.get("samples"), payload.get("kinds") or list(ISSUE_ORDER)
     if not isinstance(samples, list) or not all(isinstance(s, dict) for s in samples):
-        raise HandlerError("invalid_input", "payload needs 'samples', a list of probe samples")
+        raise HandlerError(AgentErrorCode.INVALID_INPUT, "payload needs 'samples', a list of probe samples")
     kind, reason = diagnose_by_rules(samples, list(kinds))
     model = ctx.chat_model()
     if model is not None and kind != "none":
@@ -205,7 +206,7 @@ async def _ask_model(model: Any, samples: list[dict[str, Any]], kinds: list[str]
 async def fix(payload: dict[str, Any], ctx: RequestContext) -> dict[str, Any]:
     service = payload.get("service")
     if not isinstance(service, str) or not service:
-        raise HandlerError("invalid_input", "payload needs 'service', the service's name")
+        raise HandlerError(AgentErrorCode.INVALID_INPUT, "payload needs 'service', the service's name")
     action = parse_payload(FixAction, payload.get("action"), "action")
     await ctx.check_fencing(f"service:{service}")
     if action.type == "wait":

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.agent import Agent, HandlerError, RequestContext
+from orchestrator.errors import AgentErrorCode
 
 from ._proc import resolve_folder
 from .depgraph import analyze, patch_additions
@@ -44,12 +45,12 @@ async def analyze_plan(payload: dict[str, Any], ctx: RequestContext) -> dict[str
     repo = await resolve_folder(payload.get("repo"))
     files = payload.get("files")
     if not isinstance(files, dict) or not files:
-        raise HandlerError("invalid_input", "payload needs 'files': {path: content or null}")
+        raise HandlerError(AgentErrorCode.INVALID_INPUT, "payload needs 'files': {path: content or null}")
     overrides = {path: text for path, text in files.items() if isinstance(text, str)}
     patches = payload.get("patches") or {}
     if not isinstance(patches, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in patches.items()):
-        raise HandlerError("invalid_input", "'patches' must be {path: unified diff}")
+        raise HandlerError(AgentErrorCode.INVALID_INPUT, "'patches' must be {path: unified diff}")
     additions = {path: patch_additions(diff, path) for path, diff in patches.items()}
     weights = payload.get("weights") or None
     try:
@@ -57,13 +58,13 @@ async def analyze_plan(payload: dict[str, Any], ctx: RequestContext) -> dict[str
                                         additions=additions)
         return await asyncio.to_thread(graph.to_dict, weights=weights)
     except ValueError as exc:  # a path outside the repository, a bad weight
-        raise HandlerError("invalid_input", str(exc)) from None
+        raise HandlerError(AgentErrorCode.INVALID_INPUT, str(exc)) from None
 
 
 def _sha256(repo: Path, rel: str) -> str | None:
     path = (repo / rel).resolve()
     if not path.is_relative_to(repo):
-        raise HandlerError("unsafe_path", f"{rel} is outside the repository {repo}")
+        raise HandlerError(AgentErrorCode.UNSAFE_PATH, f"{rel} is outside the repository {repo}")
     try:
         digest = hashlib.sha256()
         with path.open("rb") as handle:
@@ -79,7 +80,7 @@ async def file_hashes(payload: dict[str, Any], ctx: RequestContext) -> dict[str,
     repo = await resolve_folder(payload.get("repo"))
     files = payload.get("files")
     if not isinstance(files, list) or not all(isinstance(f, str) and f for f in files):
-        raise HandlerError("invalid_input", "payload needs 'files': [path, ...]")
+        raise HandlerError(AgentErrorCode.INVALID_INPUT, "payload needs 'files': [path, ...]")
     return {"sha256": await asyncio.to_thread(lambda: {f: _sha256(repo, f) for f in files})}
 
 

@@ -30,6 +30,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from orchestrator.agent import Agent, HandlerError, RequestContext
+from orchestrator.errors import AgentErrorCode
 
 from ._proc import resolve_repo, run
 from .cicd import parse_test_counts, test_failures
@@ -91,7 +92,7 @@ async def _ruff(repo: Path, rel: str) -> list[dict[str, Any]]:
     done = await run([ruff_binary(), "check", "--output-format", "json", "--no-cache",
                       "--exit-zero", "--", rel], cwd=repo, timeout=120)
     if done.returncode != 0:
-        raise HandlerError("ruff_failed", done.stderr.strip() or f"ruff exited {done.returncode}")
+        raise HandlerError(AgentErrorCode.RUFF_FAILED, done.stderr.strip() or f"ruff exited {done.returncode}")
     return await asyncio.to_thread(ruff_findings, json.loads(done.stdout or "[]"), repo)
 
 
@@ -163,10 +164,10 @@ async def check(payload: dict[str, Any], ctx: RequestContext) -> dict[str, Any]:
     repo = await resolve_repo(payload.get("repo"))
     rel = payload.get("file")
     if not isinstance(rel, str) or not rel:
-        raise HandlerError("invalid_input", "payload needs 'file', a path in the repository")
+        raise HandlerError(AgentErrorCode.INVALID_INPUT, "payload needs 'file', a path in the repository")
     path = (repo / rel).resolve()
     if not path.is_relative_to(repo):
-        raise HandlerError("unsafe_path", f"{rel} is outside the repository {repo}")
+        raise HandlerError(AgentErrorCode.UNSAFE_PATH, f"{rel} is outside the repository {repo}")
     if not await asyncio.to_thread(path.is_file):
         return {"passed": False, "reason": f"{rel} does not exist", "findings": [],
                 "tests": {"files": [], "ran": [], "skipped": [], "passed": False, "counts": {}}}

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
 
-from .errors import InvalidInput, OrchestratorError
+from .errors import AgentErrorCode, ErrorCode, InvalidConfiguration, InvalidInput, OrchestratorError
 from .messages import AgentRequest
 
 if TYPE_CHECKING:
@@ -74,14 +74,14 @@ class RequestContext:
         token = self.request.fencing.get(resource)
         if token is None:
             raise HandlerError(
-                "missing_fencing_token",
+                AgentErrorCode.MISSING_FENCING_TOKEN,
                 f"changing {resource!r} requires holding its lock (call with locks=[{resource!r}])",
             )
         if self.bus is not None:
             newer = await self.bus.check_fence(resource, token)
             if newer is not None:
                 raise HandlerError(
-                    "stale_fencing_token",
+                    AgentErrorCode.STALE_FENCING_TOKEN,
                     f"fencing token {token} for {resource!r} is older than {newer}: the lock "
                     "was lost to a newer holder, so this write is refused",
                 )
@@ -121,9 +121,9 @@ class HandlerError(OrchestratorError):
     where it is raised.
     """
 
-    code = "handler_error"
+    code = ErrorCode.HANDLER_ERROR
 
-    def __init__(self, code: str, message: str, *, retryable: bool = False,
+    def __init__(self, code: AgentErrorCode | str, message: str, *, retryable: bool = False,
                  blames_input: bool = False) -> None:
         super().__init__(message)
         self.code = code
@@ -144,7 +144,7 @@ class Agent:
     def handler(self, request_type: str) -> Callable[[Handler], Handler]:
         def register(fn: Handler) -> Handler:
             if request_type in self.handlers:
-                raise ValueError(f"{self.agent_type} already handles {request_type!r}")
+                raise InvalidConfiguration(f"{self.agent_type} already handles {request_type!r}")
             self.handlers[request_type] = fn
             return fn
 

@@ -27,7 +27,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from prometheus_client import Gauge
 
-from .errors import CircuitOpen
+from .errors import CircuitOpen, InvalidConfiguration
 
 __all__ = ["BreakerPolicy", "CircuitBreaker", "BREAKER_STATE"]
 
@@ -157,11 +157,11 @@ class BreakerPolicy:
 
     def __post_init__(self) -> None:
         if self.window <= 0 or self.cooldown <= 0 or self.min_calls < 1 or self.probes < 1:
-            raise ValueError("window and cooldown must be > 0, min_calls and probes >= 1")
+            raise InvalidConfiguration("window and cooldown must be > 0, min_calls and probes >= 1")
         if self.closed_cache < 0:
-            raise ValueError("closed_cache must be >= 0")
+            raise InvalidConfiguration("closed_cache must be >= 0")
         if not 0 <= self.failure_ratio < 1:
-            raise ValueError("failure_ratio must be in [0, 1)")
+            raise InvalidConfiguration("failure_ratio must be in [0, 1)")
 
 
 def _text(value: Any) -> str:

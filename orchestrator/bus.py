@@ -35,6 +35,7 @@ from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from .errors import AgentErrorCode, DeadLetterNotFound, ErrorCode, OrchestratorError
 from .messages import PRIORITIES, AgentRequest, AgentResponse, ErrorInfo, Event, Priority
 from .outage import Outage
 
@@ -336,8 +337,10 @@ class _Coalescer(Generic[_Item, _Out]):
                 await self._drainer
 
 
-class DecodeFailure(Exception):
-    """A stream entry that is not a valid message."""
+class DecodeFailure(OrchestratorError):
+    """A stream entry that is not a valid message (unsigned, garbled, or not a request)."""
+
+    code = ErrorCode.UNDECODABLE_MESSAGE
 
 
 @dataclass(frozen=True)
@@ -851,7 +854,7 @@ class EventBus:
                 request_id, reply_to = address
                 response = AgentResponse(
                     request_id=request_id, source=f"{agent_type}-dlq",
-                    status="dead_lettered", error=ErrorInfo(code="dead_lettered", message=reason),
+                    status="dead_lettered", error=ErrorInfo(code=AgentErrorCode.DEAD_LETTERED, message=reason),
                 )
                 pipe.xadd(reply_to, encode(response, self.secret), maxlen=_REPLY_MAXLEN,
                           approximate=True)
@@ -954,13 +957,13 @@ class EventBus:
         its success is, like any success.
 
         Raises:
-            KeyError: no such dead letter.
+            DeadLetterNotFound: no such dead letter (a KeyError).
             DecodeFailure: the dead letter is not a readable request; purge it instead.
         """
         key = self.keys.dead_letters(agent_type)
         entries = await self.redis.xrange(key, min=entry_id, max=entry_id)
         if not entries:
-            raise KeyError(f"no dead letter {entry_id} for agent type {agent_type!r}")
+            raise DeadLetterNotFound(f"no dead letter {entry_id} for agent type {agent_type!r}")
         fields = entries[0][1]
         # verified like any delivery: replay never turns an unsigned message into a signed one
         request = decode_request(fields, self.secret)

@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from .errors import InvalidInput, OrchestratorError
+from .errors import ErrorCode, InvalidInput, OrchestratorError
 from .questions import describe_question
 from .settings import Settings
 
@@ -796,7 +796,7 @@ def main(
         return EXIT_USAGE
     except OrchestratorError as exc:
         err.write(f"orchestrator: {exc.code}: {exc}\n")
-        return EXIT_USAGE if exc.code == "workflow_not_found" else EXIT_FAILED
+        return EXIT_USAGE if exc.code == ErrorCode.WORKFLOW_NOT_FOUND else EXIT_FAILED
     except KeyboardInterrupt:
         if not getattr(args, "interrupt_reported", False):
             err.write("interrupted; `orchestrator recover` continues running workflows\n")

@@ -8,10 +8,21 @@ never swallowed.
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 
-from state.errors import MigrationError, OrchestratorError, StaleWorkflowVersion, WorkflowNotFound
+from state.errors import (
+    CheckpointNotFound,
+    ErrorCode,
+    MigrationError,
+    OrchestratorError,
+    StaleWorkflowVersion,
+    WorkflowExists,
+    WorkflowNotFound,
+)
 
 __all__ = [
+    "ErrorCode",
+    "AgentErrorCode",
     "OrchestratorError",
     "AgentUnavailable",
     "AgentTimeout",
@@ -26,13 +37,52 @@ __all__ = [
     "DeadLettered",
     "WorkflowBusy",
     "MigrationError",
+    "WorkflowExists",
+    "CheckpointNotFound",
+    "InvalidConfiguration",
+    "WrongContext",
+    "DeadLetterNotFound",
 ]
+
+
+class AgentErrorCode(StrEnum):
+    """The codes an agent answers with (``ErrorInfo.code`` on the bus, ``AgentError.error_code``
+    on the requester's side). Part of the wire contract: the values never change.
+
+    Handlers raise ``HandlerError(AgentErrorCode.X, ...)``; the worker itself answers with the
+    last group. The README's "Errors" table documents each one.
+    """
+
+    # raised by handlers
+    INVALID_INPUT = "invalid_input"
+    UNSAFE_PATH = "unsafe_path"
+    FILE_MISSING = "file_missing"
+    PATCH_FAILED = "patch_failed"
+    GIT_FAILED = "git_failed"
+    MERGE_FAILED = "merge_failed"
+    DIRTY_WORKTREE = "dirty_worktree"
+    TARGET_MOVED = "target_moved"
+    RUFF_FAILED = "ruff_failed"
+    COMMAND_FAILED = "command_failed"
+    COMMAND_NOT_FOUND = "command_not_found"
+    TRAFFIC_COMMAND_FAILED = "traffic_command_failed"
+    ROLLBACK_FAILED = "rollback_failed"
+    MISSING_FENCING_TOKEN = "missing_fencing_token"
+    STALE_FENCING_TOKEN = "stale_fencing_token"
+    # answered by the worker
+    ALREADY_EXECUTED = "already_executed"
+    DEADLINE_PASSED = "deadline_passed"
+    UNKNOWN_REQUEST_TYPE = "unknown_request_type"
+    HANDLER_TIMEOUT = "handler_timeout"
+    TRANSIENT_ERROR = "transient_error"
+    INTERNAL_ERROR = "internal_error"
+    DEAD_LETTERED = "dead_lettered"
 
 
 class InvalidInput(OrchestratorError):
     """Input that can never succeed as given: retrying it is pointless."""
 
-    code = "invalid_input"
+    code = ErrorCode.INVALID_INPUT
 
 
 class InvalidAnswer(InvalidInput):
@@ -41,7 +91,7 @@ class InvalidAnswer(InvalidInput):
     Nothing was changed: the question stays pending. ``problem`` names the fields.
     """
 
-    code = "invalid_answer"
+    code = ErrorCode.INVALID_ANSWER
 
     def __init__(self, message: str, *, problem: str | None = None) -> None:
         super().__init__(message)
@@ -49,7 +99,7 @@ class InvalidAnswer(InvalidInput):
 
 
 class AgentUnavailable(OrchestratorError):
-    code = "agent_unavailable"
+    code = ErrorCode.AGENT_UNAVAILABLE
 
     def __init__(self, agent_type: str) -> None:
         super().__init__(
@@ -60,7 +110,7 @@ class AgentUnavailable(OrchestratorError):
 
 
 class AgentTimeout(OrchestratorError):
-    code = "agent_timeout"
+    code = ErrorCode.AGENT_TIMEOUT
 
     def __init__(self, agent_type: str, request_type: str, timeout: float, request_id: str) -> None:
         super().__init__(
@@ -77,7 +127,7 @@ class AgentError(OrchestratorError):
     ``retryable`` tells the node's retry policy whether trying again can help.
     """
 
-    code = "agent_error"
+    code = ErrorCode.AGENT_ERROR
 
     def __init__(
         self, agent_type: str, error_code: str, message: str, *, retryable: bool = False
@@ -89,13 +139,13 @@ class AgentError(OrchestratorError):
 
 
 class DeadLettered(OrchestratorError):
-    code = "dead_lettered"
+    code = ErrorCode.DEAD_LETTERED
 
 
 class CircuitOpen(OrchestratorError):
     """The target's circuit breaker refuses calls until ``retry_at``."""
 
-    code = "circuit_open"
+    code = ErrorCode.CIRCUIT_OPEN
 
     def __init__(
         self, message: str, *, target: str = "", state: str = "open",
@@ -108,7 +158,7 @@ class CircuitOpen(OrchestratorError):
 
 
 class ResourceLocked(OrchestratorError):
-    code = "resource_locked"
+    code = ErrorCode.RESOURCE_LOCKED
 
     def __init__(self, resource: str, holder: str | None, waited: float) -> None:
         super().__init__(
@@ -120,10 +170,30 @@ class ResourceLocked(OrchestratorError):
 
 
 class LockLost(OrchestratorError):
-    code = "lock_lost"
+    code = ErrorCode.LOCK_LOST
 
 
 class WorkflowBusy(OrchestratorError):
     """The workflow is being run by another live process."""
 
-    code = "workflow_busy"
+    code = ErrorCode.WORKFLOW_BUSY
+
+
+class InvalidConfiguration(InvalidInput, ValueError):
+    """A component built with arguments that cannot work (a worker without agents, a breaker
+    with a negative window, a handler registered twice). Fix the arguments."""
+
+    code = ErrorCode.INVALID_CONFIGURATION
+
+
+class WrongContext(OrchestratorError, RuntimeError):
+    """An API used where it cannot work: the facade outside ``async with``, ``hold_lock``
+    outside a graph node, the runtime looked up outside an orchestrator run."""
+
+    code = ErrorCode.WRONG_CONTEXT
+
+
+class DeadLetterNotFound(OrchestratorError, KeyError):
+    """No dead letter with that entry id: ``orchestrator dlq ls <agent type>`` lists them."""
+
+    code = ErrorCode.DEAD_LETTER_NOT_FOUND

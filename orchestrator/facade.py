@@ -33,6 +33,7 @@ from .errors import (
     OrchestratorError,
     StaleWorkflowVersion,
     WorkflowBusy,
+    WrongContext,
 )
 from .graphs import WorkflowSpec, get_workflow, validate_input
 from .metrics import WORKFLOW_RUNS, WORKFLOW_STEP_SECONDS
@@ -173,7 +174,7 @@ class Orchestrator:
     @property
     def runtime(self) -> Runtime:
         if self._runtime is None:
-            raise RuntimeError("use the Orchestrator inside `async with`")
+            raise WrongContext("use the Orchestrator inside `async with`")
         return self._runtime
 
     @property

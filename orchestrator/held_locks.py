@@ -11,6 +11,7 @@ fencing token, which the workflow passes to agents with ``call_agent(..., fencin
 from __future__ import annotations
 
 from .calls import _graph_context
+from .errors import WrongContext
 from .locks import Lease
 from .runtime import current_runtime
 
@@ -25,7 +26,7 @@ def workflow_holder(thread_id: str) -> str:
 def _holder() -> str:
     thread_id, _ = _graph_context()
     if thread_id is None:
-        raise RuntimeError("hold_lock/release_lock are for graph nodes (no thread id here)")
+        raise WrongContext("hold_lock/release_lock are for graph nodes (no thread id here)")
     return workflow_holder(thread_id)
 
 

@@ -28,6 +28,7 @@ from state.workflows import WorkflowStateManager
 from .agent import Agent, builtin_agents
 from .breaker import BreakerPolicy, CircuitBreaker
 from .bus import EventBus
+from .errors import WrongContext
 from .locks import ResourceLockManager
 from .processes import died_on_this_host, new_process_id
 from .registry import AgentRegistry
@@ -223,11 +224,11 @@ async def current_runtime() -> Runtime:
     """The runtime of the graph run in progress.
 
     Raises:
-        RuntimeError: called outside an orchestrator run.
+        WrongContext: called outside an orchestrator run (a RuntimeError).
     """
     runtime = _current.get()
     if runtime is None:
-        raise RuntimeError(
+        raise WrongContext(
             "no orchestrator runtime in this context: run graphs through "
             "orchestrator.Orchestrator (or the CLI), or under `langgraph dev`"
         )

@@ -76,6 +76,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from .errors import ErrorCode, OrchestratorError
+
 __all__ = ["EmbeddedServiceError", "EmbeddedServices", "embedded_status", "embedded_users",
            "stop_embedded"]
 
@@ -97,8 +99,10 @@ def _load_pgserver() -> None:
         import pgserver  # noqa: F401
 
 
-class EmbeddedServiceError(RuntimeError):
+class EmbeddedServiceError(OrchestratorError, RuntimeError):
     """An embedded service could not be started, attached to, or stopped."""
+
+    code = ErrorCode.EMBEDDED_SERVICE_ERROR
 
 
 def _paths(data_dir: str | os.PathLike[str]) -> tuple[Path, Path, Path]:

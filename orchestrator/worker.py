@@ -27,7 +27,7 @@ from typing import Any
 from .agent import Agent, HandlerError, RequestContext
 from .bus import Delivery, EventBus
 from .childenv import withholding
-from .errors import OrchestratorError
+from .errors import AgentErrorCode, InvalidConfiguration, OrchestratorError
 from .executions import EarlierStart, ExecutionLedger
 from .messages import AgentRequest, AgentResponse, ErrorInfo
 from .metrics import (
@@ -129,9 +129,9 @@ class Worker:
         child_env_withhold: Sequence[str] = (),
     ) -> None:
         if not agents:
-            raise ValueError("a worker needs at least one agent")
+            raise InvalidConfiguration("a worker needs at least one agent; pass agents=[...]")
         if not 1 <= min_concurrency <= max_concurrency:
-            raise ValueError("need 1 <= min_concurrency <= max_concurrency")
+            raise InvalidConfiguration("need 1 <= min_concurrency <= max_concurrency")
         self.bus = bus
         self.chat_model = chat_model
         self.child_env_withhold = tuple(child_env_withhold)  # see orchestrator.childenv
@@ -544,7 +544,7 @@ class Worker:
                 # Not executed, and not stored: a later re-send of this id still gets it done.
                 BUS_HANDLED.labels(agent.agent_type, "expired").inc()
                 response = self._response(request, agent_id, "timeout", 0.0,
-                                          error=ErrorInfo(code="deadline_passed",
+                                          error=ErrorInfo(code=AgentErrorCode.DEADLINE_PASSED,
                                                           message="the request's deadline "
                                                           "passed before an agent could start "
                                                           "it"))
@@ -656,7 +656,7 @@ class Worker:
             return self._response(
                 request, agent_id, "rejected", 0.0,
                 error=ErrorInfo(
-                    code="unknown_request_type",
+                    code=AgentErrorCode.UNKNOWN_REQUEST_TYPE,
                     message=f"{agent.agent_type} handles {sorted(agent.handlers)}, "
                     f"not {request.request_type!r}",
                 ),
@@ -677,7 +677,7 @@ class Worker:
             info = _error_info(exc)
             status = "timeout" if isinstance(exc, TimeoutError) and timeout else "error"
             BUS_HANDLED.labels(agent.agent_type, status).inc()
-            if info.code == "internal_error":
+            if info.code == AgentErrorCode.INTERNAL_ERROR:
                 ctx.log.exception("%s.%s failed", agent.agent_type, request.request_type)
             else:
                 ctx.log.info("%s.%s: %s", agent.agent_type, request.request_type, info.message)
@@ -714,7 +714,7 @@ class Worker:
                           earlier: EarlierStart) -> AgentResponse:
         when = f" at {earlier.started_at.isoformat()}" if earlier.started_at else ""
         return self._response(request, agent_id, "error", 0.0, error=ErrorInfo(
-            code="already_executed", retryable=True,
+            code=AgentErrorCode.ALREADY_EXECUTED, retryable=True,
             message=f"this signed request message (request {request.request_id}, attempt "
             f"{request.attempt}) was already started by {earlier.owner or 'a consumer'}{when}, "
             "and its answer is gone (deleted, expired, or that worker died before answering); "
@@ -755,9 +755,9 @@ def _error_info(exc: Exception) -> ErrorInfo:
     if isinstance(exc, OrchestratorError):
         return ErrorInfo(code=exc.code, message=exc.message, retryable=False)
     if isinstance(exc, TimeoutError):
-        return ErrorInfo(code="handler_timeout", message="the handler ran past the request's "
+        return ErrorInfo(code=AgentErrorCode.HANDLER_TIMEOUT, message="the handler ran past the request's "
                          "deadline", retryable=True)
     if isinstance(exc, _TRANSIENT):
-        return ErrorInfo(code="transient_error", message=f"{type(exc).__name__}: {exc}",
+        return ErrorInfo(code=AgentErrorCode.TRANSIENT_ERROR, message=f"{type(exc).__name__}: {exc}",
                          retryable=True)
-    return ErrorInfo(code="internal_error", message=f"{type(exc).__name__}: {exc}")
+    return ErrorInfo(code=AgentErrorCode.INTERNAL_ERROR, message=f"{type(exc).__name__}: {exc}")

@@ -14,7 +14,7 @@ from typing import Any, Literal
 from psycopg.types.json import Jsonb
 
 from .db import Database, Row
-from .errors import StaleWorkflowVersion, WorkflowNotFound
+from .errors import CheckpointNotFound, StaleWorkflowVersion, WorkflowExists, WorkflowNotFound
 
 __all__ = ["WorkflowRecord", "WorkflowStateManager", "WorkflowStatus", "NamedCheckpoint"]
 
@@ -93,7 +93,7 @@ class WorkflowStateManager:
         """Insert a new ``running`` workflow at version 1.
 
         Raises:
-            ValueError: a workflow with this thread id already exists.
+            WorkflowExists: a workflow with this thread id already exists (a ValueError).
         """
         row = await self.db.fetchone(
             f"""
@@ -105,7 +105,7 @@ class WorkflowStateManager:
             (thread_id, self.namespace, workflow_type, Jsonb(input), owner),
         )
         if row is None:
-            raise ValueError(f"a workflow with thread id {thread_id!r} already exists")
+            raise WorkflowExists(thread_id)
         return WorkflowRecord.from_row(row)
 
     async def get(self, thread_id: str) -> WorkflowRecord:
@@ -235,4 +235,5 @@ class WorkflowStateManager:
         for cp in await self.named_checkpoints(thread_id):
             if cp.name == name:
                 return cp
-        raise KeyError(f"workflow {thread_id} has no checkpoint named {name!r}")
+        raise CheckpointNotFound(f"workflow {thread_id} has no checkpoint named {name!r}; "
+                                 "named_checkpoints() lists the names it has")

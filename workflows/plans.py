@@ -31,13 +31,17 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from orchestrator.errors import ErrorCode, InvalidInput
+
 from .canary import CanarySpec
 
 __all__ = ["Plan", "PlanTask", "PlanError", "load_plan", "parse_plan"]
 
 
-class PlanError(ValueError):
+class PlanError(InvalidInput, ValueError):
     """A plan that cannot be used; the message names the task and field."""
+
+    code = ErrorCode.INVALID_PLAN
 
 
 class PlanTask(BaseModel):
