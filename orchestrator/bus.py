@@ -38,6 +38,7 @@ from redis.exceptions import ResponseError
 from .errors import AgentErrorCode, DeadLetterNotFound, ErrorCode, OrchestratorError
 from .messages import PRIORITIES, AgentRequest, AgentResponse, ErrorInfo, Event, Priority
 from .outage import Outage
+from .tasks import cancel_and_wait, cancel_requested
 
 __all__ = ["EventBus", "Delivery", "BusKeys", "DecodeFailure"]
 
@@ -332,9 +333,7 @@ class _Coalescer(Generic[_Item, _Out]):
 
     async def close(self) -> None:
         if self._drainer is not None:
-            self._drainer.cancel()
-            with contextlib.suppress(BaseException):
-                await self._drainer
+            await cancel_and_wait(self._drainer)
 
 
 class DecodeFailure(OrchestratorError):
@@ -540,6 +539,10 @@ class EventBus:
         backoff = 0.05
         outage = Outage(f"reading replies on {self.reply_stream}", log)
         while not self._closing:
+            if cancel_requested():
+                # redis-py's wait_for-based I/O can swallow a cancellation that lands as a
+                # command completes (Python 3.11): the task is still being cancelled, so stop
+                raise asyncio.CancelledError
             replies: list[dict[bytes, bytes]] = []
             try:
                 if poll:

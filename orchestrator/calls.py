@@ -33,7 +33,8 @@ from .messages import AgentRequest, AgentResponse, Priority
 from .metrics import BUS_LATENCY, BUS_REQUESTS
 from .runtime import Runtime, current_attempt, current_runtime
 
-__all__ = ["AgentCall", "call_agent", "is_transient", "AGENT_RETRY", "request_id_for"]
+__all__ = ["AgentCall", "call_agent", "failure_updates", "is_transient", "AGENT_RETRY",
+           "request_id_for"]
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,17 @@ class AgentCall:
     result: Any
     response: AgentResponse
     updates: dict[str, Any] = field(default_factory=dict)
+
+
+def failure_updates(exc: BaseException) -> dict[str, Any]:
+    """The state updates recording a failed call (``error_log``, ``agent_status``...), or {}.
+
+    :func:`call_agent` attaches them to the exception it raises; a node that catches the
+    failure returns them with its own outcome (``merge_updates(failure_updates(exc), ...)``).
+    When the failure ends the run instead, the facade writes them into the run's checkpoint.
+    """
+    updates = getattr(exc, "updates", None)
+    return dict(updates) if isinstance(updates, dict) else {}
 
 
 def request_id_for(thread_id: str, task_key: str, index: int, target: str = "",

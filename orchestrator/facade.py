@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from langgraph._internal._constants import NULL_TASK_ID  # null writes (no public name in 1.x)
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from langgraph.types import Command
 
@@ -27,6 +28,7 @@ from state.schema import now_iso
 from state.workflows import WorkflowRecord
 
 from .agent import Agent
+from .calls import failure_updates
 from .errors import (
     InvalidAnswer,
     InvalidInput,
@@ -356,6 +358,8 @@ class Orchestrator:
                 "code": "internal_error", "message": f"{type(exc).__name__}: {exc}"}
             # info, not warning: the error is returned to the caller, who reports it once
             log.info("workflow %s failed: %s", thread_id, error["message"])
+            with contextlib.suppress(Exception):  # the run's failure is reported all the same
+                await self._record_failure(config, exc)
             with contextlib.suppress(Exception):
                 await self._set(thread_id, version, status="failed", error=error, owner=None)
             WORKFLOW_RUNS.labels(workflow, "failed").inc()
@@ -378,6 +382,29 @@ class Orchestrator:
         WORKFLOW_RUNS.labels(workflow, status).inc()
         self._publish(f"workflow.{status}", {"thread_id": thread_id})
         return RunResult(thread_id, workflow, status, final, interrupts, error)
+
+    async def _record_failure(self, config: dict[str, Any], exc: BaseException) -> None:
+        """Write the failed call's state updates (``error_log``, ``agent_status``...) into the
+        run's last checkpoint.
+
+        LangGraph drops a failing node's writes and keeps the node pending, so a resume runs it
+        again. The updates go in as the checkpoint's *null writes* (what LangGraph applies
+        before the next step, as for ``Command(update=...)``): ``get_state`` shows them at
+        once, a resume applies them, and the pending node stays pending.
+        """
+        updates = failure_updates(exc)
+        if not updates:
+            return
+        saved = await self._saver.aget_tuple(  # type: ignore[union-attr]
+            {"configurable": {"thread_id": config["configurable"]["thread_id"],
+                              "checkpoint_ns": ""}})
+        if saved is None:
+            return  # failed before the first checkpoint: nothing to record it in
+        # writes are stored by (task, index), first write wins: keep the earlier null writes
+        # (from an earlier failure at this checkpoint) in their places, add these after them
+        earlier = [(ch, v) for tid, ch, v in saved.pending_writes or [] if tid == NULL_TASK_ID]
+        await self._saver.aput_writes(  # type: ignore[union-attr]
+            saved.config, [*earlier, *updates.items()], NULL_TASK_ID)
 
     async def _set(self, thread_id: str, version: int, **changes: Any) -> int:
         record = await self.runtime.workflows.update(thread_id, version, **changes)

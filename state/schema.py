@@ -7,8 +7,10 @@ State holds data only: never secrets, connections or other live objects.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import Annotated, Any, TypedDict
+from functools import cache
+from typing import Annotated, Any, TypedDict, get_args, get_origin, get_type_hints
 
 __all__ = [
     "MultiAgentState",
@@ -19,6 +21,8 @@ __all__ = [
     "append_list",
     "latest",
     "now_iso",
+    "merge_updates",
+    "reducers",
 ]
 
 
@@ -91,3 +95,33 @@ class MultiAgentState(TypedDict, total=False):
     started_at: str
     updated_at: Annotated[str, latest]
     error_log: Annotated[list[ErrorEntry], append_list]
+
+
+@cache
+def reducers(schema: type = MultiAgentState) -> dict[str, Callable[[Any, Any], Any]]:
+    """The reducer of every annotated key of ``schema`` (a state TypedDict), by key."""
+    found: dict[str, Callable[[Any, Any], Any]] = {}
+    for key, hint in get_type_hints(schema, include_extras=True).items():
+        if get_origin(hint) is Annotated:
+            reducer = next((m for m in get_args(hint)[1:] if callable(m)), None)
+            if reducer is not None:
+                found[key] = reducer
+    return found
+
+
+def merge_updates(*updates: Mapping[str, Any] | None,
+                  schema: type = MultiAgentState) -> dict[str, Any]:
+    """Combine node state updates as LangGraph would apply them one after the other.
+
+    A key with a reducer in ``schema`` (``error_log``, ``agent_status``, ``partial_results``...)
+    is combined with it; any other key takes the later value. This is how a node returns an
+    agent call's updates (:attr:`orchestrator.calls.AgentCall.updates`, or a failed call's
+    ``exc.updates``) together with its own: ``merge_updates(call.updates, {...})``.
+    """
+    by_key = reducers(schema)
+    merged: dict[str, Any] = {}
+    for update in updates:
+        for key, value in (update or {}).items():
+            reducer = by_key.get(key)
+            merged[key] = reducer(merged[key], value) if reducer and key in merged else value
+    return merged

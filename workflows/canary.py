@@ -36,7 +36,7 @@ from orchestrator.errors import AgentError, ResourceLocked
 from orchestrator.held_locks import hold_lock, release_lock
 from orchestrator.metrics import CANARY_ROLLBACKS, CANARY_STAGE
 from orchestrator.questions import Answer, ask
-from state.schema import MultiAgentState, now_iso
+from state.schema import MultiAgentState, merge_updates, now_iso
 
 __all__ = ["CanarySpec", "CanaryState", "GateAnswer", "canary_graph", "validate_canary",
            "DEFAULT_STAGES"]
@@ -140,7 +140,7 @@ async def shift(state: CanaryState) -> dict[str, Any]:
     )
     CANARY_STAGE.labels(spec.name).set(percent)
     canary.update(percent=percent, holds=0, stage_started=time.time())
-    return {**call.updates, "canary": canary}
+    return merge_updates(call.updates, {"canary": canary})
 
 
 async def observe(state: CanaryState) -> dict[str, Any]:
@@ -167,7 +167,7 @@ async def observe(state: CanaryState) -> dict[str, Any]:
         canary["stage_started"] = time.time()
     else:
         canary["next"] = "rollback"
-    return {**call.updates, "canary": canary}
+    return merge_updates(call.updates, {"canary": canary})
 
 
 def after_observe(state: CanaryState) -> Literal["observe", "gate", "rollback"]:
@@ -228,7 +228,7 @@ async def rollback(state: CanaryState) -> dict[str, Any]:
     CANARY_ROLLBACKS.labels(spec.name, mode).inc()
     canary.update(status="rolled_back", failed_at=canary["percent"], percent=0, reason=reason,
                   rollback={"mode": mode, **call.result}, finished_at=now_iso())
-    return {**call.updates, "canary": canary}
+    return merge_updates(call.updates, {"canary": canary})
 
 
 async def done(state: CanaryState) -> dict[str, Any]:

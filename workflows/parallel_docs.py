@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from orchestrator.calls import AGENT_RETRY, call_agent
 from orchestrator.graphs import WorkflowSpec, validate_input
-from state.schema import MultiAgentState, now_iso
+from state.schema import MultiAgentState, merge_updates, now_iso
 
 __all__ = ["ParallelDocsInput", "ParallelDocsState", "builder", "workflow"]
 
@@ -101,20 +101,6 @@ class ParallelDocsState(MultiAgentState, total=False):
     package_name: str
 
 
-def _updates(*parts: dict[str, Any]) -> dict[str, Any]:
-    """Merge node state updates (dict-valued keys merged, others replaced)."""
-    merged: dict[str, Any] = {}
-    for part in parts:
-        for key, value in part.items():
-            if isinstance(value, dict) and isinstance(merged.get(key), dict):
-                merged[key] = {**merged[key], **value}
-            elif isinstance(value, list) and isinstance(merged.get(key), list):
-                merged[key] = merged[key] + value
-            else:
-                merged[key] = value
-    return merged
-
-
 async def prepare(state: ParallelDocsState) -> dict[str, Any]:
     # resolving the package touches the file system: keep it off the event loop
     validated = await asyncio.to_thread(
@@ -134,7 +120,7 @@ async def discover(state: ParallelDocsState) -> dict[str, Any]:
          "payload": {"path": m["path"]}}
         for m in modules
     ]
-    return _updates(call.updates, {"package_name": call.result["package"], "subtasks": subtasks})
+    return merge_updates(call.updates, {"package_name": call.result["package"], "subtasks": subtasks})
 
 
 def fan_out(state: ParallelDocsState) -> list[Send] | str:
@@ -157,10 +143,10 @@ async def document_module(task: dict[str, Any]) -> dict[str, Any]:
     )
     if "skipped" in call.result:  # unreadable: reported in the index, not a failed run
         reason = call.result["skipped"]
-        return _updates(call.updates, {"partial_results": {module: {"skipped": reason}},
+        return merge_updates(call.updates, {"partial_results": {module: {"skipped": reason}},
                                        "subtask_status": {module: "skipped"}})
     page = {"markdown": call.result["markdown"], "summary": call.result["summary"]}
-    return _updates(call.updates, {"partial_results": {module: page},
+    return merge_updates(call.updates, {"partial_results": {module: page},
                                    "subtask_status": {module: "done"}})
 
 
@@ -195,7 +181,7 @@ async def write_docs(state: ParallelDocsState) -> dict[str, Any]:
     }
     if skipped:
         final["skipped"] = skipped
-    return _updates(call.updates, {"final_result": final})
+    return merge_updates(call.updates, {"final_result": final})
 
 
 builder: StateGraph = StateGraph(ParallelDocsState)

@@ -46,14 +46,14 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.types import CachePolicy, Send
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from orchestrator.calls import AGENT_RETRY, call_agent
+from orchestrator.calls import AGENT_RETRY, call_agent, failure_updates
 from orchestrator.errors import AgentUnavailable, CircuitOpen, OrchestratorError
 from orchestrator.graphs import WorkflowSpec, validate_input
 from orchestrator.metrics import TASK_CACHE
 from orchestrator.questions import Answer, ask
 from orchestrator.runtime import current_runtime
 from state.cache import PostgresCache
-from state.schema import MultiAgentState, append_list, merge_dicts, now_iso
+from state.schema import MultiAgentState, append_list, merge_dicts, merge_updates, now_iso
 
 from .canary import canary_graph, validate_canary
 from .plans import Plan, PlanError, load_plan, parse_plan
@@ -252,9 +252,9 @@ async def analyze(state: PlanState) -> dict[str, Any]:
         shown = "; ".join(" → ".join(f"{t} ({files[t]})" for t in c) for c in cycles)
         reason = (f"the plan's tasks form import cycles: {shown}; break them, or accept an "
                   "edge with allowed_cycles: [[importer_task, imported_task]]")
-        return {**call.updates, "analysis": {"cycles": cycles},
+        return merge_updates(call.updates, {"analysis": {"cycles": cycles},
                 "final_result": {"status": "failed", "stage": "analyze", "reasons": [reason],
-                                 "cycles": cycles}}
+                                 "cycles": cycles}}, schema=PlanState)
     deps = {t: {b for a, b in edges if a == t} for t in ids}
     ranking = _rank(plan, deps)
     rt = await current_runtime()
@@ -269,7 +269,8 @@ async def analyze(state: PlanState) -> dict[str, Any]:
     analysis = {"edges": sorted([a, b] for a, b in edges), "batches": ranking["batches"],
                 "critical_path": ranking["critical_path"], "allowed": sorted(map(list, allowed)),
                 "file_edges": call.result["edges"], "unresolved": call.result.get("unresolved")}
-    return {**call.updates, "analysis": analysis, "tasks": tasks, "updated_at": now_iso()}
+    return merge_updates(call.updates, {"analysis": analysis, "tasks": tasks,
+                                        "updated_at": now_iso()}, schema=PlanState)
 
 
 def after_analyze(state: PlanState) -> Literal["dispatch", "report"]:
@@ -368,9 +369,10 @@ def route_dispatch(state: PlanState) -> list[Send] | str:
 class _QAFailed(Exception):
     """QA (or the developer) said no: the attempt failed; never cached."""
 
-    def __init__(self, evidence: dict[str, Any]) -> None:
+    def __init__(self, evidence: dict[str, Any], updates: dict[str, Any]) -> None:
         super().__init__(evidence.get("reason") or "QA failed")
         self.evidence = evidence
+        self.updates = updates  # the calls' state updates, as a failed agent call carries
 
 
 def _cache_key(job: dict[str, Any]) -> str:
@@ -399,13 +401,15 @@ async def develop_and_check(job: dict[str, Any]) -> dict[str, Any]:
                         "not_ready": job["not_ready"]},
         priority=priority, subtask=f"{task['id']}:qa:{attempt}",
     )
+    updates = merge_updates(developed.updates, checked.updates)
     result = {"develop": developed.result, "qa": _qa_summary(checked.result),
               "developer": developed.agent_id, "qa_agent": checked.agent_id,
-              "computed_by": job["thread_id"], "started": started, "finished": time.time()}
+              "computed_by": job["thread_id"], "started": started, "finished": time.time(),
+              "updates": updates}
     if not checked.result["passed"]:
         raise _QAFailed({**result, "reason": checked.result["reason"],
                          "findings": checked.result["findings"],
-                         "tests": checked.result["tests"]})
+                         "tests": checked.result["tests"]}, updates)
     return result
 
 
@@ -442,7 +446,9 @@ async def work(job: dict[str, Any]) -> dict[str, Any]:
     except (_QAFailed, OrchestratorError) as exc:
         evidence = {**exc.evidence, "stage": "qa"} if isinstance(exc, _QAFailed) else {
             "reason": str(exc), "code": exc.code, "stage": "develop"}
-        return _failed(job, rec, started, evidence)
+        # a failed call records itself (error_log, agent_status) beside the task's outcome
+        return merge_updates(failure_updates(exc), _failed(job, rec, started, evidence),
+                             schema=PlanState)
     hit = _from_cache(result, job)
     TASK_CACHE.labels("hit" if hit else "miss").inc()
     finished = time.time()
@@ -454,9 +460,12 @@ async def work(job: dict[str, Any]) -> dict[str, Any]:
     if stale:
         record["stale_hits"] = stale
     rec.update(status="done", attempts=[*rec["attempts"], record])
-    return {"tasks": {task_id: rec}, "subtask_status": {task_id: "done"},
-            "partial_results": {task_id: {"file": job["task"]["file"],
-                                          "sha256": result["develop"].get("sha256")}}}
+    return merge_updates(
+        {} if hit else result.get("updates"),  # a cache hit made no call of this run
+        {"tasks": {task_id: rec}, "subtask_status": {task_id: "done"},
+         "partial_results": {task_id: {"file": job["task"]["file"],
+                                       "sha256": result["develop"].get("sha256")}}},
+        schema=PlanState)
 
 
 def _from_cache(result: dict[str, Any], job: dict[str, Any]) -> bool:
@@ -575,7 +584,7 @@ async def integrate(state: PlanState) -> dict[str, Any]:
     command = plan.integration_command or plan.test_command
     call = await call_agent("cicd", "run_command", {"repo": plan.repo, "command": command},
                             timeout=900, subtask="integration")
-    update: dict[str, Any] = {**call.updates, "integration": call.result}
+    update = merge_updates(call.updates, {"integration": call.result}, schema=PlanState)
     if not call.result["passed"]:
         update["final_result"] = {"status": "failed", "stage": "integration",
                                   "reasons": [f"integration: {call.result['reason']}"]}

@@ -35,7 +35,7 @@ from orchestrator.calls import AGENT_RETRY, call_agent
 from orchestrator.childenv import child_environment
 from orchestrator.graphs import WorkflowSpec, validate_input
 from orchestrator.questions import Answer, ask
-from state.schema import MultiAgentState, now_iso
+from state.schema import MultiAgentState, merge_updates, now_iso
 
 from .canary import CanarySpec, canary_graph, validate_canary
 
@@ -152,8 +152,8 @@ async def review(state: PRDeploymentState) -> dict[str, Any]:
         subtask="review",
     )
     status = "done" if call.result["passed"] else "failed"
-    return {**call.updates, "partial_results": {"review": call.result},
-            "subtask_status": {"review": status}}
+    return merge_updates(call.updates, {"partial_results": {"review": call.result},
+                                        "subtask_status": {"review": status}})
 
 
 async def tests(state: PRDeploymentState) -> dict[str, Any]:
@@ -165,8 +165,8 @@ async def tests(state: PRDeploymentState) -> dict[str, Any]:
         timeout=timeout + 300, subtask="tests",
     )
     status = "done" if call.result["passed"] else "failed"
-    return {**call.updates, "partial_results": {"tests": call.result},
-            "subtask_status": {"tests": status}}
+    return merge_updates(call.updates, {"partial_results": {"tests": call.result},
+                                        "subtask_status": {"tests": status}})
 
 
 def _summary(state: PRDeploymentState) -> dict[str, Any]:
@@ -247,8 +247,8 @@ async def merge(state: PRDeploymentState) -> dict[str, Any]:
         locks=[repo_resource(state["repo"])], subtask="merge",
     )
     result = call.result
-    update: dict[str, Any] = {**call.updates, "merge": result,
-                              "subtask_status": {"merge": "done" if result["merged"] else "failed"}}
+    update = merge_updates(call.updates, {
+        "merge": result, "subtask_status": {"merge": "done" if result["merged"] else "failed"}})
     if not result["merged"]:
         update["final_result"] = {**_summary(state), "status": "failed", "stage": "merge",
                                   "merged": False, "conflicts": result["conflicts"],

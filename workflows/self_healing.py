@@ -36,7 +36,7 @@ from orchestrator.calls import AGENT_RETRY, call_agent
 from orchestrator.graphs import WorkflowSpec
 from orchestrator.metrics import HEALING_ATTEMPTS, HEALING_OUTCOMES
 from orchestrator.questions import Answer, ask
-from state.schema import MultiAgentState, now_iso
+from state.schema import MultiAgentState, merge_updates, now_iso
 
 __all__ = ["SelfHealingInput", "SelfHealingState", "builder", "workflow", "DEFAULT_RUNBOOK"]
 
@@ -137,8 +137,7 @@ async def detect(state: SelfHealingState) -> dict[str, Any]:
                "escalation": _misconfiguration(state, call.result["samples"])}
     if healing["escalation"]:
         healing["status"] = "misconfigured"
-    update: dict[str, Any] = {**call.updates, "healing": healing,
-                              "workflow_type": "self_healing"}
+    update = merge_updates(call.updates, {"healing": healing, "workflow_type": "self_healing"})
     if call.result["healthy"]:
         HEALING_OUTCOMES.labels(state["service"], "healthy").inc()
         update["final_result"] = {"status": "completed", "outcome": "healthy",
@@ -160,7 +159,7 @@ async def diagnose(state: SelfHealingState) -> dict[str, Any]:
                             {"samples": healing["evidence"], "kinds": kinds},
                             subtask=f"diagnose:{len(healing['attempts']) + 1}")
     healing["diagnosis"] = call.result
-    return {**call.updates, "healing": healing}
+    return merge_updates(call.updates, {"healing": healing})
 
 
 def _next_action(state: SelfHealingState) -> dict[str, Any] | None:
@@ -216,8 +215,9 @@ async def fix(state: SelfHealingState) -> dict[str, Any]:
                       "evidence": call.result}
     healing.update(attempts=[*healing["attempts"], attempt], manual_action=None,
                    escalation=escalation)
-    return {**call.updates, "healing": healing,
-            "subtask_status": {f"fix:{number}": "done" if call.result.get("ok") else "failed"}}
+    return merge_updates(call.updates, {
+        "healing": healing,
+        "subtask_status": {f"fix:{number}": "done" if call.result.get("ok") else "failed"}})
 
 
 def after_fix(state: SelfHealingState) -> Literal["verify", "escalate"]:
@@ -247,7 +247,7 @@ async def verify(state: SelfHealingState) -> dict[str, Any]:
             "reason": f"still unhealthy after {len(attempts)} fix attempt(s): "
             f"{', '.join(call.result.get('issues') or []) or 'no issue named'}",
             "evidence": call.result["samples"]}
-    update: dict[str, Any] = {**call.updates, "healing": healing}
+    update = merge_updates(call.updates, {"healing": healing})
     if call.result["healthy"]:
         HEALING_OUTCOMES.labels(state["service"], "healed").inc()
         update["final_result"] = {"status": "completed", "outcome": "healed",
