@@ -4,8 +4,9 @@ the isolated database, Redis and Orchestrator fixtures; these add the project's 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
-import sys
+import signal
 import textwrap
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -15,6 +16,8 @@ import pytest
 
 from tests.fixture_repo import make_fixture_repo
 from tests.service_app import ServiceProcess
+from tests.support.cli import CLI
+from tests.support.processes import read_pid
 
 StartService = Callable[..., Awaitable[ServiceProcess]]
 
@@ -86,7 +89,36 @@ def service_env(orchestrator_settings) -> dict[str, str]:
     return env
 
 
-ORCHESTRATOR_CMD = [sys.executable, "-m", "orchestrator.cli"]
+@pytest.fixture
+def cli(service_env, tmp_path) -> Iterator[CLI]:
+    """Runs ``orchestrator run`` / ``resume`` subprocesses in the test's database, Redis and
+    namespace (tests/support/cli.py); kills whatever is still running afterwards."""
+    runner = CLI(service_env, tmp_path)
+    yield runner
+    runner.close()
+
+
+@pytest.fixture
+def reap() -> Iterator[Callable[..., None]]:
+    """``reap(pid_file)`` / ``reap(pid=pid)``: kill, after the test, the services the agents
+    started: the pids named by these pid files (read at teardown), and any pid given directly
+    (a service a second restart replaced)."""
+    pid_files: list[Path] = []
+    pids: set[int] = set()
+
+    def add(pid_file: Path | None = None, pid: int | None = None) -> None:
+        if pid_file is not None:
+            pid_files.append(pid_file)
+        if pid is not None:
+            pids.add(pid)
+
+    yield add
+    for path in pid_files:
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            pids.add(read_pid(path))
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import socket
 import subprocess
 import time
 
@@ -20,13 +19,7 @@ from orchestrator.registry import AgentRegistry
 from orchestrator.runtime import Runtime
 from orchestrator.testing import stand_in
 
-from .conftest import ORCHESTRATOR_CMD
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from .support.processes import ORCHESTRATOR_CMD, free_port
 
 
 async def _wait_for_agent(rt: Runtime, agent_type: str, timeout: float = 30.0) -> None:
@@ -41,7 +34,7 @@ async def _wait_for_agent(rt: Runtime, agent_type: str, timeout: float = 30.0) -
 async def test_request_response_across_two_processes(
     orchestrator_settings, service_env, fixture_package
 ) -> None:
-    metrics_port = _free_port()
+    metrics_port = free_port()
     worker = subprocess.Popen(
         [*ORCHESTRATOR_CMD, "worker", "--agents", "docs", "--metrics-port", str(metrics_port)],
         env=service_env,

@@ -12,14 +12,9 @@ from orchestrator.metrics import CANARY_ROLLBACKS, CANARY_STAGE
 from orchestrator.testing import resume, run_until_interrupt
 
 from .graphs_for_tests import rollout
+from .support.commands import RECORD, lines, traffic_log_command
 
 WORKFLOWS = {"rollout": rollout}
-RECORD = "import sys; open(sys.argv[1], 'a').write(sys.argv[2] + '\\n')"
-
-
-def traffic_log_command(log: Path) -> list[str]:
-    """A traffic command (no shell) that appends each percentage to ``log``."""
-    return [sys.executable, "-c", RECORD, str(log), "{percent}"]
 
 
 def spec(name: str, service, tmp_path: Path, **overrides: Any) -> dict[str, Any]:
@@ -34,10 +29,6 @@ def spec(name: str, service, tmp_path: Path, **overrides: Any) -> dict[str, Any]
         "health": {"kind": "http", "url": service.url + "/health"},
         **overrides,
     }
-
-
-def lines(path: Path) -> list[str]:
-    return path.read_text().split() if path.exists() else []
 
 
 async def test_a_healthy_rollout_goes_through_every_stage(orchestrator_factory, start_service,

@@ -26,12 +26,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import signal
-import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -45,9 +42,9 @@ from orchestrator.agent import builtin_agents
 from orchestrator.bus import decode_request
 from orchestrator.testing import stand_in
 
-from .conftest import ORCHESTRATOR_CMD
-from .test_canary import lines, traffic_log_command
-from .test_self_healing import alive, read_pid, restart_spec
+from .support.cli import resumed_result, until
+from .support.commands import heal_input, lines, restart_spec, traffic_log_command
+from .support.processes import alive, kill9, read_pid
 
 pytestmark = pytest.mark.slow
 
@@ -57,107 +54,6 @@ VERIFY_DELAY = 3.0  # how long the test's infrastructure stand-in holds a verify
 
 
 # --- helpers ----------------------------------------------------------------------------------
-
-
-class CLI:
-    """Starts ``orchestrator`` CLI subprocesses; kills whatever is still running at teardown."""
-
-    def __init__(self, env: dict[str, str], folder: Path) -> None:
-        self.env = env
-        self.folder = folder
-        self.procs: list[subprocess.Popen[bytes]] = []
-
-    def run(self, workflow: str, data: dict[str, Any], thread_id: str, *,
-            local_agents: bool) -> subprocess.Popen[bytes]:
-        source = self.folder / f"{thread_id}.input.json"
-        source.write_text(json.dumps(data))
-        args = ["run", workflow, "--input", str(source), "--thread-id", thread_id, "--json"]
-        if not local_agents:
-            args.append("--no-local-agents")
-        log = self.folder / f"{thread_id}.run.log"
-        with log.open("wb") as out:
-            proc = subprocess.Popen([*ORCHESTRATOR_CMD, *args], env=self.env,
-                                    stdout=out, stderr=subprocess.STDOUT)
-        self.procs.append(proc)
-        return proc
-
-    def output(self, thread_id: str) -> str:
-        path = self.folder / f"{thread_id}.run.log"
-        return path.read_text(errors="replace") if path.exists() else ""
-
-    async def resume(self, thread_id: str, *, local_agents: bool,
-                     timeout: float = 60) -> tuple[subprocess.CompletedProcess[str], float]:
-        """``orchestrator resume T --json``; returns the finished process and its wall time."""
-        args = ["resume", thread_id, "--json"]
-        if not local_agents:
-            args.append("--no-local-agents")
-        started = time.monotonic()
-        try:
-            done = await asyncio.to_thread(
-                subprocess.run, [*ORCHESTRATOR_CMD, *args], env=self.env, capture_output=True,
-                text=True, timeout=timeout)
-        except subprocess.TimeoutExpired as exc:  # subprocess.run killed it
-            raise AssertionError(f"resume did not finish within {timeout:g} s:\n"
-                                 f"{exc.stderr!r}") from None
-        return done, time.monotonic() - started
-
-    def close(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait(timeout=10)
-
-
-@pytest.fixture
-def cli(service_env, tmp_path) -> Iterator[CLI]:
-    runner = CLI(service_env, tmp_path)
-    yield runner
-    runner.close()
-
-
-@pytest.fixture
-def reap() -> Iterator[Callable[..., None]]:
-    """Kill, after the test, the services the agents started: the pids named by these pid
-    files, and any pid given directly (a service a second restart replaced)."""
-    pid_files: list[Path] = []
-    pids: set[int] = set()
-
-    def add(pid_file: Path | None = None, pid: int | None = None) -> None:
-        if pid_file is not None:
-            pid_files.append(pid_file)
-        if pid is not None:
-            pids.add(pid)
-
-    yield add
-    for path in pid_files:
-        with contextlib.suppress(FileNotFoundError, ValueError):
-            pids.add(read_pid(path))
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-
-
-async def until(predicate: Callable[[], Any], what: str, proc: subprocess.Popen[bytes],
-                cli: CLI, thread_id: str, timeout: float = 30.0, interval: float = 0.01) -> None:
-    """Poll ``predicate`` (sync or async) until true; fail if the CLI ends first or time's up."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return
-        if proc.poll() is not None:
-            pytest.fail(f"the run ended (exit {proc.returncode}) before {what}:\n"
-                        f"{cli.output(thread_id)[-3000:]}")
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}:\n{cli.output(thread_id)[-3000:]}")
-        await asyncio.sleep(interval)
-
-
-async def kill9(proc: subprocess.Popen[bytes]) -> None:
-    os.kill(proc.pid, signal.SIGKILL)
-    await asyncio.to_thread(proc.wait)
 
 
 _TAPPED = ("deployer", "infrastructure")
@@ -207,13 +103,6 @@ async def sent(orch, agent_type: str, request_type: str) -> list[dict[str, Any]]
         if request.request_type == request_type:
             out.append({"request_id": request.request_id, "payload": request.payload})
     return out
-
-
-def resumed_result(done: subprocess.CompletedProcess[str], thread_id: str) -> dict[str, Any]:
-    assert done.returncode == 0, f"resume exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
-    result = json.loads(done.stdout)
-    assert result["thread_id"] == thread_id and result["status"] == "completed", result
-    return result
 
 
 # --- canary -----------------------------------------------------------------------------------
@@ -348,11 +237,6 @@ async def test_canary_killed_during_stage_50_resumes_it_local_agents(
 
 
 # --- self-healing -----------------------------------------------------------------------------
-
-
-def heal_input(service, **overrides: Any) -> dict[str, Any]:
-    return {"service": "calc", "health_url": service.url + "/health",
-            "restart": restart_spec(service), "verify_timeout": 10, **overrides}
 
 
 def new_live_pid(pid_file: Path, old_pid: int) -> int | None:

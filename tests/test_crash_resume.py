@@ -22,8 +22,8 @@ import pytest
 from agents.docs import render as builtin_render
 from orchestrator.testing import stand_in
 
-from .conftest import ORCHESTRATOR_CMD
-from .test_parallel_docs import MODULES
+from .support.docs import FIXTURE_MODULES as MODULES
+from .support.processes import ORCHESTRATOR_CMD
 
 pytestmark = pytest.mark.slow
 

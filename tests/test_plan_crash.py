@@ -13,13 +13,14 @@ from agents.developer import develop as builtin_develop
 from orchestrator.testing import stand_in
 
 from .fixture_plan import FAILING_ONCE, NEVER_FIXED, make_plan_repo
-from .test_crash_delivery import cli, kill9, resumed_result, until  # noqa: F401 - fixtures
+from .support.cli import resumed_result, until
+from .support.processes import kill9
 
 pytestmark = pytest.mark.slow
 
 
 async def test_kill_mid_plan_then_resume_redoes_nothing_that_passed(
-    orchestrator_factory, cli, tmp_path  # noqa: F811 - the fixture
+    orchestrator_factory, cli, tmp_path
 ) -> None:
     developed: Counter[str] = Counter()
 

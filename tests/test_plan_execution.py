@@ -232,7 +232,7 @@ async def test_a_bad_plan_is_refused_before_anything_is_stored(orchestrator, tmp
 async def test_the_cli_runs_a_plan_file(service_env, tmp_path) -> None:
     import subprocess
 
-    from .conftest import ORCHESTRATOR_CMD
+    from .support.processes import ORCHESTRATOR_CMD
 
     repo, plan = make_plan_repo(tmp_path / "repo")
     plan["tasks"] = [t for t in plan["tasks"] if t["id"] != NEVER_FIXED]
@@ -261,7 +261,7 @@ async def test_a_chat_model_fixes_what_ruff_cannot(orchestrator_factory, tmp_pat
 
 async def test_a_plan_ends_with_a_canary_rollout(orchestrator_factory, start_service,
                                                  tmp_path) -> None:
-    from .test_canary import lines, traffic_log_command
+    from .support.commands import lines, traffic_log_command
 
     orch = await orchestrator_factory()
     service = await start_service()

@@ -15,9 +15,9 @@ from orchestrator.errors import AgentError, InvalidInput
 from orchestrator.runtime import use_runtime
 from orchestrator.testing import resume, run_until_interrupt
 
-from .conftest import ORCHESTRATOR_CMD
 from .fixture_repo import add_branch, git
-from .test_canary import lines, traffic_log_command
+from .support.commands import lines, traffic_log_command
+from .support.processes import ORCHESTRATOR_CMD
 
 
 def branch(repo: Path, name: str = "main") -> str:

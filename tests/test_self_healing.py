@@ -8,11 +8,8 @@ import contextlib
 import json
 import os
 import shlex
-import signal
 import subprocess
 import time
-from pathlib import Path
-from typing import Any
 
 import httpx
 import psutil
@@ -22,36 +19,8 @@ from orchestrator.errors import InvalidInput
 from orchestrator.metrics import HEALING_OUTCOMES
 from orchestrator.testing import resume, run_until_interrupt
 
-
-def restart_spec(service) -> dict[str, Any]:
-    return {"start": service.argv, "pid_file": str(service.pid_file),
-            "log_file": str(service.log_file)}
-
-
-def read_pid(path: Path) -> int:
-    return int(path.read_text().strip())
-
-
-def alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
-@pytest.fixture
-def reap(tmp_path):
-    """Kill, after the test, service processes the agent started (named by pid files)."""
-    pid_files: list[Path] = []
-    yield pid_files.append
-    for path in pid_files:
-        with contextlib.suppress(FileNotFoundError, ValueError, ProcessLookupError):
-            os.kill(read_pid(path), signal.SIGKILL)
-
-
-def heal_input(service, **overrides: Any) -> dict[str, Any]:
-    return {"service": "calc", "health_url": service.url + "/health",
-            "restart": restart_spec(service), "verify_timeout": 10, **overrides}
+from .support.commands import heal_input, restart_spec
+from .support.processes import alive, read_pid
 
 
 async def test_a_healthy_service_needs_nothing(orchestrator, start_service) -> None:

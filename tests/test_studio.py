@@ -9,7 +9,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,15 +17,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from .support.processes import free_port
+
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _start_dev_server(env: dict[str, str], workdir: Path) -> tuple[subprocess.Popen, str]:
@@ -43,7 +38,7 @@ def _start_dev_server(env: dict[str, str], workdir: Path) -> tuple[subprocess.Po
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "langgraph_cli", "dev", "--host", "127.0.0.1",
-             "--port", str(_free_port()), "--no-browser", "--no-reload",
+             "--port", str(free_port()), "--no-browser", "--no-reload",
              "--config", str(workdir / "langgraph.json"), "--server-log-level", "WARNING"],
             cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True,

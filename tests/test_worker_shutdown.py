@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -20,7 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-from .conftest import ORCHESTRATOR_CMD
+from .support.processes import ORCHESTRATOR_CMD, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -62,16 +61,10 @@ class _Forwarder:
             writer.transport.abort()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 async def test_a_worker_whose_services_are_gone_stops_promptly_and_quietly(
     service_env, orchestrator_settings, tmp_path: Path
 ) -> None:
-    port = _free_port()
+    port = free_port()
     redis = subprocess.Popen(["redis-server", "--port", str(port), "--save", "",
                               "--appendonly", "no"], stdout=subprocess.DEVNULL)
     db = urlsplit(orchestrator_settings.database_url)
