@@ -193,14 +193,15 @@ return out
 
 # Extend the claims (KEYS) still held by their owners (ARGV[i]) to ARGV[#KEYS + 1] ms.
 _RENEW_LUA = """
-local renewed = 0
+local lost = {}
 for i = 1, #KEYS do
   if redis.call('GET', KEYS[i]) == ARGV[i] then
     redis.call('PEXPIRE', KEYS[i], ARGV[#KEYS + 1])
-    renewed = renewed + 1
+  else
+    lost[#lost + 1] = i
   end
 end
-return renewed
+return lost
 """
 
 _BREAK_LUA = """
@@ -770,14 +771,16 @@ class EventBus:
     async def renew_execution(self, request_id: str, owner: str, ttl_ms: int) -> None:
         await self.renew_executions({request_id: owner}, ttl_ms)
 
-    async def renew_executions(self, claims: dict[str, str], ttl_ms: int) -> int:
+    async def renew_executions(self, claims: dict[str, str], ttl_ms: int) -> list[str]:
         """Extend the claims on these requests (request id -> owner) that their owners still
-        hold, in one round trip; returns how many were."""
+        hold, in one round trip; returns the request ids whose claim is no longer held
+        (expired, or taken over by another owner): those were not renewed."""
         if not claims:
-            return 0
-        return int(await self._renew_many(
-            keys=[self.keys.inflight(request_id) for request_id in claims],
-            args=[*claims.values(), ttl_ms]))
+            return []
+        ids = list(claims)
+        lost = await self._renew_many(keys=[self.keys.inflight(request_id) for request_id in ids],
+                                      args=[*claims.values(), ttl_ms])
+        return [ids[int(i) - 1] for i in lost]
 
     async def claim_owner(self, request_id: str) -> str | None:
         """Who holds the execution claim on ``request_id`` (``host:pid:agent_id``), if anyone."""

@@ -8,6 +8,8 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 __all__ = [
+    "CLAIM_RENEWAL_FAILURES",
+    "CLAIMS_LOST",
     "BUS_REQUESTS",
     "BUS_LATENCY",
     "BUS_HANDLED",
@@ -120,4 +122,14 @@ TASK_CACHE = Counter(
     "orchestrator_task_cache_total",
     "Plan tasks answered from the result cache (hit) or carried out (miss)",
     ["result"],
+)
+CLAIM_RENEWAL_FAILURES = Counter(
+    "orchestrator_claim_renewal_failures_total",
+    "Rounds of renewing a worker's execution claims (claims) or keeping its handled stream "
+    "entries pending (pending) that failed (Redis unreachable or too slow)",
+    ["what"],
+)
+CLAIMS_LOST = Counter(
+    "orchestrator_claims_lost_total",
+    "Execution claims found expired or taken over while their handler still ran",
 )

@@ -33,6 +33,8 @@ from .messages import AgentRequest, AgentResponse, ErrorInfo
 from .metrics import (
     BUS_DEAD_LETTERS,
     BUS_HANDLED,
+    CLAIM_RENEWAL_FAILURES,
+    CLAIMS_LOST,
     LIVE_AGENTS,
     WORKER_BACKLOG,
     WORKER_CONCURRENCY,
@@ -694,21 +696,51 @@ class Worker:
         The stream entries being handled here have their idle time reset just as often (a
         third of the visibility timeout when that is shorter): a handler running longer than
         the visibility timeout keeps its entry, and no reclaimer (this worker's included)
-        delivers it again while it runs."""
+        delivers it again while it runs.
+
+        A round that fails is counted (``orchestrator_claim_renewal_failures_total``) and
+        logged once per outage. A claim found expired or taken over is not held any more: it
+        is dropped from the renewals, counted (``orchestrator_claims_lost_total``) and logged,
+        since another consumer may now run that request too."""
         interval = min(self.claim_ttl_ms, self.visibility_ms) / 3000
+        claims_outage = Outage("renewing execution claims", log)
+        pending_outage = Outage("keeping handled stream entries pending", log)
         while True:
             await asyncio.sleep(interval)
             if self._claims:
-                with contextlib.suppress(Exception):
+                claims = dict(self._claims)
+                try:
                     async with asyncio.timeout(interval * 2):
-                        await self.bus.renew_executions(dict(self._claims), self.claim_ttl_ms)
+                        lost = await self.bus.renew_executions(claims, self.claim_ttl_ms)
+                except Exception as exc:
+                    CLAIM_RENEWAL_FAILURES.labels("claims").inc()
+                    claims_outage.failed(exc if str(exc) else TimeoutError("no answer in time"))
+                else:
+                    claims_outage.over()
+                    for request_id in lost:
+                        self._claim_lost(request_id, claims[request_id])
             if self._running:
                 entries: dict[tuple[str, str], list[str]] = {}
                 for message_id, key in list(self._running.items()):
                     entries.setdefault(key, []).append(message_id)
-                with contextlib.suppress(Exception):
+                try:
                     async with asyncio.timeout(interval * 2):
                         await self.bus.keep_pending(self.name, entries)
+                except Exception as exc:
+                    CLAIM_RENEWAL_FAILURES.labels("pending").inc()
+                    pending_outage.failed(exc if str(exc) else TimeoutError("no answer in time"))
+                else:
+                    pending_outage.over()
+
+    def _claim_lost(self, request_id: str, claim: str) -> None:
+        if self._claims.get(request_id) != claim:
+            return  # answered meanwhile: its claim ended with it
+        del self._claims[request_id]
+        CLAIMS_LOST.inc()
+        log.warning("the execution claim on request %s expired or was taken over while its "
+                    "handler runs: another consumer may run it too (its answer is still sent; "
+                    "a worker stalled longer than the claim ttl, or Redis lost the key)",
+                    request_id)
 
     def _already_executed(self, request: AgentRequest, agent_id: str,
                           earlier: EarlierStart) -> AgentResponse:
