@@ -320,8 +320,12 @@ async def test_healing_killed_right_after_the_restart_does_not_restart_again_loc
     reap(service.pid_file)
     old_pid = service.pid
     service.kill()
+    # The fix answers only once the started service has stayed up ``settle`` seconds after its
+    # pid file names it: 5 s (the default is 1 s) is the window the kill below must land in.
+    restart = {**restart_spec(service), "settle": 5.0}
     thread_id = f"heal-{uuid.uuid4().hex[:8]}"
-    proc = cli.run("self_healing", heal_input(service), thread_id, local_agents=True)
+    proc = cli.run("self_healing", heal_input(service, restart=restart), thread_id,
+                   local_agents=True)
 
     # Kill as soon as the pid file names the new, live service: the agent (in the CLI) dies
     # with it before the fix's response is stored — the case the restart marker (request id
@@ -333,8 +337,8 @@ async def test_healing_killed_right_after_the_restart_does_not_restart_again_loc
     pid = new_live_pid(service.pid_file, old_pid)
     assert pid is not None
     reap(pid=pid)
-    if not await orch.runtime.locks.is_locked("service:calc"):
-        pytest.skip("the kill landed after the fix call had finished; nothing to test")
+    assert await orch.runtime.locks.is_locked("service:calc"), (
+        "the kill landed after the fix call had finished (the settle window is 5 s)")
 
     # Bounded (the test budget is 40 s): the resumed run should take a few seconds.
     try:
