@@ -404,13 +404,15 @@ async def _cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: Te
     from .graphs import get_workflow, validate_input
 
     data = _parse_input(args, stdin)
-    validate_input(get_workflow(args.workflow), data)  # bad input fails before any start-up
+    # bad input fails before any start-up; the run takes it validated (not checked again)
+    validated = validate_input(get_workflow(args.workflow), data)
     thread_id = args.thread_id or str(uuid.uuid4())  # known here, to say how to resume it
     progress = _ProgressPrinter(err)
     async with Orchestrator(_settings(args)) as orch:
         try:
             async with _stop_promptly_on_ctrl_c(orch, thread_id, args, err):
-                result = await orch.run(args.workflow, data, thread_id, on_progress=progress)
+                result = await orch.run(args.workflow, validated, thread_id,
+                                        on_progress=progress)
         finally:
             progress.finish()
     return _print_result(result, args, out)

@@ -21,8 +21,8 @@ from typing import Any
 from langgraph._internal._constants import NULL_TASK_ID  # null writes (no public name in 1.x)
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from langgraph.types import Command
+from pydantic import BaseModel
 
-from state.cache import PostgresCache
 from state.checkpointer import make_checkpointer
 from state.schema import now_iso
 from state.workflows import WorkflowRecord
@@ -37,7 +37,7 @@ from .errors import (
     WorkflowBusy,
     WrongContext,
 )
-from .graphs import WorkflowSpec, get_workflow, validate_input
+from .graphs import VALIDATED_KEY, WorkflowSpec, compile_workflow, get_workflow, validate_input
 from .metrics import WORKFLOW_RUNS, WORKFLOW_STEP_SECONDS
 from .processes import process_alive
 from .questions import check_answer
@@ -187,29 +187,32 @@ class Orchestrator:
 
     def graph(self, name: str) -> Any:
         """The workflow's graph compiled with this orchestrator's checkpointer."""
-        spec = get_workflow(name, self._extra)
         if name not in self._compiled:
-            self._compiled[name] = spec.builder.compile(
-                checkpointer=self._saver,
-                cache=PostgresCache(self.runtime.db, self.settings.namespace),
-            )
+            self._compiled[name] = compile_workflow(get_workflow(name, self._extra),
+                                                    self.runtime, self._saver)
         return self._compiled[name]
 
     async def run(
         self,
         workflow: str,
-        input: dict[str, Any],
+        input: dict[str, Any] | BaseModel,
         thread_id: str | None = None,
         *,
         on_progress: ProgressCallback | None = None,
     ) -> RunResult:
         """Start ``workflow`` on ``input`` and run it until it completes, fails or pauses.
 
+        ``input`` is a dict, or the workflow's input model already validated (the CLI checks
+        it before start-up): either way it is validated once per run.
+
         Raises:
             InvalidInput: unknown workflow, bad input, or a thread id already in use.
         """
         spec = get_workflow(workflow, self._extra)
-        validated = validate_input(spec, input)
+        # once per run, off the event loop (validators may touch the file system, run git);
+        # the graph's own check trusts it (VALIDATED_KEY below)
+        validated = (input if isinstance(input, spec.input_model)
+                     else await asyncio.to_thread(validate_input, spec, input))
         if thread_id is None:
             thread_id = str(uuid.uuid4())
         elif not thread_id or not thread_id.isprintable() or len(thread_id) > 200:
@@ -275,18 +278,19 @@ class Orchestrator:
         except StaleWorkflowVersion as exc:
             raise WorkflowBusy(f"workflow {thread_id} was claimed by another process") from exc
         graph_input: Any = (Command(resume=value) if snapshot.interrupts
-                            else self._restart_input(record, snapshot))
+                            else await self._restart_input(record, snapshot))
         self._publish("workflow.resumed", {"thread_id": thread_id})
         return await self._invoke(record, graph_input, on_progress)
 
-    def _restart_input(self, record: WorkflowRecord, snapshot: Any) -> Any:
+    async def _restart_input(self, record: WorkflowRecord, snapshot: Any) -> Any:
         """What carries a workflow on from its last checkpoint: nothing (LangGraph re-runs the
         unfinished tasks), or, when it was killed after its row was written but before its
         first checkpoint, its input again (kept by the row)."""
         if snapshot.created_at is not None:
             return None
         spec = get_workflow(record.workflow_type, self._extra)
-        return _initial_input(spec, validate_input(spec, record.input), record)
+        validated = await asyncio.to_thread(validate_input, spec, record.input)
+        return _initial_input(spec, validated, record)
 
     async def recover(self, *, on_progress: ProgressCallback | None = None) -> list[RunResult]:
         """Continue every ``running`` workflow whose owning process died, from its last
@@ -305,7 +309,7 @@ class Orchestrator:
             log.info("recovering workflow %s (owner %s died)", record.thread_id, record.owner)
             snapshot = await self.graph(record.workflow_type).aget_state(
                 self._config(record.thread_id))
-            results.append(await self._invoke(claimed, self._restart_input(claimed, snapshot),
+            results.append(await self._invoke(claimed, await self._restart_input(claimed, snapshot),
                                               on_progress))
         return results
 
@@ -318,6 +322,7 @@ class Orchestrator:
         # agent calls carry the attempt (orchestrator.calls): an error stored for an earlier
         # attempt is never replayed to this one
         config["configurable"][ATTEMPT_KEY] = record.attempt
+        config["configurable"][VALIDATED_KEY] = True  # by run(), or _restart_input()
         tracker = _ProgressTracker(thread_id, on_progress)
         version = record.version
         step_started = last_step_write = time.perf_counter()

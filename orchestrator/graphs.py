@@ -7,18 +7,23 @@ group, so the runtime never imports a particular graph.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from langgraph.graph import StateGraph
 from pydantic import BaseModel, ValidationError
 
 from .errors import InvalidInput
 
-__all__ = ["WorkflowSpec", "available_workflows", "get_workflow", "validate_input"]
+if TYPE_CHECKING:
+    from .runtime import Runtime
+
+__all__ = ["WorkflowSpec", "available_workflows", "compile_workflow", "get_workflow",
+           "validate_input", "validated_fields", "VALIDATED_KEY"]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +48,45 @@ class WorkflowSpec:
         if self.initial_state is not None:
             return self.initial_state(validated)
         return validated.model_dump(mode="json")
+
+
+def compile_workflow(spec: WorkflowSpec, runtime: Runtime, checkpointer: Any = None) -> Any:
+    """``spec``'s graph compiled as every run gets it: with the task cache in the runtime's
+    database (so a node's ``CachePolicy`` works) and ``checkpointer`` (the facade's saver;
+    none under ``langgraph dev``, whose server brings its own). The facade and Studio
+    (``workflows/studio.py``) both compile through here."""
+    from state.cache import PostgresCache
+
+    return spec.builder.compile(checkpointer=checkpointer,
+                                cache=PostgresCache(runtime.db, runtime.settings.namespace))
+
+
+#: Set in a run's config by the facade, which validated the run's input before starting it:
+#: a graph's own input check (for runs started elsewhere, e.g. ``langgraph dev``) then trusts
+#: the state instead of validating (and running ``git``...) a second time.
+VALIDATED_KEY = "orchestrator_input_validated"
+
+
+async def validated_fields(spec: WorkflowSpec, data: dict[str, Any]) -> dict[str, Any]:
+    """Inside a graph's first node: the run's input fields, validated once per run.
+
+    As given when the facade already validated them (see :data:`VALIDATED_KEY`); otherwise
+    validated here, in a worker thread (validators may touch the file system or run ``git``,
+    which must never block the event loop), and returned as JSON values.
+
+    Raises:
+        InvalidInput: as :func:`validate_input`.
+    """
+    from langgraph.config import get_config
+
+    try:
+        trusted = bool(get_config().get("configurable", {}).get(VALIDATED_KEY))
+    except RuntimeError:  # not inside a graph run
+        trusted = False
+    if trusted:
+        return dict(data)
+    checked = await asyncio.to_thread(validate_input, spec, data)
+    return checked.model_dump(mode="json")
 
 
 def available_workflows() -> dict[str, WorkflowSpec]:

@@ -1,5 +1,6 @@
-"""A failed agent call records itself in the run's state (``error_log``, ``agent_status``), in
-every graph where a call can fail; call updates are merged with the state's own reducers."""
+"""The call path back to state: a failed agent call records itself in the run's state
+(``error_log``, ``agent_status``) in every graph where a call can fail; call updates are merged
+with the state's own reducers; Studio compiles graphs as the facade does."""
 
 from __future__ import annotations
 
@@ -104,3 +105,46 @@ async def test_plan_execution_failed_call_is_in_error_log(
     [entry] = entries(values, "cannot_write")
     assert entry["message"] == "disk is full" and entry["subtask"] == "config:develop:1"
     assert values["agent_status"][values["agent_assignments"]["config:develop:1"]] == "error"
+
+
+async def test_studio_compiles_graphs_as_the_facade_does_with_the_task_cache(
+    orchestrator, monkeypatch
+) -> None:
+    from state.cache import PostgresCache
+    from workflows import studio
+
+    monkeypatch.setattr(studio, "_runtime", orchestrator.runtime)  # as _server_runtime opens
+    monkeypatch.setattr(studio, "_compiled", {})
+    async with studio.plan_execution({}) as graph:
+        assert isinstance(graph.cache, PostgresCache)  # plan_execution's CachePolicy works
+        assert isinstance(orchestrator.graph("plan_execution").cache, PostgresCache)
+        async with studio.plan_execution({}) as again:
+            assert again is graph  # compiled once per process
+
+
+async def test_pr_deployment_input_is_validated_once_per_run_off_the_event_loop(
+    orchestrator_factory, fixture_repo, monkeypatch
+) -> None:
+    import asyncio
+
+    from workflows import pr_deployment
+
+    real_git = pr_deployment._git
+    checks: list[bool] = []  # one per validation (git rev-parse --show-toplevel): on the loop?
+
+    def git(repo, *args):
+        if args[:2] == ("rev-parse", "--show-toplevel"):
+            try:
+                asyncio.get_running_loop()
+                checks.append(True)
+            except RuntimeError:
+                checks.append(False)
+        return real_git(repo, *args)
+
+    monkeypatch.setattr(pr_deployment, "_git", git)
+    review = stand_in("code_review", {"review": failing("ruff_crashed", "ruff crashed")})
+    orch = await orchestrator_factory(stand_ins=[review])
+    failed = await orch.run("pr_deployment", {"repo": str(fixture_repo),
+                                              "source": "feature-pass"})
+    assert failed.status == "failed", failed
+    assert checks == [False]  # once (not again in the graph's validate node), in a thread

@@ -17,7 +17,6 @@ with the reason, and ``final_result["skipped"]`` maps it to the reason.
 
 from __future__ import annotations
 
-import asyncio
 import importlib.util
 import os
 from pathlib import Path
@@ -28,7 +27,7 @@ from langgraph.types import Send
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from orchestrator.calls import AGENT_RETRY, call_agent
-from orchestrator.graphs import WorkflowSpec, validate_input
+from orchestrator.graphs import WorkflowSpec, validated_fields
 from state.schema import MultiAgentState, merge_updates, now_iso
 
 __all__ = ["ParallelDocsInput", "ParallelDocsState", "builder", "workflow"]
@@ -102,12 +101,10 @@ class ParallelDocsState(MultiAgentState, total=False):
 
 
 async def prepare(state: ParallelDocsState) -> dict[str, Any]:
-    # resolving the package touches the file system: keep it off the event loop
-    validated = await asyncio.to_thread(
-        validate_input, workflow, {"package": state.get("package"), "output": state.get("output")}
-    )
-    assert isinstance(validated, ParallelDocsInput)
-    return {"package": validated.package, "output": validated.output,
+    # once per run, off the event loop (resolving the package touches the file system)
+    values = await validated_fields(
+        workflow, {"package": state.get("package"), "output": state.get("output")})
+    return {"package": values["package"], "output": values["output"],
             "workflow_type": "parallel_docs", "updated_at": now_iso()}
 
 

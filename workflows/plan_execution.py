@@ -48,7 +48,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from orchestrator.calls import AGENT_RETRY, call_agent, failure_updates
 from orchestrator.errors import AgentUnavailable, CircuitOpen, OrchestratorError
-from orchestrator.graphs import WorkflowSpec, validate_input
+from orchestrator.graphs import WorkflowSpec, validated_fields
 from orchestrator.metrics import TASK_CACHE
 from orchestrator.questions import Answer, ask
 from orchestrator.runtime import current_runtime
@@ -104,9 +104,7 @@ def _plan(state: PlanState) -> Plan:
 
 
 async def prepare(state: PlanState) -> dict[str, Any]:
-    checked = await asyncio.to_thread(validate_input, workflow, {"plan": state["plan"]})
-    assert isinstance(checked, PlanExecutionInput)
-    plan = checked.plan
+    plan = (await validated_fields(workflow, {"plan": state["plan"]}))["plan"]
     assert isinstance(plan, dict)
     deploy = await validate_canary(plan["deploy"]) if plan.get("deploy") else None
     return {"plan": plan, "deploy": deploy, "workflow_type": "plan_execution",

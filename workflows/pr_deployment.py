@@ -22,7 +22,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import shlex
 import subprocess
 from pathlib import Path
@@ -33,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from orchestrator.calls import AGENT_RETRY, call_agent
 from orchestrator.childenv import child_environment
-from orchestrator.graphs import WorkflowSpec, validate_input
+from orchestrator.graphs import WorkflowSpec, validated_fields
 from orchestrator.questions import Answer, ask
 from state.schema import MultiAgentState, merge_updates, now_iso
 
@@ -134,12 +133,10 @@ class PRDeploymentState(MultiAgentState, total=False):
 
 async def validate(state: PRDeploymentState) -> dict[str, Any]:
     fields = {k: state.get(k) for k in PRDeploymentInput.model_fields if state.get(k) is not None}
-    checked = await asyncio.to_thread(validate_input, workflow, fields)
-    assert isinstance(checked, PRDeploymentInput)
-    values = checked.model_dump(mode="json")
-    if checked.deploy is not None:
+    values = await validated_fields(workflow, fields)  # once per run, git off the event loop
+    if values.get("deploy") is not None:
         values["deploy"] = await validate_canary(values["deploy"])
-    stages = ["review", "tests", "merge", *(["canary"] if checked.deploy else [])]
+    stages = ["review", "tests", "merge", *(["canary"] if values.get("deploy") else [])]
     return {**values, "workflow_type": "pr_deployment", "updated_at": now_iso(),
             "subtasks": [{"id": s, "kind": s} for s in stages]}
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from langchain_core.runnables import RunnableConfig
 
+from orchestrator.graphs import WorkflowSpec, compile_workflow
 from orchestrator.runtime import Runtime, use_runtime
 from orchestrator.settings import Settings
 
@@ -44,18 +45,24 @@ async def _server_runtime() -> Runtime:
     return _runtime
 
 
-def _factory(graph: Any, name: str) -> Any:
+_compiled: dict[str, Any] = {}
+
+
+def _factory(spec: WorkflowSpec, name: str) -> Any:
     @contextlib.asynccontextmanager
     async def factory(config: RunnableConfig) -> AsyncIterator[Any]:
-        with use_runtime(await _server_runtime()):
-            yield graph
+        runtime = await _server_runtime()
+        if name not in _compiled:  # once per process, as the facade does: the task cache
+            _compiled[name] = compile_workflow(spec, runtime)  # needs the runtime's database
+        with use_runtime(runtime):
+            yield _compiled[name]
 
     factory.__name__ = factory.__qualname__ = name
     factory.__doc__ = f"``{name}`` for the LangGraph server."
     return factory
 
 
-parallel_docs = _factory(_parallel_docs.builder.compile(), "parallel_docs")
-pr_deployment = _factory(_pr_deployment.builder.compile(), "pr_deployment")
-self_healing = _factory(_self_healing.builder.compile(), "self_healing")
-plan_execution = _factory(_plan_execution.builder.compile(), "plan_execution")
+parallel_docs = _factory(_parallel_docs, "parallel_docs")
+pr_deployment = _factory(_pr_deployment, "pr_deployment")
+self_healing = _factory(_self_healing, "self_healing")
+plan_execution = _factory(_plan_execution, "plan_execution")
