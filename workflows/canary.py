@@ -31,7 +31,7 @@ from typing import Any, Literal
 from langgraph.graph import END, START, StateGraph
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from orchestrator.calls import AGENT_RETRY, call_agent
+from orchestrator.calls import AGENT_RETRY, call_agent, failure_updates
 from orchestrator.errors import AgentError, ResourceLocked
 from orchestrator.held_locks import hold_lock, release_lock
 from orchestrator.metrics import CANARY_ROLLBACKS, CANARY_STAGE
@@ -86,8 +86,10 @@ def _resource(spec: CanarySpec) -> str:
     return f"deploy:{spec.name}"
 
 
-async def validate_canary(deploy: dict[str, Any], *, subtask: str = "canary_validate") -> dict[str, Any]:
-    """The spec checked by the workflow's model and by the deployer agent, with defaults.
+async def validate_canary(deploy: dict[str, Any], *, subtask: str = "canary_validate"
+                          ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The spec checked by the workflow's model and by the deployer agent, with defaults, and
+    the state updates recording the deployer's call.
 
     Raises:
         AgentError: the deployer refused a field (``invalid_input``, naming it).
@@ -95,7 +97,7 @@ async def validate_canary(deploy: dict[str, Any], *, subtask: str = "canary_vali
     spec = CanarySpec.model_validate(deploy)
     call = await call_agent("deployer", "validate", {"spec": spec.model_dump(mode="json")},
                             subtask=subtask)
-    return {**spec.model_dump(mode="json"), **call.result}
+    return {**spec.model_dump(mode="json"), **call.result}, call.updates
 
 
 def _spec(state: CanaryState) -> CanarySpec:
@@ -119,14 +121,15 @@ async def begin(state: CanaryState) -> dict[str, Any]:
         return {"canary": {"deployment": spec.name, "status": "refused", "reason": reason,
                            "stages": [], "percent": None}, "updated_at": now_iso()}
     try:
-        checked = await validate_canary(state["deploy"])
+        checked, updates = await validate_canary(state["deploy"])
     except AgentError as exc:
         await release_lock(_resource(spec))
-        return {"canary": {"deployment": spec.name, "status": "failed", "reason": str(exc),
-                           "stages": [], "percent": None}, "updated_at": now_iso()}
-    return {"deploy": checked, "canary": {
+        return merge_updates(failure_updates(exc), {
+            "canary": {"deployment": spec.name, "status": "failed", "reason": str(exc),
+                       "stages": [], "percent": None}, "updated_at": now_iso()})
+    return merge_updates(updates, {"deploy": checked, "canary": {
         "deployment": spec.name, "status": "running", "stage": 0, "percent": 0, "holds": 0,
-        "stages": [], "started_at": now_iso()}, "updated_at": now_iso()}
+        "stages": [], "started_at": now_iso()}, "updated_at": now_iso()})
 
 
 async def shift(state: CanaryState) -> dict[str, Any]:

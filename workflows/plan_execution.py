@@ -106,11 +106,13 @@ def _plan(state: PlanState) -> Plan:
 async def prepare(state: PlanState) -> dict[str, Any]:
     plan = (await validated_fields(workflow, {"plan": state["plan"]}))["plan"]
     assert isinstance(plan, dict)
-    deploy = await validate_canary(plan["deploy"]) if plan.get("deploy") else None
-    return {"plan": plan, "deploy": deploy, "workflow_type": "plan_execution",
-            "subtasks": [{"id": t["id"], "kind": t["kind"], "agent_type": "developer",
-                          "payload": {"file": t["file"]}} for t in plan["tasks"]],
-            "updated_at": now_iso()}
+    deploy, updates = (await validate_canary(plan["deploy"]) if plan.get("deploy")
+                       else (None, {}))
+    return merge_updates(updates, {
+        "plan": plan, "deploy": deploy, "workflow_type": "plan_execution",
+        "subtasks": [{"id": t["id"], "kind": t["kind"], "agent_type": "developer",
+                      "payload": {"file": t["file"]}} for t in plan["tasks"]],
+        "updated_at": now_iso()}, schema=PlanState)
 
 
 # -- analysis ------------------------------------------------------------------------------------

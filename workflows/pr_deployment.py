@@ -134,11 +134,13 @@ class PRDeploymentState(MultiAgentState, total=False):
 async def validate(state: PRDeploymentState) -> dict[str, Any]:
     fields = {k: state.get(k) for k in PRDeploymentInput.model_fields if state.get(k) is not None}
     values = await validated_fields(workflow, fields)  # once per run, git off the event loop
+    updates: dict[str, Any] = {}
     if values.get("deploy") is not None:
-        values["deploy"] = await validate_canary(values["deploy"])
+        values["deploy"], updates = await validate_canary(values["deploy"])
     stages = ["review", "tests", "merge", *(["canary"] if values.get("deploy") else [])]
-    return {**values, "workflow_type": "pr_deployment", "updated_at": now_iso(),
-            "subtasks": [{"id": s, "kind": s} for s in stages]}
+    return merge_updates(updates, {**values, "workflow_type": "pr_deployment",
+                                   "updated_at": now_iso(),
+                                   "subtasks": [{"id": s, "kind": s} for s in stages]})
 
 
 async def review(state: PRDeploymentState) -> dict[str, Any]:
