@@ -161,6 +161,15 @@ async def call_agent(
     except Exception as exc:
         if counter_key is not None and index is not None and _no_response(exc):
             rt.reuse_call_index(counter_key, index)
+        if isinstance(exc, OrchestratorError) and not hasattr(exc, "updates"):
+            # no answer to record (no live agent, circuit open, lock not acquired, timeout):
+            # the failure records itself all the same
+            code = getattr(exc.code, "value", exc.code)
+            exc.updates = {  # type: ignore[attr-defined]
+                "updated_at": now_iso(),
+                "error_log": [{"at": now_iso(), "node": task_key or "", "code": str(code),
+                               "message": str(exc), "subtask": subtask or request_type}],
+            }
         raise
 
 

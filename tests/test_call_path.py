@@ -148,3 +148,14 @@ async def test_pr_deployment_input_is_validated_once_per_run_off_the_event_loop(
                                               "source": "feature-pass"})
     assert failed.status == "failed", failed
     assert checks == [False]  # once (not again in the graph's validate node), in a thread
+
+
+async def test_a_call_that_reached_no_agent_is_in_error_log_too(
+    orchestrator_factory, fixture_package, tmp_path
+) -> None:
+    orch = await orchestrator_factory(builtin=False)  # no docs agent: AgentUnavailable
+    failed = await orch.run("parallel_docs", {"package": str(fixture_package),
+                                              "output": str(tmp_path / "out")}, "docs-none")
+    assert failed.status == "failed" and failed.error["code"] == "agent_unavailable", failed
+    [entry] = entries((await orch.get("docs-none")).values, "agent_unavailable")
+    assert entry["node"].startswith("discover") and "docs" in entry["message"]
