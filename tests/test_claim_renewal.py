@@ -13,13 +13,8 @@ from orchestrator.testing import stand_in
 from orchestrator.worker import Worker
 
 
-def _metric(name: str, **labels: str) -> float:
-    return REGISTRY.get_sample_value(name, labels) or 0.0
-
-
-async def test_a_claim_taken_over_while_its_handler_runs_is_dropped_and_reported(
-    orchestrator_settings, caplog
-) -> None:
+def _held_handler():
+    """A handler that runs until released: (started, release, handler)."""
     started, release = asyncio.Event(), asyncio.Event()
 
     async def slow(payload, ctx):
@@ -27,6 +22,17 @@ async def test_a_claim_taken_over_while_its_handler_runs_is_dropped_and_reported
         await release.wait()
         return "done"
 
+    return started, release, slow
+
+
+def _metric(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def test_a_claim_taken_over_while_its_handler_runs_is_dropped_and_reported(
+    orchestrator_settings, caplog
+) -> None:
+    started, release, slow = _held_handler()
     lost_before = _metric("orchestrator_claims_lost_total")
     async with Runtime.open(orchestrator_settings, agents=[]) as rt:
         async with Worker(rt.bus, rt.registry, [stand_in("lostclaim", slow)],
@@ -56,13 +62,7 @@ async def test_a_claim_taken_over_while_its_handler_runs_is_dropped_and_reported
 async def test_a_failing_renewal_is_counted_and_logged_once_per_outage(
     orchestrator_settings, caplog
 ) -> None:
-    started, release = asyncio.Event(), asyncio.Event()
-
-    async def slow(payload, ctx):
-        started.set()
-        await release.wait()
-        return "done"
-
+    started, release, slow = _held_handler()
     failed_before = _metric("orchestrator_claim_renewal_failures_total", what="claims")
     async with Runtime.open(orchestrator_settings, agents=[]) as rt:
         async with Worker(rt.bus, rt.registry, [stand_in("badclaim", slow)],
