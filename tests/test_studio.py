@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .support.processes import free_port
+from .support.processes import ORCHESTRATOR_CMD, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -95,7 +95,11 @@ def embedded_dev_server(service_env, tmp_path):
     try:
         yield url, workdir
     finally:
-        _stop_dev_server(proc)  # the last user of the embedded services stops them
+        _stop_dev_server(proc)  # the last user of the embedded services stops them...
+        # ...unless it had to be killed: then nothing may outlive the test
+        subprocess.run([*ORCHESTRATOR_CMD, "services", "stop", "--force"], cwd=workdir,
+                       env={**env, "ORCHESTRATOR_DATA_DIR": str(workdir / ".orchestrator")},
+                       capture_output=True, timeout=120, check=False)
 
 
 async def test_sdk_lists_assistants_and_runs_parallel_docs(
