@@ -391,13 +391,6 @@ def _pid_in(pidfile: Path) -> int | None:
         return None
 
 
-def _running(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
 def _redis_pid(rdir: Path) -> int | None:
     proc = _redis_proc(rdir)
     return proc.pid if proc is not None else None
@@ -477,7 +470,7 @@ def _redis_start(rdir: Path, sock: Path) -> None:
             # the daemon writes its pid file non-atomically: an empty or partial one means
             # "not yet", only a pid whose process is gone means it died
             pid = _pid_in(pidfile)
-            if pid is not None and not _running(pid):
+            if pid is not None and not _alive(pid):
                 error = "exited during start-up"
                 break
             if pidfile.exists() and sock.exists():
