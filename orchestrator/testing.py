@@ -149,7 +149,6 @@ def orchestrator_settings(
     orchestrator_database_url: str, orchestrator_redis_url: str
 ) -> Iterator[Settings]:
     """Settings isolated to this test by a namespace; its Redis keys are deleted after."""
-    import redis
 
     from .settings import Settings
 
@@ -163,9 +162,16 @@ def orchestrator_settings(
         request_timeout=60.0,
         workflow_lease=5.0,
     )
-    client = redis.Redis.from_url(orchestrator_redis_url)
+    delete_keys(orchestrator_redis_url, f"{namespace}:*")
+
+
+def delete_keys(redis_url: str, match: str) -> None:
+    """Delete the Redis keys matching ``match`` (a SCAN pattern), in batches."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
     try:
-        keys = list(client.scan_iter(match=f"{namespace}:*", count=1000))
+        keys = list(client.scan_iter(match=match, count=1000))
         for start in range(0, len(keys), 500):
             client.delete(*keys[start:start + 500])
     finally:

@@ -23,8 +23,8 @@ from typing import Any
 
 import psycopg
 import pytest
-import redis
 
+from orchestrator.testing import delete_keys
 from state.db import Database
 from state.migrations import migrate
 
@@ -37,16 +37,6 @@ pytestmark = pytest.mark.slow
 def _seed() -> int:
     raw = os.environ.get("CHAOS_SEED")
     return int(raw) if raw else random.SystemRandom().randrange(2**32)
-
-
-def _delete_namespaces(redis_url: str, prefix: str) -> None:
-    client = redis.Redis.from_url(redis_url)
-    try:
-        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
-        for start in range(0, len(keys), 500):
-            client.delete(*keys[start:start + 500])
-    finally:
-        client.close()
 
 
 ITERATIONS = 20
@@ -264,7 +254,7 @@ async def test_kill9_at_random_points_then_resume_completes_correctly(
 
                 await asyncio.gather(*(one(it) for it in iterations))
     finally:
-        _delete_namespaces(orchestrator_redis_url, f"{base_ns}.")
+        delete_keys(orchestrator_redis_url, f"{base_ns}.*")
 
     total = time.monotonic() - began
     for it in iterations:
