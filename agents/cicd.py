@@ -33,7 +33,6 @@ import asyncio
 import contextlib
 import fcntl
 import os
-import re
 import shlex
 import shutil
 import sys
@@ -43,12 +42,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from orchestrator.agents.lib.proc import Completed, commit_of, git, ref_arg, resolve_repo, run
+from orchestrator.agents.lib.testrun import parse_test_counts, test_failures
+
 from orchestrator.agent import Agent, HandlerError, RequestContext
 from orchestrator.errors import AgentErrorCode
 
-from ._proc import Completed, commit_of, git, ref_arg, resolve_repo, run
-
-__all__ = ["agent", "parse_test_counts", "repo_resource", "test_failures"]
+__all__ = ["agent", "repo_resource"]
 
 agent = Agent(
     "cicd",
@@ -58,74 +58,11 @@ agent = Agent(
 )
 
 _OUTPUT_TAIL = 4000
-_PYTEST_COUNT = re.compile(
-    r"(\d+) (passed|failed|errors?|skipped|xfailed|xpassed|deselected|warnings?)")
 
 
 def repo_resource(repo: str | Path) -> str:
     """The lock name guarding a repository's branches."""
     return f"repo:{Path(repo).resolve()}"
-
-
-def parse_test_counts(output: str) -> dict[str, int]:
-    """Test counts from the last summary line of pytest or unittest output."""
-    counts: dict[str, int] = {}
-    for line in reversed(output.splitlines()):
-        found = _PYTEST_COUNT.findall(line)
-        if found and (" in " in line or line.startswith("=")):
-            for number, word in found:
-                key = {"error": "errors", "warning": "warnings"}.get(word, word)
-                counts[key] = counts.get(key, 0) + int(number)
-            return counts
-    ran = re.search(r"^Ran (\d+) tests?", output, re.M)
-    if ran:  # unittest: "Ran N tests" then "OK" or "FAILED (failures=1, errors=2)"
-        total = int(ran.group(1))
-        bad = {k: int(v) for k, v in re.findall(r"(failures|errors|skipped)=(\d+)", output)}
-        counts = {"failed": bad.get("failures", 0), "errors": bad.get("errors", 0),
-                  "skipped": bad.get("skipped", 0)}
-        counts["passed"] = total - sum(counts.values())
-    return counts
-
-
-_UNITTEST_HEADER = re.compile(
-    r"^(FAIL|ERROR|UNEXPECTED SUCCESS): (\S+) \(([^()\s]+)\)(.*)$")
-_RULE = re.compile(r"^(=|-){20,}$")
-
-
-def test_failures(output: str) -> list[str]:
-    """The failed tests named in pytest's or unittest's output: ``<test id> - <error>``.
-
-    pytest: its short summary (``FAILED tests/test_x.py::test_y - assert ...``). unittest:
-    each ``FAIL: test_y (tests.test_x.Case.test_y)`` block, as ``tests.test_x.Case.test_y``
-    (the id ``python -m unittest`` takes) with the last line of its traceback.
-    """
-    failures: list[str] = []
-    lines = output.splitlines()
-    for index, line in enumerate(lines):
-        if line.startswith(("FAILED ", "ERROR ")):
-            rest = line.split(" ", 1)[1]
-            if not rest.startswith("("):  # not unittest's "FAILED (failures=1)"
-                failures.append(rest)
-            continue
-        header = _UNITTEST_HEADER.match(line)
-        if header is None or index == 0 or not _RULE.match(lines[index - 1]):
-            continue
-        kind, name, where, rest = header.groups()
-        if where.startswith("unittest.") or where == name or where.endswith(f".{name}"):
-            test_id = name if where.startswith("unittest.") else where  # (import failure: name)
-        else:  # Python before 3.11 names the class only
-            test_id = f"{where}.{name}"
-        test_id += rest.rstrip()  # a subtest's " [message] (i=1)"
-        message = ""
-        for body in lines[index + 2:]:  # after the "-----" rule, up to the next rule
-            if _RULE.match(body):
-                break
-            if body.strip():
-                message = body.strip()
-        if kind == "UNEXPECTED SUCCESS":
-            message = "unexpected success"
-        failures.append(f"{test_id} - {message}" if message else test_id)
-    return failures
 
 
 def _argv(command: object) -> list[str]:

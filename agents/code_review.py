@@ -25,12 +25,21 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from orchestrator.agents.lib.proc import (
+    _kill_group,
+    child_env,
+    commit_of,
+    git,
+    ref_arg,
+    resolve_repo,
+    run,
+)
+from orchestrator.agents.lib.ruff import ruff_binary, ruff_findings
+
 from orchestrator.agent import Agent, HandlerError, RequestContext
 from orchestrator.errors import AgentErrorCode
 
-from ._proc import _kill_group, child_env, commit_of, git, ref_arg, resolve_repo, run
-
-__all__ = ["agent", "ruff_binary", "ruff_findings"]
+__all__ = ["agent"]
 
 agent = Agent(
     "code_review",
@@ -41,15 +50,6 @@ agent = Agent(
 
 _PY_SUFFIXES = (".py", ".pyi")
 _CONFIG_NAMES = {"pyproject.toml", "ruff.toml", ".ruff.toml"}
-
-
-def ruff_binary() -> str:
-    """The ruff executable installed with the orchestrator."""
-    from ruff.__main__ import find_ruff_bin
-
-    return str(find_ruff_bin())
-
-
 
 
 @agent.handler("review")
@@ -104,22 +104,6 @@ async def _lint_at(repo: Path, ref: str, files: list[str]) -> list[dict[str, Any
         return await asyncio.to_thread(ruff_findings, raw, tmp)
     finally:
         await asyncio.to_thread(shutil.rmtree, tmp, True)
-
-
-def ruff_findings(raw: list[dict[str, Any]], root: str | Path) -> list[dict[str, Any]]:
-    """ruff's JSON output as findings with paths relative to ``root``, sorted."""
-    root = Path(root).resolve()
-    findings = [
-        {
-            "file": Path(item["filename"]).resolve().relative_to(root).as_posix(),
-            "line": item["location"]["row"],
-            "column": item["location"]["column"],
-            "code": item.get("code") or "syntax-error",
-            "message": item["message"],
-        }
-        for item in raw
-    ]
-    return sorted(findings, key=lambda f: (f["file"], f["line"], f["column"], f["code"]))
 
 
 async def _archive(repo: Path, ref: str, paths: list[str]) -> bytes:

@@ -11,7 +11,7 @@ Request types:
   (called as ``function(percent, deployment)``, sync or async).
 * ``observe`` ``{"health", "thresholds", "wait", "samples", "interval", "failure_limit"}`` →
   waits ``wait`` seconds (the rest of the stage), then samples the health source and returns
-  an :class:`~agents.health.Observation` (``verdict`` healthy, degraded or unhealthy).
+  an :class:`~orchestrator.agents.lib.health.Observation` (``verdict`` healthy, degraded or unhealthy).
 * ``rollback`` ``{"deployment", "traffic", "rollback_command"}`` → traffic to 0, then the
   rollback command (argv, no shell). Fenced like ``set_traffic``.
 """
@@ -23,14 +23,13 @@ import importlib
 import inspect
 from typing import Any, Literal
 
+from orchestrator.agents._payload import parse_payload
+from orchestrator.agents.lib.health import HealthSource, Thresholds, observe
+from orchestrator.agents.lib.proc import run
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from orchestrator.agent import Agent, HandlerError, RequestContext
 from orchestrator.errors import AgentErrorCode
-
-from ._payload import parse_payload
-from ._proc import run
-from .health import HealthSource, Thresholds, observe
 
 __all__ = ["agent", "TrafficSpec", "ObserveSpec", "deploy_resource"]
 

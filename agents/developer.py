@@ -26,12 +26,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from orchestrator.agents.lib.files import write_atomic
+from orchestrator.agents.lib.proc import resolve_repo, run
+from orchestrator.agents.lib.ruff import ruff_binary
+
 from orchestrator.agent import Agent, HandlerError, RequestContext
 from orchestrator.errors import AgentErrorCode
-
-from ._atomic import write_atomic
-from ._proc import resolve_repo, run
-from .code_review import ruff_binary
 
 __all__ = ["agent", "file_resource"]
 

@@ -23,10 +23,7 @@ import tokenize
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from orchestrator.agent import Agent, HandlerError, RequestContext
-from orchestrator.errors import AgentErrorCode
-
-from .docs_markdown import (
+from orchestrator.agents.lib.docs_markdown import (
     INDEX_FILENAME,
     UnsafePath,
     discover_modules,
@@ -36,6 +33,9 @@ from .docs_markdown import (
     render_module,
     write_docs,
 )
+
+from orchestrator.agent import Agent, HandlerError, RequestContext
+from orchestrator.errors import AgentErrorCode
 
 __all__ = ["agent", "docs_resource"]
 

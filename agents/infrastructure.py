@@ -48,15 +48,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import psutil
+from orchestrator.agents._payload import parse_payload
+from orchestrator.agents.lib.files import write_atomic
+from orchestrator.agents.lib.health import HealthSource, Prober, Sample, Thresholds
+from orchestrator.agents.lib.proc import child_env, run
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from orchestrator.agent import Agent, HandlerError, RequestContext
 from orchestrator.errors import AgentErrorCode
-
-from ._atomic import write_atomic
-from ._payload import parse_payload
-from ._proc import child_env, run
-from .health import HealthSource, Prober, Sample, Thresholds
 
 __all__ = ["agent", "RestartSpec", "FixAction", "diagnose_by_rules", "ISSUE_ORDER"]
 

@@ -24,11 +24,11 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
+from orchestrator.agents.lib.depgraph import analyze, patch_additions
+from orchestrator.agents.lib.proc import resolve_folder
+
 from orchestrator.agent import Agent, HandlerError, RequestContext
 from orchestrator.errors import AgentErrorCode
-
-from ._proc import resolve_folder
-from .depgraph import analyze, patch_additions
 
 __all__ = ["agent"]
 

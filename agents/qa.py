@@ -29,13 +29,13 @@ from collections import deque
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from orchestrator.agents.lib.depgraph import analyze
+from orchestrator.agents.lib.proc import resolve_repo, run
+from orchestrator.agents.lib.ruff import ruff_binary, ruff_findings
+from orchestrator.agents.lib.testrun import parse_test_counts, test_failures
+
 from orchestrator.agent import Agent, HandlerError, RequestContext
 from orchestrator.errors import AgentErrorCode
-
-from ._proc import resolve_repo, run
-from .cicd import parse_test_counts, test_failures
-from .code_review import ruff_binary, ruff_findings
-from .depgraph import analyze
 
 __all__ = ["agent", "is_test_file", "syntax_findings"]
 

@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from agents.depgraph import analyze
+from orchestrator.agents.lib.depgraph import analyze
 
 from .common import Result, print_result
 

@@ -45,6 +45,8 @@ from typing import Any
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import Send
+from orchestrator.state.db import Database
+from orchestrator.state.schema import MultiAgentState, now_iso
 from pydantic import BaseModel
 from redis.asyncio import Redis
 
@@ -52,8 +54,6 @@ from orchestrator.calls import AGENT_RETRY, call_agent
 from orchestrator.facade import Orchestrator
 from orchestrator.graphs import WorkflowSpec
 from orchestrator.settings import Settings
-from state.db import Database
-from state.schema import MultiAgentState, now_iso
 
 from .common import Result, print_result, settings, subprocess_env
 

@@ -3,6 +3,11 @@
 Graphs are checkpointed to PostgreSQL; their nodes call agents over Redis Streams under
 PostgreSQL resource locks. Start with :class:`Orchestrator`.
 
+Everything installed lives under this one name: the storage layer is ``orchestrator.state``,
+the graphs ``orchestrator.workflows``, the built-in agents ``orchestrator.agents`` (the
+repository keeps them in its top-level ``state/``, ``workflows/`` and ``agents/`` folders), so a
+project's own ``state``, ``workflows`` or ``agents`` package never hides them.
+
 Names are imported on first use, so ``orchestrator`` commands that need no graph (``analyze``,
 ``ls``, ``services``...) do not pay for importing LangGraph.
 """
@@ -10,7 +15,14 @@ Names are imported on first use, so ``orchestrator`` commands that need no graph
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from ._layout import install as _install_layout
+
+# orchestrator.state, .workflows and .agents: inside this package when installed from a wheel,
+# the checkout's top-level folders when installed editable (see _layout)
+_install_layout(__name__, Path(__file__).resolve().parent)
 
 if TYPE_CHECKING:
     from .agent import Agent, HandlerError, RequestContext

@@ -29,6 +29,7 @@ from .messages import AgentRequest
 
 if TYPE_CHECKING:
     from .bus import EventBus
+    from .contracts import Operation
 
 __all__ = [
     "Agent",
@@ -141,11 +142,24 @@ class Agent:
     description: str = ""
     handlers: dict[str, Handler] = field(default_factory=dict)
 
-    def handler(self, request_type: str) -> Callable[[Handler], Handler]:
+    def handler(self, request_type: str | Operation[Any, Any]) -> Callable[[Handler], Handler]:
+        """Register a handler for ``request_type``: a name, or an :class:`Operation` of this
+        agent type's contract. With an operation the handler gets the payload as the
+        operation's model (a malformed one is answered ``invalid_input`` naming the fields) and
+        its answer is checked against the result model; the registered function (returned)
+        takes a dict or the model, and returns the answer as it goes on the wire."""
+        operation = None if isinstance(request_type, str) else request_type
+        name = request_type if operation is None else operation.request_type
+        if operation is not None and operation.target != self.agent_type:
+            raise InvalidConfiguration(
+                f"{operation.target}.{name} is not an operation of {self.agent_type}")
+
         def register(fn: Handler) -> Handler:
-            if request_type in self.handlers:
-                raise InvalidConfiguration(f"{self.agent_type} already handles {request_type!r}")
-            self.handlers[request_type] = fn
+            if name in self.handlers:
+                raise InvalidConfiguration(f"{self.agent_type} already handles {name!r}")
+            if operation is not None:
+                fn = _keeping_contract(operation, fn)
+            self.handlers[name] = fn
             return fn
 
         return register
@@ -173,6 +187,14 @@ class Agent:
         """A copy of this agent whose handlers are replaced by ``handlers`` (tests use it)."""
         return Agent(self.agent_type, list(self.capabilities), self.version, self.description,
                      dict(handlers))
+
+
+def _keeping_contract(operation: Operation[Any, Any], fn: Callable[..., Awaitable[Any]]) -> Handler:
+    @functools.wraps(fn)
+    async def handle(payload: Any, ctx: RequestContext) -> Any:
+        return operation.dump_result(await fn(operation.parse_payload(payload), ctx))
+
+    return handle
 
 
 def builtin_agents() -> dict[str, Agent]:

@@ -25,8 +25,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from langgraph.types import RetryPolicy
+from pydantic import BaseModel
 
-from state.schema import now_iso
+from orchestrator.state.schema import now_iso
 
 from .errors import AgentError, AgentTimeout, AgentUnavailable, DeadLettered, OrchestratorError
 from .messages import AgentRequest, AgentResponse, Priority
@@ -103,7 +104,7 @@ def _call_context(rt: Runtime) -> tuple[str | None, str | None, int]:
 async def call_agent(
     target: str,
     request_type: str,
-    payload: dict[str, Any] | None = None,
+    payload: Mapping[str, Any] | BaseModel | None = None,
     *,
     locks: Sequence[str] = (),
     fencing: Mapping[str, int] | None = None,
@@ -114,7 +115,9 @@ async def call_agent(
     lock_wait: float = 60.0,
     runtime: Runtime | None = None,
 ) -> AgentCall:
-    """Ask an agent of type ``target`` to do ``request_type`` with ``payload``.
+    """Ask an agent of type ``target`` to do ``request_type`` with ``payload`` (a dict, or
+    the pydantic model of the agent's contract; :meth:`orchestrator.contracts.Operation.call`
+    also reads the answer with the contract's result model).
 
     Args:
         locks: resources to hold for the duration of the call (``repo:<path>``...).
@@ -147,7 +150,8 @@ async def call_agent(
         source=rt.process_id,
         target=target,
         request_type=request_type,
-        payload=payload or {},
+        payload=(payload.model_dump(mode="json") if isinstance(payload, BaseModel)
+                 else dict(payload or {})),
         priority=priority,
         deadline=datetime.now(UTC) + timedelta(seconds=timeout),
         correlation_id=thread_id,

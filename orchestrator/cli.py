@@ -718,7 +718,7 @@ async def _cmd_analyze(args: argparse.Namespace, out: TextIO, err: TextIO, stdin
 async def _cmd_db(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
     if args.db_command != "migrate":
         raise UsageError("usage: orchestrator db migrate")
-    from state.migrations import migrate
+    from orchestrator.state.migrations import migrate
 
     from .runtime import Runtime
 
@@ -731,7 +731,7 @@ async def _cmd_db(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: Tex
 
 
 async def _cmd_services(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
-    from .services import embedded_status, embedded_users, stop_embedded
+    from .embedded import embedded_status, embedded_users, stop_embedded
 
     settings = _settings(args)
     if args.services_command == "stop":
@@ -830,7 +830,7 @@ def _hint(exc: BaseException) -> str:
     import psycopg
     import redis
 
-    from .services import EmbeddedServiceError
+    from .embedded import EmbeddedServiceError
 
     if isinstance(exc, psycopg.OperationalError | redis.ConnectionError | redis.TimeoutError
                   | ConnectionError | EmbeddedServiceError):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
-from state.errors import (
+from orchestrator.state.errors import (
     CheckpointNotFound,
     ErrorCode,
     MigrationError,

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from state.db import Database
+from orchestrator.state.db import Database
 
 from .bus import _Coalescer
 from .messages import AgentRequest

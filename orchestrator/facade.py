@@ -23,9 +23,9 @@ from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from langgraph.types import Command
 from pydantic import BaseModel
 
-from state.checkpointer import make_checkpointer
-from state.schema import now_iso
-from state.workflows import WorkflowRecord
+from orchestrator.state.checkpointer import make_checkpointer
+from orchestrator.state.schema import now_iso
+from orchestrator.state.store import WorkflowRecord
 
 from .agent import Agent
 from .calls import failure_updates

@@ -55,7 +55,7 @@ def compile_workflow(spec: WorkflowSpec, runtime: Runtime, checkpointer: Any = N
     database (so a node's ``CachePolicy`` works) and ``checkpointer`` (the facade's saver;
     none under ``langgraph dev``, whose server brings its own). The facade and Studio
     (``workflows/studio.py``) both compile through here."""
-    from state.cache import PostgresCache
+    from orchestrator.state.cache import PostgresCache
 
     return spec.builder.compile(checkpointer=checkpointer,
                                 cache=PostgresCache(runtime.db, runtime.settings.namespace))

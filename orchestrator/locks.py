@@ -42,7 +42,7 @@ from typing import Any
 
 from psycopg import AsyncConnection
 
-from state.db import Database
+from orchestrator.state.db import Database
 
 from .errors import LockLost, ResourceLocked
 from .metrics import LOCK_ACQUISITIONS, LOCK_CONTENTION, LOCK_WAIT_SECONDS, LOCKS_HELD

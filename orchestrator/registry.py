@@ -17,7 +17,7 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
-from state.db import Database
+from orchestrator.state.db import Database
 
 __all__ = ["AgentInfo", "AgentRegistry"]
 

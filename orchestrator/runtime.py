@@ -21,9 +21,9 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from state.db import Database
-from state.migrations import migrate
-from state.workflows import WorkflowStateManager
+from orchestrator.state.db import Database
+from orchestrator.state.migrations import migrate
+from orchestrator.state.store import WorkflowStateManager
 
 from .agent import Agent, builtin_agents
 from .breaker import BreakerPolicy, CircuitBreaker
@@ -109,7 +109,7 @@ class Runtime:
         embedded = None
         database_url, redis_url = settings.database_url, settings.redis_url
         if database_url is None or redis_url is None:
-            from .services import EmbeddedServices
+            from .embedded import EmbeddedServices
 
             def start_embedded() -> EmbeddedServices:
                 # resolving the data dir and starting servers touch the file system: off the

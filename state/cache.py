@@ -17,9 +17,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from langgraph.cache.base import BaseCache, FullKey, Namespace
+from orchestrator.state.db import Database
 from xxhash import xxh3_128_hexdigest
-
-from .db import Database
 
 __all__ = ["PostgresCache", "stored_key"]
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .db import Database
-from .errors import MigrationError
+from orchestrator.state.db import Database
+from orchestrator.state.errors import MigrationError
 
 __all__ = ["Migration", "load_migrations", "migrate", "SQL_DIR"]
 

@@ -13,6 +13,7 @@ import sys
 from typing import Any
 
 from langgraph.graph import END, START, StateGraph
+from orchestrator.state.schema import MultiAgentState
 from pydantic import BaseModel
 
 from orchestrator import cli, graphs
@@ -20,7 +21,6 @@ from orchestrator.calls import call_agent
 from orchestrator.graphs import WorkflowSpec
 from orchestrator.runtime import Runtime
 from orchestrator.testing import stand_in
-from state.schema import MultiAgentState
 
 
 class SlowInput(BaseModel):

@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from langgraph.graph import END, START, StateGraph
+from orchestrator.state.schema import MultiAgentState
 from pydantic import BaseModel, ConfigDict
 
 from orchestrator.calls import AGENT_RETRY, call_agent
 from orchestrator.graphs import WorkflowSpec
 from orchestrator.questions import Answer, ask
-from state.schema import MultiAgentState
 
 
 class ApprovalInput(BaseModel):
@@ -94,7 +94,7 @@ async def report(state: RolloutState) -> dict[str, Any]:
 
 
 def _rollout_builder() -> StateGraph:
-    from workflows.canary import canary_graph
+    from orchestrator.workflows.canary import canary_graph
 
     builder = StateGraph(RolloutState)
     builder.add_node("canary", canary_graph)

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from orchestrator.state.schema import merge_updates
+
 from orchestrator.agent import HandlerError
 from orchestrator.testing import stand_in
-from state.schema import merge_updates
 
 from .fixture_plan import make_plan_repo
 
@@ -110,8 +111,8 @@ async def test_plan_execution_failed_call_is_in_error_log(
 async def test_studio_compiles_graphs_as_the_facade_does_with_the_task_cache(
     orchestrator, monkeypatch
 ) -> None:
-    from state.cache import PostgresCache
-    from workflows import studio
+    from orchestrator.state.cache import PostgresCache
+    from orchestrator.workflows import studio
 
     monkeypatch.setattr(studio, "_runtime", orchestrator.runtime)  # as _server_runtime opens
     monkeypatch.setattr(studio, "_compiled", {})
@@ -127,7 +128,7 @@ async def test_pr_deployment_input_is_validated_once_per_run_off_the_event_loop(
 ) -> None:
     import asyncio
 
-    from workflows import pr_deployment
+    from orchestrator.workflows import pr_deployment
 
     real_git = pr_deployment._git
     checks: list[bool] = []  # one per validation (git rev-parse --show-toplevel): on the loop?

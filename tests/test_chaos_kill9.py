@@ -23,10 +23,10 @@ from typing import Any
 
 import psycopg
 import pytest
+from orchestrator.state.db import Database
+from orchestrator.state.migrations import migrate
 
 from orchestrator.testing import delete_keys
-from state.db import Database
-from state.migrations import migrate
 
 from .support.docs import docs_problems, leftovers, make_package, tree
 from .support.processes import ORCHESTRATOR_CMD, reaping

@@ -12,8 +12,7 @@ import textwrap
 import time
 
 import pytest
-
-from agents.docs import docs_resource
+from orchestrator.agents.docs import docs_resource
 
 from .support.docs import tree
 from .support.processes import reaping

@@ -14,11 +14,11 @@ import uuid
 
 import psycopg
 import pytest
+from orchestrator.state.db import Database
+from orchestrator.state.migrations import migrate
 
 from orchestrator.processes import process_id_of
 from orchestrator.testing import DEFAULT_DATABASE_URL, stand_in
-from state.db import Database
-from state.migrations import migrate
 
 from .support.docs import leftovers, tree
 from .support.processes import reaping
@@ -161,7 +161,7 @@ async def test_worker_scales_up_on_a_backlog(server, orchestrator_settings, tmp_
 
 _SLOW_RENAME_WRITER = textwrap.dedent("""
     import os, sys, time
-    from agents.docs_markdown import write_docs
+    from orchestrator.agents.lib.docs_markdown import write_docs
 
     real_replace = os.replace
 
@@ -177,7 +177,7 @@ _SLOW_RENAME_WRITER = textwrap.dedent("""
 
 @pytest.mark.timeout(60)
 async def test_write_docs_killed_mid_write_leaves_no_temporary_files(tmp_path) -> None:
-    from agents.docs_markdown import write_docs
+    from orchestrator.agents.lib.docs_markdown import write_docs
 
     out = tmp_path / "docs"
     procs: list[subprocess.Popen[str]] = []

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from orchestrator.agents.docs import render as builtin_render
 
-from agents.docs import render as builtin_render
 from orchestrator.facade import Orchestrator
 from orchestrator.testing import stand_in
 

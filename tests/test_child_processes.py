@@ -16,18 +16,19 @@ import sys
 from pathlib import Path
 
 import pytest
+from orchestrator.agents import cicd, developer, qa
+from orchestrator.agents.deployer import TrafficSpec, _move_traffic
+from orchestrator.agents.developer import file_resource
+from orchestrator.agents.lib import testrun
+from orchestrator.agents.lib.proc import git as agent_git
+from orchestrator.agents.lib.proc import resolve_repo, run
+from orchestrator.workflows.pr_deployment import _git as workflow_git
 
-from agents import cicd, developer, qa
-from agents._proc import git as agent_git
-from agents._proc import resolve_repo, run
-from agents.deployer import TrafficSpec, _move_traffic
-from agents.developer import file_resource
 from orchestrator.agent import RequestContext
 from orchestrator.calls import call_agent
 from orchestrator.childenv import child_environment, withholding
 from orchestrator.messages import AgentRequest
 from orchestrator.settings import Settings
-from workflows.pr_deployment import _git as workflow_git
 
 from .fixture_repo import add_branch, git
 
@@ -215,12 +216,12 @@ async def test_unittest_failures_are_named_by_their_test_id(orchestrator, fixtur
 def test_failure_parsing_of_both_runners() -> None:
     pytest_out = ("FAILED tests/test_div.py::test_div - assert 18 == 2\n"
                   "ERROR tests/test_x.py - ImportError\n1 failed, 1 error in 0.1s\n")
-    assert cicd.test_failures(pytest_out) == ["tests/test_div.py::test_div - assert 18 == 2",
+    assert testrun.test_failures(pytest_out) == ["tests/test_div.py::test_div - assert 18 == 2",
                                               "tests/test_x.py - ImportError"]
     old_python = ("=" * 70 + "\nERROR: test_err (pkg.test_m.Case)\n" + "-" * 70 +
                   "\nTraceback (most recent call last):\nKeyError: 'k'\n\n" + "-" * 70 +
                   "\nRan 1 test in 0.0s\n\nFAILED (errors=1)\n")
-    assert cicd.test_failures(old_python) == ["pkg.test_m.Case.test_err - KeyError: 'k'"]
+    assert testrun.test_failures(old_python) == ["pkg.test_m.Case.test_err - KeyError: 'k'"]
 
 
 # --- this project's pytest plugin stays out of the tests under review (item 10) --------------

@@ -362,7 +362,7 @@ def test_a_command_that_creates_a_data_dir_says_where_and_sub_folders_reuse_it(
     import subprocess
     import sys
 
-    from orchestrator.services import embedded_status
+    from orchestrator.embedded import embedded_status
 
     env = {k: v for k, v in service_env.items() if k != "ORCHESTRATOR_REDIS_URL"}  # embedded
     project = tmp_path / "proj"
@@ -396,11 +396,11 @@ def test_a_warning_never_lands_inside_the_progress_line(env, monkeypatch) -> Non
     import re
 
     from langgraph.graph import END, START, StateGraph
+    from orchestrator.state.schema import MultiAgentState
     from pydantic import BaseModel
 
     from orchestrator import graphs
     from orchestrator.graphs import WorkflowSpec
-    from state.schema import MultiAgentState
 
     class Input(BaseModel):
         name: str
@@ -508,12 +508,12 @@ def test_services_stop_names_the_live_users_and_needs_force(monkeypatch) -> None
     import tempfile
     from pathlib import Path
 
-    from orchestrator.services import embedded_status, stop_embedded
+    from orchestrator.embedded import embedded_status, stop_embedded
 
     base = Path(tempfile.mkdtemp(prefix="orch-cli-", dir="/tmp"))  # short: the socket path
     data_dir = base / "data"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys\nfrom orchestrator.services import EmbeddedServices\n"
+        [sys.executable, "-c", "import sys\nfrom orchestrator.embedded import EmbeddedServices\n"
          f"s = EmbeddedServices({str(data_dir)!r}, postgres=False)\ns.start()\n"
          "print('ready', flush=True)\nsys.stdin.read()\ns.close()\n"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)

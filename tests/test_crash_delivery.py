@@ -33,11 +33,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from orchestrator.agents.deployer import observe_stage as builtin_observe
+from orchestrator.agents.deployer import set_traffic as builtin_set_traffic
+from orchestrator.agents.infrastructure import fix as builtin_fix
+from orchestrator.agents.infrastructure import probe as builtin_probe
 
-from agents.deployer import observe_stage as builtin_observe
-from agents.deployer import set_traffic as builtin_set_traffic
-from agents.infrastructure import fix as builtin_fix
-from agents.infrastructure import probe as builtin_probe
 from orchestrator.agent import builtin_agents
 from orchestrator.bus import decode_request
 from orchestrator.testing import stand_in

@@ -18,8 +18,8 @@ import uuid
 from collections import Counter
 
 import pytest
+from orchestrator.agents.docs import render as builtin_render
 
-from agents.docs import render as builtin_render
 from orchestrator.testing import stand_in
 
 from .support.docs import FIXTURE_MODULES as MODULES

@@ -1,4 +1,4 @@
-"""Tests for agents.depgraph (import-dependency analysis of Python / JS / TS repositories)."""
+"""Tests for agents.lib.depgraph (import-dependency analysis of Python / JS / TS repositories)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
-
-from agents import depgraph
-from agents.depgraph import SUFFIXES, DependencyGraph, analyze
+from orchestrator.agents.lib import depgraph
+from orchestrator.agents.lib.depgraph import SUFFIXES, DependencyGraph, analyze
 
 
 def write(root: Path, files: dict[str, str]) -> Path:

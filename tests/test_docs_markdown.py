@@ -1,4 +1,4 @@
-"""Tests for agents.docs_markdown (AST-only Markdown API docs)."""
+"""Tests for agents.lib.docs_markdown (AST-only Markdown API docs)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
-from agents.docs_markdown import (
+from orchestrator.agents.lib.docs_markdown import (
     INDEX_FILENAME,
     ModuleInfo,
     UnsafePath,

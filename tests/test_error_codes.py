@@ -6,13 +6,13 @@ import re
 from pathlib import Path
 
 import pytest
+from orchestrator.workflows.plans import PlanError
 
 import orchestrator.errors as errors
 from orchestrator.agent import HandlerError
 from orchestrator.bus import DecodeFailure
+from orchestrator.embedded import EmbeddedServiceError
 from orchestrator.errors import AgentErrorCode, ErrorCode, OrchestratorError
-from orchestrator.services import EmbeddedServiceError
-from workflows.plans import PlanError
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 

@@ -11,8 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
-
-from agents.health import (
+from orchestrator.agents.lib.health import (
     HealthSource,
     Observation,
     Prober,
@@ -22,6 +21,7 @@ from agents.health import (
     judge,
     observe,
 )
+
 from tests.service_app import ServiceProcess
 
 StartService = Callable[..., Awaitable[ServiceProcess]]

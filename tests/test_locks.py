@@ -184,8 +184,9 @@ async def test_a_woken_waiter_cancelled_before_it_runs_passes_its_turn_on(rt) ->
 
 async def test_a_release_in_another_process_wakes_a_waiter_here(rt, orchestrator_settings) -> None:
     # a second manager on its own pool and LISTEN connection stands for another process
+    from orchestrator.state.db import Database
+
     from orchestrator.locks import ResourceLockManager
-    from state.db import Database
 
     async with Database.connect(orchestrator_settings.database_url, max_size=2) as db:
         other = ResourceLockManager(db, orchestrator_settings.namespace,

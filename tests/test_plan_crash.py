@@ -8,8 +8,8 @@ import uuid
 from collections import Counter
 
 import pytest
+from orchestrator.agents.developer import develop as builtin_develop
 
-from agents.developer import develop as builtin_develop
 from orchestrator.testing import stand_in
 
 from .fixture_plan import FAILING_ONCE, NEVER_FIXED, make_plan_repo

@@ -10,13 +10,13 @@ import time
 import pytest
 import yaml
 from langgraph.types import Command
+from orchestrator.agents.developer import develop as builtin_develop
+from orchestrator.workflows.plans import PlanError, load_plan, parse_plan
 
-from agents.developer import develop as builtin_develop
 from orchestrator.errors import InvalidInput
 from orchestrator.metrics import TASK_CACHE
 from orchestrator.runtime import use_runtime
 from orchestrator.testing import resume, run_until_interrupt, stand_in
-from workflows.plans import PlanError, load_plan, parse_plan
 
 from .fixture_plan import FAILING_ONCE, LEVELS, NEVER_FIXED, make_plan_repo
 

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from orchestrator.agents.developer import file_resource
+from orchestrator.agents.lib.depgraph import analyze, patch_additions
 
-from agents.depgraph import analyze, patch_additions
-from agents.developer import file_resource
 from orchestrator import cli
 from orchestrator.agent import HandlerError, builtin_agents
 from orchestrator.calls import call_agent

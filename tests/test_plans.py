@@ -6,8 +6,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
-from workflows.plans import PlanError, load_plan
+from orchestrator.workflows.plans import PlanError, load_plan
 
 
 def _bomb(levels: int = 9, width: int = 10) -> str:

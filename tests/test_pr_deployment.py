@@ -336,7 +336,7 @@ async def test_a_dirty_target_tree_is_refused_before_the_tests_run(
 
 async def test_a_repository_path_is_never_stripped(orchestrator, tmp_path) -> None:
     """Review L6: repo="r5 " was validated (and merged) as r5."""
-    from workflows.pr_deployment import PRDeploymentInput
+    from orchestrator.workflows.pr_deployment import PRDeploymentInput
 
     from .fixture_repo import make_fixture_repo
 

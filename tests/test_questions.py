@@ -9,14 +9,14 @@ import pytest
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import Command
+from orchestrator.workflows.canary import GateAnswer
+from orchestrator.workflows.plan_execution import DeadLetterAnswer
+from orchestrator.workflows.pr_deployment import ApprovalAnswer
+from orchestrator.workflows.self_healing import EscalationAnswer
 from pydantic import ValidationError
 
 from orchestrator.errors import InvalidAnswer, InvalidInput
 from orchestrator.questions import Answer, ask, check_answer, describe_question, question_value
-from workflows.canary import GateAnswer
-from workflows.plan_execution import DeadLetterAnswer
-from workflows.pr_deployment import ApprovalAnswer
-from workflows.self_healing import EscalationAnswer
 
 
 class Choice(Answer):

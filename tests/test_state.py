@@ -7,8 +7,7 @@ from typing import Annotated, Any
 
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import Send
-
-from state.schema import MultiAgentState, append_list, latest, merge_dicts
+from orchestrator.state.schema import MultiAgentState, append_list, latest, merge_dicts
 
 
 class S(MultiAgentState, total=False):

@@ -5,11 +5,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-
-from state.db import Database
-from state.errors import MigrationError, StaleWorkflowVersion, WorkflowNotFound
-from state.migrations import load_migrations, migrate
-from state.workflows import WorkflowStateManager
+from orchestrator.state.db import Database
+from orchestrator.state.errors import MigrationError, StaleWorkflowVersion, WorkflowNotFound
+from orchestrator.state.migrations import load_migrations, migrate
+from orchestrator.state.store import WorkflowStateManager
 
 
 @pytest.fixture

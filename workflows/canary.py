@@ -29,6 +29,7 @@ import time
 from typing import Any, Literal
 
 from langgraph.graph import END, START, StateGraph
+from orchestrator.state.schema import MultiAgentState, merge_updates, now_iso
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from orchestrator.calls import AGENT_RETRY, call_agent, failure_updates
@@ -36,7 +37,6 @@ from orchestrator.errors import AgentError, ResourceLocked
 from orchestrator.held_locks import hold_lock, release_lock
 from orchestrator.metrics import CANARY_ROLLBACKS, CANARY_STAGE
 from orchestrator.questions import Answer, ask
-from state.schema import MultiAgentState, merge_updates, now_iso
 
 __all__ = ["CanarySpec", "CanaryState", "GateAnswer", "canary_graph", "validate_canary",
            "DEFAULT_STAGES"]

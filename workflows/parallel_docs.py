@@ -24,11 +24,11 @@ from typing import Any
 
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import Send
+from orchestrator.state.schema import MultiAgentState, merge_updates, now_iso
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from orchestrator.calls import AGENT_RETRY, call_agent
 from orchestrator.graphs import WorkflowSpec, validated_fields
-from state.schema import MultiAgentState, merge_updates, now_iso
 
 __all__ = ["ParallelDocsInput", "ParallelDocsState", "builder", "workflow"]
 

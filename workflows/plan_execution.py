@@ -44,6 +44,16 @@ from typing import Annotated, Any, Literal
 from langgraph.func import task as graph_task
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import CachePolicy, Send
+from orchestrator.state.cache import PostgresCache
+from orchestrator.state.schema import (
+    MultiAgentState,
+    append_list,
+    merge_dicts,
+    merge_updates,
+    now_iso,
+)
+from orchestrator.workflows.canary import canary_graph, validate_canary
+from orchestrator.workflows.plans import Plan, PlanError, load_plan, parse_plan
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from orchestrator.calls import AGENT_RETRY, call_agent, failure_updates
@@ -52,11 +62,6 @@ from orchestrator.graphs import WorkflowSpec, validated_fields
 from orchestrator.metrics import TASK_CACHE
 from orchestrator.questions import Answer, ask
 from orchestrator.runtime import current_runtime
-from state.cache import PostgresCache
-from state.schema import MultiAgentState, append_list, merge_dicts, merge_updates, now_iso
-
-from .canary import canary_graph, validate_canary
-from .plans import Plan, PlanError, load_plan, parse_plan
 
 __all__ = ["PlanExecutionInput", "PlanState", "builder", "workflow"]
 

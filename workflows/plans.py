@@ -29,11 +29,10 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 import yaml
+from orchestrator.workflows.canary import CanarySpec
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from orchestrator.errors import ErrorCode, InvalidInput
-
-from .canary import CanarySpec
 
 __all__ = ["Plan", "PlanTask", "PlanError", "load_plan", "parse_plan"]
 

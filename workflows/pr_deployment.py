@@ -28,15 +28,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 from langgraph.graph import END, START, StateGraph
+from orchestrator.state.schema import MultiAgentState, merge_updates, now_iso
+from orchestrator.workflows.canary import CanarySpec, canary_graph, validate_canary
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from orchestrator.calls import AGENT_RETRY, call_agent
 from orchestrator.childenv import child_environment
 from orchestrator.graphs import WorkflowSpec, validated_fields
 from orchestrator.questions import Answer, ask
-from state.schema import MultiAgentState, merge_updates, now_iso
-
-from .canary import CanarySpec, canary_graph, validate_canary
 
 __all__ = ["PRDeploymentInput", "PRDeploymentState", "ApprovalAnswer", "builder", "workflow",
            "repo_resource"]

@@ -29,6 +29,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from langgraph.graph import END, START, StateGraph
+from orchestrator.state.schema import MultiAgentState, merge_updates, now_iso
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.json_schema import SkipJsonSchema
 
@@ -36,7 +37,6 @@ from orchestrator.calls import AGENT_RETRY, call_agent
 from orchestrator.graphs import WorkflowSpec
 from orchestrator.metrics import HEALING_ATTEMPTS, HEALING_OUTCOMES
 from orchestrator.questions import Answer, ask
-from state.schema import MultiAgentState, merge_updates, now_iso
 
 __all__ = ["SelfHealingInput", "SelfHealingState", "builder", "workflow", "DEFAULT_RUNBOOK"]
 

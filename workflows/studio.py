@@ -15,15 +15,14 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from langchain_core.runnables import RunnableConfig
+from orchestrator.workflows.parallel_docs import workflow as _parallel_docs
+from orchestrator.workflows.plan_execution import workflow as _plan_execution
+from orchestrator.workflows.pr_deployment import workflow as _pr_deployment
+from orchestrator.workflows.self_healing import workflow as _self_healing
 
 from orchestrator.graphs import WorkflowSpec, compile_workflow
 from orchestrator.runtime import Runtime, use_runtime
 from orchestrator.settings import Settings
-
-from .parallel_docs import workflow as _parallel_docs
-from .plan_execution import workflow as _plan_execution
-from .pr_deployment import workflow as _pr_deployment
-from .self_healing import workflow as _self_healing
 
 __all__ = ["parallel_docs", "plan_execution", "pr_deployment", "self_healing"]
 

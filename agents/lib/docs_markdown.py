@@ -30,8 +30,8 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from ._atomic import write_atomic
-from ._pyparse import PARSE_LOCK
+from orchestrator.agents.lib.files import write_atomic
+from orchestrator.agents.lib.pyparse import PARSE_LOCK
 
 __all__ = [
     "INDEX_FILENAME",

@@ -11,10 +11,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
+from orchestrator.state.db import Database, Row
+from orchestrator.state.errors import (
+    CheckpointNotFound,
+    StaleWorkflowVersion,
+    WorkflowExists,
+    WorkflowNotFound,
+)
 from psycopg.types.json import Jsonb
-
-from .db import Database, Row
-from .errors import CheckpointNotFound, StaleWorkflowVersion, WorkflowExists, WorkflowNotFound
 
 __all__ = ["WorkflowRecord", "WorkflowStateManager", "WorkflowStatus", "NamedCheckpoint"]
 

@@ -88,7 +88,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from ._pyparse import PARSE_LOCK
+from orchestrator.agents.lib.pyparse import PARSE_LOCK
 
 __all__ = [
     "DEFAULT_EXCLUDES",
