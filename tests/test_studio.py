@@ -18,17 +18,20 @@ import httpx
 import pytest
 
 from .support.processes import ORCHESTRATOR_CMD, free_port
+from .support.projects import make_shadowing_project
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _start_dev_server(env: dict[str, str], workdir: Path) -> tuple[subprocess.Popen, str]:
-    """`langgraph dev` on a free port in ``workdir`` (it writes .langgraph_api/ there); returns
-    the process and the API's URL once it answers."""
+def _start_dev_server(env: dict[str, str], workdir: Path,
+                      dependencies: tuple[str, ...] = ()) -> tuple[subprocess.Popen, str]:
+    """`langgraph dev` on a free port in ``workdir`` (it writes .langgraph_api/ there), with
+    ``dependencies`` (folders of ``workdir``'s project) ahead of this repository; returns the
+    process and the API's URL once it answers."""
     config = json.loads((ROOT / "langgraph.json").read_text())
-    config["dependencies"] = [str(ROOT)]
+    config["dependencies"] = [*dependencies, str(ROOT)]
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "langgraph.json").write_text(json.dumps(config))
     env = {k: v for k, v in env.items() if not k.startswith(("LANGSMITH_", "LANGCHAIN_", "OTEL_"))}
@@ -86,12 +89,13 @@ def dev_server(service_env, tmp_path):
 @pytest.fixture
 def embedded_dev_server(service_env, tmp_path):
     """`langgraph dev` as a new user starts it: no database or Redis URL and no data dir
-    configured, so the graphs run on the embedded default in ``./.orchestrator``."""
+    configured, so the graphs run on the embedded default in ``./.orchestrator``; from a project
+    with its own ``agents``, ``workflows`` and ``state`` packages, first on the server's path."""
     env = {k: v for k, v in service_env.items()
            if k not in ("ORCHESTRATOR_DATABASE_URL", "ORCHESTRATOR_REDIS_URL",
                         "ORCHESTRATOR_DATA_DIR")}
-    workdir = tmp_path / "project"
-    proc, url = _start_dev_server(env, workdir)
+    workdir = make_shadowing_project(tmp_path / "project")
+    proc, url = _start_dev_server(env, workdir, dependencies=(".",))
     try:
         yield url, workdir
     finally:
