@@ -59,7 +59,8 @@ class Operation(Generic[P, R]):
         except ValidationError as exc:
             from ..agent import HandlerError
 
-            raise HandlerError(AgentErrorCode.INVALID_INPUT, problems(exc, "payload")) from None
+            raise HandlerError(AgentErrorCode.INVALID_INPUT, problems(exc, "payload"),
+                               blames_input=True) from None
 
     def dump_result(self, value: R | Mapping[str, Any]) -> dict[str, Any]:
         """A handler's answer, checked against the result model, as JSON-ready data.
