@@ -1,0 +1,167 @@
+"""The command line of ``orchestrator``: its commands and options, and the Settings they ask for."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ..settings import Settings
+
+
+def _thread_id(value: str) -> str:
+    """argparse type of a thread id: 1-200 printable characters (it is shown, logged, typed)."""
+    if not value:
+        raise argparse.ArgumentTypeError("must not be empty (leave the option out for a new id)")
+    if len(value) > 200:
+        raise argparse.ArgumentTypeError(f"is {len(value)} characters long; at most 200")
+    if not value.isprintable() or value != value.strip():
+        raise argparse.ArgumentTypeError(
+            f"{value!r} holds control characters or surrounding spaces; use printable text")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise argparse.ArgumentTypeError("is not valid UTF-8 text") from None
+    return value
+
+
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{number} is not a positive number")
+    return number
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("langgraph-orchestrator")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="orchestrator",
+        description="Durable LangGraph workflows for multi-agent software delivery. "
+        "Configuration comes from ORCHESTRATOR_* variables (see README); with no database "
+        "or Redis URL set, embedded ones are started in ORCHESTRATOR_DATA_DIR.",
+        epilog="exit codes: 0 completed, 3 interrupted (resume it), 1 failed, 2 bad usage/input, "
+               "4 completed but partial, 130 stopped by Ctrl-C (resume it)",
+    )
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    def local_agents_flag(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--no-local-agents", action="store_true",
+                        help="do not host the built-in agents in this process; leave agent "
+                        "work to `orchestrator worker` processes")
+
+    run = sub.add_parser("run", help="start a workflow and run it until it ends or pauses")
+    run.add_argument("workflow", help="workflow name (see `orchestrator graphs`)")
+    run.add_argument("--input", metavar="FILE", help="JSON input object from FILE, or - for stdin")
+    run.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
+                     help="set one input field (VALUE parsed as JSON when it is JSON); repeatable")
+    run.add_argument("--thread-id", type=_thread_id,
+                     help="thread id for the new workflow (default: a new UUID)")
+    run.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    local_agents_flag(run)
+
+    resume = sub.add_parser("resume", help="continue a paused, crashed or failed workflow")
+    resume.add_argument("thread_id")
+    resume.add_argument("--value", metavar="JSON",
+                        help="answer to the pending question, as JSON that fits its schema "
+                        "(`orchestrator show THREAD_ID` prints the question and examples)")
+    resume.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    local_agents_flag(resume)
+
+    recover = sub.add_parser("recover", help="continue every running workflow whose process died")
+    recover.add_argument("--json", action="store_true")
+    local_agents_flag(recover)
+
+    ls = sub.add_parser("ls", help="list workflows, most recently updated first")
+    ls.add_argument("--status", choices=["running", "interrupted", "completed", "failed"])
+    ls.add_argument("--type", dest="workflow_type", help="only this workflow type")
+    ls.add_argument("--limit", type=_positive_int, default=50, metavar="N",
+                    help="at most N workflows (default 50)")
+    ls.add_argument("--json", action="store_true")
+
+    show = sub.add_parser("show", help="show one workflow: record, state, pending interrupts")
+    show.add_argument("thread_id")
+    show.add_argument("--history", action="store_true", help="also list its checkpoints")
+    show.add_argument("--json", action="store_true")
+
+    graphs = sub.add_parser("graphs", help="list the available workflows")
+    graphs.add_argument("--json", action="store_true")
+
+    agents = sub.add_parser("agents", help="list registered agent instances")
+    agents.add_argument("--all", action="store_true", help="include offline instances")
+    agents.add_argument("--json", action="store_true")
+
+    worker = sub.add_parser("worker", help="host agents until SIGTERM/SIGINT")
+    worker.add_argument("--agents", required=True, metavar="TYPE[,TYPE...]",
+                        help="agent types to host, e.g. docs")
+    worker.add_argument("--min", dest="min_concurrency", type=int, metavar="N",
+                        help="handlers run at once per agent type, at least (default 2)")
+    worker.add_argument("--max", dest="max_concurrency", type=int, metavar="N",
+                        help="handlers run at once per agent type, at most (default 10); "
+                        "the worker scales between the two on the backlog")
+    worker.add_argument("--metrics-port", type=int, metavar="N",
+                        help="serve Prometheus metrics on 127.0.0.1:N")
+
+    locks = sub.add_parser("locks", help="list held resource locks")
+    locks.add_argument("--all", action="store_true", help="include free locks (last token)")
+    locks.add_argument("--json", action="store_true")
+
+    dlq = sub.add_parser("dlq", help="dead-lettered agent requests")
+    dlq_sub = dlq.add_subparsers(dest="dlq_command", metavar="ACTION")
+    dlq_ls = dlq_sub.add_parser("ls", help="list dead letters")
+    dlq_ls.add_argument("--agent", help="only this agent type")
+    dlq_ls.add_argument("--json", action="store_true")
+    dlq_show = dlq_sub.add_parser("show", help="one dead letter, with its message")
+    dlq_show.add_argument("agent")
+    dlq_show.add_argument("id")
+    dlq_replay = dlq_sub.add_parser("replay", help="queue dead letters again (all of the type "
+                                    "when no id is given)")
+    dlq_replay.add_argument("agent")
+    dlq_replay.add_argument("ids", nargs="*", metavar="ID")
+    dlq_purge = dlq_sub.add_parser("purge", help="delete dead letters (all of the type when no "
+                                   "id is given)")
+    dlq_purge.add_argument("agent")
+    dlq_purge.add_argument("ids", nargs="*", metavar="ID")
+
+    analyze = sub.add_parser(
+        "analyze", help="import dependencies of a repository (Python, JavaScript, TypeScript)",
+        description="Import-dependency analysis by the planner agent, run in this process (no "
+        "database or Redis needed): files, edges as [importer, imported], cycles, "
+        "topological batches and the critical path.")
+    analyze.add_argument("path", help="repository folder")
+    analyze.add_argument("--json", action="store_true", help="print one JSON object")
+
+    db = sub.add_parser("db", help="database schema")
+    db_sub = db.add_subparsers(dest="db_command", metavar="ACTION")
+    db_sub.add_parser("migrate", help="apply pending SQL migrations (re-running is a no-op)")
+
+    services = sub.add_parser("services", help="the embedded PostgreSQL and Redis")
+    services_sub = services.add_subparsers(dest="services_command", metavar="ACTION")
+    services_sub.add_parser("status", help="are the embedded services running?")
+    services_stop = services_sub.add_parser(
+        "stop", help="stop the embedded services of the data dir (refused while other "
+        "processes use them, unless --force)")
+    services_stop.add_argument("--force", action="store_true",
+                               help="stop them even under live processes (listed)")
+    return p
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+
+def settings_for(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, Any] = {}
+    if getattr(args, "no_local_agents", False):
+        overrides["local_agents"] = False
+    return Settings.from_env(**overrides)
