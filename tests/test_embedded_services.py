@@ -27,13 +27,14 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from orchestrator import services
 from orchestrator.embedded import (
     EmbeddedServiceError,
     EmbeddedServices,
     embedded_status,
     stop_embedded,
 )
+from orchestrator.embedded import postgres as embedded_postgres
+from orchestrator.embedded.redis import _redis_socket
 
 from .support.processes import free_port
 
@@ -282,7 +283,7 @@ def test_deep_data_dir_and_redis_only(
     data_dir: Path, make_services: Callable[..., EmbeddedServices]
 ) -> None:
     deep = data_dir / ("x" * 60) / ("y" * 60)
-    sock = services._redis_socket(deep.resolve() / "redis")
+    sock = _redis_socket(deep.resolve() / "redis")
     try:
         svc = make_services(deep, postgres=False)
         assert svc.redis_url == f"unix://{sock}"
@@ -327,9 +328,9 @@ def test_root_without_useradd_gives_clear_error(
     def no_user(name: str) -> None:
         raise KeyError(name)
 
-    monkeypatch.setattr(services.os, "geteuid", lambda: 0)
-    monkeypatch.setattr(services.pwd, "getpwnam", no_user)
-    monkeypatch.setattr(services.shutil, "which", lambda name: None)
+    monkeypatch.setattr(embedded_postgres.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(embedded_postgres.pwd, "getpwnam", no_user)
+    monkeypatch.setattr(embedded_postgres.shutil, "which", lambda name: None)
     with pytest.raises(EmbeddedServiceError, match="ORCHESTRATOR_DATABASE_URL"):
         EmbeddedServices(data_dir, redis=False).start()
 

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import worker
 from orchestrator.errors import ResourceLocked, WorkflowBusy
 from orchestrator.processes import (
     died_on_this_host,
@@ -32,6 +31,7 @@ from orchestrator.processes import (
     process_id_of,
 )
 from orchestrator.runtime import Runtime
+from orchestrator.worker import claims as worker
 
 ROOT = Path(__file__).resolve().parents[1]
 
