@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
-from orchestrator.agents.lib import depgraph
 from orchestrator.agents.lib.depgraph import SUFFIXES, DependencyGraph, analyze
+from orchestrator.agents.lib.depgraph import graph as graph_module
 
 
 def write(root: Path, files: dict[str, str]) -> Path:
@@ -455,7 +455,7 @@ def test_cycle_search_work_budget(monkeypatch: pytest.MonkeyPatch) -> None:
     g = graph([(a, b) for a, b in itertools.pairwise(names)]
               + [(b, a) for a, b in itertools.pairwise(names)])
     assert len(g.cycles(limit=1000)) == 299 and not g.to_dict()["cycles_truncated"]
-    monkeypatch.setattr(depgraph, "_CYCLE_BUDGET", 20_000)
+    monkeypatch.setattr(graph_module, "_CYCLE_BUDGET", 20_000)
     data = g.to_dict(cycle_limit=1000)
     assert data["cycles_truncated"] is True
     assert 0 < len(data["cycles"]) < 299 and data["cycles"][0] == ["f000", "f001"]
