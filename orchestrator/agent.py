@@ -66,27 +66,17 @@ class RequestContext:
         return self.request.fencing
 
     async def check_fencing(self, resource: str) -> int:
-        """Call before changing ``resource``: returns the request's fencing token for it.
+        """Call before changing ``resource``: returns the request's fencing token for it
+        (see :func:`orchestrator.locks.fencing.check_fencing`).
 
         Raises:
             HandlerError: ``missing_fencing_token`` when the requester did not hold the lock,
                 ``stale_fencing_token`` when a newer holder has already been seen.
         """
-        token = self.request.fencing.get(resource)
-        if token is None:
-            raise HandlerError(
-                AgentErrorCode.MISSING_FENCING_TOKEN,
-                f"changing {resource!r} requires holding its lock (call with locks=[{resource!r}])",
-            )
-        if self.bus is not None:
-            newer = await self.bus.check_fence(resource, token)
-            if newer is not None:
-                raise HandlerError(
-                    AgentErrorCode.STALE_FENCING_TOKEN,
-                    f"fencing token {token} for {resource!r} is older than {newer}: the lock "
-                    "was lost to a newer holder, so this write is refused",
-                )
-        return token
+        # imported here: fencing raises HandlerError, defined in this module
+        from .locks.fencing import check_fencing
+
+        return await check_fencing(self.request, resource, self.bus)
 
 
 Handler = Callable[[dict[str, Any], RequestContext], Awaitable[Any]]

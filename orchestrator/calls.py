@@ -122,7 +122,7 @@ async def call_agent(
     Args:
         locks: resources to hold for the duration of the call (``repo:<path>``...).
         fencing: fencing tokens of locks the workflow already holds beyond this call (see
-            :func:`orchestrator.workflow_locks.hold`), passed to the agent with the others.
+            :func:`orchestrator.locks.held.hold_lock`), passed to the agent with the others.
         timeout: seconds to wait for the answer (default: settings.request_timeout); it is
             also the request's deadline, so an agent never starts it late.
         subtask: the key under which ``agent_assignments`` records who did the work.

@@ -21,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 
 from orchestrator.state.db import Database
 
-from .bus import _Coalescer
+from .bus.batching import Coalescer
 from .messages import AgentRequest
 
 __all__ = ["ExecutionLedger", "EarlierStart"]
@@ -49,8 +49,8 @@ class ExecutionLedger:
         self.db = db
         self.namespace = namespace
         self.retention = timedelta(seconds=retention)
-        self._inserts: _Coalescer[tuple[str, AgentRequest, str], EarlierStart | None] = (
-            _Coalescer(self._flush, "execution-ledger"))
+        self._inserts: Coalescer[tuple[str, AgentRequest, str], EarlierStart | None] = (
+            Coalescer(self._flush, "execution-ledger"))
         self._pruned_at = time.monotonic()
 
     async def start(self, signature: bytes, request: AgentRequest, owner: str

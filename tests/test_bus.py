@@ -328,7 +328,7 @@ async def test_writes_made_together_go_out_together() -> None:
     """The coalescer behind sends and answers: items submitted while a write is on the wire
     go in the next write; an item's own failure reaches only its submitter; an item whose
     submitter gave up before its batch left is never written."""
-    from orchestrator.bus import _Coalescer
+    from orchestrator.bus.batching import Coalescer
 
     written: list[list[int]] = []
     gate = asyncio.Event()
@@ -338,7 +338,7 @@ async def test_writes_made_together_go_out_together() -> None:
         await gate.wait()
         return [ValueError(f"bad {i}") if i == 3 else i * 10 for i in items]
 
-    coalescer: _Coalescer[int, object] = _Coalescer(flush, "test")
+    coalescer: Coalescer[int, object] = Coalescer(flush, "test")
     first = asyncio.create_task(coalescer.submit(0))
     await asyncio.sleep(0)
     others = [asyncio.create_task(coalescer.submit(i)) for i in range(1, 6)]

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from orchestrator.bus import EventBus, _Coalescer
+from orchestrator.bus import EventBus
+from orchestrator.bus.batching import Coalescer as _Coalescer
 from orchestrator.runtime import Runtime
 
 

@@ -10,10 +10,10 @@ fencing token, which the workflow passes to agents with ``call_agent(..., fencin
 
 from __future__ import annotations
 
-from .calls import _graph_context
-from .errors import WrongContext
-from .locks import Lease
-from .runtime import current_runtime
+from ..calls import _graph_context
+from ..errors import WrongContext
+from ..runtime import current_runtime
+from .manager import Lease
 
 __all__ = ["hold_lock", "release_lock", "workflow_holder"]
 

@@ -8,7 +8,8 @@ woken when a lock is released — by the release itself in the releasing process
 otherwise re-check when the current holding would expire, so they never busy-poll.
 
 Work guarded by a lock passes the fencing token along; whoever changes the resource refuses a
-token older than the newest it has seen, so a stale holder's late write is refused.
+token older than the newest it has seen, so a stale holder's late write is refused (see
+:mod:`orchestrator.locks.fencing`, where tokens are issued and checked).
 
 What each step costs (the uncontended path is one statement to acquire, one to release):
 
@@ -37,70 +38,25 @@ from collections.abc import Callable, Iterable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
-from types import TracebackType
 from typing import Any
-
-from psycopg import AsyncConnection
 
 from orchestrator.state.db import Database
 
-from .errors import LockLost, ResourceLocked
-from .metrics import LOCK_ACQUISITIONS, LOCK_CONTENTION, LOCK_WAIT_SECONDS, LOCKS_HELD
-from .outage import Outage
+from ..errors import ResourceLocked
+from ..metrics import LOCK_ACQUISITIONS, LOCK_CONTENTION, LOCK_WAIT_SECONDS
+from . import fencing
+from .holding import Holding
+from .waiting import CHANNEL, SEP, WOKEN, Waking, nap_over
 
 __all__ = ["Lease", "LockInfo", "ResourceLockManager"]
 
 log = logging.getLogger(__name__)
-
-CHANNEL = "orchestrator_locks"
-_SEP = "\x1f"
 
 # Bound once: .labels() looks the child up under a mutex on every call.
 _ACQUIRED = LOCK_ACQUISITIONS.labels("acquired")
 _TAKEN_OVER = LOCK_ACQUISITIONS.labels("taken_over")
 _TIMEOUT = LOCK_ACQUISITIONS.labels("timeout")
 _REFUSED = LOCK_ACQUISITIONS.labels("refused")
-
-# The first attempt of an acquisition: take the lock if its row exists and it is free or
-# expired. Nothing returned: it is held (or new): look again with _ACQUIRE.
-_TAKE = """
-UPDATE resource_locks
-SET holder = %(holder)s, token = token + 1, acquired_at = now(),
-    expires_at = now() + make_interval(secs => %(ttl)s)
-WHERE namespace = %(ns)s AND resource = %(resource)s AND (holder IS NULL OR expires_at < now())
-RETURNING token, expires_at"""
-
-# One attempt: take the lock if it is free or expired (creating its row the first time),
-# else report who holds it and for how long. The UPDATE locks only a row it takes, so a
-# refused attempt writes nothing; if it lost a race for a row it saw free (it then holds a
-# row lock until its commit, which is all it wrote), its commit need not wait for the disk.
-_ACQUIRE = """
-WITH taken AS (
-    UPDATE resource_locks
-    SET holder = %(holder)s, token = token + 1, acquired_at = now(),
-        expires_at = now() + make_interval(secs => %(ttl)s)
-    WHERE namespace = %(ns)s AND resource = %(resource)s
-      AND (holder IS NULL OR expires_at < now())
-    RETURNING token, expires_at
-), created AS (
-    INSERT INTO resource_locks (namespace, resource, holder, token, acquired_at, expires_at)
-    SELECT %(ns)s, %(resource)s, %(holder)s, 1, now(), now() + make_interval(secs => %(ttl)s)
-    WHERE NOT EXISTS (
-        SELECT 1 FROM resource_locks WHERE namespace = %(ns)s AND resource = %(resource)s)
-    ON CONFLICT (namespace, resource) DO NOTHING
-    RETURNING token, expires_at
-)
-SELECT token, expires_at, NULL::text AS holder, NULL::float8 AS left_s, NULL::text AS sc
-FROM taken
-UNION ALL
-SELECT token, expires_at, NULL::text, NULL::float8, NULL::text FROM created
-UNION ALL
-SELECT NULL::bigint, NULL::timestamptz, holder,
-       GREATEST(EXTRACT(EPOCH FROM expires_at - now()), 0)::float8,
-       set_config('synchronous_commit', 'off', true)
-FROM resource_locks
-WHERE namespace = %(ns)s AND resource = %(resource)s
-  AND NOT EXISTS (SELECT 1 FROM taken) AND NOT EXISTS (SELECT 1 FROM created)"""
 
 # Release (see the module docstring for why its commit does not wait for the disk).
 _RELEASE = """
@@ -117,8 +73,6 @@ _RELEASE_HELD = """
 UPDATE resource_locks SET holder = NULL, expires_at = NULL
 WHERE namespace = %s AND resource = %s AND holder = %s
 RETURNING pg_notify(%s, %s) AS notified"""
-
-_WOKEN = True  # a waiter's future result: a release woke it (False: its nap ran out)
 
 
 @dataclass
@@ -152,12 +106,8 @@ class LockInfo:
         }
 
 
-def _nap_over(fut: asyncio.Future[bool]) -> None:
-    if not fut.done():
-        fut.set_result(False)
 
-
-class ResourceLockManager:
+class ResourceLockManager(Waking):
     """Acquire, renew and release named locks for one namespace.
 
     ``listen_url`` is a connection string for the dedicated ``LISTEN`` connection; without it
@@ -207,98 +157,6 @@ class ResourceLockManager:
             await asyncio.wait({self._listener}, timeout=2)
             self._listener = None
 
-    # -- waking waiters ------------------------------------------------------------------------
-
-    def _enqueue(self, resource: str, *, first: bool) -> asyncio.Future[bool]:
-        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        queue = self._waiters.get(resource)
-        if queue is None:
-            queue = self._waiters[resource] = deque()
-        if first:
-            queue.appendleft(fut)  # woken before but beaten to it: it keeps its turn
-        else:
-            queue.append(fut)
-        return fut
-
-    def _dequeue(self, resource: str, fut: asyncio.Future[bool]) -> None:
-        queue = self._waiters.get(resource)
-        if queue is not None:
-            with contextlib.suppress(ValueError):
-                queue.remove(fut)
-            if not queue:
-                del self._waiters[resource]
-
-    def _wake_one(self, resource: str) -> None:
-        """Wake the longest-waiting waiter of ``resource`` in this process, if any."""
-        queue = self._waiters.get(resource)
-        if queue is None:
-            return
-        while queue:
-            fut = queue.popleft()
-            if not fut.done():
-                fut.set_result(_WOKEN)
-                break
-        if not queue:
-            del self._waiters[resource]
-
-    def _wake_all(self) -> None:
-        for resource in list(self._waiters):
-            for fut in self._waiters.pop(resource):
-                if not fut.done():
-                    fut.set_result(_WOKEN)
-
-    def _expect_own_notify(self, conn: AsyncConnection[Any], resource: str) -> tuple[int, str] | None:
-        if not self._listening.is_set():
-            return None
-        key = (conn.info.backend_pid, resource)
-        self._own_notifies[key] = self._own_notifies.get(key, 0) + 1
-        return key
-
-    def _forget_own_notify(self, key: tuple[int, str] | None) -> None:
-        if key is None:
-            return
-        left = self._own_notifies.get(key, 0) - 1
-        if left > 0:
-            self._own_notifies[key] = left
-        else:
-            self._own_notifies.pop(key, None)
-
-    async def _listen(self) -> None:
-        assert self.listen_url is not None
-        backoff = 0.1
-        prefix = self.namespace + _SEP
-        outage = Outage("the lock listener's connection", log)  # one warning per outage
-        while not self._closing:
-            try:
-                async with await AsyncConnection.connect(self.listen_url, autocommit=True) as conn:
-                    await conn.execute(f"LISTEN {CHANNEL}")
-                    self._listening.set()
-                    outage.over()
-                    backoff = 0.1
-                    while not self._closing:
-                        # a bounded wait, so closing never has to cancel inside psycopg
-                        async for note in conn.notifies(timeout=1.0):
-                            payload = note.payload
-                            if not payload.startswith(prefix):
-                                continue
-                            resource = payload[len(prefix):]
-                            key = (note.pid, resource)
-                            if key in self._own_notifies:
-                                self._forget_own_notify(key)  # its release woke a waiter
-                            elif resource in self._waiters:
-                                self._wake_one(resource)
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self._listening.clear()
-                self._own_notifies.clear()
-                outage.failed(exc)
-                # Wake every waiter: a release may have been missed while disconnected.
-                self._wake_all()
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
-
     # -- acquiring -----------------------------------------------------------------------------
 
     async def _attempt(
@@ -308,16 +166,16 @@ class ResourceLockManager:
 
         The holder is None when the row changed under the attempt: look again at once.
         ``first``: try the plain UPDATE first (the uncontended case: a fifth cheaper than
-        ``_ACQUIRE``), and ``_ACQUIRE`` only if it took nothing.
+        ``fencing.ACQUIRE``), and ``fencing.ACQUIRE`` only if it took nothing.
         """
         params = {"ns": self.namespace, "resource": resource, "holder": holder, "ttl": ttl}
         async with self.db.pool.connection() as conn:
             if first:
-                cur = await conn.execute(_TAKE, params, prepare=True)
+                cur = await conn.execute(fencing.TAKE, params, prepare=True)
                 row = await cur.fetchone()
                 if row is not None:
                     return Lease(resource, holder, row["token"], row["expires_at"]), None, 0.0
-            cur = await conn.execute(_ACQUIRE, params, prepare=True)
+            cur = await conn.execute(fencing.ACQUIRE, params, prepare=True)
             row = await cur.fetchone()
         if row is None:
             return None, None, 0.0
@@ -333,12 +191,7 @@ class ResourceLockManager:
     async def _take_over(self, resource: str, dead: str, holder: str, ttl: float) -> Lease | None:
         """Take ``resource`` from ``dead`` (a holder whose process is gone), if it still has it."""
         row = await self.db.fetchone(
-            """
-            UPDATE resource_locks SET holder = %s, token = token + 1, acquired_at = now(),
-                                      expires_at = now() + make_interval(secs => %s)
-            WHERE namespace = %s AND resource = %s AND holder = %s
-            RETURNING token, expires_at""",
-            (holder, ttl, self.namespace, resource, dead),
+            fencing.TAKE_OVER, (holder, ttl, self.namespace, resource, dead)
         )
         if row is None:
             return None
@@ -392,7 +245,7 @@ class ResourceLockManager:
                 if not self._listening.is_set():
                     nap = min(nap, self.fallback_poll)
                 if nap > 0 and not fut.done():
-                    timer = loop.call_later(nap, _nap_over, fut)
+                    timer = loop.call_later(nap, nap_over, fut)
                     try:
                         await fut
                     finally:
@@ -400,7 +253,7 @@ class ResourceLockManager:
             except BaseException:
                 # Woken, but leaving without the lock (timeout, error, cancelled): the
                 # release that woke this waiter is the next one's.
-                if fut.done() and not fut.cancelled() and fut.result() is _WOKEN:
+                if fut.done() and not fut.cancelled() and fut.result() is WOKEN:
                     self._dequeue(resource, fut)
                     self._wake_one(resource)
                 raise
@@ -456,7 +309,7 @@ class ResourceLockManager:
                 cur = await conn.execute(
                     _RELEASE,
                     (self.namespace, lease.resource, lease.holder, lease.token, CHANNEL,
-                     f"{self.namespace}{_SEP}{lease.resource}"),
+                     f"{self.namespace}{SEP}{lease.resource}"),
                     prepare=True,
                 )
                 row = await cur.fetchone()
@@ -500,7 +353,7 @@ class ResourceLockManager:
             ResourceLocked: still held by someone else after ``wait_timeout`` seconds.
             LockLost: the lock expired and was taken over while the block ran.
         """
-        return _Holding(self, (resource,), holder, ttl, wait_timeout, single=True)
+        return Holding(self, (resource,), holder, ttl, wait_timeout, single=True)
 
     def acquire_many(
         self,
@@ -514,7 +367,7 @@ class ResourceLockManager:
 
         Yields the leases in the order the resources were given.
         """
-        return _Holding(self, tuple(dict.fromkeys(resources)), holder, ttl, wait_timeout,
+        return Holding(self, tuple(dict.fromkeys(resources)), holder, ttl, wait_timeout,
                         single=False)
 
     async def hold(self, resource: str, holder: str, ttl: float) -> Lease:
@@ -528,22 +381,7 @@ class ResourceLockManager:
         Raises:
             ResourceLocked: someone else holds it; the error names them.
         """
-        row = await self.db.fetchone(
-            """
-            INSERT INTO resource_locks AS l (namespace, resource, holder, token, acquired_at,
-                                             expires_at)
-            VALUES (%s, %s, %s, 1, now(), now() + make_interval(secs => %s))
-            ON CONFLICT (namespace, resource) DO UPDATE
-            SET holder = EXCLUDED.holder,
-                token = CASE WHEN l.holder = EXCLUDED.holder AND l.expires_at >= now()
-                             THEN l.token ELSE l.token + 1 END,
-                acquired_at = CASE WHEN l.holder = EXCLUDED.holder AND l.expires_at >= now()
-                                   THEN l.acquired_at ELSE now() END,
-                expires_at = EXCLUDED.expires_at
-            WHERE l.holder IS NULL OR l.expires_at < now() OR l.holder = EXCLUDED.holder
-            RETURNING token, expires_at""",
-            (self.namespace, resource, holder, ttl),
-        )
+        row = await self.db.fetchone(fencing.HOLD, (self.namespace, resource, holder, ttl))
         if row is None:
             _REFUSED.inc()
             LOCK_CONTENTION.inc()
@@ -560,7 +398,7 @@ class ResourceLockManager:
                 cur = await conn.execute(
                     _RELEASE_HELD,
                     (self.namespace, resource, holder, CHANNEL,
-                     f"{self.namespace}{_SEP}{resource}"),
+                     f"{self.namespace}{SEP}{resource}"),
                 )
                 row = await cur.fetchone()
             except BaseException:
@@ -586,65 +424,3 @@ class ResourceLockManager:
             (self.namespace, include_free),
         )
         return [LockInfo(**r) for r in rows]
-
-
-class _Holding:
-    """The ``async with`` of :meth:`ResourceLockManager.acquire` and ``acquire_many``."""
-
-    __slots__ = ("_manager", "_resources", "_holder", "_ttl", "_wait_timeout", "_single",
-                 "_leases")
-
-    def __init__(self, manager: ResourceLockManager, resources: tuple[str, ...], holder: str,
-                 ttl: float, wait_timeout: float, *, single: bool) -> None:
-        self._manager = manager
-        self._resources = resources
-        self._holder = holder
-        self._ttl = ttl
-        self._wait_timeout = wait_timeout
-        self._single = single
-        self._leases: dict[str, Lease] = {}
-
-    async def __aenter__(self) -> Any:
-        manager, leases, ttl = self._manager, self._leases, self._ttl
-        deadline = time.monotonic() + self._wait_timeout
-        try:
-            for resource in sorted(self._resources):
-                lease = await manager._acquire(
-                    resource, self._holder, ttl, max(deadline - time.monotonic(), 0.0)
-                )
-                manager._start_renewal(lease, ttl)
-                leases[resource] = lease
-                LOCKS_HELD.inc()
-        except BaseException:
-            await self._release_all()
-            raise
-        if self._single:
-            return leases[self._resources[0]]
-        return tuple(leases[r] for r in self._resources)
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        lost = [lease.resource for lease in self._leases.values() if lease.lost]
-        await self._release_all()
-        if lost and exc_type is None:
-            raise LockLost(
-                f"lost the lock on {', '.join(lost)} before the work finished; "
-                "its result must not be trusted: re-run the step"
-            )
-
-    async def _release_all(self) -> None:
-        leases, self._leases = list(self._leases.values()), {}
-        for i, lease in enumerate(leases):
-            LOCKS_HELD.dec()
-            try:
-                await self._manager._release_quietly(lease)
-            except asyncio.CancelledError:
-                for rest in leases[i + 1:]:  # cancelled: the others are released regardless
-                    LOCKS_HELD.dec()
-                    self._manager._release_later(rest)
-                raise
-
