@@ -12,7 +12,8 @@ import textwrap
 import time
 
 import pytest
-from orchestrator.agents.docs import docs_resource
+
+from orchestrator.contracts.docs import output_lock
 
 from .support.docs import tree
 from .support.processes import reaping
@@ -43,7 +44,7 @@ async def test_killed_lock_holder_loses_the_lock_at_ttl_and_its_late_write_is_re
     orch = await orchestrator_factory()  # hosts the built-in docs agent (the writer)
     rt = orch.runtime
     out = tmp_path / "fenced"
-    resource = docs_resource(out)
+    resource = output_lock(out)
     procs: list[subprocess.Popen[str]] = []
     with reaping(procs):
         holder = subprocess.Popen([sys.executable, "-c", _LOCK_HOLDER, resource], env=service_env,

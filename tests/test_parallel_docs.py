@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 
 from orchestrator.calls import call_agent
+from orchestrator.contracts.docs import output_lock
 from orchestrator.errors import AgentError, InvalidInput
+from orchestrator.locks.fencing import check_token
 from orchestrator.testing import resume, run_until_interrupt, stand_in
 
 from .graphs_for_tests import approval
@@ -144,12 +146,12 @@ async def test_docs_writer_requires_a_current_fencing_token(orchestrator, tmp_pa
     rt = orchestrator.runtime
     with pytest.raises(AgentError, match="missing_fencing_token"):
         await call_agent("docs", "write_docs", payload, runtime=rt)
-    resource = f"docs:{out.resolve()}"
+    resource = output_lock(out)
     async with rt.locks.acquire(resource, "old") as old:
         pass
     async with rt.locks.acquire(resource, "new") as new:
         assert new.token > old.token
-        await rt.bus.check_fence(resource, new.token)  # the writer has seen the new holder
+        await check_token(rt.bus, resource, new.token)  # the writer has seen the new holder
     # the old holder's late write is refused, and nothing was written
     req = rt.bus.new_reply_stream_request(target="docs", request_type="write_docs",
                                           payload=payload, fencing={resource: old.token})
@@ -160,7 +162,7 @@ async def test_docs_writer_requires_a_current_fencing_token(orchestrator, tmp_pa
 
 async def test_docs_writer_never_writes_outside_output(orchestrator, tmp_path) -> None:
     out = tmp_path / "out"
-    resource = f"docs:{out.resolve()}"
+    resource = output_lock(out)
     payload = {"output": str(out), "package": "p", "pages": {"../../escape": "# x\n"}}
     with pytest.raises(AgentError, match="unsafe_path"):
         await call_agent("docs", "write_docs", payload, locks=[resource],

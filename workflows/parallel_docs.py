@@ -7,7 +7,10 @@
 * ``document_module`` runs once per module, in parallel (LangGraph ``Send``); each asks the
   docs agent to render that module's source.
 * ``write_docs`` fans in and asks the docs agent to write one page per module plus an index,
-  holding the ``docs:<output>`` lock, whose fencing token the agent checks.
+  holding the output folder's lock (:func:`~orchestrator.contracts.docs.output_lock`), whose
+  fencing token the agent checks.
+
+The requests and answers are the docs agent's contract, :mod:`orchestrator.contracts.docs`.
 
 Input: ``{"package": <folder of a Python package, or an importable package name>,
 "output": <folder>}``. Same input, byte-identical output. A module that cannot be read (a
@@ -27,7 +30,18 @@ from langgraph.types import Send
 from orchestrator.state.schema import MultiAgentState, merge_updates, now_iso
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from orchestrator.calls import AGENT_RETRY, call_agent
+from orchestrator.calls import AGENT_RETRY
+from orchestrator.contracts.docs import (
+    AGENT_TYPE,
+    LIST_MODULES,
+    RENDER_MODULE,
+    WRITE_DOCS,
+    ListModules,
+    RenderModule,
+    SkippedModule,
+    WriteDocs,
+    output_lock,
+)
 from orchestrator.graphs import WorkflowSpec, validated_fields
 
 __all__ = ["ParallelDocsInput", "ParallelDocsState", "builder", "workflow"]
@@ -109,15 +123,14 @@ async def prepare(state: ParallelDocsState) -> dict[str, Any]:
 
 
 async def discover(state: ParallelDocsState) -> dict[str, Any]:
-    call = await call_agent("docs", "list_modules", {"package_dir": state["package"]},
-                            subtask="discover")
-    modules = call.result["modules"]
+    call = await LIST_MODULES.call(ListModules(package_dir=state["package"]), subtask="discover")
+    listing = call.result
     subtasks = [
-        {"id": m["name"], "kind": "document_module", "agent_type": "docs",
-         "payload": {"path": m["path"]}}
-        for m in modules
+        {"id": m.name, "kind": "document_module", "agent_type": AGENT_TYPE,
+         "payload": {"path": m.path}}
+        for m in listing.modules
     ]
-    return merge_updates(call.updates, {"package_name": call.result["package"], "subtasks": subtasks})
+    return merge_updates(call.updates, {"package_name": listing.package, "subtasks": subtasks})
 
 
 def fan_out(state: ParallelDocsState) -> list[Send] | str:
@@ -133,18 +146,18 @@ def fan_out(state: ParallelDocsState) -> list[Send] | str:
 
 async def document_module(task: dict[str, Any]) -> dict[str, Any]:
     module = task["module"]
-    call = await call_agent(
-        "docs", "render_module",
-        {"package_dir": task["package"], "module": module, "path": task["path"]},
+    call = await RENDER_MODULE.call(
+        RenderModule(package_dir=task["package"], module=module, path=task["path"]),
         subtask=module,
     )
-    if "skipped" in call.result:  # unreadable: reported in the index, not a failed run
-        reason = call.result["skipped"]
-        return merge_updates(call.updates, {"partial_results": {module: {"skipped": reason}},
-                                       "subtask_status": {module: "skipped"}})
-    page = {"markdown": call.result["markdown"], "summary": call.result["summary"]}
+    rendered = call.result.root
+    if isinstance(rendered, SkippedModule):  # unreadable: reported in the index, not a failed run
+        skip = {"skipped": rendered.skipped}
+        return merge_updates(call.updates, {"partial_results": {module: skip},
+                                            "subtask_status": {module: "skipped"}})
+    page = {"markdown": rendered.markdown, "summary": rendered.summary}
     return merge_updates(call.updates, {"partial_results": {module: page},
-                                   "subtask_status": {module: "done"}})
+                                        "subtask_status": {module: "done"}})
 
 
 async def write_docs(state: ParallelDocsState) -> dict[str, Any]:
@@ -156,25 +169,25 @@ async def write_docs(state: ParallelDocsState) -> dict[str, Any]:
         raise RuntimeError(f"modules without a page: {', '.join(missing)}")
     skipped = {m: pages[m]["skipped"] for m in modules if "skipped" in pages[m]}
     written = [m for m in modules if m not in skipped]
-    call = await call_agent(
-        "docs", "write_docs",
-        {
-            "output": output,
-            "package": state.get("package_name") or Path(state["package"]).name,
-            "pages": {m: pages[m]["markdown"] for m in written},
-            "summaries": {m: pages[m]["summary"] for m in written},
-            "skipped": skipped,
-        },
-        locks=[f"docs:{output}"],
+    call = await WRITE_DOCS.call(
+        WriteDocs(
+            output=output,
+            package=state.get("package_name") or Path(state["package"]).name,
+            pages={m: pages[m]["markdown"] for m in written},
+            summaries={m: pages[m]["summary"] for m in written},
+            skipped=skipped,
+        ),
+        locks=[output_lock(output)],
         subtask="write_docs",
     )
+    docs = call.result
     final = {
         "status": "completed",
         "package": state.get("package_name"),
-        "output": call.result["output"],
-        "index": str(Path(call.result["output"]) / call.result["index"]),
+        "output": docs.output,
+        "index": str(Path(docs.output) / docs.index),
         "modules": len(written),
-        "files": call.result["files"],
+        "files": list(docs.files),
     }
     if skipped:
         final["skipped"] = skipped
