@@ -1,24 +1,8 @@
 """The ``cicd`` agent: tests in isolated git worktrees, and merges under the repository lock.
 
-Request types:
-
-* ``run_tests`` ``{"repo", "ref", "command"="python -m pytest -q", "timeout"=600}`` →
-  ``{"passed", "exit_code", "timed_out", "counts": {"passed", "failed", ...}, "seconds",
-  "commit", "failures", "output_tail"}``. The command runs without a shell in a fresh
-  detached worktree at ``ref``, which is removed afterwards; a leading ``python`` means the
-  agent's own interpreter. Counts are read from pytest's (or unittest's) summary; failures
-  are test ids (``tests/test_x.py::test_y`` for pytest, ``tests.test_x.Case.test_y`` for
-  unittest) with the first line of their error. The command's environment is the worker's
-  without ``ORCHESTRATOR_*`` (see ``orchestrator.childenv``), and a pytest it starts never
-  loads this project's own pytest plugin (``PYTEST_ADDOPTS=-p no:orchestrator``).
-* ``run_command`` ``{"repo", "command", "timeout"=600}`` → like ``run_tests``, but in the
-  repository's working tree as it is (integration tests after a plan's changes).
-* ``merge`` ``{"repo", "source", "target"="main", "message"}`` → ``{"merged": true, "commit",
-  "already_merged"}``, or ``{"merged": false, "conflicts": [files], "reason"}``. Guarded by
-  the ``repo:<repository path>`` lock, whose fencing token the request must carry. A
-  no-fast-forward merge of ``source`` into ``target``: in place when ``target`` is checked
-  out (the working tree must be clean), else in a temporary worktree, after which the branch
-  is moved by compare-and-swap. A conflict is aborted: the repository is left as it was.
+Its request types, their payloads and answers are in :mod:`orchestrator.contracts.cicd`; the
+repository and ref rules, and the ``repo:<path>`` lock name, in
+:mod:`orchestrator.contracts.repos`.
 
 Worktrees are added and removed one at a time per repository (a lock in this process and a
 ``flock`` on ``<git dir>/orchestrator-worktrees.lock`` across processes), each under a name of
@@ -40,18 +24,39 @@ import tempfile
 import weakref
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
-from orchestrator.agents.lib.proc import Completed, commit_of, git, ref_arg, resolve_repo, run
+from orchestrator.agents.lib.proc import Completed, git, repo_rule, run
 from orchestrator.agents.lib.testrun import parse_test_counts, test_failures
 
 from orchestrator.agent import Agent, HandlerError, RequestContext
+from orchestrator.contracts.cicd import (
+    AGENT_TYPE,
+    MERGE,
+    RUN_COMMAND,
+    RUN_TESTS,
+    CommandOutcome,
+    Conflicted,
+    Merge,
+    Merged,
+    RunCommand,
+    RunTests,
+    RunTestsOutcome,
+    command_words,
+)
+from orchestrator.contracts.repos import (
+    branch_commit,
+    checked_out,
+    commit_of,
+    dirty_target,
+    repo_lock,
+    repository_top,
+)
 from orchestrator.errors import AgentErrorCode
 
-__all__ = ["agent", "repo_resource"]
+__all__ = ["agent"]
 
 agent = Agent(
-    "cicd",
+    AGENT_TYPE,
     capabilities=["git", "worktree", "pytest", "merge"],
     version="1",
     description="test runs in git worktrees; merges under the repository lock",
@@ -60,25 +65,12 @@ agent = Agent(
 _OUTPUT_TAIL = 4000
 
 
-def repo_resource(repo: str | Path) -> str:
-    """The lock name guarding a repository's branches."""
-    return f"repo:{Path(repo).resolve()}"
-
-
-def _argv(command: object) -> list[str]:
-    if isinstance(command, str):
-        argv = shlex.split(command)
-    elif isinstance(command, list) and all(isinstance(a, str) for a in command):
-        argv = list(command)
-    else:
-        raise HandlerError(AgentErrorCode.INVALID_INPUT, "'command' must be a string or a list of strings")
-    if not argv:
-        raise HandlerError(AgentErrorCode.INVALID_INPUT, "'command' is empty")
+def _argv(command: str | list[str]) -> list[str]:
+    """The words to run; a leading ``python`` means this agent's own interpreter."""
+    argv = command_words(command)  # the contract already refused an empty one
     if argv[0] == "python":
         argv[0] = sys.executable
     return argv
-
-
 
 
 _WORKTREE_PREFIX = "orch-wt-"
@@ -186,20 +178,18 @@ async def _worktree(repo: Path, commit: str) -> AsyncIterator[Path]:
             os.close(owner)
 
 
-@agent.handler("run_tests")
-async def run_tests(payload: dict[str, Any], ctx: RequestContext) -> dict[str, Any]:
-    repo = await resolve_repo(payload.get("repo"))
-    ref = ref_arg(payload, "ref")
-    argv = _argv(payload.get("command", "python -m pytest -q"))
-    timeout = _timeout(payload)
-    commit = await commit_of(repo, ref)
+@agent.handler(RUN_TESTS)
+async def run_tests(payload: RunTests, ctx: RequestContext) -> RunTestsOutcome:
+    repo = await repo_rule(repository_top, payload.repo)
+    argv = _argv(payload.command)
+    commit = await repo_rule(commit_of, repo, payload.ref)
     async with _worktree(repo, commit) as tree:
-        ctx.log.info("running %s at %s (%s)", shlex.join(argv), ref, commit[:12])
-        done = await run(argv, cwd=tree, timeout=timeout, test_command=True)
-    return {**_outcome(done, argv, timeout), "commit": commit}
+        ctx.log.info("running %s at %s (%s)", shlex.join(argv), payload.ref, commit[:12])
+        done = await run(argv, cwd=tree, timeout=payload.timeout, test_command=True)
+    return RunTestsOutcome(**_outcome(done, argv, payload.timeout).model_dump(), commit=commit)
 
 
-def _outcome(done: Completed, argv: list[str], timeout: float) -> dict[str, Any]:
+def _outcome(done: Completed, argv: list[str], timeout: float) -> CommandOutcome:
     """What a test command's run says: passed, counts, failing tests, the output's tail."""
     output = done.stdout + ("\n" + done.stderr if done.stderr else "")
     counts = parse_test_counts(done.stdout) or parse_test_counts(output)
@@ -215,61 +205,46 @@ def _outcome(done: Completed, argv: list[str], timeout: float) -> dict[str, Any]
     failures = test_failures(output)[:50]
     if failures and reason:
         reason += ": " + "; ".join(failures[:5])
-    return {
-        "passed": passed,
-        "reason": reason,
-        "failures": failures,
-        "exit_code": done.returncode,
-        "timed_out": done.timed_out,
-        "counts": counts,
-        "seconds": round(done.seconds, 3),
-        "command": argv,
-        "output_tail": output[-_OUTPUT_TAIL:],
-    }
+    return CommandOutcome(
+        passed=passed, reason=reason, failures=failures, exit_code=done.returncode,
+        timed_out=done.timed_out, counts=counts, seconds=round(done.seconds, 3), command=argv,
+        output_tail=output[-_OUTPUT_TAIL:],
+    )
 
 
-@agent.handler("run_command")
-async def run_command(payload: dict[str, Any], ctx: RequestContext) -> dict[str, Any]:
-    repo = await resolve_repo(payload.get("repo"))
-    argv = _argv(payload.get("command", "python -m pytest -q"))
-    timeout = _timeout(payload)
+@agent.handler(RUN_COMMAND)
+async def run_command(payload: RunCommand, ctx: RequestContext) -> CommandOutcome:
+    repo = await repo_rule(repository_top, payload.repo)
+    argv = _argv(payload.command)
     ctx.log.info("running %s in %s", shlex.join(argv), repo)
-    done = await run(argv, cwd=repo, timeout=timeout, test_command=True)
-    return _outcome(done, argv, timeout)
+    done = await run(argv, cwd=repo, timeout=payload.timeout, test_command=True)
+    return _outcome(done, argv, payload.timeout)
 
 
-def _timeout(payload: dict[str, Any]) -> float:
-    timeout = payload.get("timeout", 600)
-    if not isinstance(timeout, int | float) or timeout <= 0:
-        raise HandlerError(AgentErrorCode.INVALID_INPUT, "'timeout' must be a positive number of seconds")
-    return float(timeout)
-
-
-@agent.handler("merge")
-async def merge(payload: dict[str, Any], ctx: RequestContext) -> dict[str, Any]:
-    repo = await resolve_repo(payload.get("repo"))
-    await ctx.check_fencing(repo_resource(repo))
-    source, target = ref_arg(payload, "source"), ref_arg(payload, "target", "main")
-    message = payload.get("message") or f"Merge {source} into {target}"
-    source_commit = await commit_of(repo, source)
-    target_commit = await commit_of(repo, f"refs/heads/{target}")
+@agent.handler(MERGE)
+async def merge(payload: Merge, ctx: RequestContext) -> Merged | Conflicted:
+    repo = await repo_rule(repository_top, payload.repo)
+    await ctx.check_fencing(repo_lock(repo))
+    source, target = payload.source, payload.target
+    message = payload.message or f"Merge {source} into {target}"
+    source_commit = await repo_rule(commit_of, repo, source)
+    target_commit = await repo_rule(branch_commit, repo, target)
     already = await git(repo, "merge-base", "--is-ancestor", source_commit, target_commit,
                         check=False)
     if already.returncode == 0:  # a redelivered request after the merge, or nothing to merge
-        return {"merged": True, "already_merged": True, "commit": target_commit}
-    head = await git(repo, "symbolic-ref", "--quiet", "HEAD", check=False)
+        return Merged(merged=True, already_merged=True, commit=target_commit)
     try:
-        if head.stdout.removesuffix("\n") == f"refs/heads/{target}":
-            commit = await _merge_in_place(repo, source_commit, message)
+        if await repo_rule(checked_out, repo) == target:
+            commit = await _merge_in_place(repo, target, source_commit, message)
         else:
             commit = await _merge_in_worktree(repo, target, target_commit, source_commit, message)
     except _Conflict as conflict:
         ctx.log.info("merging %s into %s conflicts in %s", source, target, conflict.files)
-        return {"merged": False, "conflicts": conflict.files, "reason": (
+        return Conflicted(merged=False, conflicts=conflict.files, reason=(
             f"merging {source} into {target} conflicts in {', '.join(conflict.files)}; "
-            "resolve it on the source branch and run again")}
+            "resolve it on the source branch and run again"))
     ctx.log.info("merged %s into %s: %s", source, target, commit[:12])
-    return {"merged": True, "already_merged": False, "commit": commit}
+    return Merged(merged=True, already_merged=False, commit=commit)
 
 
 class _Conflict(Exception):
@@ -278,13 +253,10 @@ class _Conflict(Exception):
         self.files = files
 
 
-async def _merge_in_place(repo: Path, source_commit: str, message: str) -> str:
-    dirty = await git(repo, "status", "--porcelain", "--untracked-files=no")
-    if dirty.stdout.strip():
-        raise HandlerError(
-            AgentErrorCode.DIRTY_WORKTREE,
-            f"{repo} has uncommitted changes on the target branch; commit or stash them first",
-            blames_input=True)
+async def _merge_in_place(repo: Path, target: str, source_commit: str, message: str) -> str:
+    problem = await repo_rule(dirty_target, repo, target)  # the rule the graph checked first
+    if problem:
+        raise HandlerError(AgentErrorCode.DIRTY_WORKTREE, problem, blames_input=True)
     await _merge_or_abort(repo, source_commit, message)
     return (await git(repo, "rev-parse", "HEAD")).stdout.strip()
 

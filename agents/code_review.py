@@ -1,16 +1,6 @@
 """The ``code_review`` agent: static analysis (ruff) of the Python files a branch changes.
 
-Request types:
-
-* ``review`` ``{"repo", "source", "target", "max_findings"=0}`` → ``{"base", "files",
-  "findings": [{"file", "line", "column", "code", "message"}], "counts": {code: n},
-  "verdict": "approved" | "changes_requested", "passed", "max_findings"}``
-
-The changed files are those added, copied, modified or renamed between the merge base of
-``target`` and ``source``, and ``source``. They are linted as they are at ``source`` (taken
-with ``git archive``, together with the repository's ruff configuration files), so neither
-the working tree nor the checked-out branch matters. The verdict approves when there are at
-most ``max_findings`` findings.
+Its request types, their payloads and answers are in :mod:`orchestrator.contracts.code_review`.
 """
 
 from __future__ import annotations
@@ -25,24 +15,18 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from orchestrator.agents.lib.proc import (
-    _kill_group,
-    child_env,
-    commit_of,
-    git,
-    ref_arg,
-    resolve_repo,
-    run,
-)
+from orchestrator.agents.lib.proc import child_env, git, kill_group, repo_rule, run
 from orchestrator.agents.lib.ruff import ruff_binary, ruff_findings
 
 from orchestrator.agent import Agent, HandlerError, RequestContext
+from orchestrator.contracts.code_review import AGENT_TYPE, REVIEW, Review, ReviewResult
+from orchestrator.contracts.repos import GIT_ENV, commit_of, repository_top
 from orchestrator.errors import AgentErrorCode
 
 __all__ = ["agent"]
 
 agent = Agent(
-    "code_review",
+    AGENT_TYPE,
     capabilities=["python", "ruff", "git-diff"],
     version="1",
     description="ruff findings on the Python files a branch changes",
@@ -52,15 +36,12 @@ _PY_SUFFIXES = (".py", ".pyi")
 _CONFIG_NAMES = {"pyproject.toml", "ruff.toml", ".ruff.toml"}
 
 
-@agent.handler("review")
-async def review(payload: dict[str, Any], ctx: RequestContext) -> dict[str, Any]:
-    repo = await resolve_repo(payload.get("repo"))
-    source, target = ref_arg(payload, "source"), ref_arg(payload, "target", "main")
-    max_findings = payload.get("max_findings", 0)
-    if not isinstance(max_findings, int) or max_findings < 0:
-        raise HandlerError(AgentErrorCode.INVALID_INPUT, "'max_findings' must be a whole number >= 0")
+@agent.handler(REVIEW)
+async def review(payload: Review, ctx: RequestContext) -> ReviewResult:
+    repo = await repo_rule(repository_top, payload.repo)
+    source, target, max_findings = payload.source, payload.target, payload.max_findings
     for ref in (source, target):
-        await commit_of(repo, ref)
+        await repo_rule(commit_of, repo, ref)
     base = (await git(repo, "merge-base", target, source)).stdout.removesuffix("\n")
     diff = await git(repo, "diff", "--name-only", "-z", "--diff-filter=ACMR", base, source,
                      "--")
@@ -69,17 +50,12 @@ async def review(payload: dict[str, Any], ctx: RequestContext) -> dict[str, Any]
     counts = Counter(f["code"] for f in findings)
     passed = len(findings) <= max_findings
     ctx.log.info("reviewed %d changed files of %s: %d findings", len(files), source, len(findings))
-    return {
-        "base": base,
-        "source": source,
-        "target": target,
-        "files": files,
-        "findings": findings,
-        "counts": dict(sorted(counts.items())),
-        "verdict": "approved" if passed else "changes_requested",
-        "passed": passed,
-        "max_findings": max_findings,
-    }
+    return ReviewResult(
+        base=base, source=source, target=target, files=files, findings=findings,
+        counts=dict(sorted(counts.items())),
+        verdict="approved" if passed else "changes_requested", passed=passed,
+        max_findings=max_findings,
+    )
 
 
 async def _lint_at(repo: Path, ref: str, files: list[str]) -> list[dict[str, Any]]:
@@ -110,13 +86,13 @@ async def _archive(repo: Path, ref: str, paths: list[str]) -> bytes:
     proc = await asyncio.create_subprocess_exec(
         "git", "-C", str(repo), "archive", "--format=tar", ref, "--", *paths,
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE, env=child_env({"GIT_TERMINAL_PROMPT": "0"}),
+        stderr=asyncio.subprocess.PIPE, env=child_env(GIT_ENV),
         start_new_session=True,
     )
     try:
         out, err = await asyncio.wait_for(proc.communicate(), 120)
     except BaseException:  # timed out or cancelled: never leave git running
-        _kill_group(proc.pid)
+        kill_group(proc.pid)
         await proc.wait()
         raise
     if proc.returncode != 0:

@@ -130,19 +130,18 @@ async def test_pr_deployment_input_is_validated_once_per_run_off_the_event_loop(
 
     from orchestrator.workflows import pr_deployment
 
-    real_git = pr_deployment._git
+    real_top = pr_deployment.repository_top
     checks: list[bool] = []  # one per validation (git rev-parse --show-toplevel): on the loop?
 
-    def git(repo, *args):
-        if args[:2] == ("rev-parse", "--show-toplevel"):
-            try:
-                asyncio.get_running_loop()
-                checks.append(True)
-            except RuntimeError:
-                checks.append(False)
-        return real_git(repo, *args)
+    def repository_top(path):
+        try:
+            asyncio.get_running_loop()
+            checks.append(True)
+        except RuntimeError:
+            checks.append(False)
+        return real_top(path)
 
-    monkeypatch.setattr(pr_deployment, "_git", git)
+    monkeypatch.setattr(pr_deployment, "repository_top", repository_top)
     review = stand_in("code_review", {"review": failing("ruff_crashed", "ruff crashed")})
     orch = await orchestrator_factory(stand_ins=[review])
     failed = await orch.run("pr_deployment", {"repo": str(fixture_repo),

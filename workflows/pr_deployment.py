@@ -22,9 +22,6 @@
 
 from __future__ import annotations
 
-import shlex
-import subprocess
-from pathlib import Path
 from typing import Any, Literal
 
 from langgraph.graph import END, START, StateGraph
@@ -32,50 +29,38 @@ from orchestrator.state.schema import MultiAgentState, merge_updates, now_iso
 from orchestrator.workflows.canary import CanarySpec, canary_graph, validate_canary
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from orchestrator.calls import AGENT_RETRY, call_agent
-from orchestrator.childenv import child_environment
+from orchestrator.calls import AGENT_RETRY
+from orchestrator.contracts.cicd import MERGE, RUN_TESTS, Command, Merge, RunTests
+from orchestrator.contracts.code_review import REVIEW, Review
+from orchestrator.contracts.repos import (
+    GitRef,
+    RepoPath,
+    RepositoryError,
+    branch_commit,
+    commit_of,
+    dirty_target,
+    repo_lock,
+    repository_top,
+)
 from orchestrator.graphs import WorkflowSpec, validated_fields
 from orchestrator.questions import Answer, ask
 
-__all__ = ["PRDeploymentInput", "PRDeploymentState", "ApprovalAnswer", "builder", "workflow",
-           "repo_resource"]
-
-
-def repo_resource(repo: str) -> str:
-    """The lock guarding a repository's branches (the cicd agent checks its fencing token)."""
-    return f"repo:{repo}"
-
-
-def _git(repo: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["git", "-C", repo, *args], capture_output=True, text=True,
-                          timeout=30, check=False, stdin=subprocess.DEVNULL,
-                          env=child_environment({"GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C"}))
-
-
-def _uncommitted(repo: str) -> list[str]:
-    """Tracked files of ``repo``'s work tree with uncommitted changes (staged or not)."""
-    done = _git(repo, "status", "--porcelain=v1", "-z", "--untracked-files=no")
-    entries, files = done.stdout.split("\0"), []
-    index = 0
-    while index < len(entries):
-        entry = entries[index]
-        index += 1
-        if len(entry) > 3:
-            files.append(entry[3:])
-            if entry[0] in "RC":  # a rename or copy: the original path follows
-                index += 1
-    return files
+__all__ = ["PRDeploymentInput", "PRDeploymentState", "ApprovalAnswer", "builder", "workflow"]
 
 
 class PRDeploymentInput(BaseModel):
-    """What ``pr_deployment`` needs; validation resolves ``repo`` to the repository's top."""
+    """What ``pr_deployment`` needs; validation resolves ``repo`` to the repository's top.
+
+    The rules are the agents' own (:mod:`orchestrator.contracts.repos`, the ``cicd`` contract's
+    :data:`~orchestrator.contracts.cicd.Command`), checked here so bad input fails up front.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
-    repo: str = Field(min_length=1, description="path of a git repository")
-    source: str = Field(min_length=1, description="branch or ref to deliver")
-    target: str = Field("main", min_length=1, description="branch to merge into")
-    test_command: str | list[str] = Field(
+    repo: RepoPath
+    source: GitRef = Field(description="branch or ref to deliver")
+    target: GitRef = Field("main", description="branch to merge into")
+    test_command: Command = Field(
         "python -m pytest -q", description="run in a worktree at source, without a shell")
     test_timeout: float = Field(600.0, gt=0, description="seconds before the tests are killed")
     approval: Literal["required", "auto"] = "required"
@@ -85,34 +70,23 @@ class PRDeploymentInput(BaseModel):
     @field_validator("repo")
     @classmethod
     def _repository(cls, value: str) -> str:
-        path = Path(value).expanduser()
-        if not path.is_dir():
-            raise ValueError(f"{value} does not exist; give the path of a git repository")
-        done = _git(str(path), "rev-parse", "--show-toplevel")
-        if done.returncode != 0:
-            raise ValueError(f"{value} is not a git repository")
-        return done.stdout.removesuffix("\n")  # only git's newline: a name may end in " "
+        return str(repository_top(value))
 
     @model_validator(mode="after")
     def _refs(self) -> PRDeploymentInput:
-        for name, ref in (("source", self.source), ("target", self.target)):
-            if ref.startswith("-") or _git(self.repo, "rev-parse", "--verify", "--quiet",
-                                           f"{ref}^{{commit}}").returncode != 0:
-                raise ValueError(f"{name} {ref!r} is not a branch or commit of {self.repo}")
-        if _git(self.repo, "show-ref", "--verify", "--quiet", f"refs/heads/{self.target}").returncode:
-            raise ValueError(f"target {self.target!r} is not a branch of {self.repo}")
+        try:
+            commit_of(self.repo, self.source)
+        except RepositoryError as exc:
+            raise ValueError(f"source {exc}") from None
+        try:
+            branch_commit(self.repo, self.target)
+        except RepositoryError as exc:
+            raise ValueError(f"target {exc}") from None
         if self.source == self.target:
             raise ValueError("source and target are the same branch")
-        head = _git(self.repo, "symbolic-ref", "--quiet", "HEAD").stdout.removesuffix("\n")
-        if head == f"refs/heads/{self.target}":  # the merge would happen in this work tree
-            dirty = _uncommitted(self.repo)
-            if dirty:
-                shown = ", ".join(dirty[:10]) + (f" and {len(dirty) - 10} more"
-                                                 if len(dirty) > 10 else "")
-                raise ValueError(
-                    f"target {self.target!r} is checked out in {self.repo} with uncommitted "
-                    f"changes to {shown}; commit or stash them (git -C {shlex.quote(self.repo)} stash), or "
-                    "check out another branch there, then run again")
+        problem = dirty_target(self.repo, self.target)
+        if problem:
+            raise ValueError(problem)
         return self
 
 
@@ -143,27 +117,27 @@ async def validate(state: PRDeploymentState) -> dict[str, Any]:
 
 
 async def review(state: PRDeploymentState) -> dict[str, Any]:
-    call = await call_agent(
-        "code_review", "review",
-        {"repo": state["repo"], "source": state["source"], "target": state["target"],
-         "max_findings": state.get("max_findings", 0)},
+    call = await REVIEW.call(
+        Review(repo=state["repo"], source=state["source"], target=state["target"],
+               max_findings=state.get("max_findings", 0)),
         subtask="review",
     )
-    status = "done" if call.result["passed"] else "failed"
-    return merge_updates(call.updates, {"partial_results": {"review": call.result},
+    result = call.result.model_dump(mode="json")
+    status = "done" if call.result.passed else "failed"
+    return merge_updates(call.updates, {"partial_results": {"review": result},
                                         "subtask_status": {"review": status}})
 
 
 async def tests(state: PRDeploymentState) -> dict[str, Any]:
     timeout = float(state.get("test_timeout") or 600)
-    call = await call_agent(
-        "cicd", "run_tests",
-        {"repo": state["repo"], "ref": state["source"], "command": state["test_command"],
-         "timeout": timeout},
+    call = await RUN_TESTS.call(
+        RunTests(repo=state["repo"], ref=state["source"], command=state["test_command"],
+                 timeout=timeout),
         timeout=timeout + 300, subtask="tests",
     )
-    status = "done" if call.result["passed"] else "failed"
-    return merge_updates(call.updates, {"partial_results": {"tests": call.result},
+    result = call.result.model_dump(mode="json")
+    status = "done" if call.result.passed else "failed"
+    return merge_updates(call.updates, {"partial_results": {"tests": result},
                                         "subtask_status": {"tests": status}})
 
 
@@ -238,13 +212,12 @@ def after_approve(state: PRDeploymentState) -> Literal["merge", "finish"]:
 async def merge(state: PRDeploymentState) -> dict[str, Any]:
     decision = state.get("decision") or {}
     by = f" (approved by {decision['by']})" if decision.get("by") else ""
-    call = await call_agent(
-        "cicd", "merge",
-        {"repo": state["repo"], "source": state["source"], "target": state["target"],
-         "message": f"Merge {state['source']} into {state['target']}{by}"},
-        locks=[repo_resource(state["repo"])], subtask="merge",
+    call = await MERGE.call(
+        Merge(repo=state["repo"], source=state["source"], target=state["target"],
+              message=f"Merge {state['source']} into {state['target']}{by}"),
+        locks=[repo_lock(state["repo"])], subtask="merge",
     )
-    result = call.result
+    result = call.result.model_dump(mode="json")
     update = merge_updates(call.updates, {
         "merge": result, "subtask_status": {"merge": "done" if result["merged"] else "failed"}})
     if not result["merged"]:

@@ -4,6 +4,9 @@ Every run has a timeout; on expiry the whole process group is killed, so a hung 
 command cannot leave grandchildren behind. Every child gets the environment of
 :func:`orchestrator.childenv.child_environment` (never ``ORCHESTRATOR_*``, so never the bus
 secret or the database and Redis URLs), plus what the call adds.
+
+The rules a repository path or a ref must obey live in :mod:`orchestrator.contracts.repos`,
+shared with the graphs; :func:`repo_rule` runs one of them for a handler.
 """
 
 from __future__ import annotations
@@ -11,19 +14,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shlex
 import signal
+import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from orchestrator.agent import HandlerError
 from orchestrator.childenv import child_environment
+from orchestrator.contracts.repos import GIT_ENV, RepositoryError, repository_top
 from orchestrator.errors import AgentErrorCode
 
-__all__ = ["Completed", "run", "git", "resolve_repo", "resolve_folder", "ref_arg", "commit_of",
+__all__ = ["Completed", "run", "git", "repo_rule", "resolve_repo", "resolve_folder", "kill_group",
            "child_env", "NO_OWN_PLUGIN"]
+
+T = TypeVar("T")
 
 _OUTPUT_LIMIT = 200_000  # characters of each stream kept; test output can be huge
 
@@ -88,10 +96,10 @@ async def run(
         out, err = await asyncio.wait_for(proc.communicate(stdin), timeout)
     except TimeoutError:
         timed_out = True
-        _kill_group(proc.pid)
+        kill_group(proc.pid)
         out, err = await proc.communicate()
     except asyncio.CancelledError:
-        _kill_group(proc.pid)
+        kill_group(proc.pid)
         raise
     return Completed(
         list(argv), proc.returncode if proc.returncode is not None else -9,
@@ -101,15 +109,15 @@ async def run(
     )
 
 
-def _kill_group(pid: int) -> None:
+def kill_group(pid: int) -> None:
+    """SIGKILL the process group ``pid`` leads (started with ``start_new_session``), if any."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGKILL)
 
 
 async def git(repo: str | Path, *args: str, timeout: float = 60.0, check: bool = True) -> Completed:
     """``git -C repo args...``; with ``check``, a failure raises naming the command."""
-    done = await run(["git", "-C", str(repo), *args], timeout=timeout,
-                     env={"GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C"})
+    done = await run(["git", "-C", str(repo), *args], timeout=timeout, env=GIT_ENV)
     if check and (done.returncode != 0 or done.timed_out):
         detail = (done.stderr or done.stdout).strip() or f"exit {done.returncode}"
         raise HandlerError(AgentErrorCode.GIT_FAILED, f"git {' '.join(args)} failed in {repo}: {detail}",
@@ -117,22 +125,43 @@ async def git(repo: str | Path, *args: str, timeout: float = 60.0, check: bool =
     return done
 
 
+async def repo_rule(rule: Callable[..., T], *args: Any) -> T:
+    """``rule(*args)``, a check of :mod:`orchestrator.contracts.repos` (the one home of the
+    repository and ref rules a graph checks too), in a thread: it runs git, blocking.
+
+    Raises:
+        HandlerError: ``invalid_input`` with the rule's message when it refuses (or the
+            system refuses the path); ``git_failed`` (retryable) when git did not answer in
+            time; ``command_not_found`` without git.
+    """
+    try:
+        return await asyncio.to_thread(rule, *args)
+    except RepositoryError as exc:
+        raise HandlerError(AgentErrorCode.INVALID_INPUT, str(exc)) from None
+    except OSError as exc:
+        if exc.filename == "git":
+            raise HandlerError(AgentErrorCode.COMMAND_NOT_FOUND,
+                               "'git' was not found; install it") from None
+        # the system refuses the path itself (a name too long...)
+        raise HandlerError(AgentErrorCode.INVALID_INPUT,
+                           f"{args[0] if args else ''}: the system refuses the path "
+                           f"({exc.strerror or exc})") from None
+    except subprocess.TimeoutExpired as exc:
+        raise HandlerError(AgentErrorCode.GIT_FAILED, f"{shlex.join(exc.cmd)} timed out",
+                           retryable=True) from None
+
+
 async def resolve_repo(raw: object) -> Path:
-    """The top folder of the git repository ``raw`` names.
+    """The top folder of the git repository ``raw`` names
+    (:func:`~orchestrator.contracts.repos.repository_top`), for handlers whose payload is not
+    yet a contract model.
 
     Raises:
         HandlerError: ``invalid_input`` when it is not a path to a git repository.
     """
     if not isinstance(raw, str) or not raw:
         raise HandlerError(AgentErrorCode.INVALID_INPUT, "payload needs 'repo', the path of a git repository")
-    path = await asyncio.to_thread(os.path.expanduser, raw)
-    if not await asyncio.to_thread(os.path.isdir, path):
-        raise HandlerError(AgentErrorCode.INVALID_INPUT, f"repository folder {raw} does not exist")
-    done = await git(path, "rev-parse", "--show-toplevel", check=False)
-    if done.returncode != 0:
-        raise HandlerError(AgentErrorCode.INVALID_INPUT, f"{raw} is not a git repository")
-    # absolute, symbolic links resolved by git; only git's newline goes (a name may end in " ")
-    return Path(done.stdout.removesuffix("\n"))
+    return await repo_rule(repository_top, raw)
 
 
 async def resolve_folder(raw: object) -> Path:
@@ -147,28 +176,3 @@ async def resolve_folder(raw: object) -> Path:
     if not await asyncio.to_thread(path.is_dir):
         raise HandlerError(AgentErrorCode.INVALID_INPUT, f"{raw} is not a folder")
     return path
-
-
-def ref_arg(payload: dict[str, Any], key: str, default: str | None = None) -> str:
-    """The branch or commit named by ``payload[key]`` (never an option-like ``-x``).
-
-    Raises:
-        HandlerError: ``invalid_input`` when it is missing or not a plausible ref.
-    """
-    value = payload.get(key, default)
-    if not isinstance(value, str) or not value or value.startswith("-"):
-        raise HandlerError(AgentErrorCode.INVALID_INPUT, f"payload needs {key!r}, a branch or commit")
-    return value
-
-
-async def commit_of(repo: str | Path, ref: str) -> str:
-    """The commit ``ref`` names in ``repo``.
-
-    Raises:
-        HandlerError: ``invalid_input`` when it names none.
-    """
-    done = await git(repo, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}", check=False)
-    if done.returncode != 0:
-        raise HandlerError(AgentErrorCode.INVALID_INPUT, f"{ref!r} is not a branch or commit of {repo}")
-    return done.stdout.removesuffix("\n")
-
