@@ -22,11 +22,11 @@ from orchestrator.agents.developer import file_resource
 from orchestrator.agents.lib import testrun
 from orchestrator.agents.lib.proc import git as agent_git
 from orchestrator.agents.lib.proc import resolve_repo, run
-from orchestrator.workflows.pr_deployment import _git as workflow_git
 
 from orchestrator.agent import RequestContext
 from orchestrator.calls import call_agent
 from orchestrator.childenv import child_environment, withholding
+from orchestrator.contracts.repos import run_git as workflow_git
 from orchestrator.messages import AgentRequest
 from orchestrator.settings import Settings
 
