@@ -1,36 +1,13 @@
 """The ``infrastructure`` agent: probe a running service, diagnose it, apply runbook fixes.
 
-Request types:
+Its request types, their payloads and answers, and the ``service:<name>`` lock are its
+contract's: :mod:`orchestrator.contracts.infrastructure`. Health is sampled by
+:mod:`orchestrator.agents.lib.health`.
 
-* ``probe`` ``{"health_url", "metrics_url"?, "thresholds"?, "timeout"?, "window"?,
-  "wait_healthy"?}`` → ``{"healthy", "issues", "samples"}``. One HTTP health sample, plus a
-  Prometheus sample over ``window`` seconds when ``metrics_url`` is given. With
-  ``wait_healthy`` (seconds) it probes every half second until healthy or out of time —
-  how a fix is verified while the service comes up — or until a URL answers 4xx
-  (``http_4xx``: a misconfigured probe does not heal by waiting).
-* ``diagnose`` ``{"samples", "kinds"}`` → ``{"kind", "reason", "by"}``: the issue to treat.
-  Rules pick the gravest issue seen (down > http_5xx > http_4xx > error_rate > latency); when a chat
-  model is configured (``ORCHESTRATOR_CHAT_MODEL``) it is asked first, and its answer is
-  used only if it names one of ``kinds``.
-* ``fix`` ``{"service", "action", "restart"}`` → what was done. Guarded by
-  ``service:<name>``: the request must carry that lock's fencing token. ``action`` is
-  ``{"type": "restart"}``, ``{"type": "command", "argv": [...], "timeout": 60}`` or
-  ``{"type": "wait", "seconds": N}``. ``restart`` says how: ``{"command": [argv]}`` (e.g. a
-  service manager), or ``{"start": [argv], "pid_file", "cwd"?, "env"?, "log_file"?,
-  "settle"?}``: the process in the pid file is stopped (SIGTERM, then SIGKILL) and ``start``
-  is launched in a session of its own. A start is recorded beside the pid file
-  (``<pid_file>.restart.json``: the request id, the pid, its start time and command line), so a
-  redelivered request does not restart the service a second time.
-
-  A pid read from the pid file is signalled only when it is proven to be the service: the
-  pid and start time this agent recorded when it started it, or (a pid file it did not write)
-  a command line equal to ``start``. Anything else is a stale pid file: it is reported and
-  removed, and nothing is signalled.
-
-  A fix that did not work answers ``"ok": false`` with the evidence, not an error: a command
-  that exits non-zero or times out (``exit_code``, ``output``: its last lines), a start
-  command that cannot run or whose process is gone within ``settle`` seconds (``exit_code``,
-  ``log_tail``: the last lines it logged).
+A pid read from the pid file is signalled only when it is proven to be the service: the
+pid and start time this agent recorded when it started it, or (a pid file it did not write)
+a command line equal to ``start``. Anything else is a stale pid file: it is reported and
+removed, and nothing is signalled.
 """
 
 from __future__ import annotations
@@ -45,19 +22,31 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import psutil
-from orchestrator.agents._payload import parse_payload
 from orchestrator.agents.lib.files import write_atomic
-from orchestrator.agents.lib.health import HealthSource, Prober, Sample, Thresholds
+from orchestrator.agents.lib.health.probe import Prober
 from orchestrator.agents.lib.proc import child_env, run
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from orchestrator.agent import Agent, HandlerError, RequestContext
+from orchestrator.contracts.health import ISSUE_ORDER, HealthSource, Sample
+from orchestrator.contracts.infrastructure import (
+    DIAGNOSE,
+    FIX,
+    PROBE,
+    Diagnose,
+    Diagnosis,
+    Fix,
+    FixResult,
+    Probe,
+    ProbeResult,
+    RestartSpec,
+    service_lock,
+)
 from orchestrator.errors import AgentErrorCode
 
-__all__ = ["agent", "RestartSpec", "FixAction", "diagnose_by_rules", "ISSUE_ORDER"]
+__all__ = ["agent", "diagnose_by_rules"]
 
 agent = Agent(
     "infrastructure",
@@ -66,78 +55,26 @@ agent = Agent(
     description="HTTP and metrics probes, diagnosis, runbook fixes and process restarts",
 )
 
-#: Issue kinds, gravest first: the rules treat the gravest one seen.
-ISSUE_ORDER = ("down", "http_5xx", "http_4xx", "error_rate", "latency")
 #: Lines of a failed command's output or of a dead service's log kept as evidence.
 _TAIL_LINES = 20
 
 
-class RestartSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    command: list[str] | None = Field(None, min_length=1)
-    start: list[str] | None = Field(None, min_length=1)
-    pid_file: str | None = None
-    cwd: str | None = None
-    env: dict[str, str] = Field(default_factory=dict)
-    log_file: str | None = None
-    stop_timeout: float = Field(5.0, gt=0)
-    timeout: float = Field(60.0, gt=0)
-    #: Seconds the started process must stay up to count as started.
-    settle: float = Field(1.0, ge=0, le=60)
-
-    @model_validator(mode="after")
-    def _one_way(self) -> RestartSpec:
-        if (self.command is None) == (self.start is None):
-            raise ValueError("give exactly one of 'command' or 'start' (with 'pid_file')")
-        if self.start is not None and not self.pid_file:
-            raise ValueError("'start' needs 'pid_file', where the service's pid is kept")
-        return self
-
-
-class FixAction(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    type: Literal["restart", "command", "wait"]
-    argv: list[str] | None = Field(None, min_length=1)
-    timeout: float = Field(60.0, gt=0)
-    seconds: float = Field(0.0, ge=0, le=3600)
-
-    @model_validator(mode="after")
-    def _argv(self) -> FixAction:
-        if self.type == "command" and not self.argv:
-            raise ValueError("a 'command' action needs 'argv'")
-        return self
-
-
-class _Probe(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    health_url: str
-    metrics_url: str | None = None
-    thresholds: Thresholds = Field(default_factory=Thresholds)
-    timeout: float = Field(2.0, gt=0)
-    window: float = Field(1.0, ge=0)
-    wait_healthy: float = Field(0.0, ge=0, le=3600)
-
-
-@agent.handler("probe")
-async def probe(payload: dict[str, Any], ctx: RequestContext) -> dict[str, Any]:
-    spec = parse_payload(_Probe, payload, "probe")
-    deadline = time.monotonic() + spec.wait_healthy
+@agent.handler(PROBE)
+async def probe(payload: Probe, ctx: RequestContext) -> ProbeResult:
+    deadline = time.monotonic() + payload.wait_healthy
     attempts = 0
     while True:
         attempts += 1
-        samples = await _probe_once(spec)
-        issues = [s.issue for s in samples if s.status != "healthy" and s.issue]
+        samples = await _probe_once(payload)
+        issues: list[str] = [s.issue for s in samples if s.status != "healthy" and s.issue]
         healthy = not issues
         if healthy or "http_4xx" in issues or time.monotonic() + 0.5 > deadline:
-            return {"healthy": healthy, "issues": issues, "attempts": attempts,
-                    "samples": [s.model_dump(mode="json") for s in samples]}
+            return ProbeResult(healthy=healthy, issues=issues, attempts=attempts,
+                               samples=samples)
         await asyncio.sleep(0.5)
 
 
-async def _probe_once(spec: _Probe) -> list[Sample]:
+async def _probe_once(spec: Probe) -> list[Sample]:
     health = Prober(HealthSource(kind="http", url=spec.health_url, timeout=spec.timeout),
                     spec.thresholds)
     if spec.metrics_url is None:
@@ -163,18 +100,16 @@ def diagnose_by_rules(samples: list[dict[str, Any]], kinds: list[str]) -> tuple[
     return worst["issue"], f"{worst['issue']}: {worst.get('detail', '')}".strip()
 
 
-@agent.handler("diagnose")
-async def diagnose(payload: dict[str, Any], ctx: RequestContext) -> dict[str, Any]:
-    samples, kinds = payload.get("samples"), payload.get("kinds") or list(ISSUE_ORDER)
-    if not isinstance(samples, list) or not all(isinstance(s, dict) for s in samples):
-        raise HandlerError(AgentErrorCode.INVALID_INPUT, "payload needs 'samples', a list of probe samples")
-    kind, reason = diagnose_by_rules(samples, list(kinds))
+@agent.handler(DIAGNOSE)
+async def diagnose(payload: Diagnose, ctx: RequestContext) -> Diagnosis:
+    samples, kinds = payload.samples, payload.kinds or list(ISSUE_ORDER)
+    kind, reason = diagnose_by_rules(samples, kinds)
     model = ctx.chat_model()
     if model is not None and kind != "none":
-        answer = await _ask_model(model, samples, list(kinds), ctx)
+        answer = await _ask_model(model, samples, kinds, ctx)
         if answer is not None:
-            return {"kind": answer[0], "reason": answer[1], "by": "model", "rules": kind}
-    return {"kind": kind, "reason": reason, "by": "rules"}
+            return Diagnosis(kind=answer[0], reason=answer[1], by="model", rules=kind)
+    return Diagnosis(kind=kind, reason=reason, by="rules")
 
 
 async def _ask_model(model: Any, samples: list[dict[str, Any]], kinds: list[str],
@@ -201,20 +136,21 @@ async def _ask_model(model: Any, samples: list[dict[str, Any]], kinds: list[str]
     return word, rest.strip() or f"the model chose {word}"
 
 
-@agent.handler("fix")
-async def fix(payload: dict[str, Any], ctx: RequestContext) -> dict[str, Any]:
-    service = payload.get("service")
-    if not isinstance(service, str) or not service:
-        raise HandlerError(AgentErrorCode.INVALID_INPUT, "payload needs 'service', the service's name")
-    action = parse_payload(FixAction, payload.get("action"), "action")
-    await ctx.check_fencing(f"service:{service}")
+@agent.handler(FIX)
+async def fix(payload: Fix, ctx: RequestContext) -> FixResult | dict[str, Any]:
+    service, action = payload.service, payload.action
+    await ctx.check_fencing(service_lock(service))
     if action.type == "wait":
         await asyncio.sleep(action.seconds)
-        return {"action": "wait", "ok": True, "detail": f"waited {action.seconds:g}s"}
+        return FixResult(action="wait", ok=True, detail=f"waited {action.seconds:g}s")
     if action.type == "command":
         assert action.argv is not None
         return await _run_fix("command", action.argv, timeout=action.timeout)
-    spec = parse_payload(RestartSpec, payload.get("restart"), "restart")
+    spec = payload.restart
+    if spec is None:
+        raise HandlerError(AgentErrorCode.INVALID_INPUT,
+                           "payload.restart: a 'restart' action needs 'restart': "
+                           '{"command": [argv]} or {"start": [argv], "pid_file": path}')
     if spec.command is not None:
         return await _run_fix("restart", spec.command, timeout=spec.timeout, cwd=spec.cwd,
                               env=spec.env)

@@ -11,17 +11,11 @@ from typing import Any
 
 import httpx
 import pytest
-from orchestrator.agents.lib.health import (
-    HealthSource,
-    Observation,
-    Prober,
-    Sample,
-    Thresholds,
-    _histogram_quantile,
-    judge,
-    observe,
-)
+from orchestrator.agents.lib.health.judge import judge
+from orchestrator.agents.lib.health.probe import Prober, observe
+from orchestrator.agents.lib.health.prometheus import _histogram_quantile
 
+from orchestrator.contracts.health import HealthSource, Observation, Sample, Thresholds
 from tests.service_app import ServiceProcess
 
 StartService = Callable[..., Awaitable[ServiceProcess]]

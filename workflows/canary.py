@@ -30,11 +30,23 @@ from typing import Any, Literal
 
 from langgraph.graph import END, START, StateGraph
 from orchestrator.state.schema import MultiAgentState, merge_updates, now_iso
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator
 
-from orchestrator.calls import AGENT_RETRY, call_agent, failure_updates
+from orchestrator.calls import AGENT_RETRY, failure_updates
+from orchestrator.contracts.deployer import (
+    OBSERVE,
+    ROLLBACK,
+    SET_TRAFFIC,
+    VALIDATE,
+    CanaryCheck,
+    Observe,
+    Rollback,
+    SetTraffic,
+    Validate,
+    deployment_lock,
+)
 from orchestrator.errors import AgentError, ResourceLocked
-from orchestrator.held_locks import hold_lock, release_lock
+from orchestrator.locks.held import hold_lock, release_lock
 from orchestrator.metrics import CANARY_ROLLBACKS, CANARY_STAGE
 from orchestrator.questions import Answer, ask
 
@@ -44,23 +56,16 @@ __all__ = ["CanarySpec", "CanaryState", "GateAnswer", "canary_graph", "validate_
 DEFAULT_STAGES = [10, 25, 50, 75, 100]
 
 
-class CanarySpec(BaseModel):
-    """A canary rollout. ``traffic``, ``health`` and ``thresholds`` are checked by the
-    deployer agent (see ``agents/deployer.py``), which owns their meaning."""
+class CanarySpec(CanaryCheck):
+    """A canary rollout: the deployer's part of it (``traffic``, ``health``, ``thresholds``,
+    the rollback command and the sampling: :class:`~orchestrator.contracts.deployer.CanaryCheck`,
+    its contract's) and the stages the workflow walks through."""
 
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, pattern=r"^[\w.:/-]+$", description="deployment name")
     stages: list[int] = Field(default_factory=lambda: list(DEFAULT_STAGES))
     stage_seconds: float = Field(30.0, ge=0, description="time at each stage before judging")
-    traffic: dict[str, Any] = Field(
-        description='{"command": [argv with {percent}]} or {"callable": "module:function"}')
-    health: dict[str, Any] = Field(description='{"kind": "http"|"prometheus", "url": ...}')
-    thresholds: dict[str, float] = Field(default_factory=dict)
-    rollback_command: list[str] | None = None
-    samples: int = Field(3, ge=1)
-    sample_interval: float = Field(1.0, ge=0)
-    failure_limit: int = Field(2, ge=1)
     max_holds: int = Field(1, ge=0, description="degraded re-observations before rollback")
     pause_after: list[int] = Field(default_factory=list,
                                    description="stages after which a human must continue")
@@ -82,10 +87,6 @@ class CanaryState(MultiAgentState, total=False):
     canary: dict[str, Any]
 
 
-def _resource(spec: CanarySpec) -> str:
-    return f"deploy:{spec.name}"
-
-
 async def validate_canary(deploy: dict[str, Any], *, subtask: str = "canary_validate"
                           ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The spec checked by the workflow's model and by the deployer agent, with defaults, and
@@ -95,9 +96,8 @@ async def validate_canary(deploy: dict[str, Any], *, subtask: str = "canary_vali
         AgentError: the deployer refused a field (``invalid_input``, naming it).
     """
     spec = CanarySpec.model_validate(deploy)
-    call = await call_agent("deployer", "validate", {"spec": spec.model_dump(mode="json")},
-                            subtask=subtask)
-    return {**spec.model_dump(mode="json"), **call.result}, call.updates
+    call = await VALIDATE.call(Validate(spec=spec), subtask=subtask)
+    return {**spec.model_dump(mode="json"), **call.result.model_dump(mode="json")}, call.updates
 
 
 def _spec(state: CanaryState) -> CanarySpec:
@@ -114,7 +114,7 @@ async def begin(state: CanaryState) -> dict[str, Any]:
                            "status": "failed", "reason": f"bad canary spec: {problems}",
                            "stages": [], "percent": None}, "updated_at": now_iso()}
     try:
-        await hold_lock(_resource(spec), ttl=spec.lock_ttl)
+        await hold_lock(deployment_lock(spec.name), ttl=spec.lock_ttl)
     except ResourceLocked as exc:
         reason = (f"deployment {spec.name!r} is already being rolled out by {exc.holder}; "
                   "wait for it to finish or roll it back")
@@ -123,7 +123,7 @@ async def begin(state: CanaryState) -> dict[str, Any]:
     try:
         checked, updates = await validate_canary(state["deploy"])
     except AgentError as exc:
-        await release_lock(_resource(spec))
+        await release_lock(deployment_lock(spec.name))
         return merge_updates(failure_updates(exc), {
             "canary": {"deployment": spec.name, "status": "failed", "reason": str(exc),
                        "stages": [], "percent": None}, "updated_at": now_iso()})
@@ -135,10 +135,10 @@ async def begin(state: CanaryState) -> dict[str, Any]:
 async def shift(state: CanaryState) -> dict[str, Any]:
     spec, canary = _spec(state), dict(state["canary"])
     percent = spec.stages[canary["stage"]]
-    lease = await hold_lock(_resource(spec), ttl=spec.lock_ttl)  # extend it for this stage
-    call = await call_agent(
-        "deployer", "set_traffic",
-        {"deployment": spec.name, "percent": percent, "traffic": state["deploy"]["traffic"]},
+    # extend the lock for this stage
+    lease = await hold_lock(deployment_lock(spec.name), ttl=spec.lock_ttl)
+    call = await SET_TRAFFIC.call(
+        SetTraffic(deployment=spec.name, percent=percent, traffic=spec.traffic),
         fencing={lease.resource: lease.token}, subtask=f"canary:{percent}%",
     )
     CANARY_STAGE.labels(spec.name).set(percent)
@@ -150,21 +150,19 @@ async def observe(state: CanaryState) -> dict[str, Any]:
     spec, canary = _spec(state), dict(state["canary"])
     # after a crash only what is left of the stage is waited out
     wait = max(0.0, canary["stage_started"] + spec.stage_seconds - time.time())
-    payload = {
-        "health": state["deploy"]["health"], "thresholds": state["deploy"].get("thresholds") or {},
-        "samples": spec.samples, "interval": spec.sample_interval,
-        "failure_limit": spec.failure_limit, "wait": round(wait, 3),
-    }
+    payload = Observe(health=spec.health, thresholds=spec.thresholds, samples=spec.samples,
+                      interval=spec.sample_interval, failure_limit=spec.failure_limit,
+                      wait=round(wait, 3))
     timeout = wait + spec.samples * (spec.sample_interval + 30) + 60
-    call = await call_agent("deployer", "observe", payload, timeout=timeout,
-                            subtask=f"canary:{canary['percent']}%:observe")
+    call = await OBSERVE.call(payload, timeout=timeout,
+                              subtask=f"canary:{canary['percent']}%:observe")
     result = call.result
-    record = {"percent": canary["percent"], "verdict": result["verdict"],
-              "reason": result["reason"], "samples": result["samples"], "at": now_iso()}
+    record = {"percent": canary["percent"], "verdict": result.verdict, "reason": result.reason,
+              "samples": [s.model_dump(mode="json") for s in result.samples], "at": now_iso()}
     canary["stages"] = [*canary["stages"], record]
-    if result["verdict"] == "healthy":
+    if result.verdict == "healthy":
         canary["next"] = "gate"
-    elif result["verdict"] == "degraded" and canary["holds"] < spec.max_holds:
+    elif result.verdict == "degraded" and canary["holds"] < spec.max_holds:
         canary["next"] = "observe"  # hold the stage: a fresh observation window
         canary["holds"] += 1
         canary["stage_started"] = time.time()
@@ -219,24 +217,24 @@ async def rollback(state: CanaryState) -> dict[str, Any]:
     mode = "manual" if manual else "automatic"
     reason = (f"rolled back by {manual.get('by') or 'a human'}: {manual.get('reason') or 'no reason given'}"
               if manual else f"unhealthy at {canary['percent']}%: {canary['stages'][-1]['reason']}")
-    lease = await hold_lock(_resource(spec), ttl=spec.lock_ttl)
-    call = await call_agent(
-        "deployer", "rollback",
-        {"deployment": spec.name, "traffic": state["deploy"]["traffic"],
-         "rollback_command": spec.rollback_command, "reason": reason, "mode": mode},
+    lease = await hold_lock(deployment_lock(spec.name), ttl=spec.lock_ttl)
+    call = await ROLLBACK.call(
+        Rollback(deployment=spec.name, traffic=spec.traffic,
+                 rollback_command=spec.rollback_command, reason=reason, mode=mode),
         fencing={lease.resource: lease.token}, subtask="canary:rollback",
     )
-    await release_lock(_resource(spec))
+    await release_lock(deployment_lock(spec.name))
     CANARY_STAGE.labels(spec.name).set(0)
     CANARY_ROLLBACKS.labels(spec.name, mode).inc()
     canary.update(status="rolled_back", failed_at=canary["percent"], percent=0, reason=reason,
-                  rollback={"mode": mode, **call.result}, finished_at=now_iso())
+                  rollback={"mode": mode, **call.result.model_dump(mode="json")},
+                  finished_at=now_iso())
     return merge_updates(call.updates, {"canary": canary})
 
 
 async def done(state: CanaryState) -> dict[str, Any]:
     spec, canary = _spec(state), dict(state["canary"])
-    await release_lock(_resource(spec))
+    await release_lock(deployment_lock(spec.name))
     canary.update(status="completed", finished_at=now_iso())
     return {"canary": canary, "updated_at": now_iso()}
 

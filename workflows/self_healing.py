@@ -30,10 +30,23 @@ from typing import Annotated, Any, Literal
 
 from langgraph.graph import END, START, StateGraph
 from orchestrator.state.schema import MultiAgentState, merge_updates, now_iso
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.json_schema import SkipJsonSchema
 
-from orchestrator.calls import AGENT_RETRY, call_agent
+from orchestrator.calls import AGENT_RETRY
+from orchestrator.contracts.base import problems
+from orchestrator.contracts.health import Thresholds
+from orchestrator.contracts.infrastructure import (
+    DIAGNOSE,
+    FIX,
+    PROBE,
+    Diagnose,
+    Fix,
+    FixAction,
+    Probe,
+    RestartSpec,
+    service_lock,
+)
 from orchestrator.graphs import WorkflowSpec
 from orchestrator.metrics import HEALING_ATTEMPTS, HEALING_OUTCOMES
 from orchestrator.questions import Answer, ask
@@ -45,18 +58,20 @@ DEFAULT_RUNBOOK: dict[str, list[dict[str, Any]]] = {kind: [{"type": "restart"}] 
 
 
 def _action(value: Any) -> dict[str, Any]:
+    """A runbook action as given (``"restart"`` is ``{"type": "restart"}``), checked against
+    the infrastructure agent's :class:`~orchestrator.contracts.infrastructure.FixAction`."""
     if isinstance(value, str):
         value = {"type": value}
-    if not isinstance(value, dict) or value.get("type") not in ("restart", "command", "wait"):
-        raise ValueError("an action is 'restart', or an object with 'type' restart, command "
-                         "(with 'argv') or wait (with 'seconds')")
-    if value["type"] == "command" and not value.get("argv"):
-        raise ValueError("a command action needs 'argv', a list of arguments")
+    try:
+        FixAction.model_validate(value)
+    except ValidationError as exc:
+        raise ValueError(problems(exc, "action")) from None
     return value
 
 
 class SelfHealingInput(BaseModel):
-    """What ``self_healing`` needs. ``restart`` and actions are checked by the agent too."""
+    """What ``self_healing`` needs. ``restart``, the runbook's actions and ``thresholds`` are
+    checked by the infrastructure agent's contract, which the agent checks them with too."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -68,9 +83,9 @@ class SelfHealingInput(BaseModel):
         default_factory=lambda: {k: list(v) for k, v in DEFAULT_RUNBOOK.items()},
         description="issue kind (down, http_5xx, error_rate, latency) -> actions to try")
     max_attempts: int = Field(3, ge=1, le=100)
-    restart: dict[str, Any] | None = Field(
+    restart: RestartSpec | None = Field(
         None, description='{"command": [argv]} or {"start": [argv], "pid_file": path}')
-    thresholds: dict[str, float] = Field(default_factory=dict)
+    thresholds: Thresholds = Field(default_factory=Thresholds)
     verify_timeout: float = Field(15.0, ge=0, description="seconds a fix has to take effect")
 
     @field_validator("runbook", mode="before")
@@ -124,25 +139,27 @@ def _misconfiguration(state: SelfHealingState,
     return None
 
 
-def _probe_payload(state: SelfHealingState, wait_healthy: float = 0.0) -> dict[str, Any]:
-    return {"health_url": state["health_url"], "metrics_url": state.get("metrics_url"),
-            "thresholds": state.get("thresholds") or {}, "wait_healthy": wait_healthy}
+def _probe(state: SelfHealingState, wait_healthy: float = 0.0) -> Probe:
+    return Probe(health_url=state["health_url"], metrics_url=state.get("metrics_url"),
+                 thresholds=Thresholds.model_validate(state.get("thresholds") or {}),
+                 wait_healthy=wait_healthy)
 
 
 async def detect(state: SelfHealingState) -> dict[str, Any]:
-    call = await call_agent("infrastructure", "probe", _probe_payload(state), subtask="detect")
-    healing = {"status": "healthy" if call.result["healthy"] else "unhealthy",
-               "detected": call.result, "evidence": call.result["samples"], "attempts": [],
+    call = await PROBE.call(_probe(state), subtask="detect")
+    probed = call.result.model_dump(mode="json")
+    healing = {"status": "healthy" if call.result.healthy else "unhealthy",
+               "detected": probed, "evidence": probed["samples"], "attempts": [],
                "started_at": now_iso(),
-               "escalation": _misconfiguration(state, call.result["samples"])}
+               "escalation": _misconfiguration(state, probed["samples"])}
     if healing["escalation"]:
         healing["status"] = "misconfigured"
     update = merge_updates(call.updates, {"healing": healing, "workflow_type": "self_healing"})
-    if call.result["healthy"]:
+    if call.result.healthy:
         HEALING_OUTCOMES.labels(state["service"], "healthy").inc()
         update["final_result"] = {"status": "completed", "outcome": "healthy",
                                   "service": state["service"], "attempts": 0,
-                                  "evidence": call.result["samples"]}
+                                  "evidence": probed["samples"]}
     return update
 
 
@@ -155,10 +172,9 @@ def after_detect(state: SelfHealingState) -> Literal["diagnose", "escalate", "__
 async def diagnose(state: SelfHealingState) -> dict[str, Any]:
     healing = dict(state["healing"])
     kinds = sorted(state.get("runbook") or {})
-    call = await call_agent("infrastructure", "diagnose",
-                            {"samples": healing["evidence"], "kinds": kinds},
-                            subtask=f"diagnose:{len(healing['attempts']) + 1}")
-    healing["diagnosis"] = call.result
+    call = await DIAGNOSE.call(Diagnose(samples=healing["evidence"], kinds=kinds),
+                               subtask=f"diagnose:{len(healing['attempts']) + 1}")
+    healing["diagnosis"] = call.result.model_dump(mode="json")
     return merge_updates(call.updates, {"healing": healing})
 
 
@@ -198,26 +214,27 @@ async def fix(state: SelfHealingState) -> dict[str, Any]:
     number = len(healing["attempts"]) + 1
     kind = healing["diagnosis"]["kind"] if not healing.get("manual_action") else "manual"
     HEALING_ATTEMPTS.labels(state["service"], kind, action["type"]).inc()
-    call = await call_agent(
-        "infrastructure", "fix",
-        {"service": state["service"], "action": action, "restart": state.get("restart")},
-        locks=[f"service:{state['service']}"], subtask=f"fix:{number}",
+    call = await FIX.call(
+        Fix(service=state["service"], action=FixAction.model_validate(action),
+            restart=state.get("restart")),
+        locks=[service_lock(state["service"])], subtask=f"fix:{number}",
     )
-    attempt = {"n": number, "issue": kind, "action": action, "result": call.result,
+    done = call.result.model_dump(mode="json")
+    attempt = {"n": number, "issue": kind, "action": action, "result": done,
                "manual": bool(healing.get("manual_action")), "at": now_iso()}
     escalation = None
-    if not call.result.get("ok") and not _untried_action_left(state, kind, number):
+    if not call.result.ok and not _untried_action_left(state, kind, number):
         # it did not even run (a start that died at once, a failing command), and the runbook
         # has nothing else to try: a human has to look at why
         escalation = {"why": "fix_failed",
                       "reason": f"fix {number} ({action['type']}) did not work: "
-                      f"{call.result.get('detail', 'no detail')}",
-                      "evidence": call.result}
+                      f"{call.result.detail}",
+                      "evidence": done}
     healing.update(attempts=[*healing["attempts"], attempt], manual_action=None,
                    escalation=escalation)
     return merge_updates(call.updates, {
         "healing": healing,
-        "subtask_status": {f"fix:{number}": "done" if call.result.get("ok") else "failed"}})
+        "subtask_status": {f"fix:{number}": "done" if call.result.ok else "failed"}})
 
 
 def after_fix(state: SelfHealingState) -> Literal["verify", "escalate"]:
@@ -227,32 +244,32 @@ def after_fix(state: SelfHealingState) -> Literal["verify", "escalate"]:
 async def verify(state: SelfHealingState) -> dict[str, Any]:
     healing = dict(state["healing"])
     number = len(healing["attempts"])
-    call = await call_agent(
-        "infrastructure", "probe",
-        _probe_payload(state, wait_healthy=float(state.get("verify_timeout", 15.0))),
+    call = await PROBE.call(
+        _probe(state, wait_healthy=float(state.get("verify_timeout", 15.0))),
         timeout=float(state.get("verify_timeout", 15.0)) + 60, subtask=f"verify:{number}",
     )
+    healthy, samples = call.result.healthy, call.result.model_dump(mode="json")["samples"]
     attempts = list(healing["attempts"])
-    attempts[-1] = {**attempts[-1], "verified": call.result["healthy"]}
-    healing.update(attempts=attempts, evidence=call.result["samples"],
-                   status="healed" if call.result["healthy"] else "unhealthy",
-                   escalation=_misconfiguration(state, call.result["samples"]))
+    attempts[-1] = {**attempts[-1], "verified": healthy}
+    healing.update(attempts=attempts, evidence=samples,
+                   status="healed" if healthy else "unhealthy",
+                   escalation=_misconfiguration(state, samples))
     automatic = [a for a in attempts if not a.get("manual")]
     if healing["escalation"]:
         healing["status"] = "misconfigured"
-    elif not call.result["healthy"] and (
+    elif not healthy and (
             healing.get("escalated") or len(automatic) >= int(state.get("max_attempts", 3))):
         healing["escalation"] = {
             "why": "not_healed",
             "reason": f"still unhealthy after {len(attempts)} fix attempt(s): "
-            f"{', '.join(call.result.get('issues') or []) or 'no issue named'}",
-            "evidence": call.result["samples"]}
+            f"{', '.join(call.result.issues) or 'no issue named'}",
+            "evidence": samples}
     update = merge_updates(call.updates, {"healing": healing})
-    if call.result["healthy"]:
+    if healthy:
         HEALING_OUTCOMES.labels(state["service"], "healed").inc()
         update["final_result"] = {"status": "completed", "outcome": "healed",
                                   "service": state["service"], "attempts": len(attempts),
-                                  "history": attempts, "evidence": call.result["samples"]}
+                                  "history": attempts, "evidence": samples}
     return update
 
 
