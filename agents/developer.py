@@ -1,19 +1,7 @@
 """The ``developer`` agent: carries out one file task of a plan in a repository.
 
-Request types:
-
-* ``develop`` ``{"repo", "task": {"id", "file", "kind", "description", "content" | "patch" |
-  "command"}, "attempt", "evidence"?, "timeout"?}`` → ``{"file", "action", "changed",
-  "sha256", "detail"}``. Guarded by ``file:<repository>/<file>``: the request must carry that
-  lock's fencing token.
-
-  The first attempt applies the task: ``content`` is written to the file, ``patch`` (a unified
-  diff) is applied with ``git apply`` (a patch already applied is left alone), ``command`` is
-  run in the repository without a shell. A later attempt is a fix of what QA found
-  (``evidence``): with a chat model configured (``ORCHESTRATOR_CHAT_MODEL``) the model rewrites
-  the file from the task, the file and the evidence; without one, Python files get ruff's safe
-  automatic fixes (``ruff check --fix``), and other files cannot be fixed automatically
-  (``changed`` is false, and QA will fail again).
+Its request type (``develop``), payload and result are its contract,
+:mod:`orchestrator.contracts.developer`, with the lock it checks (:func:`file_lock`).
 """
 
 from __future__ import annotations
@@ -31,26 +19,27 @@ from orchestrator.agents.lib.proc import resolve_repo, run
 from orchestrator.agents.lib.ruff import ruff_binary
 
 from orchestrator.agent import Agent, HandlerError, RequestContext
+from orchestrator.contracts.developer import (
+    AGENT_TYPE,
+    DEVELOP,
+    Develop,
+    Developed,
+    Task,
+    file_lock,
+)
 from orchestrator.errors import AgentErrorCode
 
-__all__ = ["agent", "file_resource"]
+__all__ = ["agent"]
 
 agent = Agent(
-    "developer",
+    AGENT_TYPE,
     capabilities=["write-file", "git-apply", "run-command", "ruff-fix", "chat-model"],
     version="1",
     description="applies a plan task's content, patch or command; fixes what QA found",
 )
 
 
-def file_resource(repo: str | Path, file: str) -> str:
-    """The lock name guarding one file of a repository."""
-    return f"file:{Path(repo).resolve() / file}"
-
-
-def _target(repo: Path, file: object) -> Path:
-    if not isinstance(file, str) or not file:
-        raise HandlerError(AgentErrorCode.INVALID_INPUT, "the task needs 'file', a path in the repository")
+def _target(repo: Path, file: str) -> Path:
     path = (repo / file).resolve()
     if not path.is_relative_to(repo):
         raise HandlerError(AgentErrorCode.UNSAFE_PATH, f"{file} is outside the repository {repo}")
@@ -72,35 +61,32 @@ def _write(path: Path, text: str) -> None:
     write_atomic(path, text)
 
 
-@agent.handler("develop")
-async def develop(payload: dict[str, Any], ctx: RequestContext) -> dict[str, Any]:
-    repo = await resolve_repo(payload.get("repo"))
-    task = payload.get("task")
-    if not isinstance(task, dict):
-        raise HandlerError(AgentErrorCode.INVALID_INPUT, "payload needs 'task', the plan task")
-    path = await asyncio.to_thread(_target, repo, task.get("file"))
-    await ctx.check_fencing(file_resource(repo, task["file"]))
-    attempt = int(payload.get("attempt") or 1)
-    timeout = float(payload.get("timeout") or 600)
+@agent.handler(DEVELOP)
+async def develop(payload: Develop, ctx: RequestContext) -> Developed:
+    repo = await resolve_repo(payload.repo)
+    task = payload.task
+    path = await asyncio.to_thread(_target, repo, task.file)
+    await ctx.check_fencing(file_lock(repo, task.file))
+    attempt = payload.attempt
     before = await asyncio.to_thread(_sha256, path)
-    evidence = payload.get("evidence")
+    evidence = payload.evidence
     if attempt > 1 and evidence and before is not None:  # fix the file QA checked
         action, detail = await _fix(repo, path, task, evidence, ctx)
-    elif task.get("content") is not None:
-        await asyncio.to_thread(_write, path, str(task["content"]))
-        action, detail = "wrote", f"wrote {task['file']}"
-    elif task.get("patch") is not None:
-        action, detail = await _apply_patch(repo, str(task["patch"]))
-    elif task.get("command") is not None:
-        action, detail = await _run_command(repo, task["command"], timeout)
+    elif task.content is not None:
+        await asyncio.to_thread(_write, path, task.content)
+        action, detail = "wrote", f"wrote {task.file}"
+    elif task.patch is not None:
+        action, detail = await _apply_patch(repo, task.patch)
+    elif task.command is not None:
+        action, detail = await _run_command(repo, task.command, payload.timeout)
     else:
-        raise HandlerError(AgentErrorCode.INVALID_INPUT, f"task {task.get('id')!r} has no content, patch or command")
+        raise HandlerError(AgentErrorCode.INVALID_INPUT, f"task {task.id!r} has no content, patch or command")
     after = await asyncio.to_thread(_sha256, path)
     if after is None:
-        raise HandlerError(AgentErrorCode.FILE_MISSING, f"{task['file']} does not exist after {action}: {detail}",
+        raise HandlerError(AgentErrorCode.FILE_MISSING, f"{task.file} does not exist after {action}: {detail}",
                            blames_input=True)
-    return {"file": task["file"], "action": action, "changed": before != after,
-            "sha256": after, "detail": detail, "attempt": attempt}
+    return Developed(file=task.file, action=action, changed=before != after, sha256=after,
+                     detail=detail, attempt=attempt)
 
 
 async def _apply_patch(repo: Path, patch: str) -> tuple[str, str]:
@@ -119,9 +105,9 @@ async def _apply_patch(repo: Path, patch: str) -> tuple[str, str]:
                        blames_input=True)
 
 
-async def _run_command(repo: Path, command: object, timeout: float) -> tuple[str, str]:
-    argv = shlex.split(command) if isinstance(command, str) else list(command or [])
-    if not argv or not all(isinstance(a, str) for a in argv):
+async def _run_command(repo: Path, command: str | list[str], timeout: float) -> tuple[str, str]:
+    argv = shlex.split(command) if isinstance(command, str) else list(command)
+    if not argv:
         raise HandlerError(AgentErrorCode.INVALID_INPUT, "'command' must be a string or a list of strings")
     if argv[0] == "python":
         argv[0] = sys.executable
@@ -134,14 +120,14 @@ async def _run_command(repo: Path, command: object, timeout: float) -> tuple[str
     return "ran", f"ran {shlex.join(argv)}"
 
 
-async def _fix(repo: Path, path: Path, task: dict[str, Any], evidence: Any,
+async def _fix(repo: Path, path: Path, task: Task, evidence: dict[str, Any],
                ctx: RequestContext) -> tuple[str, str]:
     model = ctx.chat_model()
     if model is not None:
         current = await asyncio.to_thread(path.read_text, encoding="utf-8")
         prompt = (
-            f"You maintain the file {task['file']} of a repository. Task: "
-            f"{task.get('description') or '(none)'}.\nQA found problems:\n"
+            f"You maintain the file {task.file} of a repository. Task: "
+            f"{task.description or '(none)'}.\nQA found problems:\n"
             f"{json.dumps(evidence, indent=1)[:8000]}\n\nThe file now:\n{current}\n\n"
             "Answer with the complete corrected file and nothing else."
         )

@@ -1,64 +1,103 @@
-"""The ``planner`` agent: import-dependency analysis of a plan's files or a whole repository.
+"""The ``planner`` agent: import-dependency analysis of a plan's files or a whole repository,
+and the task-level analysis ``plan_execution`` schedules by.
 
-Request types:
-
-* ``analyze_plan`` ``{"repo", "files": {path: content or null}, "patches"?: {path: unified
-  diff}}`` → the dependency graph of those files (content from the plan when given, else the
-  file in the repository; a patch's added ``+`` lines count on top, so an import a patch adds
-  is an edge), resolved against the whole repository: ``{"files", "edges", "cycles",
-  "batches", "critical_path", "unresolved", "errors"}``.
-* ``analyze_repository`` ``{"repo"}`` → the same for every Python, JavaScript and TypeScript
-  file of the repository.
-* ``file_hashes`` ``{"repo", "files": [path...]}`` → ``{"sha256": {path: hex digest, or null
-  when the file does not exist}}``: what the working tree holds now (plan_execution checks a
-  cached task's result against it).
-
-The analysis is ``agents/depgraph.py``: Python through ``ast``, JavaScript and TypeScript
-through tree-sitter.
+Its request types, payloads and results are its contract, :mod:`orchestrator.contracts.planner`.
+The file analysis is ``agents/lib/depgraph``: Python through ``ast``, JavaScript and TypeScript
+through tree-sitter. The task analysis (:func:`task_graph`) runs the same graph algorithms
+(:class:`DependencyGraph`: components, batches on the condensation, the weighted critical path
+and priorities) on the plan's tasks.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
 
-from orchestrator.agents.lib.depgraph import analyze, patch_additions
+from orchestrator.agents.lib.depgraph import DependencyGraph, analyze, patch_additions
 from orchestrator.agents.lib.proc import resolve_folder
 
 from orchestrator.agent import Agent, HandlerError, RequestContext
+from orchestrator.contracts.planner import (
+    AGENT_TYPE,
+    ANALYZE_PLAN,
+    ANALYZE_REPOSITORY,
+    FILE_HASHES,
+    AnalyzePlan,
+    AnalyzeRepository,
+    DependencyReport,
+    FileHashes,
+    Hashes,
+    PlanAnalysis,
+    PlanTaskNode,
+    TaskGraph,
+)
 from orchestrator.errors import AgentErrorCode
 
-__all__ = ["agent"]
+__all__ = ["agent", "task_graph"]
 
 agent = Agent(
-    "planner",
+    AGENT_TYPE,
     capabilities=["python-imports", "javascript-imports", "typescript-imports", "critical-path"],
     version="1",
     description="import-dependency analysis, batches and the critical path",
 )
 
 
-@agent.handler("analyze_plan")
-async def analyze_plan(payload: dict[str, Any], ctx: RequestContext) -> dict[str, Any]:
-    repo = await resolve_folder(payload.get("repo"))
-    files = payload.get("files")
-    if not isinstance(files, dict) or not files:
-        raise HandlerError(AgentErrorCode.INVALID_INPUT, "payload needs 'files': {path: content or null}")
-    overrides = {path: text for path, text in files.items() if isinstance(text, str)}
-    patches = payload.get("patches") or {}
-    if not isinstance(patches, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in patches.items()):
-        raise HandlerError(AgentErrorCode.INVALID_INPUT, "'patches' must be {path: unified diff}")
-    additions = {path: patch_additions(diff, path) for path, diff in patches.items()}
-    weights = payload.get("weights") or None
+@agent.handler(ANALYZE_PLAN)
+async def analyze_plan(payload: AnalyzePlan, ctx: RequestContext) -> PlanAnalysis:
+    repo = await resolve_folder(payload.repo)
+    overrides = {path: text for path, text in payload.files.items() if text is not None}
+    additions = {path: patch_additions(diff, path) for path, diff in payload.patches.items()}
     try:
-        graph = await asyncio.to_thread(analyze, repo, paths=list(files), overrides=overrides,
-                                        additions=additions)
-        return await asyncio.to_thread(graph.to_dict, weights=weights)
+        graph = await asyncio.to_thread(analyze, repo, paths=list(payload.files),
+                                        overrides=overrides, additions=additions)
+        files = await asyncio.to_thread(graph.to_dict, weights=payload.weights or None)
     except ValueError as exc:  # a path outside the repository, a bad weight
         raise HandlerError(AgentErrorCode.INVALID_INPUT, str(exc)) from None
+    tasks = (None if payload.tasks is None else await asyncio.to_thread(
+        task_graph, payload.tasks, graph.edges, payload.allowed_cycles))
+    return PlanAnalysis(**files, task_graph=tasks)
+
+
+def task_graph(tasks: Sequence[PlanTaskNode], file_edges: Iterable[tuple[str, str]],
+               allowed: Iterable[tuple[str, str]]) -> TaskGraph:
+    """The plan's tasks as a graph: a task depends on the tasks whose files its file imports
+    and on its ``depends_on``, except over an ``allowed`` edge; cycles left are refused.
+
+    Ranked: the critical path (the longest chain, weighted) first, fixes before new work,
+    then the longest way to the end (the weight of the heaviest chain a task starts), the
+    earlier batch, the id.
+    """
+    by_file = {t.file: t.id for t in tasks}
+    edges = {(by_file[a], by_file[b]) for a, b in file_edges
+             if a in by_file and b in by_file and a != b}
+    edges |= {(t.id, d) for t in tasks for d in t.depends_on}
+    accepted = {(a, b) for a, b in allowed}
+    edges -= accepted
+    graph = DependencyGraph(root="", files=[t.id for t in tasks], edges=sorted(edges))
+    cycles = graph.components()
+    error = None
+    if cycles:
+        files = {t.id: t.file for t in tasks}
+        shown = "; ".join(" → ".join(f"{t} ({files[t]})" for t in c) for c in cycles)
+        error = (f"the plan's tasks form import cycles: {shown}; break them, or accept an "
+                 "edge with allowed_cycles: [[importer_task, imported_task]]")
+    weights = {t.id: t.weight for t in tasks}
+    batches = graph.batches()
+    batch = {t: n for n, members in enumerate(batches) for t in members}
+    path, weight = graph.critical_path(weights)
+    tail = graph.priorities(weights)
+    on_path, kinds = set(path), {t.id: t.kind for t in tasks}
+    ranked = sorted(batch, key=lambda t: (t not in on_path, kinds[t] != "fix", -tail[t],
+                                          batch[t], t))
+    deps = {t.id: sorted(b for a, b in edges if a == t.id) for t in tasks}
+    return TaskGraph(
+        edges=sorted(edges), allowed=sorted(accepted), cycles=cycles, error=error,
+        batches=batches, critical_path={"tasks": path, "weight": weight},
+        tasks={t: {"deps": deps[t], "batch": batch[t], "priority": rank}
+               for rank, t in enumerate(ranked)})
 
 
 def _sha256(repo: Path, rel: str) -> str | None:
@@ -75,17 +114,15 @@ def _sha256(repo: Path, rel: str) -> str | None:
         return None
 
 
-@agent.handler("file_hashes")
-async def file_hashes(payload: dict[str, Any], ctx: RequestContext) -> dict[str, Any]:
-    repo = await resolve_folder(payload.get("repo"))
-    files = payload.get("files")
-    if not isinstance(files, list) or not all(isinstance(f, str) and f for f in files):
-        raise HandlerError(AgentErrorCode.INVALID_INPUT, "payload needs 'files': [path, ...]")
-    return {"sha256": await asyncio.to_thread(lambda: {f: _sha256(repo, f) for f in files})}
+@agent.handler(FILE_HASHES)
+async def file_hashes(payload: FileHashes, ctx: RequestContext) -> Hashes:
+    repo = await resolve_folder(payload.repo)
+    files = payload.files
+    return Hashes(sha256=await asyncio.to_thread(lambda: {f: _sha256(repo, f) for f in files}))
 
 
-@agent.handler("analyze_repository")
-async def analyze_repository(payload: dict[str, Any], ctx: RequestContext) -> dict[str, Any]:
-    repo = await resolve_folder(payload.get("repo"))
+@agent.handler(ANALYZE_REPOSITORY)
+async def analyze_repository(payload: AnalyzeRepository, ctx: RequestContext) -> DependencyReport:
+    repo = await resolve_folder(payload.repo)
     graph = await asyncio.to_thread(analyze, repo)
-    return await asyncio.to_thread(graph.to_dict)
+    return DependencyReport(**await asyncio.to_thread(graph.to_dict))

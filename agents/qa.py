@@ -1,12 +1,6 @@
 """The ``qa`` agent: checks one file of a repository — lint, then the tests that import it.
 
-Request types:
-
-* ``check`` ``{"repo", "file", "test_command"="python -m pytest -q", "timeout"=600,
-  "not_ready"=[]}`` → ``{"passed", "reason", "findings": [{"file", "line", "column", "code",
-  "message"}], "tests": {"files", "ran", "skipped", "deferred", "passed", "counts", "failures",
-  "output_tail"}}``. Tests that also import a file of ``not_ready`` (work not done yet) are
-  deferred, not run.
+Its request type (``check``), payload and result are its contract, :mod:`orchestrator.contracts.qa`.
 
 Lint: Python files with ruff (the repository's configuration applies); JavaScript and
 TypeScript files are parsed with tree-sitter, and each syntax error is a finding. Tests: the
@@ -35,12 +29,13 @@ from orchestrator.agents.lib.ruff import ruff_binary, ruff_findings
 from orchestrator.agents.lib.testrun import parse_test_counts, test_failures
 
 from orchestrator.agent import Agent, HandlerError, RequestContext
+from orchestrator.contracts.qa import AGENT_TYPE, CHECK, Check, Checked
 from orchestrator.errors import AgentErrorCode
 
 __all__ = ["agent", "is_test_file", "syntax_findings"]
 
 agent = Agent(
-    "qa",
+    AGENT_TYPE,
     capabilities=["ruff", "pytest", "tree-sitter", "node-test"],
     version="1",
     description="lint and the importing tests for one file",
@@ -128,7 +123,7 @@ def _tests_importing(repo: Path, rel: str, not_ready: set[str]) -> tuple[list[st
     return runnable, deferred
 
 
-async def _run_tests(repo: Path, tests: list[str], command: object,
+async def _run_tests(repo: Path, tests: list[str], command: str | list[str],
                      timeout: float) -> dict[str, Any]:
     py = [t for t in tests if t.endswith(".py")]
     js = [t for t in tests if t.endswith(_JS)]
@@ -159,12 +154,10 @@ async def _run_tests(repo: Path, tests: list[str], command: object,
             "failures": test_failures(output)[:50], "output_tail": output[-_OUTPUT_TAIL:]}
 
 
-@agent.handler("check")
-async def check(payload: dict[str, Any], ctx: RequestContext) -> dict[str, Any]:
-    repo = await resolve_repo(payload.get("repo"))
-    rel = payload.get("file")
-    if not isinstance(rel, str) or not rel:
-        raise HandlerError(AgentErrorCode.INVALID_INPUT, "payload needs 'file', a path in the repository")
+@agent.handler(CHECK)
+async def check(payload: Check, ctx: RequestContext) -> Checked | dict[str, Any]:
+    repo = await resolve_repo(payload.repo)
+    rel = payload.file
     path = (repo / rel).resolve()
     if not path.is_relative_to(repo):
         raise HandlerError(AgentErrorCode.UNSAFE_PATH, f"{rel} is outside the repository {repo}")
@@ -177,10 +170,9 @@ async def check(payload: dict[str, Any], ctx: RequestContext) -> dict[str, Any]:
         findings = await asyncio.to_thread(syntax_findings, path, rel)
     else:
         findings = []
-    not_ready = set(payload.get("not_ready") or []) - {rel}
+    not_ready = set(payload.not_ready) - {rel}
     runnable, deferred = await asyncio.to_thread(_tests_importing, repo, rel, not_ready)
-    tests = await _run_tests(repo, runnable, payload.get("test_command", "python -m pytest -q"),
-                             float(payload.get("timeout") or 600))
+    tests = await _run_tests(repo, runnable, payload.test_command, payload.timeout)
     tests["deferred"] = deferred
     reasons = []
     if findings:

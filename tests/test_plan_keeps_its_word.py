@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from orchestrator.agents.developer import file_resource
 from orchestrator.agents.lib.depgraph import analyze, patch_additions
 
 from orchestrator import cli
 from orchestrator.agent import HandlerError, builtin_agents
 from orchestrator.calls import call_agent
+from orchestrator.contracts.developer import file_lock
 from orchestrator.errors import AgentError
 from orchestrator.messages import AgentResponse, ErrorInfo
 from orchestrator.testing import stand_in
@@ -82,13 +82,13 @@ async def test_errors_that_blame_the_input_never_open_the_breaker(
     for _ in range(10):  # a plan of non-applying patches: the developer is fine
         with pytest.raises(AgentError) as raised:
             await call_agent("developer", "develop", {"repo": str(repo), "task": task},
-                             locks=[file_resource(repo, "pkg/a.py")], runtime=rt)
+                             locks=[file_lock(repo, "pkg/a.py")], runtime=rt)
         assert raised.value.error_code == "patch_failed"
     for _ in range(10):  # a failing plan command
         with pytest.raises(AgentError, match="command_failed"):
             await call_agent("developer", "develop", {"repo": str(repo), "task": {
                 "id": "c", "file": "pkg/c.py", "kind": "new", "command": "python -c 'exit(3)'"}},
-                locks=[file_resource(repo, "pkg/c.py")], runtime=rt)
+                locks=[file_lock(repo, "pkg/c.py")], runtime=rt)
     for _ in range(10):  # a code no list knows, marked where it is raised
         with pytest.raises(AgentError):
             await call_agent("picky", "do", {"code": "no_such_thing", "blames_input": True},

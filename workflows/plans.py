@@ -20,21 +20,27 @@ A plan is YAML or JSON::
     deploy: {...}                  # a canary rollout once integration passed
 
 Errors name the task and the field: ``task 'models' (tasks[2]) field 'kind': ...``.
+
+A plan task is the developer's :class:`~orchestrator.contracts.developer.Task` (what travels
+to the agent) with the plan's rules on top. :class:`PlanState` is the state of a run of a plan.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
+from orchestrator.state.schema import MultiAgentState, append_list, merge_dicts
 from orchestrator.workflows.canary import CanarySpec
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from orchestrator.contracts.developer import Task
 from orchestrator.errors import ErrorCode, InvalidInput
 
-__all__ = ["Plan", "PlanTask", "PlanError", "load_plan", "parse_plan"]
+__all__ = ["Plan", "PlanError", "PlanState", "PlanTask", "load_plan", "parse_plan", "plan_of"]
 
 
 class PlanError(InvalidInput, ValueError):
@@ -43,18 +49,9 @@ class PlanError(InvalidInput, ValueError):
     code = ErrorCode.INVALID_PLAN
 
 
-class PlanTask(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class PlanTask(Task):
     id: str = Field(min_length=1, max_length=200, pattern=r"^[\w.\-/]+$")
-    file: str = Field(min_length=1, description="repository-relative path of the file")
     kind: Literal["new", "fix"]
-    description: str = ""
-    content: str | None = None
-    patch: str | None = Field(None, description="a unified diff, applied with git apply")
-    command: str | list[str] | None = Field(None, description="run in the repository")
-    depends_on: list[str] = Field(default_factory=list)
-    estimate: float | None = Field(None, gt=0)
 
     @field_validator("file")
     @classmethod
@@ -115,6 +112,33 @@ class Plan(BaseModel):
 
     def task(self, task_id: str) -> PlanTask:
         return next(t for t in self.tasks if t.id == task_id)
+
+
+def _later(left: float | None, right: float | None) -> float:
+    """The later of two pause deadlines: parallel ``work`` tasks may pause in one step."""
+    return max(left or 0.0, right or 0.0)
+
+
+class PlanState(MultiAgentState, total=False):
+    """The state of a run of ``plan_execution``: the plan (as data), the planner's analysis,
+    a record per task (status, attempts, dependencies, priority, batch, cache key), and what
+    happened after (dead letters, pauses, integration, canary)."""
+
+    plan: dict[str, Any]
+    analysis: dict[str, Any]
+    tasks: Annotated[dict[str, dict[str, Any]], merge_dicts]
+    dead_letters: Annotated[list[dict[str, Any]], append_list]
+    pause_until: Annotated[float, _later]
+    pauses: Annotated[list[dict[str, Any]], append_list]
+    integration: dict[str, Any]
+    deploy: dict[str, Any] | None
+    canary: dict[str, Any]
+    route: dict[str, Any]
+
+
+def plan_of(state: Mapping[str, Any]) -> Plan:
+    """The plan of a run, from its state."""
+    return Plan.model_validate(state["plan"])
 
 
 def _describe(error: dict[str, Any], raw: Any) -> str:

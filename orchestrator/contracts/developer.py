@@ -1,0 +1,80 @@
+"""The ``developer`` agent's contract: it carries out one file task of a plan in a repository.
+
+Request types:
+
+* ``develop`` (:data:`DEVELOP`) ``{"repo", "task": {"id", "file", "kind", "description",
+  "content" | "patch" | "command"}, "attempt", "evidence"?, "timeout"?}`` → ``{"file",
+  "action", "changed", "sha256", "detail", "attempt"}``. Guarded by :func:`file_lock`
+  (``file:<repository>/<file>``): the request must carry that lock's fencing token.
+
+  The first attempt applies the task: ``content`` is written to the file, ``patch`` (a unified
+  diff) is applied with ``git apply`` (a patch already applied is left alone), ``command`` is
+  run in the repository without a shell. A later attempt is a fix of what QA found
+  (``evidence``): with a chat model configured (``ORCHESTRATOR_CHAT_MODEL``) the model rewrites
+  the file from the task, the file and the evidence; without one, Python files get ruff's safe
+  automatic fixes (``ruff check --fix``), and other files cannot be fixed automatically
+  (``changed`` is false, and QA will fail again).
+
+:class:`Task` is a plan's task as it travels: ``plan_execution``'s plan task
+(``orchestrator.workflows.plans.PlanTask``) is this model with the plan's own rules on top.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator
+
+from orchestrator.contracts.base import Contract, Operation
+from orchestrator.contracts.repos import RepoPath
+
+__all__ = ["AGENT_TYPE", "DEVELOP", "Develop", "Developed", "Task", "file_lock"]
+
+AGENT_TYPE = "developer"
+
+
+def file_lock(repo: str | Path, file: str) -> str:
+    """The lock name guarding one file of a repository: ``file:<resolved repository>/<file>``."""
+    return f"file:{Path(repo).resolve() / file}"
+
+
+class Task(Contract):
+    """One file task: exactly one of ``content``, ``patch`` or ``command`` is carried out
+    (the agent answers ``invalid_input`` when none is given)."""
+
+    id: str | None = None
+    file: str = Field(min_length=1, description="repository-relative path of the file")
+    kind: str | None = None
+    description: str = ""
+    content: str | None = None
+    patch: str | None = Field(None, description="a unified diff, applied with git apply")
+    command: str | list[str] | None = Field(None, description="run in the repository")
+    depends_on: list[str] = Field(default_factory=list)
+    estimate: float | None = Field(None, gt=0)
+
+
+class Develop(Contract):
+    repo: RepoPath
+    task: Task
+    attempt: int = Field(1, ge=1, description="1 applies the task; later ones fix it")
+    evidence: dict[str, Any] | None = Field(None, description="what QA found (a fix works from it)")
+    timeout: float = Field(600.0, gt=0, description="seconds a task's command may run")
+
+    @field_validator("attempt", "timeout", mode="before")
+    @classmethod
+    def _default_when_empty(cls, value: Any, info: Any) -> Any:
+        """``null`` or ``0`` means the default, as senders have always been allowed."""
+        return value or cls.model_fields[info.field_name].default
+
+
+class Developed(Contract):
+    file: str
+    action: str = Field(description="wrote, patched, ran, model, ruff-fix or none")
+    changed: bool
+    sha256: str
+    detail: str
+    attempt: int
+
+
+DEVELOP = Operation(AGENT_TYPE, "develop", Develop, Developed)

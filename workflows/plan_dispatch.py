@@ -1,0 +1,115 @@
+"""``plan_execution``'s ``dispatch`` node and its fan-out: which tasks start now.
+
+``dispatch`` starts the ready tasks — every dependency done, which means it passed QA — in
+priority order (the planner's rank), at most ``max_parallel`` at once; retries (fix tasks) go
+first. It waits out a retry's back-off and a paused circuit breaker. When no developer, QA or
+planner agent is live, it waits a few seconds for one, then stops with ``agent_unavailable``:
+the thread stays intact, and ``resume`` carries on once an agent is started. (Parallel tasks
+pause in one step: ``pause_until`` keeps the later deadline.) :func:`route_dispatch` sends each
+chosen task to ``work`` with what that needs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from langgraph.types import Send
+from orchestrator.state.schema import now_iso
+from orchestrator.workflows.plans import PlanState, plan_of
+
+from orchestrator.contracts import developer, planner, qa
+from orchestrator.errors import AgentUnavailable
+from orchestrator.runtime import current_runtime
+
+__all__ = ["dispatch", "route_dispatch"]
+
+# work also asks the planner (is a cache hit still true?)
+_WORKERS = (developer.AGENT_TYPE, qa.AGENT_TYPE, planner.AGENT_TYPE)
+
+
+def _ready(state: PlanState, now: float) -> tuple[list[str], float | None]:
+    """Tasks that may start now, best first; and when the next waiting one may."""
+    tasks = state["tasks"]
+    ready, soonest = [], None
+    for task_id, rec in tasks.items():
+        if rec["status"] not in ("pending", "retry"):
+            continue
+        if any(tasks[d]["status"] != "done" for d in rec["deps"]):
+            continue
+        not_before = rec.get("not_before") or 0.0
+        if not_before > now:
+            soonest = not_before if soonest is None else min(soonest, not_before)
+            continue
+        ready.append(task_id)
+    ready.sort(key=lambda t: (tasks[t]["status"] != "retry", tasks[t]["priority"]))
+    return ready, soonest
+
+
+async def dispatch(state: PlanState) -> dict[str, Any]:
+    plan, tasks = plan_of(state), state["tasks"]
+    pause_until = state.get("pause_until") or 0.0
+    if pause_until > time.time():  # a breaker is open, or an agent missing: wait for it
+        missing = await _wait_for_agents(min(pause_until, time.time() + 60.0))
+        if missing:  # nobody to do the work: stop here, resumable once one is started
+            raise AgentUnavailable(missing[0])
+    now = time.time()
+    ready, soonest = _ready(state, now)
+    if not ready and soonest is not None:  # only back-offs pending: wait for the first
+        await asyncio.sleep(min(max(soonest - now, 0.0), 60.0))
+        ready, soonest = _ready(state, time.time())
+    if ready:
+        chosen = ready[:plan.max_parallel]
+        return {"route": {"next": "work", "tasks": chosen, "at": now_iso()}}
+    if soonest is not None:
+        return {"route": {"next": "dispatch"}}
+    dead = [t for t, rec in tasks.items() if rec["status"] == "dead"]
+    if dead:
+        return {"route": {"next": "escalate", "task": sorted(dead)[0]}}
+    blocked = [t for t, rec in tasks.items() if rec["status"] in ("pending", "retry")]
+    if blocked:  # cannot happen: every dependency ends done, dead or skipped
+        raise RuntimeError(f"tasks blocked with nothing running: {blocked}")
+    return {"route": {"next": "integrate"}}
+
+
+async def _wait_for_agents(until: float) -> list[str]:
+    """Sleep until ``until``, or until the developer's and QA's circuits are closed and each
+    has a live agent; return the agent types that still have none."""
+    rt = await current_runtime()
+    while True:
+        missing = [t for t in _WORKERS if not await rt.registry.has_live(t)]
+        states = [await rt.breaker.state(agent_type) for agent_type in _WORKERS]
+        if time.time() >= until or (not missing and all(s == "closed" for s in states)):
+            return missing
+        await asyncio.sleep(min(0.25, max(until - time.time(), 0.0)))
+
+
+def route_dispatch(state: PlanState) -> list[Send] | str:
+    route = state["route"]
+    if route["next"] != "work":
+        return route["next"]
+    plan, tasks = plan_of(state), state["tasks"]
+    not_ready = sorted(plan.task(t).file for t, rec in tasks.items()
+                       if rec["status"] not in ("done", "skipped"))
+    sends = []
+    for task_id in route["tasks"]:
+        rec = tasks[task_id]
+        attempts = rec["attempts"]
+        last = attempts[-1] if attempts else None
+        sends.append(Send("work", {
+            "task": plan.task(task_id).model_dump(mode="json"),
+            "attempt": len(attempts) + 1,
+            # a fix works from what QA found; after a failed development, apply it again
+            "evidence": last.get("evidence") if last and last["outcome"] == "failed"
+            and (last.get("evidence") or {}).get("stage") == "qa" else None,
+            "repo": plan.repo,
+            "test_command": plan.test_command,
+            "key": rec["key"],
+            "record": rec,
+            "max_attempts": rec["budget"],
+            "retry_delay": plan.retry_delay,
+            "thread_id": state.get("task_id"),
+            "not_ready": not_ready,
+        }))
+    return sends

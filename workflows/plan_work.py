@@ -1,0 +1,181 @@
+"""``plan_execution``'s ``work`` node: one task developed, then its file checked by QA, with a
+result cache that trusts only what the repository still holds.
+
+The developer agent applies the task, then the QA agent checks that file at once (ruff or a
+syntax check, and the tests that import it). Both run inside one LangGraph ``@task`` with a
+``CachePolicy`` keyed by the task's inputs (its spec, the agents' versions and its
+dependencies' keys), so a task already done successfully is not redone: its result comes from
+the PostgreSQL cache — if the repository still holds it: a hit is checked against the file's
+sha256 now (planner ``file_hashes``), and a stale one (the repository was reset, the file
+deleted or changed) is forgotten and the task done again. A QA failure is retried as a fix
+(high priority) after ``retry_delay`` seconds, doubling each time, up to ``max_attempts``;
+then it is dead-lettered.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from langgraph.func import task as graph_task
+from langgraph.types import CachePolicy
+from orchestrator.state.cache import PostgresCache
+from orchestrator.state.schema import merge_updates, now_iso
+from orchestrator.workflows.plans import PlanState
+
+from orchestrator.calls import failure_updates
+from orchestrator.contracts.developer import DEVELOP, Develop, Task, file_lock
+from orchestrator.contracts.planner import FILE_HASHES, FileHashes
+from orchestrator.contracts.qa import CHECK, Check, Checked
+from orchestrator.errors import AgentUnavailable, CircuitOpen, OrchestratorError
+from orchestrator.metrics import TASK_CACHE
+from orchestrator.runtime import current_runtime
+
+__all__ = ["develop_and_check", "work"]
+
+
+class _QAFailed(Exception):
+    """QA (or the developer) said no: the attempt failed; never cached."""
+
+    def __init__(self, evidence: dict[str, Any], updates: dict[str, Any]) -> None:
+        super().__init__(evidence.get("reason") or "QA failed")
+        self.evidence = evidence
+        self.updates = updates  # the calls' state updates, as a failed agent call carries
+
+
+def _cache_key(job: dict[str, Any]) -> str:
+    return str(job["key"])
+
+
+@graph_task(cache_policy=CachePolicy(key_func=_cache_key))
+async def develop_and_check(job: dict[str, Any]) -> dict[str, Any]:
+    """Develop one task and QA its file; raises _QAFailed (so nothing is cached) on failure.
+
+    The cache key is the task's inputs only (not the attempt), so a plan run again finds
+    every task that once passed, whichever attempt it took.
+    """
+    task, attempt, high = job["task"], job["attempt"], job["attempt"] > 1
+    priority = "high" if high else "normal"
+    repo = job["repo"]
+    started = time.time()
+    developed = await DEVELOP.call(
+        Develop(repo=repo, task=Task.model_validate(task), attempt=attempt,
+                evidence=job.get("evidence")),
+        locks=[file_lock(repo, task["file"])], priority=priority,
+        subtask=f"{task['id']}:develop:{attempt}",
+    )
+    checked = await CHECK.call(
+        Check(repo=repo, file=task["file"], test_command=job["test_command"],
+              not_ready=job["not_ready"]),
+        priority=priority, subtask=f"{task['id']}:qa:{attempt}",
+    )
+    qa = checked.result
+    updates = merge_updates(developed.updates, checked.updates)
+    result = {"develop": developed.result.model_dump(mode="json"), "qa": _qa_summary(qa),
+              "developer": developed.agent_id, "qa_agent": checked.agent_id,
+              "computed_by": job["thread_id"], "started": started, "finished": time.time(),
+              "updates": updates}
+    if not qa.passed:
+        found = qa.model_dump(mode="json", include={"findings", "tests"})
+        raise _QAFailed({**result, "reason": qa.reason, **found}, updates)
+    return result
+
+
+def _qa_summary(qa: Checked) -> dict[str, Any]:
+    return {"passed": qa.passed, "reason": qa.reason, "findings": len(qa.findings),
+            "tests": list(qa.tests.ran), "counts": dict(qa.tests.counts)}
+
+
+async def work(job: dict[str, Any]) -> dict[str, Any]:
+    task_id, attempt = job["task"]["id"], job["attempt"]
+    rec = dict(job["record"])
+    started = time.time()
+    stale = 0
+    try:
+        for _ in range(2):
+            result = await develop_and_check(job)
+            if not _from_cache(result, job) or await _still_in_tree(job, result):
+                break
+            # the repository no longer holds what the cached task produced (reset, file
+            # deleted or changed): forget that entry, and do the task again
+            stale += 1
+            await _forget(job)
+        else:  # stored again meanwhile by another run: do it under a key of this attempt
+            result = await develop_and_check(
+                {**job, "key": f"{job['key']}:{job['thread_id']}:{attempt}"})
+    except (CircuitOpen, AgentUnavailable) as exc:
+        # not the task's fault: put it back, and have dispatch wait for the agent
+        until = exc.retry_at.timestamp() if isinstance(exc, CircuitOpen) else time.time() + 5
+        return {"tasks": {task_id: rec}, "pause_until": until,
+                "pauses": [{"task": task_id, "reason": str(exc), "until": until,
+                            "at": now_iso()}]}
+    except (_QAFailed, OrchestratorError) as exc:
+        evidence = {**exc.evidence, "stage": "qa"} if isinstance(exc, _QAFailed) else {
+            "reason": str(exc), "code": exc.code, "stage": "develop"}
+        # a failed call records itself (error_log, agent_status) beside the task's outcome
+        return merge_updates(failure_updates(exc), _failed(job, rec, started, evidence),
+                             schema=PlanState)
+    hit = _from_cache(result, job)
+    TASK_CACHE.labels("hit" if hit else "miss").inc()
+    finished = time.time()
+    record = {"n": attempt, "outcome": "passed", "cache_hit": hit, "started": started,
+              "finished": finished, "seconds": round(finished - started, 3),
+              "qa": result["qa"], "develop": result["develop"]}
+    if hit:
+        record["cached_from"] = result.get("computed_by")
+    if stale:
+        record["stale_hits"] = stale
+    rec.update(status="done", attempts=[*rec["attempts"], record])
+    return merge_updates(
+        {} if hit else result.get("updates"),  # a cache hit made no call of this run
+        {"tasks": {task_id: rec}, "subtask_status": {task_id: "done"},
+         "partial_results": {task_id: {"file": job["task"]["file"],
+                                       "sha256": result["develop"].get("sha256")}}},
+        schema=PlanState)
+
+
+def _from_cache(result: dict[str, Any], job: dict[str, Any]) -> bool:
+    return result.get("computed_by") != job["thread_id"]
+
+
+async def _still_in_tree(job: dict[str, Any], result: dict[str, Any]) -> bool:
+    """Whether the task's file holds what the cached result produced (its sha256)."""
+    task = job["task"]
+    call = await FILE_HASHES.call(FileHashes(repo=job["repo"], files=[task["file"]]),
+                                  subtask=f"{task['id']}:cache-check:{job['attempt']}")
+    expected = (result.get("develop") or {}).get("sha256")
+    return expected is not None and call.result.sha256.get(task["file"]) == expected
+
+
+async def _forget(job: dict[str, Any]) -> None:
+    rt = await current_runtime()
+    await PostgresCache(rt.db, rt.settings.namespace).aforget([_cache_key(job)])
+
+
+def _failed(job: dict[str, Any], rec: dict[str, Any], started: float,
+            evidence: dict[str, Any]) -> dict[str, Any]:
+    task_id, attempt = job["task"]["id"], job["attempt"]
+    finished = time.time()
+    record = {"n": attempt, "outcome": "failed", "cache_hit": False, "started": started,
+              "finished": finished, "seconds": round(finished - started, 3),
+              "evidence": {k: evidence.get(k) for k in ("stage", "reason", "code", "findings",
+                                                        "tests", "qa")
+                           if evidence.get(k) is not None}}
+    attempts = [*rec["attempts"], record]
+    update: dict[str, Any] = {}
+    if len(attempts) >= job["max_attempts"]:
+        rec.update(status="dead", attempts=attempts)
+        update["dead_letters"] = [{"task": task_id, "file": job["task"]["file"],
+                                   "attempts": len(attempts), "reason": evidence.get("reason"),
+                                   "at": now_iso()}]
+        update["subtask_status"] = {task_id: "failed"}
+    else:
+        delay = job["retry_delay"] * 2 ** (len(attempts) - len(_earlier(rec)) - 1)
+        record["retry_delay"] = delay
+        rec.update(status="retry", attempts=attempts, not_before=finished + delay)
+    return {**update, "tasks": {task_id: rec}}
+
+
+def _earlier(rec: dict[str, Any]) -> list[dict[str, Any]]:
+    """Attempts made before the last human 'retry' (they do not lengthen the back-off)."""
+    return rec["attempts"][: rec.get("reset_at", 0)]
