@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from orchestrator.agents import cicd, developer, qa
-from orchestrator.agents.deployer import TrafficSpec, _move_traffic
+from orchestrator.agents.deployer import _move_traffic
 from orchestrator.agents.lib import testrun
 from orchestrator.agents.lib.proc import git as agent_git
 from orchestrator.agents.lib.proc import resolve_repo, run
@@ -25,6 +25,7 @@ from orchestrator.agents.lib.proc import resolve_repo, run
 from orchestrator.agent import RequestContext
 from orchestrator.calls import call_agent
 from orchestrator.childenv import child_environment, withholding
+from orchestrator.contracts.deployer import TrafficSpec
 from orchestrator.contracts.developer import file_lock as file_resource
 from orchestrator.contracts.repos import run_git as workflow_git
 from orchestrator.messages import AgentRequest
