@@ -5,7 +5,7 @@ Its request type (``check``), payload and result are its contract, :mod:`orchest
 Lint: Python files with ruff (the repository's configuration applies); JavaScript and
 TypeScript files are parsed with tree-sitter, and each syntax error is a finding. Tests: the
 test files that import the file, directly or through other files (the import graph of
-``agents/depgraph.py``): Python tests (``test_*.py``, ``*_test.py``) run with ``test_command``
+:mod:`orchestrator.agents.lib.depgraph`): Python tests (``test_*.py``, ``*_test.py``) run with ``test_command``
 plus ``--`` and their paths; JavaScript tests (``*.test.js``, ``*.spec.mjs``...) with
 ``node --test --`` when node is installed. TypeScript tests are listed but not run (node cannot
 run them unaided). Test commands get the worker's environment without ``ORCHESTRATOR_*``, and

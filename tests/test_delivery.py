@@ -22,7 +22,7 @@ from orchestrator.agent import HandlerError
 from orchestrator.bus import encode
 from orchestrator.calls import call_agent
 from orchestrator.errors import AgentError, CircuitOpen, DeadLettered
-from orchestrator.messages import AgentRequest
+from orchestrator.messages import PRIORITIES, AgentRequest
 from orchestrator.runtime import Runtime
 from orchestrator.testing import stand_in
 from orchestrator.worker import Worker
@@ -440,3 +440,45 @@ async def test_with_a_secret_a_call_outside_a_graph_is_recorded_and_answered(
         call = await call_agent("plain", "x", {}, runtime=rt, timeout=10)
         assert call.result == "ok" and sum(counts.values()) == 1
         assert call.response.status == "success"
+
+
+async def _reader_id(worker: Worker, agent_type: str, not_: int | None = None) -> int:
+    """The client id of ``agent_type``'s reader once it is blocked in a read (and, with
+    ``not_``, on another connection than that one)."""
+    for _ in range(200):
+        reader = worker._readers[agent_type]
+        if reader.client_id not in (None, not_):
+            clients = await worker.bus.redis.client_list()
+            if any(int(c["id"]) == reader.client_id and c["cmd"] == "xreadgroup"
+                   for c in clients):
+                return reader.client_id
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{agent_type}'s reader never blocked in a read")
+
+
+async def test_an_idle_worker_stops_at_once_and_leaves_nothing_pending(orchestrator_settings) -> None:
+    """Stopping wakes the readers' blocking reads (found: every stop waited out the rest of a
+    1 s block, so each CLI command and each test ended a second late), even after the reader's
+    connection was dropped and made again, and nothing read is left pending."""
+    counts: Counter[str] = Counter()
+    async with Runtime.open(orchestrator_settings, agents=[]) as rt:
+        worker = Worker(rt.bus, rt.registry, [stand_in("idle", _counting(counts))],
+                        block_ms=60_000)
+        await worker.start()
+        try:
+            first = rt.bus.new_reply_stream_request(target="idle", request_type="x")
+            assert (await asyncio.wait_for(await rt.bus.send(first), 10)).status == "success"
+            old_id = await _reader_id(worker, "idle")
+            await rt.bus.redis.execute_command("CLIENT", "KILL", "ID", old_id)  # reconnects
+            second = rt.bus.new_reply_stream_request(target="idle", request_type="x")
+            assert (await asyncio.wait_for(await rt.bus.send(second), 10)).status == "success"
+            assert await _reader_id(worker, "idle", not_=old_id) != old_id  # a new connection
+        finally:
+            started = time.monotonic()
+            await worker.stop()
+            stopped_in = time.monotonic() - started
+        assert stopped_in < 15, f"stop took {stopped_in:.1f}s: it waited for the 60 s block"
+        assert counts == Counter({first.request_id: 1, second.request_id: 1})
+        for priority in PRIORITIES:
+            pending = await rt.bus.redis.xpending(rt.bus.keys.requests("idle", priority), "idle")
+            assert pending["pending"] == 0

@@ -15,9 +15,9 @@ One module per role; :class:`EventBus` puts them together over one Redis client:
 Fencing tokens are not the bus's: see :mod:`orchestrator.locks.fencing`.
 """
 
-from .consumer import Delivery
+from .consumer import BlockingReader, Delivery
 from .eventbus import EventBus
 from .keys import BusKeys
 from .wire import DecodeFailure, decode_request, encode
 
-__all__ = ["EventBus", "Delivery", "BusKeys", "DecodeFailure", "decode_request", "encode"]
+__all__ = ["EventBus", "BlockingReader", "Delivery", "BusKeys", "DecodeFailure", "decode_request", "encode"]

@@ -8,7 +8,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio.connection import AbstractConnection
 from redis.commands.core import AsyncScript
 from redis.exceptions import ResponseError
 
@@ -16,7 +17,7 @@ from ..messages import PRIORITIES, AgentRequest
 from .keys import BusKeys
 from .wire import FIELD, SIG, DecodeFailure, decode_request, to_text, verified
 
-__all__ = ["Consumer", "Delivery"]
+__all__ = ["BlockingReader", "Consumer", "Delivery"]
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,36 @@ class Delivery:
     #: instead of waiting out its timeout
     answer_to: tuple[str, str] | None = None
 
+
+class BlockingReader:
+    """A connection of its own for one consumer's blocking reads, so that :meth:`wake` can cut
+    a read short when the consumer stops: ``CLIENT UNBLOCK`` makes the blocked ``XREADGROUP``
+    return as if its block had run out, with nothing delivered (cancelling it instead could
+    lose entries Redis had already handed over, left pending until someone reclaims them).
+
+    The connection's client id is learnt each time it connects, so a reconnection never
+    leaves :meth:`wake` with a stale one. Close it with :meth:`aclose`.
+    """
+
+    def __init__(self, redis: Redis) -> None:
+        pool = redis.connection_pool
+        kwargs = {**pool.connection_kwargs, "redis_connect_func": self._connected}
+        self.client = Redis(connection_pool=ConnectionPool(
+            connection_class=pool.connection_class, max_connections=1, **kwargs))
+        self.client_id: int | None = None
+
+    async def _connected(self, connection: AbstractConnection) -> None:
+        await connection.on_connect()
+        await connection.send_command("CLIENT", "ID")
+        self.client_id = int(await connection.read_response())
+
+    async def wake(self, via: Redis) -> None:
+        """Unblock a read in progress (none: nothing happens), over ``via``'s connections."""
+        if self.client_id is not None:
+            await via.client_unblock(self.client_id)
+
+    async def aclose(self) -> None:
+        await self.client.aclose(close_connection_pool=True)
 
 
 class Consumer:
@@ -65,7 +96,8 @@ class Consumer:
         self._groups.add(agent_type)
 
     async def read_requests(
-        self, agent_type: str, consumer: str, *, count: int, block_ms: int, poll: bool = True
+        self, agent_type: str, consumer: str, *, count: int, block_ms: int, poll: bool = True,
+        reader: BlockingReader | None = None,
     ) -> list[Delivery]:
         """Read up to ``count`` new requests, higher priorities first.
 
@@ -82,7 +114,7 @@ class Consumer:
                      if poll else None)
             if found:
                 return self._flat_deliveries(found)
-            entries = await self.redis.xreadgroup(
+            entries = await (reader.client if reader else self.redis).xreadgroup(
                 agent_type, consumer, dict.fromkeys(streams, ">"), count=count, block=block_ms
             )
         except ResponseError as exc:

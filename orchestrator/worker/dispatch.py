@@ -8,7 +8,7 @@ import contextlib
 import logging
 
 from ..agent import Agent
-from ..bus import Delivery
+from ..bus import BlockingReader, Delivery
 from ..messages import AgentResponse
 from ..metrics import BUS_DEAD_LETTERS
 from ..outage import Outage
@@ -64,6 +64,15 @@ class _Dispatching(_Answering):
                 capacity.release()
 
     async def _consume(self, agent: Agent) -> None:
+        reader = self._readers[agent.agent_type] = BlockingReader(self.bus.redis)
+        try:
+            await self._read_loop(agent, reader)
+        finally:
+            del self._readers[agent.agent_type]
+            with contextlib.suppress(Exception):
+                await reader.aclose()
+
+    async def _read_loop(self, agent: Agent, reader: BlockingReader) -> None:
         capacity = self.capacity[agent.agent_type]
         backoff = 0.05
         poll = True
@@ -83,6 +92,7 @@ class _Dispatching(_Answering):
                 count = max(capacity.free, 1)
                 deliveries = await self.bus.read_requests(
                     agent.agent_type, self.name, count=count, block_ms=self.block_ms, poll=poll,
+                    reader=reader,
                 )
                 # A short read drained the streams: block right away next time.
                 poll = len(deliveries) >= count

@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Sequence
 
 from ..agent import Agent
-from ..bus import EventBus
+from ..bus import BlockingReader, EventBus
 from ..errors import InvalidConfiguration
 from ..executions import ExecutionLedger
 from ..processes import new_process_id
@@ -67,6 +67,8 @@ class _WorkerState:
         self.capacity = {a.agent_type: _Capacity(min_concurrency) for a in self.agents}
         self._stopping = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
+        # agent type -> the connection its reader blocks on, which stop() wakes
+        self._readers: dict[str, BlockingReader] = {}
         self._inflight: set[asyncio.Task[None]] = set()
         self._executing: set[str] = set()  # request ids this process is executing now
         self._claims: dict[str, str] = {}  # request id -> claim, of handlers running now
