@@ -53,3 +53,19 @@ def test_ordinary_aliases_still_work(tmp_path: Path) -> None:
         """))
     loaded = load_plan(plan)
     assert loaded.integration_command == loaded.test_command == "python -m pytest -q"
+
+
+def test_a_plan_of_a_folder_inside_a_repository_is_refused(tmp_path: Path) -> None:
+    """Found by reading: the planner read task files from the plan's folder while the developer
+    and QA worked from the repository's top, and the file locks named different paths."""
+    import subprocess
+
+    subprocess.run(["git", "init", "-q", str(tmp_path / "repo")], check=True)
+    (tmp_path / "repo" / "sub").mkdir()
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("repo: repo/sub\ntasks: [{id: a, file: a.py, kind: new, content: x}]\n")
+    with pytest.raises(PlanError, match=r"field 'repo': repo/sub is a folder inside the git "
+                       r"repository .*repo; give the repository's top folder"):
+        load_plan(plan)
+    plan.write_text("repo: repo\ntasks: [{id: a, file: sub/a.py, kind: new, content: x}]\n")
+    assert load_plan(plan).repo == str((tmp_path / "repo").resolve())

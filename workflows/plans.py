@@ -38,6 +38,7 @@ from orchestrator.workflows.canary import CanarySpec
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from orchestrator.contracts.developer import Task
+from orchestrator.contracts.repos import RepositoryError, repository_top
 from orchestrator.errors import ErrorCode, InvalidInput
 
 __all__ = ["Plan", "PlanError", "PlanState", "PlanTask", "load_plan", "parse_plan", "plan_of"]
@@ -176,7 +177,18 @@ def parse_plan(raw: Any, *, base: Path | None = None) -> Plan:
     repo = (base or Path.cwd()) / Path(plan.repo).expanduser()
     if not repo.is_dir():
         raise PlanError(f"bad plan: field 'repo': {plan.repo} is not a folder")
-    return plan.model_copy(update={"repo": str(repo.resolve())})
+    repo = repo.resolve()
+    try:
+        top = repository_top(str(repo))
+    except RepositoryError:
+        top = None  # not a repository (yet): the developer says so when it starts
+    if top is not None and top.resolve() != repo:
+        # the planner reads task files from the plan's folder, the developer and QA work from
+        # the repository's top: they must be one folder
+        raise PlanError(f"bad plan: field 'repo': {plan.repo} is a folder inside the git "
+                        f"repository {top}; give the repository's top folder (task files are "
+                        "paths from it)")
+    return plan.model_copy(update={"repo": str(repo)})
 
 
 # A plan of a thousand tasks is a few tens of thousands of YAML nodes; far more, counting each
