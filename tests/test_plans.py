@@ -69,3 +69,12 @@ def test_a_plan_of_a_folder_inside_a_repository_is_refused(tmp_path: Path) -> No
         load_plan(plan)
     plan.write_text("repo: repo\ntasks: [{id: a, file: sub/a.py, kind: new, content: x}]\n")
     assert load_plan(plan).repo == str((tmp_path / "repo").resolve())
+
+
+def test_a_command_the_cicd_agent_would_refuse_is_refused_by_the_plan(tmp_path: Path) -> None:
+    """The plan's commands follow the cicd contract's rule (one rule on both sides)."""
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("repo: .\ntasks: [{id: a, file: a.py, kind: new, content: x}]\n"
+                    "integration_command: \"pytest 'unclosed\"\n")
+    with pytest.raises(PlanError, match="field 'integration_command'"):
+        load_plan(plan)

@@ -45,8 +45,9 @@ from orchestrator.workflows.plan_work import work
 from orchestrator.workflows.plans import Plan, PlanError, PlanState, load_plan, parse_plan, plan_of
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from orchestrator.calls import AGENT_RETRY, call_agent
+from orchestrator.calls import AGENT_RETRY
 from orchestrator.contracts import developer, qa
+from orchestrator.contracts.cicd import RUN_COMMAND, RunCommand
 from orchestrator.contracts.planner import ANALYZE_PLAN, AnalyzePlan, PlanTaskNode
 from orchestrator.errors import AgentError, AgentErrorCode
 from orchestrator.graphs import WorkflowSpec, validated_fields
@@ -210,12 +211,14 @@ def after_escalate(state: PlanState) -> Literal["dispatch", "report"]:
 async def integrate(state: PlanState) -> dict[str, Any]:
     plan = plan_of(state)
     command = plan.integration_command or plan.test_command
-    call = await call_agent("cicd", "run_command", {"repo": plan.repo, "command": command},
-                            timeout=900, subtask="integration")
-    update = merge_updates(call.updates, {"integration": call.result}, schema=PlanState)
-    if not call.result["passed"]:
+    call = await RUN_COMMAND.call(RunCommand(repo=plan.repo, command=command), timeout=900,
+                                  subtask="integration")
+    outcome = call.result
+    update = merge_updates(call.updates, {"integration": outcome.model_dump(mode="json")},
+                           schema=PlanState)
+    if not outcome.passed:
         update["final_result"] = {"status": "failed", "stage": "integration",
-                                  "reasons": [f"integration: {call.result['reason']}"]}
+                                  "reasons": [f"integration: {outcome.reason}"]}
     return update
 
 

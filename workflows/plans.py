@@ -37,6 +37,7 @@ from orchestrator.state.schema import MultiAgentState, append_list, merge_dicts
 from orchestrator.workflows.canary import CanarySpec
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from orchestrator.contracts.cicd import Command
 from orchestrator.contracts.developer import Task
 from orchestrator.contracts.repos import RepositoryError, repository_top
 from orchestrator.errors import ErrorCode, InvalidInput
@@ -76,8 +77,8 @@ class Plan(BaseModel):
 
     repo: str = Field(min_length=1)
     tasks: list[PlanTask] = Field(min_length=1)
-    test_command: str | list[str] = "python -m pytest -q"
-    integration_command: str | list[str] | None = None
+    test_command: Command = "python -m pytest -q"
+    integration_command: Command | None = None
     max_parallel: int = Field(4, ge=1, le=64)
     max_attempts: int = Field(3, ge=1, le=10, description="QA attempts before dead-lettering")
     retry_delay: float = Field(1.0, ge=0, description="first retry delay; doubles each time")
