@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from tests.fixture_repo import make_fixture_repo
-from tests.service_app import ServiceProcess
 from tests.support.cli import CLI
+from tests.support.fixture_repo import make_fixture_repo
 from tests.support.processes import read_pid
+from tests.support.service_app import ServiceProcess
 
 StartService = Callable[..., Awaitable[ServiceProcess]]
 
@@ -138,5 +138,5 @@ async def start_service(tmp_path: Path) -> AsyncIterator[StartService]:
 
 @pytest.fixture
 def fixture_repo(tmp_path: Path) -> Path:
-    """A git repository with passing, failing and conflicting branches (tests/fixture_repo.py)."""
+    """A git repository with passing, failing and conflicting branches (tests/support/fixture_repo.py)."""
     return make_fixture_repo(tmp_path / "repo")

@@ -11,7 +11,7 @@ from orchestrator.state.schema import merge_updates
 from orchestrator.agent import HandlerError
 from orchestrator.testing import stand_in
 
-from .fixture_plan import make_plan_repo
+from .support.fixture_plan import make_plan_repo
 
 
 def failing(code: str, message: str):

@@ -11,8 +11,8 @@ import pytest
 from orchestrator.metrics import CANARY_ROLLBACKS, CANARY_STAGE
 from orchestrator.testing import resume, run_until_interrupt
 
-from .graphs_for_tests import rollout
 from .support.commands import RECORD, lines, traffic_log_command
+from .support.graphs_for_tests import rollout
 
 WORKFLOWS = {"rollout": rollout}
 

@@ -31,7 +31,7 @@ from orchestrator.contracts.repos import run_git as workflow_git
 from orchestrator.messages import AgentRequest
 from orchestrator.settings import Settings
 
-from .fixture_repo import add_branch, git
+from .support.fixture_repo import add_branch, git
 
 SECRETS = {
     "ORCHESTRATOR_BUS_SECRET": "s3cr3t-value",

@@ -10,7 +10,7 @@ import pytest
 from orchestrator import cli
 from orchestrator.testing import stand_in
 
-from .graphs_for_tests import approval
+from .support.graphs_for_tests import approval
 
 
 @pytest.fixture
@@ -465,7 +465,7 @@ async def test_ctrl_c_during_run_stops_promptly_and_resume_completes(
     log = tmp_path / "slow.log"
     log.write_text("")
     thread_id = f"ctrl-c-{uuid.uuid4().hex[:8]}"
-    command = [sys.executable, "-m", "tests.cli_process", str(log)]
+    command = [sys.executable, "-m", "tests.support.cli_process", str(log)]
     proc = subprocess.Popen([*command, "run", "slowflow", "--set", "seconds=60",
                              "--thread-id", thread_id], env=service_env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

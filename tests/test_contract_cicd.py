@@ -17,7 +17,7 @@ from orchestrator.contracts import repos
 from orchestrator.contracts.cicd import MERGE, Merge, Merged
 from orchestrator.errors import AgentError, AgentErrorCode, InvalidInput
 
-from .fixture_repo import git
+from .support.fixture_repo import git
 
 
 async def refused_by_graph(orchestrator, data: dict) -> str:

@@ -19,8 +19,8 @@ from orchestrator.calls import call_agent
 from orchestrator.contracts import deployer, infrastructure
 from orchestrator.errors import AgentError, AgentErrorCode
 
-from .graphs_for_tests import rollout
 from .support.commands import heal_input, traffic_log_command
+from .support.graphs_for_tests import rollout
 
 TRAFFIC = {"command": [sys.executable, "-c", "pass"]}
 HEALTH = {"kind": "http", "url": "http://127.0.0.1:9/health"}

@@ -18,7 +18,7 @@ from orchestrator.agent import HandlerError
 from orchestrator.contracts import developer, planner, qa
 from orchestrator.testing import stand_in
 
-from .fixture_repo import git
+from .support.fixture_repo import git
 
 
 def small_repo(path: Path) -> Path:

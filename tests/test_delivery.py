@@ -27,7 +27,7 @@ from orchestrator.runtime import Runtime
 from orchestrator.testing import stand_in
 from orchestrator.worker import Worker
 
-from .graphs_for_tests import flaky
+from .support.graphs_for_tests import flaky
 
 
 def _counting(counts: Counter[str], result: object = "ok", delay: float = 0.0):
@@ -240,7 +240,7 @@ async def test_worker_killed_mid_request_another_completes_it_once(
 ) -> None:
     log = tmp_path / "executions.log"
     env = {**service_env, "ORCHESTRATOR_VISIBILITY_TIMEOUT": "1"}
-    cmd = [sys.executable, "-m", "tests.agent_process", str(log)]
+    cmd = [sys.executable, "-m", "tests.support.agent_process", str(log)]
     cwd = os.path.dirname(os.path.dirname(__file__))
     first = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, text=True)
     second = None

@@ -1,4 +1,4 @@
-"""Health sampling against a real HTTP service (``tests/service_app.py``) run as a subprocess."""
+"""Health sampling against a real HTTP service (``tests/support/service_app.py``) run as a subprocess."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from orchestrator.agents.lib.health.probe import Prober, observe
 from orchestrator.agents.lib.health.prometheus import _histogram_quantile
 
 from orchestrator.contracts.health import HealthSource, Observation, Sample, Thresholds
-from tests.service_app import ServiceProcess
+from tests.support.service_app import ServiceProcess
 
 StartService = Callable[..., Awaitable[ServiceProcess]]
 

@@ -12,8 +12,8 @@ from orchestrator.errors import AgentError, InvalidInput
 from orchestrator.locks.fencing import check_token
 from orchestrator.testing import resume, run_until_interrupt, stand_in
 
-from .graphs_for_tests import approval
 from .support.docs import FIXTURE_MODULES as MODULES
+from .support.graphs_for_tests import approval
 
 
 def _tree(folder: Path) -> dict[str, bytes]:

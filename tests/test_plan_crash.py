@@ -12,8 +12,8 @@ from orchestrator.agents.developer import develop as builtin_develop
 
 from orchestrator.testing import stand_in
 
-from .fixture_plan import FAILING_ONCE, NEVER_FIXED, make_plan_repo
 from .support.cli import resumed_result, until
+from .support.fixture_plan import FAILING_ONCE, NEVER_FIXED, make_plan_repo
 from .support.processes import kill9
 
 pytestmark = pytest.mark.slow

@@ -18,7 +18,7 @@ from orchestrator.metrics import TASK_CACHE
 from orchestrator.runtime import use_runtime
 from orchestrator.testing import resume, run_until_interrupt, stand_in
 
-from .fixture_plan import FAILING_ONCE, LEVELS, NEVER_FIXED, make_plan_repo
+from .support.fixture_plan import FAILING_ONCE, LEVELS, NEVER_FIXED, make_plan_repo
 
 
 def slow_developer(seconds: float = 0.15, log: list[tuple[str, float, float]] | None = None):
@@ -250,7 +250,7 @@ async def test_the_cli_runs_a_plan_file(service_env, tmp_path) -> None:
 
 
 async def test_a_chat_model_fixes_what_ruff_cannot(orchestrator_factory, tmp_path) -> None:
-    orch = await orchestrator_factory(chat_model="tests.fake_chat:fixes_discounts")
+    orch = await orchestrator_factory(chat_model="tests.support.fake_chat:fixes_discounts")
     repo, plan = make_plan_repo(tmp_path / "repo", integration_command="python -c pass")
     plan["tasks"] = [t for t in plan["tasks"] if t["id"] == NEVER_FIXED]
     result = await orch.run("plan_execution", {"plan": plan})

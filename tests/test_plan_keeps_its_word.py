@@ -20,7 +20,7 @@ from orchestrator.errors import AgentError
 from orchestrator.messages import AgentResponse, ErrorInfo
 from orchestrator.testing import stand_in
 
-from .fixture_repo import git
+from .support.fixture_repo import git
 
 
 def small_repo(path: Path) -> Path:

@@ -15,8 +15,8 @@ from orchestrator.errors import AgentError, InvalidInput
 from orchestrator.runtime import use_runtime
 from orchestrator.testing import resume, run_until_interrupt
 
-from .fixture_repo import add_branch, git
 from .support.commands import lines, traffic_log_command
+from .support.fixture_repo import add_branch, git
 from .support.processes import ORCHESTRATOR_CMD
 
 
@@ -338,7 +338,7 @@ async def test_a_repository_path_is_never_stripped(orchestrator, tmp_path) -> No
     """Review L6: repo="r5 " was validated (and merged) as r5."""
     from orchestrator.workflows.pr_deployment import PRDeploymentInput
 
-    from .fixture_repo import make_fixture_repo
+    from .support.fixture_repo import make_fixture_repo
 
     make_fixture_repo(tmp_path / "r5")
     spaced = make_fixture_repo(tmp_path / "r5 ")

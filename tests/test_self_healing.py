@@ -147,7 +147,7 @@ async def test_a_malformed_escalation_answer_never_gives_up(orchestrator, start_
 async def test_a_chat_model_diagnosis_is_used_when_it_names_a_known_issue(
     orchestrator_factory, start_service, reap
 ) -> None:
-    orch = await orchestrator_factory(chat_model="tests.fake_chat:latency_first")
+    orch = await orchestrator_factory(chat_model="tests.support.fake_chat:latency_first")
     service = await start_service()
     reap(service.pid_file)
     service.set_mode("slow", delay_ms=400)
@@ -161,7 +161,7 @@ async def test_a_chat_model_diagnosis_is_used_when_it_names_a_known_issue(
 async def test_a_chat_model_answer_outside_the_runbook_falls_back_to_rules(
     orchestrator_factory, start_service, reap
 ) -> None:
-    orch = await orchestrator_factory(chat_model="tests.fake_chat:nonsense")
+    orch = await orchestrator_factory(chat_model="tests.support.fake_chat:nonsense")
     service = await start_service()
     reap(service.pid_file)
     service.set_mode("error")

@@ -8,7 +8,15 @@
 * ``commands``: commands given to workflows (a traffic command that logs, a restart spec);
 * ``docs``: packages to document and checks of the docs written for them;
 * ``servers``: throw-away servers of a test's own (a restartable ``redis-server``, a
-  PostgreSQL cluster).
+  PostgreSQL cluster);
+* ``projects``: a user's project with its own ``agents``, ``workflows`` and ``state`` packages;
+* ``fixture_repo``, ``fixture_plan``: the git repositories (branches to review, test and merge;
+  a plan's repository) that the fixtures and tests build;
+* ``graphs_for_tests``: small graphs that call stand-in agents;
+* ``fake_chat``: chat models for the developer's and infrastructure's model paths;
+* ``service_app``: an HTTP service to probe, break and restart (run as a subprocess);
+* ``agent_process``, ``cli_process``: processes a test starts and kills (``python -m
+  tests.support.agent_process`` / ``cli_process``).
 
 A test file imports from here, never from another test file or from ``conftest``.
 """

@@ -1,6 +1,6 @@
 """A worker process hosting a slow test agent, for the kill -9 tests.
 
-Usage: python -m tests.agent_process LOGFILE (settings from ORCHESTRATOR_* variables).
+Usage: python -m tests.support.agent_process LOGFILE (settings from ORCHESTRATOR_* variables).
 Each execution appends "start <request id>" and "done <request id>" lines to LOGFILE.
 """
 

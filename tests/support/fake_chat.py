@@ -16,7 +16,7 @@ def nonsense() -> FakeListChatModel:
 
 
 def fixes_discounts() -> FakeListChatModel:
-    """Rewrites shop/discounts.py (of tests/fixture_plan.py) so that it passes QA."""
+    """Rewrites shop/discounts.py (of tests/support/fixture_plan.py) so that it passes QA."""
     return FakeListChatModel(responses=[
         "```python\nRATE = 0.1\n\n\ndef discount(amount: float) -> float:\n"
         "    return amount * RATE\n```"])

@@ -1,6 +1,6 @@
 """The ``orchestrator`` command with a slow test workflow, for the Ctrl-C tests.
 
-Usage: python -m tests.cli_process LOGFILE ARGS... (settings from ORCHESTRATOR_* variables).
+Usage: python -m tests.support.cli_process LOGFILE ARGS... (settings from ORCHESTRATOR_* variables).
 ``slowflow`` has two steps: ``wait`` asks the ``slow`` stand-in agent (hosted in this process)
 to sleep ``seconds`` (appending "start"/"done" lines to LOGFILE; only the first execution in
 LOGFILE sleeps, so a resume is quick), then ``finish`` completes.
