@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from orchestrator.agent import RequestContext
 from tests.support.cli import CLI
 from tests.support.fixture_repo import make_fixture_repo
 from tests.support.processes import read_pid
@@ -140,3 +141,17 @@ async def start_service(tmp_path: Path) -> AsyncIterator[StartService]:
 def fixture_repo(tmp_path: Path) -> Path:
     """A git repository with passing, failing and conflicting branches (tests/support/fixture_repo.py)."""
     return make_fixture_repo(tmp_path / "repo")
+
+
+@pytest.fixture
+def fencing_checks(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, list[str]]]:
+    """Each ``check_fencing`` an agent makes: (resource, the resources the request holds)."""
+    checked: list[tuple[str, list[str]]] = []
+    original = RequestContext.check_fencing
+
+    async def spy(self: RequestContext, resource: str) -> int:
+        checked.append((resource, sorted(self.fencing)))
+        return await original(self, resource)
+
+    monkeypatch.setattr(RequestContext, "check_fencing", spy)
+    return checked

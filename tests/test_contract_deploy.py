@@ -14,7 +14,6 @@ from orchestrator.agents import deployer as deployer_agent
 from orchestrator.agents import infrastructure as infrastructure_agent
 from orchestrator.workflows import canary, self_healing
 
-from orchestrator.agent import RequestContext
 from orchestrator.calls import call_agent
 from orchestrator.contracts import deployer, infrastructure
 from orchestrator.errors import AgentError, AgentErrorCode
@@ -114,20 +113,6 @@ def test_graph_and_agent_name_the_locks_with_the_contracts_functions() -> None:
     assert infrastructure_agent.service_lock is infrastructure.service_lock
     assert deployer.deployment_lock("web") == "deploy:web"
     assert infrastructure.service_lock("calc") == "service:calc"
-
-
-@pytest.fixture
-def fencing_checks(monkeypatch) -> list[tuple[str, list[str]]]:
-    """Each ``check_fencing`` an agent makes: (resource, the resources the request holds)."""
-    checked: list[tuple[str, list[str]]] = []
-    original = RequestContext.check_fencing
-
-    async def spy(self: RequestContext, resource: str) -> int:
-        checked.append((resource, sorted(self.fencing)))
-        return await original(self, resource)
-
-    monkeypatch.setattr(RequestContext, "check_fencing", spy)
-    return checked
 
 
 async def test_the_canary_holds_the_lock_the_deployer_checks(

@@ -10,7 +10,7 @@ import pytest
 from orchestrator.agents import docs as docs_agent
 from orchestrator.workflows import parallel_docs
 
-from orchestrator.agent import HandlerError, RequestContext
+from orchestrator.agent import HandlerError
 from orchestrator.calls import call_agent
 from orchestrator.contracts import docs as contract
 from orchestrator.errors import AgentError
@@ -78,16 +78,8 @@ def test_graph_and_agent_name_the_lock_with_the_contracts_function() -> None:
 
 
 async def test_the_graph_holds_the_lock_the_agent_checks(
-    orchestrator, fixture_package, tmp_path, monkeypatch
+    orchestrator, fixture_package, tmp_path, fencing_checks
 ) -> None:
-    checked: list[tuple[str, list[str]]] = []
-    original = RequestContext.check_fencing
-
-    async def spy(self: RequestContext, resource: str) -> int:
-        checked.append((resource, sorted(self.fencing)))
-        return await original(self, resource)
-
-    monkeypatch.setattr(RequestContext, "check_fencing", spy)
     real = tmp_path / "real"
     real.mkdir()
     (tmp_path / "link").symlink_to(real)  # the graph is given another spelling of the folder
@@ -95,5 +87,5 @@ async def test_the_graph_holds_the_lock_the_agent_checks(
                                                       "output": str(tmp_path / "link")})
     assert result.status == "completed", result.error
     lock = contract.output_lock(real)
-    assert checked == [(lock, [lock])]  # the agent checked the one lock the graph held
+    assert fencing_checks == [(lock, [lock])]  # the agent checked the one lock the graph held
     assert (real / "index.md").is_file()
