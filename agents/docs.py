@@ -1,24 +1,24 @@
-"""The ``docs`` agent: Python API reference in Markdown, rendered from source with ``ast``.
+"""The ``docs`` agent: Python API reference in Markdown, extracted statically with griffe.
 
 Its request types, their payloads and answers, and the lock guarding an output folder are
 its contract's: :mod:`orchestrator.contracts.docs`. The documented package is never imported.
+The graph sends one ``render_module`` per module; the package is loaded once per agent process
+and package state (:class:`~orchestrator.agents.lib.apidocs.PackageCache`), not once per task.
 """
 
 from __future__ import annotations
 
 import asyncio
-import io
-import tokenize
 from pathlib import Path
 
+from orchestrator.agents.lib.apidocs import PackageCache, SkippedPage, render_page
+from orchestrator.agents.lib.apidocs.loading import Unparsable, read_module_source
 from orchestrator.agents.lib.docs_markdown import (
     INDEX_FILENAME,
     UnsafePath,
     discover_modules,
     module_filename,
-    module_summary,
     render_index,
-    render_module,
     write_docs,
 )
 
@@ -65,39 +65,43 @@ async def list_modules(payload: ListModules, ctx: RequestContext) -> ModuleList:
                       modules=[ModuleRef(name=m.name, path=m.path) for m in modules])
 
 
-def _read_source(package_dir: Path, rel_path: str) -> str:
-    """The text of a module, decoded as Python decodes it (PEP 263 coding line, else UTF-8).
-    ``rel_path`` is a module's path (the contract checks its shape).
+#: The packages this process has loaded, by folder and fingerprint (a few at most).
+_packages = PackageCache()
+
+
+def _check_readable(package_dir: Path, rel_path: str) -> None:
+    """Refuse a module that is not the package's to show: a symlink out of the package, a file
+    that cannot be read or does not decode. ``rel_path`` is a module's path (the contract
+    checks its shape).
 
     Raises:
-        _Unreadable: the module is the package's but cannot be read.
+        _Unreadable: why.
     """
     path = (package_dir / rel_path).resolve()
     if not path.is_relative_to(package_dir.resolve()):
         raise _Unreadable(f"a symlink to {path}, outside the package; not followed")
     try:
-        data = path.read_bytes()
+        read_module_source(path)
     except OSError as exc:  # gone since discovery, no permission, a folder, a fifo...
         raise _Unreadable(f"cannot be read: {exc.strerror or exc}") from None
-    try:
-        encoding, _ = tokenize.detect_encoding(io.BytesIO(data).readline)
-        return data.decode(encoding)
-    except (SyntaxError, LookupError, UnicodeDecodeError) as exc:
-        reason = exc.reason if isinstance(exc, UnicodeDecodeError) else exc
-        raise _Unreadable(f"does not decode as Python source: {reason}") from None
+    except Unparsable as exc:
+        raise _Unreadable(str(exc)) from None
 
 
 class _Unreadable(Exception):
     """A module of the package that cannot be read; it is skipped, with this reason."""
 
 
-def _render(package_dir: Path, module: str, rel_path: str) -> RenderedModule | SkippedModule:
+def _render(package_dir: Path, module: str, rel_path: str,
+            packages: PackageCache = _packages) -> RenderedModule | SkippedModule:
     try:
-        source = _read_source(package_dir, rel_path)
+        _check_readable(package_dir, rel_path)
     except _Unreadable as exc:
         return SkippedModule(module=module, skipped=f"{rel_path}: {exc}")
-    return RenderedModule(module=module, markdown=render_module(source, module),
-                          summary=module_summary(source))
+    page = render_page(packages.get(package_dir), module)
+    if isinstance(page, SkippedPage):
+        return SkippedModule(module=module, skipped=f"{rel_path}: {page.reason}")
+    return RenderedModule(module=module, markdown=page.markdown, summary=page.summary)
 
 
 @agent.handler(RENDER_MODULE)

@@ -235,3 +235,19 @@ async def test_an_unreadable_module_is_skipped_and_listed_not_a_failed_run(
     assert "## Skipped modules" in index
     assert "- fixturepkg.leak — leak.py: a symlink to" in index
     assert "do-not-publish" not in "".join(p.read_text() for p in out.iterdir())
+
+
+async def test_an_unparsable_module_is_skipped_with_its_reason_in_the_index(
+    orchestrator, fixture_package, tmp_path
+) -> None:
+    (fixture_package / "broken.py").write_text("def broken(:\n    pass\n")
+    out = tmp_path / "docs"
+    result = await orchestrator.run("parallel_docs", {"package": str(fixture_package),
+                                                      "output": str(out)})
+    assert result.status == "completed", result.error
+    assert result.final_result["skipped"] == {
+        "fixturepkg.broken": "broken.py: could not be parsed: invalid syntax (line 1)"}
+    assert result.final_result["modules"] == len(MODULES)
+    assert "- fixturepkg.broken — broken.py: could not be parsed: invalid syntax (line 1)" in \
+        (out / "index.md").read_text()
+    assert not (out / "fixturepkg.broken.md").exists()

@@ -1,5 +1,5 @@
-"""The ``docs`` agent's contract: Python API reference in Markdown, rendered from a package's
-source with ``ast`` (the documented package is never imported).
+"""The ``docs`` agent's contract: Python API reference in Markdown, extracted from a package's
+source with griffe, statically (the documented package is never imported).
 
 Request types:
 
@@ -7,8 +7,8 @@ Request types:
   [{"name", "path"}]}``: the package's public modules, sorted by dotted name.
 * ``render_module`` (:data:`RENDER_MODULE`) ``{"package_dir", "module", "path"}`` →
   ``{"module", "markdown", "summary"}``, or ``{"module", "skipped": reason}`` for a module that
-  cannot be read: a symlink out of the package, a file it may not read, or text that does not
-  decode (one such file never fails the whole package).
+  cannot be read: a symlink out of the package, a file it may not read, text that does not
+  decode, or source that does not parse (one such file never fails the whole package).
 * ``write_docs`` (:data:`WRITE_DOCS`) ``{"output", "package", "pages": {module: markdown},
   "summaries": {...}, "skipped": {module: reason}}`` → ``{"output", "files", "index"}``; the
   index lists the skipped modules with their reason. Guarded by the :func:`output_lock` lock

@@ -1,0 +1,330 @@
+"""The API docs from a package loaded with griffe (never imported): re-exports, overloads,
+field classes, constants and aliases, docstring styles, ``__main__`` blocks, cross-references,
+unparsable modules, the per-process package cache, byte-identical output."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+from pathlib import Path
+
+import pytest
+from orchestrator.agents.lib.apidocs import (
+    PackageCache,
+    Page,
+    SkippedPage,
+    discover_modules,
+    load_package,
+    render_page,
+)
+
+FILES = {
+    "__init__.py": '''
+        """The shop package."""
+        from ._impl import Basket, checkout
+        from .models import Item
+        from . import models
+
+        __all__ = ["Basket", "checkout", "Item", "PositiveInt", "VERSION", "parse"]
+
+        VERSION: str = "1.0"
+        """The package version."""
+
+        from typing import Annotated, overload
+
+        PositiveInt = Annotated[int, "positive"]
+        """An int above zero."""
+
+        @overload
+        def parse(text: str) -> int: ...
+        @overload
+        def parse(text: bytes, *, strict: bool = False) -> int: ...
+        def parse(text, *, strict=False):
+            """Parse a number.
+
+            Args:
+                text: What to parse.
+                strict: Refuse spaces.
+
+            Returns:
+                The number.
+
+            Raises:
+                ValueError: Not a number.
+
+            Examples:
+                >>> parse("1")
+                1
+            """
+            return int(text)
+
+        def _hidden():
+            pass
+
+        if __name__ == "__main__":
+            def main_only():
+                """A script helper."""
+            print(parse("1"))
+    ''',
+    "_impl.py": '''
+        """Private: users import these from the package."""
+        from .models import Item
+
+
+        class Basket:
+            """A basket of :class:`Item` objects.
+
+            Parameters
+            ----------
+            owner : str
+                Who holds it.
+            """
+
+            def __init__(self, owner: str = "me") -> None:
+                self.owner = owner
+
+            def add(self, item: Item, count: int = 1) -> "Basket":
+                """Add ``count`` copies of the item; ``__len__`` grows.
+
+                :param item: The item.
+                :param count: How many.
+                :returns: The basket itself.
+                :raises KeyError: Never.
+                """
+                return self
+
+
+        async def checkout(basket: Basket) -> float:
+            """Pay for a `Basket`, see [Item][shop.models.Item].
+
+            !!! warning
+                Money leaves.
+            """
+            return 0.0
+    ''',
+    "models.py": '''
+        """Data classes of every kind."""
+        from dataclasses import dataclass, field
+        from typing import NamedTuple
+
+        import attrs
+        from pydantic import BaseModel, Field
+
+        from .tools import helper as helper
+
+
+        @dataclass(frozen=True)
+        class Item:
+            """An item."""
+
+            name: str
+            tags: list[str] = field(default_factory=list)
+            price: float = 0.0
+            """The price, in euros."""
+
+
+        class Point(NamedTuple):
+            x: int
+            y: int = 0
+
+
+        @attrs.define
+        class Box:
+            width: int
+            depth: int = attrs.field(default=2)
+
+
+        class Order(BaseModel):
+            id: int
+            note: str = Field(default="none", description="free text")
+            model_config = {"frozen": True}
+
+
+        class Rush(Order):
+            hours: int = 1
+
+        Count = int | None
+        lower = "not documented: neither constant, alias, exported nor with a docstring"
+    ''',
+    "tools.py": '''
+        def helper() -> None:
+            """Help."""
+
+        def _private():
+            pass
+    ''',
+    "broken.py": "def broken(:\n    pass\n",
+}
+
+
+@pytest.fixture
+def shop(tmp_path: Path) -> Path:
+    root = tmp_path / "shop"
+    root.mkdir()
+    for name, text in FILES.items():
+        (root / name).write_text(textwrap.dedent(text).lstrip("\n"))
+    return root
+
+
+def _page(shop: Path, module: str) -> str:
+    page = render_page(load_package(shop), module)
+    assert isinstance(page, Page), page
+    return page.markdown
+
+
+def _section(page: str, title: str) -> str:
+    """The text from ``title`` up to the next heading of the same or a higher level."""
+    lines = page.splitlines()
+    start = lines.index(title)
+    level = title.split(" ", 1)[0]
+    end = next((i for i in range(start + 1, len(lines))
+                if lines[i].startswith("#") and len(lines[i].split(" ", 1)[0]) <= len(level)),
+               len(lines))
+    return "\n".join(lines[start:end]).strip("\n")
+
+
+def test_reexported_names_are_documented_where_users_import_them(shop: Path) -> None:
+    page = _page(shop, "shop")
+    headings = [line for line in page.splitlines() if line.startswith("#")]
+    assert headings == [
+        "# shop", "## class Basket", "### Basket.add()", "## checkout()", "## class Item",
+        "### Item.name", "### Item.tags", "### Item.price", "## VERSION", "## PositiveInt",
+        "## parse()",
+    ]
+    basket = _section(page, "## class Basket")
+    # the heading, one blank line, the signature block, then where it is defined (no page)
+    assert basket.startswith("## class Basket\n\n```python\nBasket(owner: str = 'me')\n```\n\n"
+                             "Defined in `shop._impl`.\n")
+    item = _section(page, "## class Item")
+    assert "Defined in [`shop.models`](shop.models.md#class-item).\n" in item
+    # the defining module documents it too, without a "Defined in" line
+    assert "Defined in" not in _section(_page(shop, "shop.models"), "## class Item")
+    # an `import x as x` re-export; the module's private and other imports are not
+    models = _page(shop, "shop.models")
+    assert "## helper()" in models and "Defined in [`shop.tools`](shop.tools.md#helper)." in models
+    for absent in ("## field()", "## NamedTuple", "## BaseModel", "## dataclass()", "## lower"):
+        assert absent not in models
+    assert "_private" not in _page(shop, "shop.tools")
+
+
+def test_overloads_are_all_shown_with_the_implementations_docstring(shop: Path) -> None:
+    parse = _section(_page(shop, "shop"), "## parse()")
+    assert parse.startswith("## parse()\n\n```python\n"
+                            "@overload\ndef parse(text: str) -> int\n"
+                            "@overload\ndef parse(text: bytes, *, strict: bool = False) -> int\n"
+                            "def parse(text, *, strict=False)\n```\n")
+    assert "Parse a number." in parse
+
+
+def test_docstring_sections_become_lists_and_doctests_code(shop: Path) -> None:
+    parse = _section(_page(shop, "shop"), "## parse()")
+    assert "**Parameters:**\n\n- `text`: What to parse.\n- `strict` (default `False`): Refuse " \
+        "spaces." in parse
+    assert "**Returns:**\n\n- The number." in parse
+    assert "**Raises:**\n\n- `ValueError`: Not a number." in parse
+    assert "```pycon\n>>> parse(\"1\")\n1\n```" in parse
+    assert "> >>>" not in parse and "\n>>>" not in parse.replace("```pycon\n>>>", "")
+    shop_page = _page(shop, "shop")
+    basket = _section(shop_page, "## class Basket")
+    assert "**Parameters:**\n\n- `owner` (`str`, default `'me'`): Who holds it." in basket  # NumPy
+    add = _section(shop_page, "### Basket.add()")  # Sphinx style
+    assert "- `item` ([`Item`](shop.models.md#class-item)): The item." in add
+    assert "**Returns:**\n\n- [`Basket`](shop.md#class-basket): The basket itself." in add
+    assert "**Raises:**\n\n- `KeyError`: Never." in add
+    # dunder names stay code, never bold
+    assert "`__len__` grows" in add and "**len**" not in add
+    checkout = _section(shop_page, "## checkout()")
+    assert "> [!WARNING]\n> Money leaves." in checkout  # an mkdocs admonition
+
+
+def test_cross_references_link_to_the_objects_page(shop: Path) -> None:
+    page = _page(shop, "shop")
+    add = _section(page, "### Basket.add()")
+    assert "Types: [`Basket`](shop.md#class-basket), [`Item`](shop.models.md#class-item)" in add
+    basket = _section(page, "## class Basket")
+    assert "A basket of [`Item`](shop.models.md#class-item) objects." in basket  # :class: role
+    checkout = _section(page, "## checkout()")
+    assert "Pay for a [`Basket`](shop.md#class-basket), see [Item](shop.models.md#class-item)." \
+        in checkout
+
+
+def test_field_classes_show_their_constructor_and_fields(shop: Path) -> None:
+    page = _page(shop, "shop.models")
+
+    def signature(title: str) -> str:
+        return _section(page, title).split("```python\n", 1)[1].split("\n```", 1)[0]
+
+    assert signature("## class Item") == "Item(name: str, tags: list[str] = list(), " \
+        "price: float = 0.0)"
+    assert signature("## class Point") == "Point(x: int, y: int = 0)"
+    assert signature("## class Box") == "Box(width: int, depth: int = 2)"
+    assert signature("## class Order") == "Order(*, id: int, note: str = 'none')"
+    assert signature("## class Rush") == "Rush(*, id: int, note: str = 'none', hours: int = 1)"
+    assert signature("### Item.price") == "price: float = 0.0"
+    assert "The price, in euros." in _section(page, "### Item.price")
+    assert "### Order.model_config" not in page
+    assert signature("## Count") == "Count = int | None"
+
+
+def test_constants_and_type_aliases_with_their_docstrings(shop: Path) -> None:
+    page = _page(shop, "shop")
+    assert _section(page, "## VERSION") == "## VERSION\n\n```python\nVERSION: str = '1.0'\n```" \
+        "\n\nThe package version."
+    assert _section(page, "## PositiveInt") == "## PositiveInt\n\n```python\n" \
+        "PositiveInt = Annotated[int, 'positive']\n```\n\nAn int above zero."
+
+
+def test_code_under_main_guard_is_not_api(shop: Path) -> None:
+    page = _page(shop, "shop")
+    assert "main_only" not in page and "A script helper" not in page
+
+
+def test_an_unparsable_module_is_skipped_with_its_reason(shop: Path) -> None:
+    loaded = load_package(shop)
+    assert render_page(loaded, "shop.broken") == SkippedPage(
+        "could not be parsed: invalid syntax (line 1)")
+    assert isinstance(render_page(loaded, "shop"), Page)  # the others still render
+
+
+def test_same_input_gives_byte_identical_pages(shop: Path) -> None:
+    first = {m.name: render_page(load_package(shop), m.name) for m in discover_modules(shop)}
+    second = {m.name: render_page(load_package(shop), m.name) for m in discover_modules(shop)}
+    assert first == second
+    assert all(p.markdown.endswith("\n") and "\n\n\n" not in p.markdown
+               for p in first.values() if isinstance(p, Page))
+
+
+def test_the_package_is_loaded_once_per_state(shop: Path) -> None:
+    cache = PackageCache()
+    first = cache.get(shop)
+    assert cache.get(shop) is first and cache.loads == 1
+    models = shop / "models.py"
+    models.write_text(models.read_text() + "\nNEW: int = 1\n")
+    stat = models.stat()
+    os.utime(models, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    second = cache.get(shop)
+    assert second is not first and cache.loads == 2
+    assert "## NEW" in render_page(second, "shop.models").markdown
+
+
+def test_the_package_is_never_imported(shop: Path) -> None:
+    (shop / "tools.py").write_text("raise SystemExit('imported!')\ndef helper() -> None: ...\n")
+    import sys
+
+    assert "## helper()" in _page(shop, "shop.tools")
+    assert "shop" not in sys.modules and "shop.tools" not in sys.modules
+
+
+def test_the_docs_agent_loads_a_package_once_for_all_its_module_tasks(shop: Path) -> None:
+    from orchestrator.agents.docs import _render
+
+    from orchestrator.contracts.docs import RenderedModule, SkippedModule
+
+    cache = PackageCache()
+    answers = {m.name: _render(shop, m.name, m.path, cache) for m in discover_modules(shop)}
+    assert cache.loads == 1
+    assert answers["shop.broken"] == SkippedModule(
+        module="shop.broken", skipped="broken.py: could not be parsed: invalid syntax (line 1)")
+    shop_page = answers["shop"]
+    assert isinstance(shop_page, RenderedModule) and shop_page.summary == "The shop package."
+    assert "## class Basket" in shop_page.markdown
