@@ -7,7 +7,7 @@ work copy holds its ``package.json``, its top-level ``tsconfig*.json`` and ``src
 built ``dist/``). Both tools analyze that copy in the same run; the figures are the files, each
 tool's internal edge count, the edges in both / only ours / only theirs (the first few of
 each), and each tool's wall time with the ratio ours / theirs. dependency-cruiser runs from
-``tools/js`` (``tests/support/cruiser.py``); its time includes starting node.
+``tests/js`` (``tests/support/cruiser.py``); its time includes starting node.
 
     python -m bench.cruiser [--quick] [--project NAME@VERSION ...]
 """

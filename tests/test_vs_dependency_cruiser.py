@@ -1,14 +1,14 @@
 """``orchestrator analyze`` against dependency-cruiser on the tricky JavaScript / TypeScript cases.
 
 Each fixture is a small project of one case (issue 12, item 2). On each, our internal edges must
-equal dependency-cruiser's (run by ``tests/support/cruiser.py`` from ``tools/js``), and every
+equal dependency-cruiser's (run by ``tests/support/cruiser.py`` from ``tests/js``), and every
 specifier it could not resolve must be in our unresolved list. Where dependency-cruiser is wrong
 and we are right, the fixture says so in ``THEIRS_WRONG`` with the reason, and the test asserts
 the right answer instead of theirs. The differences found are recorded in
 ``/work/notes/cruiser_diffs.md``.
 
 The comparison is skipped only on a machine without node / npm; CI has both and installs
-``tools/js`` (``.ci/run``).
+``tests/js`` (``.ci/run``).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """dependency-cruiser, the reference for ``orchestrator analyze`` on JavaScript / TypeScript.
 
-The node tools live in ``tools/js`` (``package.json`` + ``package-lock.json``: dependency-cruiser
+The node tools live in ``tests/js`` (``package.json`` + ``package-lock.json``: dependency-cruiser
 18 with TypeScript 5, and node 22 from the npm registry's ``node`` package, since
 dependency-cruiser 18 refuses node 20). ``.ci/run`` installs them with ``npm ci``;
 :func:`ensure_tools` does the same when they are missing and npm is there.
@@ -25,7 +25,7 @@ from pathlib import Path
 
 __all__ = ["TOOLS", "Cruise", "cruise", "ensure_tools", "node_missing", "our_unresolved"]
 
-TOOLS = Path(__file__).resolve().parents[2] / "tools" / "js"
+TOOLS = Path(__file__).resolve().parents[1] / "js"
 CRUISER = TOOLS / "node_modules" / "dependency-cruiser" / "bin" / "dependency-cruiser.mjs"
 # the node 22 binary of the ``node`` package, else the machine's node
 BUNDLED_NODE = TOOLS / "node_modules" / ".bin" / "node"
@@ -48,7 +48,7 @@ def node_missing() -> str | None:
 
 
 def ensure_tools() -> None:
-    """Install ``tools/js`` with ``npm ci`` when it is not installed (raises if that fails)."""
+    """Install ``tests/js`` with ``npm ci`` when it is not installed (raises if that fails)."""
     if CRUISER.is_file() and BUNDLED_NODE.exists():
         return
     subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--prefix", str(TOOLS)],
