@@ -118,7 +118,7 @@ def _tests_importing(repo: Path, rel: str, not_ready: set[str]) -> tuple[list[st
                     needs.add(dep)
                     stack.append(dep)
         # an import of a file that does not exist yet is work not done either
-        missing = any(graph.unresolved.get(f) for f in needs | {test})
+        missing = any("not_found" in graph.unresolved.get(f, {}).values() for f in needs | {test})
         (deferred if missing or needs & not_ready or test in not_ready else runnable).append(test)
     return runnable, deferred
 

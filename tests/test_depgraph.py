@@ -143,10 +143,12 @@ def test_python_edges_unresolved_and_errors(tmp_path: Path) -> None:
     assert set(g.edges) == PY_EDGES
     assert g.edges == sorted(g.edges)
     assert g.unresolved == {
-        "app/services/deep/__init__.py": ["....toohigh"],
-        "app/star.py": ["app.nothing_here"],
-        "app/util/strings.py": ["app.util.missing"],
-        "cyc/b.py": ["cyc.nothing"],
+        "app/services/deep/__init__.py": {"....toohigh": "outside_repository"},
+        "app/star.py": {"app.nothing_here": "not_found"},
+        "app/util/strings.py": {"app.util.missing": "not_found", "numpy.linalg": "package",
+                                "requests": "package"},
+        "cyc/b.py": {"cyc.nothing": "not_found"},
+        "ns/run.py": {"helper": "package"},  # a script's folder is not an import root
     }
     assert list(g.errors) == ["app/broken.py", "app/nul.py"]
     assert "SyntaxError" in g.errors["app/broken.py"] and "line 2" in g.errors["app/broken.py"]
@@ -169,6 +171,7 @@ def test_python_excluded_and_hidden_folders(tmp_path: Path) -> None:
         "pkg/__init__.py": "",
         "pkg/a.py": "import pkg.b\nimport pkg.c\nimport pkg.d\n",
         "pkg/b.py": "",
+        "pyproject.toml": "",  # build/ beside it is the build's output
         "build/pkg/c.py": "",
         ".hidden/pkg/c.py": "",
         "node_modules/x/index.js": "",
@@ -178,7 +181,7 @@ def test_python_excluded_and_hidden_folders(tmp_path: Path) -> None:
     assert g.files == ["pkg/__init__.py", "pkg/a.py", "pkg/b.py", "vendor/d.py"]
     # a missing submodule: the longest existing prefix (the package) + unresolved
     assert g.edges == [("pkg/a.py", "pkg/__init__.py"), ("pkg/a.py", "pkg/b.py")]
-    assert g.unresolved == {"pkg/a.py": ["pkg.c", "pkg.d"]}
+    assert g.unresolved == {"pkg/a.py": {"pkg.c": "not_found", "pkg.d": "not_found"}}
     g2 = analyze(tmp_path, exclude={"vendor"})
     assert "build/pkg/c.py" in g2.files and "vendor/d.py" not in g2.files
     assert ".hidden/pkg/c.py" not in g2.files
@@ -298,7 +301,15 @@ def test_js_ts_edges(tmp_path: Path) -> None:
     assert g.files == sorted(rel for rel in JS_REPO if rel.endswith(SUFFIXES))
     assert set(g.edges) == JS_EDGES
     # "@/util/strings" from packages/web: its own tsconfig (extends the base) has no "@/*"
-    assert g.unresolved == {"src/index.ts": ["./missing", "@/gone"]}
+    assert g.unresolved == {
+        "src/index.ts": {"./missing": "not_found", "@/gone": "not_found", "name": "computed",
+                         "`./x/${name}`": "computed", "react": "package"},
+        "src/legacy.js": {"lodash": "package"},
+        "src/comp.tsx": {"react": "package"},
+        "src/out.js": {"../../outside": "outside_repository"},
+        "src/sub/index.js": {"'.' + '/x'": "computed"},
+        "packages/web/main.ts": {"@/util/strings": "package"},  # no alias there: a package
+    }
     assert list(g.errors) == ["src/broken.ts"]
     assert "line 2" in g.errors["src/broken.ts"]
 
@@ -333,7 +344,7 @@ def test_jsconfig_and_lenient_config_errors(tmp_path: Path) -> None:
     })
     g = analyze(tmp_path)
     assert set(g.edges) == {("web/src/app.js", "web/src/util/fmt.js"), ("bad/x.ts", "bad/z.ts")}
-    assert g.unresolved == {}
+    assert g.unresolved == {"web/src/app.js": {"react": "package"}, "bad/x.ts": {"y": "package"}}
     assert list(g.errors) == ["bad/tsconfig.json"]
 
 
@@ -367,7 +378,8 @@ def test_plan_paths_and_overrides(tmp_path: Path) -> None:
         ("web/main.ts", "web/api.ts"),
     }
     # app.util exists in the repository: satisfied, not an edge and not unresolved
-    assert g.unresolved == {"app/schemas.py": [".nowhere"], "web/main.ts": ["./helpers"]}
+    assert g.unresolved == {"app/schemas.py": {".nowhere": "not_found"},
+                            "web/main.ts": {"./helpers": "not_found"}}
     assert list(g.errors) == ["app/ghost.py", "docs/guide.md"]
     assert g.batches() == [
         ["app/ghost.py", "app/models.py", "docs/guide.md", "web/api.ts"],

@@ -1,5 +1,9 @@
 """``orchestrator analyze``: the planner's import-dependency analysis of a repository, in this
-process."""
+process.
+
+``--json`` prints :meth:`DependencyGraph.to_dict` as the planner answers it (keys and their
+order are stable; ``unresolved`` is ``{importer: {specifier: reason}}``); without it, a text
+report on stdout and the unresolved imports on stderr."""
 
 from __future__ import annotations
 
@@ -39,6 +43,31 @@ async def cmd_analyze(args: argparse.Namespace, out: TextIO, err: TextIO, stdin:
     path = result["critical_path"]
     out.write(f"\ncritical path ({len(path['files'])} files, weight {path['weight']:g}):\n  "
               + " -> ".join(path["files"]) + "\n")
-    for importer, specifiers in sorted((result.get("unresolved") or {}).items()):
-        err.write(f"unresolved in {importer}: {', '.join(specifiers)}\n")
+    _write_unresolved(result.get("unresolved") or {}, err)
     return EXIT_OK
+
+
+def _write_unresolved(unresolved: dict[str, dict[str, str]], err: TextIO) -> None:
+    """On stderr: each file's imports naming nothing in the repository, with the reason
+    (``not_found``, ``outside_repository``, ``computed``), then one line for the packages
+    not in the repository (npm / PyPI dependencies) with how many files import each."""
+    packages: dict[str, set[str]] = {}
+    for importer, specifiers in sorted(unresolved.items()):
+        shown = []
+        for specifier, reason in specifiers.items():
+            if reason == "package":
+                packages.setdefault(_package_name(importer, specifier), set()).add(importer)
+            else:
+                shown.append(f"{specifier} ({reason})")
+        if shown:
+            err.write(f"unresolved in {importer}: {', '.join(shown)}\n")
+    if packages:
+        named = ", ".join(f"{name} ({len(files)})" for name, files in sorted(packages.items()))
+        err.write(f"packages not in the repository (importing files): {named}\n")
+
+
+def _package_name(importer: str, specifier: str) -> str:
+    if importer.endswith(".py"):
+        return specifier.split(".", 1)[0]
+    parts = specifier.split("/")
+    return "/".join(parts[:2 if specifier.startswith("@") else 1])

@@ -94,7 +94,9 @@ class CriticalPath(Contract):
 
 
 class DependencyReport(Contract):
-    """A file graph (``DependencyGraph.to_dict``)."""
+    """A file graph (``DependencyGraph.to_dict``). ``unresolved`` is ``{importer: {specifier:
+    reason}}``, the reason one of ``not_found``, ``outside_repository``, ``package``,
+    ``computed`` (:data:`orchestrator.agents.lib.depgraph.UNRESOLVED_REASONS`)."""
 
     root: str
     files: list[str]
@@ -105,7 +107,7 @@ class DependencyReport(Contract):
     batches: list[list[str]]
     critical_path: CriticalPath
     priorities: dict[str, float]
-    unresolved: dict[str, list[str]]
+    unresolved: dict[str, dict[str, str]]  # importer -> {specifier: reason}
     errors: dict[str, str]
 
 

@@ -20,7 +20,14 @@ Modules
     ``javascript``  JavaScript / TypeScript imports through tree-sitter and their resolution
                     (the rules are in its docstring).
     ``tsconfig``    ``tsconfig.json`` / ``jsconfig.json`` loading: ``baseUrl``, ``paths``,
-                    ``extends``.
+                    ``extends``, ``outDir`` / ``rootDir``.
+    ``packages``    ``package.json``: entry points, ``exports`` / ``imports`` with
+                    conditions, npm / yarn / pnpm workspace packages.
+
+Unresolved imports
+    Every import that names no file of the repository is in
+    :attr:`DependencyGraph.unresolved` with its reason (:data:`UNRESOLVED_REASONS`); only
+    the standard library, Node built-ins and URLs are external and left out.
 
 Errors
     A file that does not parse never aborts the analysis; it is recorded in
@@ -29,12 +36,13 @@ Errors
 """
 
 from orchestrator.agents.lib.depgraph.analysis import analyze, patch_additions
-from orchestrator.agents.lib.depgraph.graph import DependencyGraph
+from orchestrator.agents.lib.depgraph.graph import UNRESOLVED_REASONS, DependencyGraph
 from orchestrator.agents.lib.depgraph.repo import DEFAULT_EXCLUDES, SUFFIXES
 
 __all__ = [
     "DEFAULT_EXCLUDES",
     "SUFFIXES",
+    "UNRESOLVED_REASONS",
     "DependencyGraph",
     "analyze",
     "patch_additions",

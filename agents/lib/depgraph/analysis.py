@@ -101,25 +101,25 @@ def analyze(
 
     texts = _read_all(repo, analyzed, errors)
     targets: dict[str, set[str]] = {}
-    unresolved: dict[str, set[str]] = {}
+    unresolved: dict[str, dict[str, str]] = {}
     py = [(rel, data) for rel, data in texts if rel.endswith(".py")]
     js = [(rel, data) for rel, data in texts if not rel.endswith(".py")]
     for rel, records in _python_imports(py, errors):
         _resolve_python(repo, rel, records, targets.setdefault(rel, set()),
-                        unresolved.setdefault(rel, set()))
+                        unresolved.setdefault(rel, {}))
     for rel, specs in _js_imports(js, errors):
         _resolve_js(repo, rel, specs, targets.setdefault(rel, set()),
-                    unresolved.setdefault(rel, set()), errors)
+                    unresolved.setdefault(rel, {}), errors)
     for rel, added in sorted(norm_additions.items()):
         if rel not in files or posixpath.splitext(rel)[1] not in SUFFIXES:
             continue
         if rel.endswith(".py"):
             _resolve_python(repo, rel, _python_fragment_imports(added),
-                            targets.setdefault(rel, set()), unresolved.setdefault(rel, set()))
+                            targets.setdefault(rel, set()), unresolved.setdefault(rel, {}))
         else:  # tree-sitter recovers from fragments; their syntax errors are not the file's
             for _, specs in _js_imports([(rel, added.encode("utf-8", "surrogatepass"))], {}):
                 _resolve_js(repo, rel, specs, targets.setdefault(rel, set()),
-                            unresolved.setdefault(rel, set()), errors)
+                            unresolved.setdefault(rel, {}), errors)
 
     keep = set(files)
     edges = [(a, b) for a in sorted(targets) for b in sorted(targets[a]) if b in keep]
@@ -127,7 +127,7 @@ def analyze(
         root=str(root_path),
         files=files,
         edges=edges,
-        unresolved={k: sorted(v) for k, v in sorted(unresolved.items()) if v},
+        unresolved={k: dict(sorted(v.items())) for k, v in sorted(unresolved.items()) if v},
         errors=dict(sorted(errors.items())),
     )
 

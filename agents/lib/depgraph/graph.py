@@ -24,6 +24,13 @@ from typing import Any
 # files importing both neighbours) would otherwise take minutes to yield ``limit`` cycles.
 _CYCLE_BUDGET = 3_000_000
 
+NOT_FOUND = "not_found"
+OUTSIDE_REPOSITORY = "outside_repository"
+PACKAGE = "package"
+COMPUTED = "computed"
+UNRESOLVED_REASONS = (NOT_FOUND, OUTSIDE_REPOSITORY, PACKAGE, COMPUTED)
+"""Why an import is in :attr:`DependencyGraph.unresolved` (see there)."""
+
 
 @dataclass(frozen=True)
 class DependencyGraph:
@@ -34,10 +41,17 @@ class DependencyGraph:
         files: repository-relative POSIX paths analyzed, sorted.
         edges: ``(importer, imported)`` pairs, both in :attr:`files`, sorted and unique.  A
             self-edge only when a file imports itself.
-        unresolved: importer -> sorted import specifiers that point inside the repository
-            (relative imports; Python names whose top-level package is in the repository;
-            TypeScript ``paths`` aliases) but match no file.  External modules (standard
-            library, third-party, npm packages) are never listed.
+        unresolved: importer -> {specifier: reason} for every import that names no file of
+            the repository (keys sorted).  The reasons (:data:`UNRESOLVED_REASONS`):
+            ``"not_found"`` -- it points inside the repository (a relative path, a Python
+            name whose top-level package is in the repository, a ``paths`` alias, a
+            workspace package's subpath) but no file matches; ``"outside_repository"`` -- a
+            relative path climbing out of the repository (or an absolute path outside
+            it); ``"package"`` -- a bare name of a package that is not in the repository
+            (an npm or PyPI dependency); ``"computed"`` -- ``require()`` / ``import()`` of
+            an expression, listed by its source text.  Standard-library modules, Node
+            built-ins (``fs``, ``node:fs``) and URLs are external: neither an edge nor
+            listed.  Only ``"not_found"`` means work missing from the repository.
         errors: file -> message for files that could not be read or parsed (see
             :func:`analyze`).
 
@@ -49,7 +63,7 @@ class DependencyGraph:
     root: str
     files: list[str]
     edges: list[tuple[str, str]]
-    unresolved: dict[str, list[str]] = field(default_factory=dict)
+    unresolved: dict[str, dict[str, str]] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -287,7 +301,8 @@ class DependencyGraph:
             "batches": self.batches(),
             "critical_path": {"files": path, "weight": weight},
             "priorities": self.priorities(weights),
-            "unresolved": {k: list(v) for k, v in sorted(self.unresolved.items())},
+            "unresolved": {k: dict(sorted(v.items()))
+                           for k, v in sorted(self.unresolved.items())},
             "errors": dict(sorted(self.errors.items())),
         }
 

@@ -30,9 +30,12 @@ Python resolution
       an edge (they are not analyzed files).
     * Imports anywhere in the file count: inside functions, classes, ``try`` and
       ``if TYPE_CHECKING:`` blocks.  ``importlib.import_module``/``__import__`` calls do not.
-    * Names outside the repository (standard library, third-party) are ignored.  An import
-      whose top-level name IS in the repository but that matches no file, and a relative
-      import that matches no file, are listed in :attr:`DependencyGraph.unresolved`.
+    * Standard-library names (:data:`sys.stdlib_module_names`) are external: neither an edge
+      nor listed.  Listed in :attr:`DependencyGraph.unresolved`: an import whose top-level
+      name IS in the repository but that matches no file, and a relative import that
+      matches no file (``"not_found"``); a relative import climbing above the top-level
+      package, to the repository's root or beyond (``"outside_repository"``); any other name, a third-party package not in the
+      repository (``"package"``, by its full dotted name).
 
 Parsing runs under :data:`orchestrator.agents.lib.pyparse.PARSE_LOCK` (CPython 3.11's
 ``ast.parse`` is not thread-safe) with the cyclic garbage collector paused.
@@ -43,10 +46,12 @@ from __future__ import annotations
 import ast
 import gc
 import posixpath
+import sys
 import threading
 import warnings
 from collections.abc import Iterable
 
+from orchestrator.agents.lib.depgraph.graph import NOT_FOUND, OUTSIDE_REPOSITORY, PACKAGE
 from orchestrator.agents.lib.depgraph.repo import _Repo
 from orchestrator.agents.lib.pyparse import PARSE_LOCK
 
@@ -224,7 +229,7 @@ def _py_owner(repo: _Repo, top: str) -> str | None:
 
 
 def _resolve_python(
-    repo: _Repo, rel: str, records: list[_PyImport], out: set[str], missing: set[str]
+    repo: _Repo, rel: str, records: list[_PyImport], out: set[str], missing: dict[str, str]
 ) -> None:
     own_dir = rel.rpartition("/")[0]
     cache = repo.py_cache
@@ -239,26 +244,41 @@ def _resolve_python(
 
 def _resolve_python_import(
     repo: _Repo, own_dir: str, level: int, module: str, names: tuple[str, ...] | None
-) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(files, unresolved specifiers) of one import statement in a file of ``own_dir``."""
+) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
+    """(files, unresolved (specifier, reason) pairs) of one import statement in a file of
+    ``own_dir``."""
     out: set[str] = set()
-    missing: set[str] = set()
+    missing: dict[str, str] = {}
     parts = module.split(".") if module else []
     if level:
         folder = own_dir
         for _ in range(level - 1):
             if not folder:
-                return (), ("." * level + module,)  # climbs out of the repository
+                return (), (("." * level + module, OUTSIDE_REPOSITORY),)
             folder = posixpath.dirname(folder)
         prefix, label = folder, "." * level + module
     else:
         owner = _py_owner(repo, parts[0])
         if owner is None:
-            return (), ()  # standard library or third-party
+            if parts[0] in sys.stdlib_module_names:
+                return (), ()
+            return (), ((module, PACKAGE),)
         prefix, label = owner, module
     if names is None:  # import a.b.c
         _py_longest(repo, prefix, parts, label, out, missing)
-        return tuple(out), tuple(missing)
+        return tuple(out), tuple(missing.items())
+    result = _py_from(repo, prefix, parts, label, names, out, missing)
+    if level and not prefix and "__init__.py" not in repo.sources:
+        # what a relative import misses at the root is above the top-level package
+        result = result[0], tuple((name, OUTSIDE_REPOSITORY) for name, _ in result[1])
+    return result
+
+
+def _py_from(
+    repo: _Repo, prefix: str, parts: list[str], label: str, names: tuple[str, ...],
+    out: set[str], missing: dict[str, str],
+) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
+    """``from <prefix/parts> import names``: submodules, else the module itself."""
     base = _py_join(prefix, parts)
     base_module = _py_module(repo, base)
     for name in names:
@@ -272,14 +292,15 @@ def _resolve_python_import(
             if base_module:
                 out.add(base_module)
         elif base in repo.py_dirs:  # namespace package: only submodules importable
-            missing.add(f"{label}.{name}" if label.strip(".") else label + name)
+            missing[f"{label}.{name}" if label.strip(".") else label + name] = NOT_FOUND
         else:
             _py_longest(repo, prefix, parts, label, out, missing)
-    return tuple(out), tuple(missing)
+    return tuple(out), tuple(missing.items())
 
 
 def _py_longest(
-    repo: _Repo, prefix: str, parts: list[str], label: str, out: set[str], missing: set[str]
+    repo: _Repo, prefix: str, parts: list[str], label: str, out: set[str],
+    missing: dict[str, str],
 ) -> None:
     """Depend on the longest existing prefix module of ``parts``; note what is missing."""
     for k in range(len(parts), -1, -1):
@@ -291,6 +312,6 @@ def _py_longest(
         if target is not None:
             out.add(target)
             if k < len(parts):
-                missing.add(label)
+                missing[label] = NOT_FOUND
             return
-    missing.add(label)
+    missing[label] = NOT_FOUND

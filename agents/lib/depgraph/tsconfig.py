@@ -1,4 +1,5 @@
-"""``tsconfig.json`` / ``jsconfig.json``: the ``baseUrl`` and ``paths`` bare specifiers use.
+"""``tsconfig.json`` / ``jsconfig.json``: the ``baseUrl`` and ``paths`` bare specifiers use,
+and the ``outDir`` / ``rootDir`` that map a package's build output back to its sources.
 
 :func:`_config_for` finds the nearest config at or above a folder (memoized per folder);
 :func:`_load_config` reads one, following relative ``extends`` (a package's config lives in
@@ -74,6 +75,7 @@ def _load_config(repo: _Repo, rel: str, errors: dict[str, str], depth: int) -> _
     base_url: str | None = None
     paths: tuple[tuple[str, tuple[str, ...]], ...] = ()
     paths_dir = folder
+    dirs: dict[str, str | None] = {"outDir": None, "rootDir": None}
     parents = data.get("extends")
     for parent in [parents] if isinstance(parents, str) else parents or []:
         if not isinstance(parent, str) or not parent.startswith("."):
@@ -89,11 +91,18 @@ def _load_config(repo: _Repo, rel: str, errors: dict[str, str], depth: int) -> _
                 base_url = inherited.base_url
             if inherited.paths:
                 paths, paths_dir = inherited.paths, inherited.paths_dir
+            for key, value in (("outDir", inherited.out_dir), ("rootDir", inherited.root_dir)):
+                if value is not None:
+                    dirs[key] = value
     options = data.get("compilerOptions")
     options = options if isinstance(options, dict) else {}
     if isinstance(options.get("baseUrl"), str):
         base_url = posixpath.normpath(posixpath.join(folder, options["baseUrl"]))
         base_url = "" if base_url == "." else base_url
+    for key in dirs:  # relative to the config that sets them, as tsc does
+        if isinstance(options.get(key), str):
+            joined = posixpath.normpath(posixpath.join(folder, options[key]))
+            dirs[key] = "" if joined == "." else joined
     raw_paths = options.get("paths")
     if isinstance(raw_paths, dict):
         parsed = []
@@ -103,7 +112,8 @@ def _load_config(repo: _Repo, rel: str, errors: dict[str, str], depth: int) -> _
             if isinstance(targets, list):
                 parsed.append((pattern, tuple(t for t in targets if isinstance(t, str))))
         paths, paths_dir = tuple(parsed), folder
-    config = _TsConfig(base_url=base_url, paths=paths, paths_dir=paths_dir)
+    config = _TsConfig(base_url=base_url, paths=paths, paths_dir=paths_dir,
+                       out_dir=dirs["outDir"], root_dir=dirs["rootDir"])
     repo.config_cache[rel] = config
     return config
 
