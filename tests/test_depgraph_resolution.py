@@ -160,6 +160,7 @@ MONOREPO = {
     "tools/cli/bin/cli.js": "",
     "tools/excluded/package.json": {"name": "excluded-tool"},
     "tools/excluded/index.js": "",
+    "tools/broken/package.json": "{ not json",
     "apps/web/main.ts": """
         import { core } from "@acme/core";
         import { fmt } from "@acme/core/utils/fmt";
@@ -205,6 +206,7 @@ def test_exports_imports_and_workspace_packages(tmp_path: Path) -> None:
         },
         "packages/core/src/utils/fmt.ts": {"#dep": "package"},  # imports -> a package
     }
+    assert list(g.errors) == ["tools/broken/package.json"]
 
 
 def test_build_output_is_skipped_by_evidence_only(tmp_path: Path) -> None:

@@ -121,6 +121,8 @@ def analyze(
                 _resolve_js(repo, rel, specs, targets.setdefault(rel, set()),
                             unresolved.setdefault(rel, {}), errors)
 
+    if repo.packages is not None:  # package.json files that could not be parsed
+        errors.update(repo.packages.errors)
     keep = set(files)
     edges = [(a, b) for a in sorted(targets) for b in sorted(targets[a]) if b in keep]
     return DependencyGraph(

@@ -319,8 +319,9 @@ def _resolve_js_spec(
 
 def _packages(repo: _Repo, errors: dict[str, str]) -> _Packages:
     if repo.packages is None:
-        repo.packages = _Packages(repo, errors)
+        repo.packages = _Packages(repo)
     packages: _Packages = repo.packages
+    errors.update(packages.errors)
     return packages
 
 

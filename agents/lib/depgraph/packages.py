@@ -62,7 +62,9 @@ class _Packages:
     """Every ``package.json`` of the repository, by folder, and the workspace packages by
     name."""
 
-    def __init__(self, repo: _Repo, errors: dict[str, str]) -> None:
+    def __init__(self, repo: _Repo) -> None:
+        self.errors: dict[str, str] = {}  # file -> why it could not be read (for the graph)
+        errors = self.errors
         self.by_folder: dict[str, _Package] = {}
         for folder in sorted(repo.package_dirs):
             rel = f"{folder}/package.json" if folder else "package.json"
