@@ -9,6 +9,10 @@
   100% coverage and no mismatch. ``--quick`` documents the repository's own
   ``orchestrator/contracts`` instead (no download).
 
+Printed: per package one line of counts and at most 5 examples of each kind, cut to
+160 characters; the last line is the JSON of all results (up to 20 examples of each kind,
+cut to 500 characters).
+
     python -m bench.apidocs [--quick] [--package NAME ...] [--cache DIR]
 """
 
@@ -29,7 +33,7 @@ from orchestrator.agents.lib.docs_markdown import module_filename
 
 from orchestrator.agent import load_agents
 
-from .common import Result, print_result
+from .common import Result
 
 __all__ = ["PACKAGES", "run"]
 
@@ -90,6 +94,24 @@ def _checker():
     return check
 
 
+def _cut(items: list[str], count: int, width: int) -> list[str]:
+    """The first ``count`` items, each cut to ``width`` characters."""
+    return [item if len(item) <= width else item[:width - 3] + "..." for item in items[:count]]
+
+
+def print_summary(result: Result) -> None:
+    """Counts on one line, then at most 5 short examples of each kind."""
+    f = result.figures
+    verdict = {True: "met", False: "NOT met", None: "-"}[result.met]
+    print(f"== {result.benchmark}: {verdict}: coverage {f['documented']}/{f['public']} "
+          f"({f['coverage_pct']}%), {f['mismatches']} mismatch(es) of "
+          f"{f['signatures_compared']} compared; {f['pages']} pages, render {f['render_s']} s, "
+          f"check {f['griffe_check_s']} s")
+    for label, key in (("missing", "missing_first"), ("mismatch", "mismatches_first")):
+        for item in _cut(f[key], 5, 160 - len(label) - 5):
+            print(f"   {label}: {item}")
+
+
 async def measure(name: str, package_dir: Path, source: str) -> dict:
     check = _checker()
     with tempfile.TemporaryDirectory(prefix="bench-apidocs-") as tmp:
@@ -101,9 +123,9 @@ async def measure(name: str, package_dir: Path, source: str) -> dict:
         check_s = time.perf_counter() - started
     return {"package": name, "source": source, "pages": pages, "public": report.public,
             "documented": report.documented, "coverage_pct": round(report.coverage, 2),
-            "missing": len(report.missing), "missing_first": report.missing[:5],
+            "missing": len(report.missing), "missing_first": _cut(report.missing, 20, 500),
             "signatures_compared": report.checked, "mismatches": len(report.mismatches),
-            "mismatches_first": report.mismatches[:5], "render_s": round(render_s, 3),
+            "mismatches_first": _cut(report.mismatches, 20, 500), "render_s": round(render_s, 3),
             "griffe_check_s": round(check_s, 3)}
 
 
@@ -134,7 +156,7 @@ def main() -> None:
     args = parser.parse_args()
     results = asyncio.run(run(args.quick, args.package, args.cache))
     for result in results:
-        print_result(result)
+        print_summary(result)
     print(json.dumps([r.to_dict() for r in results]))
 
 

@@ -328,3 +328,232 @@ def test_the_docs_agent_loads_a_package_once_for_all_its_module_tasks(shop: Path
     shop_page = answers["shop"]
     assert isinstance(shop_page, RenderedModule) and shop_page.summary == "The shop package."
     assert "## class Basket" in shop_page.markdown
+
+
+# Cases found on real packages (rich, hypothesis, anyio, starlette, urllib3, pygments), one
+# module per rule: the inherited constructor, long values, re-exports from outside the package,
+# an unreadable __all__, the `as` idiom, TYPE_CHECKING imports, cached functions.
+GAPS = {
+    "__init__.py": '''
+        """Gaps: an __all__ griffe cannot read counts as none (pygments.lexers)."""
+        from ._table import TABLE
+        from .shapes import Child
+
+        __all__ = ["Child"] + list(TABLE)
+    ''',
+    "_table.py": '''
+        TABLE = {"Child": 1}
+    ''',
+    "shapes.py": '''
+        """Constructors: inherited through the package, ``__new__``, NamedTuple properties."""
+        from typing import Generic, NamedTuple, TypeVar
+
+        T = TypeVar("T")
+
+
+        class Base(Generic[T]):
+            def __init__(self, size: int, *, name: str = "b") -> None:
+                self.size = size
+
+
+        class Middle(Base[int]):
+            """No __init__: Base's (starlette HTMLResponse, urllib3 exceptions)."""
+
+
+        class Child(Middle):
+            """Two levels down (pygments lexers)."""
+
+
+        class Limiter:
+            """Constructed by __new__ (anyio CapacityLimiter)."""
+
+            def __new__(cls, total: float) -> "Limiter":
+                return object.__new__(cls)
+
+
+        class Triplet(NamedTuple):
+            """Properties are not fields (rich ColorTriplet)."""
+
+            red: int
+            green: int
+
+            @property
+            def hex(self) -> str:
+                return "#"
+    ''',
+    "values.py": '''
+        """Long values are elided, type aliases never; annotated attributes are API."""
+        from typing import Literal, TypeAlias
+
+        SHORT = {"a": 1}
+        LONG = {"key": "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
+                "other": "yyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyy"}
+        Letters: TypeAlias = Literal["aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+                                     "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb",
+                                     "cccccccccccccccccccccccccccccccccccccccccccccccccc",
+                                     "dddddddddddddddddddddddddddddddddddddddddddddddddd",
+                                     "eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee"]
+        cache: dict[str, str] = {}
+    ''',
+    "outside.py": '''
+        """Re-exports from outside the package: stdlib with the `as` idiom, through a chain,
+        from a compiled module griffe cannot read; the module's other imports are its own."""
+        from http.client import HTTPException as HTTPException
+        from typing import TYPE_CHECKING
+
+        from ._native import version as version
+        from ._shapes_private import Hidden
+        from .shapes import Limiter as Limiter
+
+        if TYPE_CHECKING:
+            from ._typing_only import Protocolish
+    ''',
+    "chain.py": '''
+        """A name in __all__ that a private module takes from the stdlib (urllib3.util)."""
+        from ._ssl import SSLContext
+
+        __all__ = ["SSLContext"]
+    ''',
+    "_ssl.py": '''
+        SSLContext = None
+        try:
+            from ssl import SSLContext
+        except ImportError:
+            pass
+    ''',
+    "_shapes_private.py": '''
+        class Hidden:
+            pass
+    ''',
+    "typed.py": '''
+        """TYPE_CHECKING imports are not re-exports (hypothesis.internal.reflection)."""
+        from typing import TYPE_CHECKING
+
+        from ._shapes_private import Hidden
+
+        if TYPE_CHECKING:
+            from ._typing_only import Protocolish
+    ''',
+    "_typing_only.py": '''
+        class Protocolish:
+            pass
+    ''',
+    "cached.py": '''
+        """A cached function is a function (pygments.plugin, rich.cells)."""
+        import functools
+
+
+        @functools.cache
+        def entry_points(group: str) -> list[str]:
+            """The entry points of a group."""
+            return []
+
+
+        class Palette:
+            @functools.lru_cache(maxsize=16)
+            def match(self, color: int) -> int:
+                return color
+    ''',
+    "fences.py": '''
+        def first() -> None:
+            """Has a note with code (hypothesis example.xfail).
+
+            .. note::
+
+                Text.
+
+                .. code-block:: python
+
+                    x = 1
+            """
+
+
+        def second() -> None:
+            """After the note."""
+    ''',
+}
+
+
+@pytest.fixture
+def gaps(tmp_path: Path) -> Path:
+    root = tmp_path / "gaps"
+    root.mkdir()
+    for name, text in GAPS.items():
+        (root / name).write_text(textwrap.dedent(text).lstrip("\n"))
+    return root
+
+
+def _code_after(page: str, title: str) -> str:
+    section = _section(page, title).split("```python\n", 1)[1]
+    return section.split("\n```", 1)[0]
+
+
+def test_a_class_without_init_shows_the_inherited_constructor(gaps: Path) -> None:
+    page = _page(gaps, "gaps.shapes")
+    assert _code_after(page, "## class Middle") == "Middle(size: int, *, name: str = 'b')"
+    assert _code_after(page, "## class Child") == "Child(size: int, *, name: str = 'b')"
+    assert _code_after(page, "## class Limiter") == "Limiter(total: float)"
+    assert _code_after(page, "## class Triplet") == "Triplet(red: int, green: int)"
+    assert "### Triplet.hex" in page  # the property is documented, as a property
+
+
+def test_long_values_are_elided_and_type_aliases_are_not(gaps: Path) -> None:
+    page = _page(gaps, "gaps.values")
+    assert _code_after(page, "## SHORT") == "SHORT = {'a': 1}"
+    assert _code_after(page, "## LONG") == "LONG = ..."
+    letters = _code_after(page, "## Letters")
+    assert letters.startswith("Letters: TypeAlias = Literal['aaaa") and "'eeee" in letters
+    assert _code_after(page, "## cache") == "cache: dict[str, str] = {}"
+
+
+def test_names_from_outside_the_package_say_where_they_come_from(gaps: Path) -> None:
+    page = _page(gaps, "gaps.outside")
+    headings = [line for line in page.splitlines() if line.startswith("#")]
+    # Hidden is the module's own import (it marks re-exports with `as`); Protocolish exists
+    # only for the type checker
+    assert headings == ["# gaps.outside", "## HTTPException", "## version", "## class Limiter"]
+    assert _section(page, "## HTTPException") == (
+        "## HTTPException\n\n```python\nfrom http.client import HTTPException\n```\n\n"
+        "Defined in `http.client`.")
+    assert "from gaps._native import version" in _section(page, "## version")
+    chain = _page(gaps, "gaps.chain")
+    assert "```python\nfrom ssl import SSLContext\n```\n\nDefined in `ssl`." in chain
+
+
+def test_type_checking_imports_are_not_reexports(gaps: Path) -> None:
+    page = _page(gaps, "gaps.typed")
+    assert "## class Hidden" in page  # from a private module, at run time
+    assert "Protocolish" not in page
+
+
+def test_an_all_griffe_cannot_read_counts_as_none(gaps: Path) -> None:
+    page = _page(gaps, "gaps")
+    assert "## TABLE" in page and "## class Child" in page
+
+
+def test_a_cached_function_is_documented_as_a_function(gaps: Path) -> None:
+    page = _page(gaps, "gaps.cached")
+    assert "## entry_points()" in page
+    assert "def entry_points(group: str) -> list[str]" in page
+    assert "### Palette.match()" in page
+
+
+def test_a_code_block_inside_a_note_closes_inside_it(gaps: Path) -> None:
+    page = _page(gaps, "gaps.fences")
+    assert page.count("```") % 2 == 0
+    assert "> ```python\n>\n> x = 1\n> ```\n\n## second()" in page
+
+
+def test_the_gaps_package_matches_griffe(gaps: Path, tmp_path: Path) -> None:
+    from .support.apidocs_check import check
+
+    out = tmp_path / "docs"
+    out.mkdir()
+    loaded = load_package(gaps)
+    for module in discover_modules(gaps):
+        page = render_page(loaded, module.name)
+        if isinstance(page, Page):
+            (out / f"{module.name}.md").write_text(page.markdown)
+    report = check(gaps, out)
+    assert report.public >= 20, report.summary()
+    assert (report.coverage, report.mismatches) == (100.0, []), report.summary()

@@ -301,6 +301,102 @@ def test_signatures_are_compared_as_expressions() -> None:
     assert (prop.kind, prop.annotation, prop.value) == ("attribute", "str", None)
 
 
+
+# Where the checker was wrong, found on real packages (bench/apidocs.py).
+CONVENTIONS = {
+    "__init__.py": '''
+        from typing import TYPE_CHECKING
+
+        from ._lazy import install_helper
+        from ._impl import Limiter as Limiter
+
+        if TYPE_CHECKING:
+            from ._impl import OnlyTyped
+    ''',
+    "_lazy.py": '''
+        def install_helper() -> bool:
+            return True
+    ''',
+    "_impl.py": '''
+        class Limiter:
+            def __new__(cls, total: float) -> "Limiter":
+                return object.__new__(cls)
+
+        class OnlyTyped:
+            pass
+    ''',
+    "plain.py": '''
+        from typing import TYPE_CHECKING
+
+        from ._impl import OnlyTyped as _unused, Limiter
+
+        if TYPE_CHECKING:
+            from ._lazy import install_helper
+
+        TABLE = {"key": "''' + "x" * 250 + '''"}
+        SMALL = {"key": "x"}
+    ''',
+}
+
+
+def test_a_module_using_the_as_idiom_reexports_only_those(tmp_path) -> None:
+    # anyio's __init__ imports its lazy-import helpers without `as` and its API with it;
+    # griffe and pyright read only the `as` ones as re-exports
+    package = _write(tmp_path / "src" / "conv", CONVENTIONS)
+    entries, _ = expected_api(package)
+    keys = {f"{e.page}:{e.key}" for e in entries}
+    assert "conv:Limiter" in keys and "conv:install_helper" not in keys
+
+
+def test_type_checking_imports_are_not_api(tmp_path) -> None:
+    # urllib3.connectionpool imports BaseHTTPConnection for annotations only: not importable
+    package = _write(tmp_path / "src" / "conv", CONVENTIONS)
+    keys = {f"{e.page}:{e.key}" for e in expected_api(package)[0]}
+    assert "conv:OnlyTyped" not in keys and "conv.plain:install_helper" not in keys
+    assert "conv.plain:Limiter" in keys  # a run-time import from a private module still is
+
+
+def test_a_class_constructed_by_new_expects_its_parameters(tmp_path) -> None:
+    # anyio.CapacityLimiter(total_tokens), urllib3's Url(scheme=None, ...): not `()`
+    package = _write(tmp_path / "src" / "conv", CONVENTIONS)
+    limiter = next(e for e in expected_api(package)[0] if e.key == "Limiter")
+    assert str(limiter.signature) == "(total: float)"
+
+
+def test_long_values_must_be_elided_and_short_ones_shown(tmp_path) -> None:
+    package = _write(tmp_path / "src" / "conv", CONVENTIONS)
+
+    def report(table: str, small: str):
+        docs = _write(tmp_path / "docs" / table[:5], {"conv.plain.md": f"""
+            # conv.plain
+
+            ## class Limiter
+
+            ```python
+            Limiter(total: float)
+            ```
+
+            ## TABLE
+
+            ```python
+            {table}
+            ```
+
+            ## SMALL
+
+            ```python
+            {small}
+            ```
+        """})
+        return check(package, docs)
+
+    good = report("TABLE = ...", "SMALL = {'key': 'x'}")
+    assert [m for m in good.mismatches if m.startswith("conv.plain")] == [], good.summary()
+    full = report("TABLE = {'key': '" + "x" * 250 + "'}", "SMALL = ...")
+    wrong = sorted(m.split(":")[1] for m in full.mismatches if m.startswith("conv.plain"))
+    assert wrong == ["SMALL", "TABLE"], full.summary()
+
+
 # The fixture packages the workflow documents: the cases the renderer must get right.
 TRICKY = {
     "__init__.py": '''

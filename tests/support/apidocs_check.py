@@ -15,7 +15,13 @@ the top-level package starts with ``_``; its page is ``<module>.md``):
   private module of the package (``from ._impl import X``), with a redundant alias
   (``from a import x as x``), by a wildcard import, or, in a package's ``__init__``, from any
   module of the package. Other imports (``from typing import Any``, ``from .text import Text``
-  in a plain module) are not the module's API.
+  in a plain module) are not the module's API. A module that uses the redundant-alias idiom
+  marks its re-exports with it: its other imports are its own (griffe's and pyright's
+  convention; anyio's ``__init__`` imports its lazy-import helpers without ``as``). Names
+  imported only under ``if TYPE_CHECKING:`` do not exist at run time: never re-exports. An
+  empty ``__all__`` as griffe reads it (``[...] + list(X)`` is unreadable) counts as none.
+  A re-export griffe cannot follow (stdlib, third party, a compiled module) counts for
+  coverage only: any heading will do, no signature is demanded.
 * Module attributes count when listed in ``__all__``, or, without ``__all__``, when they have a
   docstring, an annotation or an ``ALL_CAPS`` name, or are a type alias (``TypeVar`` and the
   like excepted). Code under ``if __name__ == "__main__":`` is not API.
@@ -33,11 +39,16 @@ the top-level package starts with ``_``; its page is ``<module>.md``):
 * class: its constructor ``Name(...)``: ``__init__``'s parameters without ``self`` (griffe adds
   the dataclass one); a NamedTuple's fields; a pydantic model's fields, keyword-only, a
   ``Field(default=x)`` default shown as ``x``, a ``default_factory=f`` as ``f()`` (as griffe does
-  for dataclasses). A class without bases and ``__init__``: ``Name()``. Not compared when the
-  constructor comes from outside the package.
+  for dataclasses). A class with its own ``__new__`` and no ``__init__`` of its own: ``__new__``'s
+  parameters without ``cls`` (``Url(scheme=None, ...)``; ``CapacityLimiter(total_tokens)``).
+  A class without bases and ``__init__``: ``Name()``. Not compared when the constructor comes
+  from outside the package.
 * attribute ``name: T = value`` (``name: T``, ``name = value``; ``ClassVar[T]`` is ``T``, as
   griffe has it); an instance attribute's value is not compared; a property is ``name: T`` (its
-  return type); a ``@property def name(self) -> T`` block is accepted as the same.
+  return type); a ``@property def name(self) -> T`` block is accepted as the same. A value
+  whose text (``ast.unparse``) is longer than :data:`VALUE_LIMIT` characters must be shown as
+  ``...`` (docs elide long tables), unless the attribute is a type alias (``X: TypeAlias = ...``,
+  ``type X = ...``): an alias's value is its meaning and is compared in full.
 """
 
 from __future__ import annotations
@@ -48,7 +59,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Report", "check", "expected_api", "parse_docs"]
+__all__ = ["VALUE_LIMIT", "Report", "check", "expected_api", "parse_docs"]
+
+#: Longest attribute value (characters of its ``ast.unparse`` text) the docs show in full.
+VALUE_LIMIT = 200
 
 _CAPS = re.compile(r"^[A-Z][A-Z0-9_]*$")
 _TYPEVAR_CALLS = ("TypeVar(", "ParamSpec(", "TypeVarTuple(")
@@ -102,6 +116,7 @@ class Signature:
     annotation: str | None = None
     value: str | None = None
     value_checked: bool = True  # False: an instance attribute's or a property's value
+    value_elided: bool = False  # True: the value is longer than VALUE_LIMIT; docs show ``...``
 
     def __str__(self) -> str:
         if self.kind == "attribute":
@@ -363,16 +378,42 @@ def _main_ranges(filepath: Path | None) -> list[tuple[int, int]]:
     return ranges
 
 
-def _redundant_aliases(filepath: Path | None) -> set[str]:
-    """Names imported as ``from a import x as x`` (the re-export convention)."""
+def _typing_only(test: ast.expr) -> bool:
+    return ast.unparse(test).rsplit(".", 1)[-1] == "TYPE_CHECKING"
+
+
+def _imports(body: list[ast.stmt], typing_only: bool = False
+             ) -> list[tuple[ast.Import | ast.ImportFrom, bool]]:
+    found: list[tuple[ast.Import | ast.ImportFrom, bool]] = []
+    for node in body:
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            found.append((node, typing_only))
+        elif isinstance(node, ast.If):
+            found += _imports(node.body, typing_only or _typing_only(node.test))
+            found += _imports(node.orelse, typing_only)
+        elif isinstance(node, ast.Try):
+            for part in (node.body, node.orelse, node.finalbody,
+                         *[h.body for h in node.handlers]):
+                found += _imports(part, typing_only)
+    return found
+
+
+def _import_facts(filepath: Path | None) -> tuple[set[str], set[str]]:
+    """Names imported at run time as ``from a import x as x`` (the re-export convention), and
+    names imported only under ``if TYPE_CHECKING:``."""
     if filepath is None or not Path(filepath).is_file():
-        return set()
+        return set(), set()
     try:
         tree = ast.parse(Path(filepath).read_bytes())
     except (SyntaxError, ValueError):
-        return set()
-    return {a.asname for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
-            for a in node.names if a.asname and a.asname == a.name}
+        return set(), set()
+    imports = _imports(tree.body)
+    bound = {node: {(a.asname or a.name).split(".")[0] for a in node.names} for node, _ in imports}
+    runtime = set().union(*(bound[n] for n, t in imports if not t))
+    redundant = {a.asname for node, t in imports if not t and isinstance(node, ast.ImportFrom)
+                 for a in node.names if a.asname and a.asname == a.name}
+    typing = set().union(*(bound[n] for n, t in imports if t)) - runtime
+    return redundant, typing
 
 
 def _is_private_path(dotted: str) -> bool:
@@ -465,6 +506,11 @@ def _field_default(value: Any) -> str | None:
 
 
 def _constructor(cls: Any) -> Signature | None:
+    own_new = cls.members.get("__new__")
+    if "__init__" not in cls.members and own_new is not None and not own_new.is_alias \
+            and own_new.is_function:
+        return Signature("class", function=FuncSig(False, _griffe_params(
+            own_new.parameters, drop_first=bool(list(own_new.parameters))), None))
     kind = _class_kind(cls)
     if kind in ("pydantic", "namedtuple"):
         fields = _fields(cls)
@@ -493,10 +539,22 @@ def _function_signature(func: Any, *, method: bool) -> Signature:
     return Signature("function", overloads, _griffe_func(func, method=method))
 
 
+def _value_length(value: Any) -> int:
+    text = str(value).strip()
+    try:
+        return len(ast.unparse(ast.parse(text, mode="eval")))
+    except SyntaxError:
+        return len(text)
+
+
 def _attribute_signature(attr: Any, *, with_value: bool) -> Signature:
-    return Signature("attribute", annotation=normalize(attr.annotation, annotation=True),
+    annotation = normalize(attr.annotation, annotation=True)
+    alias = attr.kind.value == "type alias" or (annotation or "").rsplit(".", 1)[-1] == "TypeAlias"
+    elided = with_value and attr.value is not None and not alias \
+        and _value_length(attr.value) > VALUE_LIMIT
+    return Signature("attribute", annotation=annotation,
                      value=normalize(attr.value) if with_value else None,
-                     value_checked=with_value)
+                     value_checked=with_value, value_elided=elided)
 
 
 def _class_entries(page: str, name: str, cls: Any, required: bool) -> list[Expected]:
@@ -562,7 +620,7 @@ def _module_entries(module: Any, top: str, unknown: list[str]) -> list[Expected]
     page = module.path
     filepath = module.filepath if isinstance(module.filepath, Path) else None
     main = _main_ranges(filepath)
-    redundant = _redundant_aliases(filepath)
+    redundant, typing_only = _import_facts(filepath)
     exports = [e if isinstance(e, str) else getattr(e, "name", str(e))
                for e in (module.exports or [])]
     explicit = bool(module.exports)
@@ -583,8 +641,8 @@ def _module_entries(module: Any, top: str, unknown: list[str]) -> list[Expected]
             target_path = member.target_path
             in_package = target_path == top or target_path.startswith(top + ".")
             reexport = explicit or member.wildcard_imported or name in redundant or (
-                in_package and (_is_private_path(target_path.rsplit(".", 1)[0])
-                                or module.is_init_module))
+                not redundant and name not in typing_only and in_package
+                and (_is_private_path(target_path.rsplit(".", 1)[0]) or module.is_init_module))
             if not reexport:
                 continue
             try:
@@ -675,6 +733,7 @@ def compare(entry: Expected, heading: Heading) -> str | None:
         return f"expected {expected.kind} {expected}, documented {documented.kind} {documented}"
     if expected.kind == "attribute":
         want = (expected.annotation,
+                "..." if expected.value_elided else
                 expected.value if expected.value_checked else documented.value)
         if (documented.annotation, documented.value) != want:
             return f"expected {expected}, documented {documented}"

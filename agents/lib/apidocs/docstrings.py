@@ -161,17 +161,26 @@ def _inline(line: str, resolve: Resolver | None) -> str:
     return "".join(parts)
 
 
+def _unquote(line: str) -> str:
+    """A line without its blockquote markers (``> > text`` is ``text``)."""
+    while line.lstrip(" ").startswith(">"):
+        line = line.lstrip(" ")[1:]
+        line = line[1:] if line.startswith(" ") else line
+    return line
+
+
 def safe_markdown(lines: list[str], resolve: Resolver | None = None) -> str:
     """Escape what could break the page; convert inline markup outside code."""
     out: list[str] = []
     fence: str | None = None
     for raw in lines:
         line = raw.rstrip()
+        inner = _unquote(line)  # a fence inside a blockquote closes inside it, too
         if fence is not None:
-            stripped = line.strip()
-            if stripped.startswith(fence) and set(stripped) == {fence[0]} and _indent_of(line) <= 3:
+            stripped = inner.strip()
+            if stripped.startswith(fence) and set(stripped) == {fence[0]} and _indent_of(inner) <= 3:
                 fence = None
-        elif match := _FENCE_OPEN.match(line.lstrip("> ") if line.startswith(">") else line):
+        elif match := _FENCE_OPEN.match(inner):
             fence = match.group(1)
         else:
             if _HEADING.match(line) or _RULE.match(line) or _HTML_BLOCK.match(line):

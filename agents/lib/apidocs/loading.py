@@ -28,6 +28,8 @@ __all__ = ["ApiHints", "LoadedPackage", "PackageCache", "fingerprint", "load_pac
 #: Names a module imports as ``from x import Y as Y`` (the explicit re-export idiom), kept in
 #: each griffe module's ``extra`` under this key.
 REDUNDANT_KEY = "apidocs_redundant_aliases"
+#: Names a module imports only under ``if TYPE_CHECKING:`` (absent at run time: never API).
+TYPE_ONLY_KEY = "apidocs_type_checking_imports"
 
 
 #: Docstring style detected per docstring; griffe's complaints about a docstring that does not
@@ -66,21 +68,37 @@ def _is_main_guard(node: ast.stmt) -> bool:
     return names == {"__name__"} and consts == {"__main__"}
 
 
-def _walk_imports(body: list[ast.stmt]) -> list[ast.ImportFrom]:
-    found: list[ast.ImportFrom] = []
+def _is_type_checking(node: ast.stmt) -> bool:
+    """``if TYPE_CHECKING:`` or ``if typing.TYPE_CHECKING:`` (not ``if TYPE_CHECKING or x:``)."""
+    if not isinstance(node, ast.If):
+        return False
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def _walk_imports(body: list[ast.stmt], *, type_checking: bool = False
+                  ) -> list[tuple[ast.Import | ast.ImportFrom, bool]]:
+    """Every import of a module's top level (inside ``if`` and ``try`` too), and whether it
+    runs only for a type checker."""
+    found: list[tuple[ast.Import | ast.ImportFrom, bool]] = []
     for node in body:
-        if isinstance(node, ast.ImportFrom):
-            found.append(node)
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            found.append((node, type_checking))
         elif isinstance(node, (ast.If, ast.Try)) and not _is_main_guard(node):
-            found += _walk_imports(node.body) + _walk_imports(node.orelse)
+            found += _walk_imports(node.body, type_checking=type_checking or _is_type_checking(node))
+            found += _walk_imports(node.orelse, type_checking=type_checking)
             for handler in getattr(node, "handlers", []):
-                found += _walk_imports(handler.body)
+                found += _walk_imports(handler.body, type_checking=type_checking)
+            if isinstance(node, ast.Try):
+                found += _walk_imports(node.finalbody, type_checking=type_checking)
     return found
 
 
 class ApiHints(griffe.Extension):
-    """Drops what a module defines under ``if __name__ == "__main__":`` (a script, not API)
-    and records its ``from x import Y as Y`` re-exports."""
+    """Drops what a module defines under ``if __name__ == "__main__":`` (a script, not API),
+    records its ``from x import Y as Y`` re-exports and the names it imports only under
+    ``if TYPE_CHECKING:``."""
 
     def on_module_members(self, *, node: ast.AST, mod: griffe.Module, **kwargs: object) -> None:
         if not isinstance(node, ast.Module):
@@ -92,9 +110,16 @@ class ApiHints(griffe.Extension):
                     line = member.alias_lineno if member.is_alias else member.lineno
                     if line in lines:
                         mod.del_member(name)
+        imports = _walk_imports(node.body)
+        runtime = {(alias.asname or alias.name).split(".", 1)[0]
+                   for imp, typing_only in imports if not typing_only for alias in imp.names}
         mod.extra[REDUNDANT_KEY] = {  # type: ignore[index]
-            alias.name for imp in _walk_imports(node.body) for alias in imp.names
-            if alias.asname == alias.name
+            alias.name for imp, typing_only in imports if not typing_only
+            and isinstance(imp, ast.ImportFrom) for alias in imp.names if alias.asname == alias.name
+        }
+        mod.extra[TYPE_ONLY_KEY] = {  # type: ignore[index]
+            name for imp, typing_only in imports if typing_only for alias in imp.names
+            if (name := (alias.asname or alias.name).split(".", 1)[0]) not in runtime
         }
 
 

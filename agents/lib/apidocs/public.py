@@ -1,15 +1,21 @@
 """What a module's page documents: the names users import from it.
 
 A module documents what it defines and what it re-exports. With ``__all__``, exactly the
-names listed there. Without it, the public names it defines, and the names it imports that
-are meant to be imported from it: ``from x import Y as Y`` (the explicit re-export idiom),
+names listed there (an ``__all__`` griffe cannot read, such as ``[...] + list(TABLE)``, counts
+as none, as griffe has it). Without it, the public names it defines, and the names it imports
+that are meant to be imported from it: ``from x import Y as Y`` (the explicit re-export idiom),
 anything a package's ``__init__`` imports from inside the package, and anything a module
 imports from a private module of the package (``from ._impl import X``), which users could not
-import from anywhere else.
+import from anywhere else. A module that marks some imports as re-exports with ``as``
+re-exports only those. Names imported only under ``if TYPE_CHECKING:`` do not exist at run
+time and are never re-exports.
 
 Module attributes are documented when listed in ``__all__``, documented by a docstring,
-named as constants (``UPPER_CASE``) or type aliases. A module that marks some imports as
-re-exports with ``as`` re-exports only those.
+annotated (``cache: dict[str, str] = {}``), named as constants (``UPPER_CASE``) or type aliases.
+
+A re-exported name whose definition griffe cannot see (the standard library, a third-party
+package, a compiled module of the package) is documented with the import it comes from
+(``from http.client import HTTPException``) and no signature.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import griffe
-from orchestrator.agents.lib.apidocs.loading import REDUNDANT_KEY
+from orchestrator.agents.lib.apidocs.loading import REDUNDANT_KEY, TYPE_ONLY_KEY
 from orchestrator.agents.lib.apidocs.signatures import expr_text, in_class_body
 
 __all__ = ["Entry", "class_members", "module_entries"]
@@ -76,13 +82,14 @@ def _documentable(obj: griffe.Object, name: str, exported: bool) -> bool:
     if obj.is_attribute:
         if name in ("__all__", "__version__", "__doc__"):
             return exported
-        return exported or obj.docstring is not None or _constant_name(name) or _is_type_alias(obj)
+        return (exported or obj.docstring is not None or _constant_name(name)
+                or getattr(obj, "annotation", None) is not None or _is_type_alias(obj))
     return False
 
 
 def _reexported(mod: griffe.Module, name: str, alias: griffe.Alias, package: str) -> bool:
     redundant = mod.extra.get(REDUNDANT_KEY) or set()
-    if name in redundant:
+    if name in redundant or alias.wildcard_imported:
         return True
     if redundant:  # the module marks its re-exports with ``as``: the others are its own imports
         return False
@@ -94,12 +101,30 @@ def _reexported(mod: griffe.Module, name: str, alias: griffe.Alias, package: str
     return _private_module(target.rsplit(".", 1)[0])
 
 
+def _last_known(alias: griffe.Alias) -> str:
+    """The path an alias chain leads to, followed as far as the loaded modules go: where a
+    re-export from outside the package (or from a module griffe cannot read) comes from."""
+    path = alias.target_path
+    seen = {path}
+    while True:
+        try:
+            obj = alias.modules_collection.get_member(path)
+        except (KeyError, ValueError, AttributeError, IndexError, griffe.AliasResolutionError,
+                griffe.CyclicAliasError):
+            return path
+        if not obj.is_alias or obj.target_path in seen:
+            return path
+        path = obj.target_path
+        seen.add(path)
+
+
 def module_entries(mod: griffe.Module) -> list[Entry]:
     """The documented names of ``mod``, in the order the module has them."""
     package = mod.path.split(".", 1)[0]
     exports = mod.exports
-    listed = None if exports is None else [e if isinstance(e, str) else getattr(e, "name", str(e))
-                                           for e in exports]
+    listed = [e if isinstance(e, str) else getattr(e, "name", str(e))
+              for e in exports] if exports else None
+    type_only = mod.extra.get(TYPE_ONLY_KEY) or set()
     names = list(mod.members)
     if listed is not None:  # __all__'s names first in its order? no: source order reads best
         names = [n for n in names if n in listed] + [n for n in listed if n not in mod.members]
@@ -118,16 +143,16 @@ def module_entries(mod: griffe.Module) -> list[Entry]:
         if member is None:
             continue
         if member.is_alias:
-            if listed is None and not _reexported(mod, name, member, package):
+            if listed is None and (name in type_only or not _reexported(mod, name, member, package)):
                 continue
             try:
                 target = member.final_target
             except (griffe.AliasResolutionError, griffe.CyclicAliasError):
                 target = None
             if target is None or not target.path.startswith(package + "."):
-                if exported and not member.target_path.startswith(package):
-                    entries.append(Entry(name, None, member.target_path.rsplit(".", 1)[0],
-                                         member.target_path))
+                origin = _last_known(member)
+                if "." in origin:
+                    entries.append(Entry(name, None, origin.rsplit(".", 1)[0], origin))
                 continue
             if not _documentable(target, name, True):
                 continue

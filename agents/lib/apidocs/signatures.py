@@ -2,8 +2,15 @@
 
 Expressions come from griffe (``str(expr)``) and are re-spelled by :func:`ast.unparse`, so
 quoting and spacing are the same whatever the source's style. A class's constructor is its
-``__init__`` (own or inherited), the ``__init__`` griffe's dataclasses extension writes, or the
-fields of a NamedTuple, an attrs class, a pydantic model or a TypedDict.
+``__init__`` (own, or the first one in its method resolution order, as far as griffe resolves the
+bases inside the package), its own ``__new__`` when it has no ``__init__`` of its own, the
+``__init__`` griffe's dataclasses extension writes, or the fields (properties aside) of a
+NamedTuple, an attrs class, a pydantic model or a TypedDict. A class whose constructor comes from
+a base outside the package shows ``(*args, **kwargs)``.
+
+An attribute's value is shown when its text (as :func:`ast.unparse` writes it) is at most
+:data:`MAX_VALUE` characters long, else as ``...``: a 5,000-character token table helps no
+reader. A type alias's value is its meaning and is always shown in full.
 """
 
 from __future__ import annotations
@@ -15,11 +22,14 @@ import warnings
 import griffe
 from orchestrator.agents.lib.pyparse import PARSE_LOCK
 
-__all__ = ["attribute_line", "class_kind", "constructor_line", "expr_text", "function_lines",
+__all__ = ["MAX_VALUE", "attribute_line", "class_kind", "constructor_line", "expr_text", "function_lines",
            "in_class_body", "is_property"]
 
-_MAX_VALUE = 200  # characters of an attribute's value shown; longer ones become ``...``
-_PROPERTY_LABELS = {"property", "cached_property", "cached", "writable", "deletable"}
+#: Characters of an attribute's value shown; a longer value is shown as ``...``.
+MAX_VALUE = 200
+#: griffe's labels of a property (``functools.cache`` alone labels a function ``cached``: still
+#: a function).
+_PROPERTY_LABELS = {"property", "writable", "deletable"}
 _ATTRS_DECORATORS = {"attr.s", "attr.attrs", "attr.define", "attr.frozen", "attr.mutable",
                      "attrs.define", "attrs.frozen", "attrs.mutable", "attr.dataclass"}
 _FIELD_CALLS = {"field", "attrib", "ib", "Field", "attr.ib", "attrs.field", "attr.attrib",
@@ -206,7 +216,7 @@ def _fields(cls: griffe.Class, kind: str, _depth: int = 0) -> list[str]:
     for member in cls.members.values():
         if member.is_alias or not member.is_attribute or not in_class_body(cls, member):
             continue
-        if member.annotation is None or member.name == "model_config":
+        if member.annotation is None or member.name == "model_config" or "property" in member.labels:
             continue
         if expr_text(member.annotation).split("[", 1)[0].rsplit(".", 1)[-1] == "ClassVar":
             continue
@@ -218,21 +228,30 @@ def _fields(cls: griffe.Class, kind: str, _depth: int = 0) -> list[str]:
     return [f for f in inherited if f.split(":", 1)[0] not in names] + own
 
 
+def _own_function(cls: griffe.Class, name: str) -> griffe.Function | None:
+    member = cls.members.get(name)
+    return member if member is not None and not member.is_alias and member.is_function else None
+
+
+def _mro(cls: griffe.Class) -> list[griffe.Class]:
+    try:
+        return [b for b in cls.mro() if isinstance(b, griffe.Class)]
+    except Exception:  # noqa: BLE001 - griffe raises several kinds for an unresolvable base
+        return _resolved_bases(cls)
+
+
 def constructor_line(cls: griffe.Class) -> str:
     """How the class is called: ``Name(a: int, b: str = 'x')``."""
     kind = class_kind(cls)
-    init = cls.members.get("__init__")
-    if init is None or init.is_alias or not init.is_function:
+    init = _own_function(cls, "__init__") or _own_function(cls, "__new__")
+    if init is None:
         if kind in ("namedtuple", "attrs"):
             return f"{cls.name}({', '.join(_fields(cls, kind))})"
         if kind in ("pydantic", "typeddict"):
             fields = _fields(cls, kind)
             return f"{cls.name}({', '.join(['*', *fields]) if fields else ''})"
-        try:
-            init = cls.all_members.get("__init__")
-        except Exception:  # noqa: BLE001 - an unresolvable base
-            init = None
-    if init is not None and not init.is_alias and init.is_function:
+        init = next(filter(None, (_own_function(base, "__init__") for base in _mro(cls))), None)
+    if init is not None:
         params = list(init.parameters)[1:]
         return f"{cls.name}({params_text(params)})"
     external = [b for b in _base_names(cls)
@@ -241,11 +260,17 @@ def constructor_line(cls: griffe.Class) -> str:
     return f"{cls.name}(*args, **kwargs)" if external else f"{cls.name}()"
 
 
+def is_type_alias_declaration(attr: griffe.Object) -> bool:
+    """A ``type X = ...`` statement or an ``X: TypeAlias = ...`` assignment."""
+    annotation = expr_text(getattr(attr, "annotation", None))
+    return attr.is_type_alias or annotation.rsplit(".", 1)[-1] == "TypeAlias"
+
+
 def attribute_line(attr: griffe.Object, name: str | None = None) -> str:
     """``name: type = value``; a 3.12 ``type X = ...`` alias as written."""
     name = name or attr.name
     value = expr_text(attr.value) if getattr(attr, "value", None) is not None else ""
-    if len(value) > _MAX_VALUE:
+    if len(value) > MAX_VALUE and not is_type_alias_declaration(attr):
         value = "..."
     if attr.is_type_alias:
         return f"type {name}{_type_params(attr)} = {value}"
