@@ -9,6 +9,7 @@ and package state (:class:`~orchestrator.agents.lib.apidocs.PackageCache`), not 
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 
 from orchestrator.agents.lib.apidocs import PackageCache, SkippedPage, render_page
@@ -39,6 +40,8 @@ from orchestrator.contracts.docs import (
     output_lock,
 )
 from orchestrator.errors import AgentErrorCode
+
+log = logging.getLogger(__name__)
 
 __all__ = ["agent"]
 
@@ -98,7 +101,12 @@ def _render(package_dir: Path, module: str, rel_path: str,
         _check_readable(package_dir, rel_path)
     except _Unreadable as exc:
         return SkippedModule(module=module, skipped=f"{rel_path}: {exc}")
-    page = render_page(packages.get(package_dir), module)
+    try:
+        page = render_page(packages.get(package_dir), module)
+    except Exception as exc:  # a renderer bug on one module must not cost the other pages
+        log.exception("rendering %s failed", module)
+        return SkippedModule(module=module, skipped=f"{rel_path}: could not be rendered "
+                             f"({type(exc).__name__}: {exc}); please report it")
     if isinstance(page, SkippedPage):
         return SkippedModule(module=module, skipped=f"{rel_path}: {page.reason}")
     return RenderedModule(module=module, markdown=page.markdown, summary=page.summary)

@@ -557,3 +557,44 @@ def test_the_gaps_package_matches_griffe(gaps: Path, tmp_path: Path) -> None:
     report = check(gaps, out)
     assert report.public >= 20, report.summary()
     assert (report.coverage, report.mismatches) == (100.0, []), report.summary()
+
+
+def test_an_admonition_first_in_a_docstring_renders(tmp_path: Path) -> None:
+    """Found by the README's main job (pydantic): a docstring whose first admonition came before
+    any reST directive failed with UnboundLocalError, and the whole run with it."""
+    package = tmp_path / "notes"
+    package.mkdir()
+    (package / "__init__.py").write_text(textwrap.dedent('''
+        """Notes."""
+
+
+        def tip() -> None:
+            """!!! warning "Mind the gap"
+                Between the train and the platform.
+            """
+    '''))
+    page = render_page(load_package(package), "notes")
+    assert isinstance(page, Page)
+    assert "> **Mind the gap**" in page.markdown
+    assert "Between the train and the platform." in page.markdown
+
+
+def test_a_renderer_failure_on_one_module_skips_it_with_the_reason(tmp_path: Path,
+                                                                   monkeypatch) -> None:
+    """One module the renderer trips on is skipped (the index says why), not the whole run."""
+    from orchestrator.agents import docs as docs_agent
+
+    from orchestrator.contracts.docs import SkippedModule
+
+    package = tmp_path / "tiny"
+    package.mkdir()
+    (package / "__init__.py").write_text('"""Tiny."""\n')
+
+    def broken(*args, **kwargs):
+        raise ValueError("a docstring nobody expected")
+
+    monkeypatch.setattr(docs_agent, "render_page", broken)
+    result = docs_agent._render(package, "tiny", "__init__.py", PackageCache())
+    assert isinstance(result, SkippedModule)
+    assert result.skipped == ("__init__.py: could not be rendered (ValueError: a docstring "
+                              "nobody expected); please report it")

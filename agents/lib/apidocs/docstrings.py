@@ -91,7 +91,9 @@ def _structure(text: str) -> list[str]:
                 i += 1
             out += ["```pycon", *block, "```"]
             continue
-        if (admon := _ADMONITION.match(line)) or (directive := _DIRECTIVE.match(line)):
+        admon = _ADMONITION.match(line)
+        directive = None if admon else _DIRECTIVE.match(line)
+        if admon or directive:
             if admon:
                 indent, kind, title = len(admon.group(1)), admon.group(2).lower(), admon.group(3)
             else:
