@@ -598,3 +598,25 @@ def test_a_renderer_failure_on_one_module_skips_it_with_the_reason(tmp_path: Pat
     assert isinstance(result, SkippedModule)
     assert result.skipped == ("__init__.py: could not be rendered (ValueError: a docstring "
                               "nobody expected); please report it")
+
+
+def test_a_package_named_pydantic_something_is_not_all_models(tmp_path: Path) -> None:
+    """Found on pydantic itself: every class whose base lived in a package named ``pydantic...``
+    was taken for a model, and its inherited ``__init__`` was documented as ``Url()``."""
+    package = tmp_path / "pydantic_extras"
+    package.mkdir()
+    (package / "__init__.py").write_text(textwrap.dedent('''
+        """Extras."""
+
+
+        class _Base:
+            def __init__(self, url: str) -> None:
+                self.url = url
+
+
+        class Url(_Base):
+            """A URL."""
+    '''))
+    page = render_page(load_package(package), "pydantic_extras")
+    assert isinstance(page, Page)
+    assert "Url(url: str)" in page.markdown

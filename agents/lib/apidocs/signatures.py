@@ -163,7 +163,7 @@ def class_kind(cls: griffe.Class, _depth: int = 0) -> str:
             return "namedtuple"
         if last in ("TypedDict",):
             return "typeddict"
-        if last in ("BaseModel", "BaseSettings", "RootModel") or name.startswith("pydantic"):
+        if last in ("BaseModel", "BaseSettings", "RootModel"):
             return "pydantic"
     if _depth < 10:
         for base in _resolved_bases(cls):
