@@ -25,6 +25,7 @@ import shutil
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from orchestrator.agents.lib.depgraph import analyze
@@ -92,10 +93,13 @@ def generate_ts(root: Path, packages: int, modules: int, seed: int = 7) -> int:
     return packages * (modules + 1)
 
 
-def _generated_ts(quick: bool) -> Result:
-    packages, modules, runs = (10, 50, 2) if quick else (50, 200, 3)
-    with tempfile.TemporaryDirectory(prefix="bench-depgraph-ts-") as tmp:
-        files = generate_ts(Path(tmp), packages, modules)
+def _timed_generated(name: str, make: Callable[[Path, int, int], int], sizes: tuple[int, int, int],
+                     prefix: str) -> Result:
+    """Generate a repository with ``make(root, packages, modules)`` and time analyzing it
+    ``runs`` times (``sizes`` = packages, modules, runs); judged at 10,000 files or more."""
+    packages, modules, runs = sizes
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        files = make(Path(tmp), packages, modules)
         times, edges = [], 0
         for _ in range(runs):
             started = time.perf_counter()
@@ -104,28 +108,20 @@ def _generated_ts(quick: bool) -> Result:
             edges = len(graph.edges)
     median = statistics.median(times)
     met = median <= 3.0 if files >= 10_000 else None
-    return Result("dependency_analysis_10k_ts", "≤ 3 s for 10,000 files", met,
+    return Result(name, "≤ 3 s for 10,000 files", met,
                   {"files": files, "edges": edges, "runs_s": [round(t, 3) for t in times],
                    "median_s": round(median, 3)},
                   notes="" if files >= 10_000 else "quick run: too small to judge the target")
+
+
+def _generated_ts(quick: bool) -> Result:
+    return _timed_generated("dependency_analysis_10k_ts", generate_ts,
+                            (10, 50, 2) if quick else (50, 200, 3), "bench-depgraph-ts-")
 
 
 def _generated(quick: bool) -> Result:
-    packages, modules, runs = (20, 50, 2) if quick else (100, 100, 3)
-    with tempfile.TemporaryDirectory(prefix="bench-depgraph-") as tmp:
-        files = generate(Path(tmp), packages, modules)
-        times, edges = [], 0
-        for _ in range(runs):
-            started = time.perf_counter()
-            graph = analyze(tmp)
-            times.append(time.perf_counter() - started)
-            edges = len(graph.edges)
-    median = statistics.median(times)
-    met = median <= 3.0 if files >= 10_000 else None
-    return Result("dependency_analysis_10k", "≤ 3 s for 10,000 files", met,
-                  {"files": files, "edges": edges, "runs_s": [round(t, 3) for t in times],
-                   "median_s": round(median, 3)},
-                  notes="" if files >= 10_000 else "quick run: too small to judge the target")
+    return _timed_generated("dependency_analysis_10k", generate,
+                            (20, 50, 2) if quick else (100, 100, 3), "bench-depgraph-")
 
 
 def _module(path: str) -> str:
