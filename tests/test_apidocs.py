@@ -157,13 +157,17 @@ FILES = {
 }
 
 
-@pytest.fixture
-def shop(tmp_path: Path) -> Path:
-    root = tmp_path / "shop"
+def _write_package(root: Path, files: dict[str, str]) -> Path:
+    """``root`` holding ``files`` (name -> source, dedented)."""
     root.mkdir()
-    for name, text in FILES.items():
+    for name, text in files.items():
         (root / name).write_text(textwrap.dedent(text).lstrip("\n"))
     return root
+
+
+@pytest.fixture
+def shop(tmp_path: Path) -> Path:
+    return _write_package(tmp_path / "shop", FILES)
 
 
 def _page(shop: Path, module: str) -> str:
@@ -476,11 +480,7 @@ GAPS = {
 
 @pytest.fixture
 def gaps(tmp_path: Path) -> Path:
-    root = tmp_path / "gaps"
-    root.mkdir()
-    for name, text in GAPS.items():
-        (root / name).write_text(textwrap.dedent(text).lstrip("\n"))
-    return root
+    return _write_package(tmp_path / "gaps", GAPS)
 
 
 def _code_after(page: str, title: str) -> str:

@@ -33,6 +33,7 @@ from orchestrator.state.schema import MultiAgentState, merge_updates, now_iso
 from pydantic import ConfigDict, Field, ValidationError, field_validator
 
 from orchestrator.calls import AGENT_RETRY, failure_updates
+from orchestrator.contracts.base import problems
 from orchestrator.contracts.deployer import (
     OBSERVE,
     ROLLBACK,
@@ -108,10 +109,9 @@ async def begin(state: CanaryState) -> dict[str, Any]:
     try:
         spec = _spec(state)
     except ValidationError as exc:
-        problems = "; ".join(f"deploy.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
-                             for e in exc.errors())
         return {"canary": {"deployment": (state.get("deploy") or {}).get("name"),
-                           "status": "failed", "reason": f"bad canary spec: {problems}",
+                           "status": "failed",
+                           "reason": f"bad canary spec: {problems(exc, 'deploy')}",
                            "stages": [], "percent": None}, "updated_at": now_iso()}
     try:
         await hold_lock(deployment_lock(spec.name), ttl=spec.lock_ttl)

@@ -130,19 +130,5 @@ def _normalize(report: dict, seconds: float) -> Cruise:
 
 
 def our_unresolved(graph) -> set[tuple[str, str]]:
-    """``(importer, specifier)`` pairs of a DependencyGraph's unresolved list, whether its
-    entries are bare specifiers or carry a reason (a tuple / mapping with the specifier first
-    or under ``"specifier"``)."""
-    pairs: set[tuple[str, str]] = set()
-    for importer, entries in graph.unresolved.items():
-        for entry in entries:
-            if isinstance(entry, str):
-                spec = entry
-            elif isinstance(entry, dict):
-                spec = entry.get("specifier") or entry.get("spec") or entry.get("module")
-            elif hasattr(entry, "specifier"):
-                spec = entry.specifier
-            else:
-                spec = entry[0]
-            pairs.add((importer, str(spec)))
-    return pairs
+    """``(importer, specifier)`` pairs of a DependencyGraph's unresolved imports."""
+    return {(importer, spec) for importer, specs in graph.unresolved.items() for spec in specs}
