@@ -113,6 +113,22 @@ class Settings(BaseModel):
         "callable returning a BaseChatModel (unset: agents use their rules only)",
     )
 
+    # -- the service (`orchestrator serve`): run queue, runners, sweepers ------------------------
+    run_lease: float = Field(
+        15.0, gt=0, description="a runner holds a claimed run this long without renewing it; "
+        "after that the sweeper hands the run to another runner and its writes are refused",
+    )
+    sweep_interval: float = Field(
+        2.0, gt=0, description="how often the cluster's sweeper looks for runs of dead runners")
+    run_max_attempts: int = Field(
+        5, ge=1, description="a run that failed or was handed back this many times is dead")
+    run_retry_backoff: float = Field(
+        2.0, ge=0, description="first delay before a run is retried, seconds (doubles each try)")
+    drain_grace: float = Field(
+        10.0, ge=0, description="on SIGTERM a runner finishes the step in flight within this "
+        "many seconds, then hands its unfinished runs back",
+    )
+
     child_env_withhold: tuple[str, ...] = Field(
         (), description="variables (names or shell patterns such as AWS_*, comma separated) "
         "withheld from the processes agents start, besides ORCHESTRATOR_*, which always is",
