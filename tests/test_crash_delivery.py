@@ -78,9 +78,14 @@ async def request_tap(orchestrator_settings) -> AsyncIterator[None]:
     by_stream = {keys.requests(t, "normal"): _tapped[t] for t in _TAPPED}
     redis = Redis.from_url(orchestrator_settings.redis_url)
 
+    stopping = False
+
     async def tap() -> None:
-        while True:
-            for stream, entries in await redis.xread(last, block=1000) or ():
+        # The flag, not only the cancellation, ends the loop: redis-py can swallow a
+        # cancellation that lands as a read completes (see EventBus.close), and a tap that
+        # reads on after it unblocked the fixture's teardown forever (a CI run timed out so).
+        while not stopping:
+            for stream, entries in await redis.xread(last, block=500) or ():
                 name = stream.decode()
                 for entry_id, fields in entries:
                     last[name] = entry_id
@@ -88,10 +93,11 @@ async def request_tap(orchestrator_settings) -> AsyncIterator[None]:
 
     task = asyncio.create_task(tap())
     yield
+    stopping = True
     task.cancel()
-    with contextlib.suppress(BaseException):
-        await task
+    done, _ = await asyncio.wait({task}, timeout=5)
     await redis.aclose()
+    assert done, "the request tap did not stop within 5 s of its cancellation"
 
 
 async def sent(orch, agent_type: str, request_type: str) -> list[dict[str, Any]]:
