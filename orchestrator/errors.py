@@ -42,6 +42,9 @@ __all__ = [
     "InvalidConfiguration",
     "WrongContext",
     "DeadLetterNotFound",
+    "Unauthorized",
+    "Forbidden",
+    "ServerUnreachable",
 ]
 
 
@@ -197,3 +200,23 @@ class DeadLetterNotFound(OrchestratorError, KeyError):
     """No dead letter with that entry id: ``orchestrator dlq ls <agent type>`` lists them."""
 
     code = ErrorCode.DEAD_LETTER_NOT_FOUND
+
+
+class Unauthorized(OrchestratorError):
+    """A request to the service without a token, or with one it does not know (or revoked)."""
+
+    code = ErrorCode.UNAUTHORIZED
+
+
+class Forbidden(OrchestratorError):
+    """A request whose token's role is below what the action needs (viewer < operator <
+    admin)."""
+
+    code = ErrorCode.FORBIDDEN
+
+
+class ServerUnreachable(OrchestratorError, ConnectionError):
+    """The client could not reach ``orchestrator serve`` at its URL (refused, timed out, or
+    not an orchestrator). The message names the URL and what to check."""
+
+    code = ErrorCode.SERVER_UNREACHABLE

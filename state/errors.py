@@ -45,6 +45,9 @@ class ErrorCode(StrEnum):
     STALE_WORKFLOW_VERSION = "stale_workflow_version"
     MIGRATION_ERROR = "migration_error"
     EMBEDDED_SERVICE_ERROR = "embedded_service_error"
+    UNAUTHORIZED = "unauthorized"
+    FORBIDDEN = "forbidden"
+    SERVER_UNREACHABLE = "server_unreachable"
 
 
 class OrchestratorError(Exception):
