@@ -5,6 +5,7 @@ Library code never reads ``os.environ``: it receives a :class:`Settings`.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -22,7 +23,7 @@ from pydantic import (
 
 from .errors import InvalidInput
 
-__all__ = ["Settings", "ENV_PREFIX", "DATA_DIR_NAME", "find_data_dir"]
+__all__ = ["Settings", "RetentionRule", "ENV_PREFIX", "DATA_DIR_NAME", "find_data_dir"]
 
 ENV_PREFIX = "ORCHESTRATOR_"
 DATA_DIR_NAME = ".orchestrator"
@@ -40,6 +41,37 @@ def find_data_dir(start: Path) -> Path | None:
         except OSError:  # a parent we may not look into
             continue
     return None
+
+
+class RetentionRule(BaseModel):
+    """How long the checkpoints of a finished workflow are kept, by the age of its workflow
+    row (``updated_at``: when it last changed, i.e. when it ended). Unset: never."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    keep_latest_after_days: float | None = Field(
+        None, ge=0, description="older than this, only the latest checkpoint is kept (and the "
+        "named ones)")
+    delete_after_days: float | None = Field(
+        None, ge=0, description="older than this, every checkpoint is deleted (a thread with "
+        "named checkpoints keeps those and its latest); the workflow row keeps its result")
+
+    @model_validator(mode="after")
+    def _delete_after_keep(self) -> RetentionRule:
+        keep, delete = self.keep_latest_after_days, self.delete_after_days
+        if keep is not None and delete is not None and delete < keep:
+            raise ValueError("delete_after_days must not be shorter than keep_latest_after_days")
+        return self
+
+
+#: statuses whose threads may be pruned; running, interrupted and queued ones never are
+PRUNABLE_STATUSES = ("completed", "failed", "cancelled")
+
+DEFAULT_RETENTION: dict[str, RetentionRule] = {
+    "completed": RetentionRule(keep_latest_after_days=7, delete_after_days=90),
+    "failed": RetentionRule(keep_latest_after_days=30),
+    "cancelled": RetentionRule(keep_latest_after_days=30),
+}
 
 
 class Settings(BaseModel):
@@ -129,6 +161,19 @@ class Settings(BaseModel):
         "many seconds, then hands its unfinished runs back",
     )
 
+    # -- retention: the checkpoints of finished workflows (orchestrator.service.retention) ------
+    retention_policy: dict[str, RetentionRule] = Field(
+        default_factory=lambda: dict(DEFAULT_RETENTION),
+        description="per workflow status (completed, failed, cancelled), a JSON object such as "
+        '{"completed": {"keep_latest_after_days": 7, "delete_after_days": 90}}; it replaces the '
+        "default whole (a status left out is never pruned; running, interrupted and queued "
+        "ones never are)",
+    )
+    retention_interval: float = Field(
+        3600.0, gt=0, description="how often the cluster's sweeper runs a retention pass, s")
+    retention_batch_size: int = Field(
+        500, ge=1, description="threads pruned per transaction (short ones: runs go on)")
+
     child_env_withhold: tuple[str, ...] = Field(
         (), description="variables (names or shell patterns such as AWS_*, comma separated) "
         "withheld from the processes agents start, besides ORCHESTRATOR_*, which always is",
@@ -139,6 +184,21 @@ class Settings(BaseModel):
     def _split_names(cls, value: object) -> object:
         if isinstance(value, str):  # from the environment: "AWS_*, GITHUB_TOKEN"
             return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("retention_policy", mode="before")
+    @classmethod
+    def _parse_policy(cls, value: object) -> object:
+        if isinstance(value, str):  # from the environment: JSON
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"is not JSON ({exc.msg} at character {exc.pos})") from None
+        if isinstance(value, dict):
+            wrong = sorted(set(value) - set(PRUNABLE_STATUSES))
+            if wrong:
+                raise ValueError(f"statuses {wrong} cannot have a rule: only "
+                                 f"{', '.join(PRUNABLE_STATUSES)} threads are ever pruned")
         return value
 
     @model_validator(mode="after")
