@@ -466,6 +466,69 @@ class Orchestrator:
         await self.runtime.workflows.name_checkpoint(thread_id, name, checkpoint_id)
         return checkpoint_id
 
+    async def restore_checkpoint(self, thread_id: str, name: str) -> str:
+        """Time travel to the checkpoint named ``name``: the thread's next ``resume`` continues
+        from there.
+
+        LangGraph forks it (``update_state`` as ``__copy__``): a copy of that checkpoint, with
+        its values, parent and next steps, is saved as the thread's newest, so the checkpoints
+        after it stay in the history (and can be restored in turn). What was written at that
+        checkpoint is not copied: the steps after it run again, and a question asked there is
+        asked again. The workflow row goes back to ``interrupted`` (paused until ``resume``; no
+        owner, so no ``recover`` picks it up on its own) without the result or error of the
+        later timeline.
+
+        Returns:
+            The restored checkpoint's id.
+
+        Raises:
+            WorkflowNotFound: no such thread id.
+            CheckpointNotFound: no checkpoint of that name (the message lists the names there
+                are), or it is no longer stored.
+            WorkflowBusy: the workflow is queued or running, or has a queued or running run.
+        """
+        from .errors import CheckpointNotFound
+
+        record = await self.runtime.workflows.get(thread_id)
+        named = {cp.name: cp for cp in await self.runtime.workflows.named_checkpoints(thread_id)}
+        if name not in named:
+            raise CheckpointNotFound(
+                f"workflow {thread_id} has no checkpoint named {name!r}; its named checkpoints: "
+                f"{', '.join(sorted(named)) or 'none'} (`orchestrator show {thread_id} "
+                "--history` lists its checkpoints)")
+        active = await self.runtime.db.fetchone(
+            "SELECT EXISTS (SELECT 1 FROM runs WHERE thread_id = %s "
+            "AND status IN ('queued', 'running')) AS busy", (thread_id,))
+        if record.status in ("queued", "running") or (active and active["busy"]):
+            raise WorkflowBusy(
+                f"workflow {thread_id} is {record.status} or has a run queued or running; "
+                "restore it once it has paused or ended (or cancel it first)")
+        target = named[name]
+        config = {"configurable": {"thread_id": thread_id, "checkpoint_ns": target.checkpoint_ns,
+                                   "checkpoint_id": target.checkpoint_id}}
+        if await self._saver.aget_tuple(config) is None:  # type: ignore[union-attr]
+            raise CheckpointNotFound(f"checkpoint {name!r} ({target.checkpoint_id}) of workflow "
+                                     f"{thread_id} is no longer stored")
+        try:  # held as running while it forks: a resume meanwhile is refused as busy
+            claimed = await self.runtime.workflows.update(
+                thread_id, record.version, status="running", owner=self.owner, heartbeat_at="now")
+        except StaleWorkflowVersion as exc:
+            raise WorkflowBusy(f"workflow {thread_id} was changed by another process") from exc
+        graph = self.graph(record.workflow_type)
+        try:
+            await graph.aupdate_state(config, None, as_node="__copy__")
+            snapshot = await graph.aget_state(self._config(thread_id))
+        except BaseException:
+            with contextlib.suppress(Exception):  # as it was; the failure is what is reported
+                await self._set(thread_id, claimed.version, status=record.status,
+                                owner=record.owner)
+            raise
+        await self._set(thread_id, claimed.version, status="interrupted", owner=None, result=None,
+                        error=None, current_step=(snapshot.next[0] if snapshot.next else "__end__"))
+        self._publish("workflow.restored", {"thread_id": thread_id, "name": name,
+                                            "checkpoint_id": target.checkpoint_id})
+        return target.checkpoint_id
+
     # -- owners --------------------------------------------------------------------------------
 
     def _publish(self, event_type: str, data: dict[str, Any]) -> None:

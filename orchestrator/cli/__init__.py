@@ -30,6 +30,7 @@ from .exits import (
     UsageError,
 )
 from .inspect import cmd_graphs, cmd_ls, cmd_show
+from .maintenance import cmd_prune, cmd_restore
 from .parser import build_parser
 from .progress import LogHandler
 from .run import cmd_recover, cmd_resume, cmd_run
@@ -39,10 +40,12 @@ __all__ = ["main", "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_INTERRUPTED", "
 
 log = logging.getLogger(__name__)
 
-_USES_SERVICES = {"run", "resume", "recover", "ls", "show", "agents", "worker", "locks", "dlq",
+_USES_SERVICES = {"prune", "restore",
+                  "run", "resume", "recover", "ls", "show", "agents", "worker", "locks", "dlq",
                   "db"}
 
 _COMMANDS = {
+    "prune": cmd_prune, "restore": cmd_restore,
     "run": cmd_run, "resume": cmd_resume, "recover": cmd_recover, "ls": cmd_ls,
     "show": cmd_show, "graphs": cmd_graphs, "agents": cmd_agents, "worker": cmd_worker,
     "locks": cmd_locks, "dlq": cmd_dlq, "db": cmd_db, "services": cmd_services,

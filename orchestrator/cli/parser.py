@@ -95,6 +95,22 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--history", action="store_true", help="also list its checkpoints")
     show.add_argument("--json", action="store_true")
 
+    prune = sub.add_parser(
+        "prune", help="delete old checkpoints of finished workflows by the retention policy "
+        "(ORCHESTRATOR_RETENTION_POLICY); named ones, pending questions and queued or running "
+        "workflows are never touched, and a pruned workflow keeps its result")
+    prune.add_argument("--dry-run", action="store_true",
+                       help="only count what would be deleted; change nothing")
+    prune.add_argument("--json", action="store_true")
+
+    restore = sub.add_parser(
+        "restore", help="take a paused or ended workflow back to a named checkpoint; the next "
+        "`orchestrator resume` continues from there")
+    restore.add_argument("thread_id")
+    restore.add_argument("name", help="the checkpoint's name (`orchestrator show THREAD_ID "
+                         "--history` lists them)")
+    restore.add_argument("--json", action="store_true")
+
     graphs = sub.add_parser("graphs", help="list the available workflows")
     graphs.add_argument("--json", action="store_true")
 
