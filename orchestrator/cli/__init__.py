@@ -33,6 +33,7 @@ from .inspect import cmd_graphs, cmd_ls, cmd_show
 from .maintenance import cmd_prune, cmd_restore
 from .parser import build_parser
 from .progress import LogHandler
+from .remote import cmd_audit, cmd_cancel, cmd_token, remote_command
 from .run import cmd_recover, cmd_resume, cmd_run
 from .services import cmd_db, cmd_services
 
@@ -42,7 +43,7 @@ log = logging.getLogger(__name__)
 
 _USES_SERVICES = {"prune", "restore",
                   "run", "resume", "recover", "ls", "show", "agents", "worker", "locks", "dlq",
-                  "db"}
+                  "db", "cancel", "token", "audit"}
 
 _COMMANDS = {
     "prune": cmd_prune, "restore": cmd_restore,
@@ -50,6 +51,7 @@ _COMMANDS = {
     "show": cmd_show, "graphs": cmd_graphs, "agents": cmd_agents, "worker": cmd_worker,
     "locks": cmd_locks, "dlq": cmd_dlq, "db": cmd_db, "services": cmd_services,
     "analyze": cmd_analyze,
+    "cancel": cmd_cancel, "token": cmd_token, "audit": cmd_audit,
 }
 
 
@@ -74,9 +76,10 @@ def main(
     root.addHandler(handler)
     root.setLevel([logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)])
     try:
-        if args.command in _USES_SERVICES:
+        remote = remote_command(args)  # --server / ORCHESTRATOR_SERVER: sent to the server
+        if remote is None and args.command in _USES_SERVICES:
             _announce_new_data_dir(err)
-        return asyncio.run(_COMMANDS[args.command](args, out, err, inp))
+        return asyncio.run((remote or _COMMANDS[args.command])(args, out, err, inp))
     except (UsageError, InvalidInput) as exc:
         err.write(f"orchestrator: error: {exc}\n")
         return EXIT_USAGE

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import TextIO
+from typing import Any, TextIO
 
 from ..questions import describe_question
 from .exits import EXIT_OK
@@ -18,6 +18,11 @@ async def cmd_ls(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: Text
 
     async with Runtime.open(settings_for(args), agents=[]) as rt:
         records = await rt.workflows.list(args.status, args.workflow_type, limit=args.limit)
+    return print_workflows(records, args, out)
+
+
+def print_workflows(records: list[Any], args: argparse.Namespace, out: TextIO) -> int:
+    """``ls``'s output (also of ``ls --server``)."""
     if args.json:
         print_json([r.to_dict() for r in records], out)
         return EXIT_OK
@@ -37,6 +42,12 @@ async def cmd_show(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: Te
     async with Orchestrator(settings_for(args), agents=[]) as orch:
         details = await orch.get(args.thread_id)
         history = await orch.history(args.thread_id) if args.history else None
+    return print_details(details, history, args, out)
+
+
+def print_details(details: Any, history: list[Any] | None, args: argparse.Namespace,
+                  out: TextIO) -> int:
+    """``show``'s output (also of ``show --server``)."""
     if args.json:
         data = details.to_dict()
         if history is not None:

@@ -61,6 +61,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="do not host the built-in agents in this process; leave agent "
                         "work to `orchestrator worker` processes")
 
+    def server_flags(sp: argparse.ArgumentParser, detach: bool = False) -> None:
+        sp.add_argument("--server", metavar="URL",
+                        help="send it to `orchestrator serve` at URL (default: "
+                        "ORCHESTRATOR_SERVER; unset: run here)")
+        sp.add_argument("--token", help="bearer token for --server (default: ORCHESTRATOR_TOKEN)")
+        if detach:
+            sp.add_argument("--detach", action="store_true",
+                            help="with a server: return once the run is queued (prints the "
+                            "thread id) instead of waiting for it")
+
     run = sub.add_parser("run", help="start a workflow and run it until it ends or pauses")
     run.add_argument("workflow", help="workflow name (see `orchestrator graphs`)")
     run.add_argument("--input", metavar="FILE", help="JSON input object from FILE, or - for stdin")
@@ -70,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="thread id for the new workflow (default: a new UUID)")
     run.add_argument("--json", action="store_true", help="print the result as one JSON object")
     local_agents_flag(run)
+    server_flags(run, detach=True)
 
     resume = sub.add_parser("resume", help="continue a paused, crashed or failed workflow")
     resume.add_argument("thread_id")
@@ -78,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(`orchestrator show THREAD_ID` prints the question and examples)")
     resume.add_argument("--json", action="store_true", help="print the result as one JSON object")
     local_agents_flag(resume)
+    server_flags(resume, detach=True)
 
     recover = sub.add_parser("recover", help="continue every running workflow whose process died")
     recover.add_argument("--json", action="store_true")
@@ -89,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--limit", type=_positive_int, default=50, metavar="N",
                     help="at most N workflows (default 50)")
     ls.add_argument("--json", action="store_true")
+    server_flags(ls)
 
     show = sub.add_parser("show", help="show one workflow: record, state, pending interrupts")
     show.add_argument("thread_id")
@@ -110,6 +123,33 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument("name", help="the checkpoint's name (`orchestrator show THREAD_ID "
                          "--history` lists them)")
     restore.add_argument("--json", action="store_true")
+    server_flags(show)
+
+    cancel = sub.add_parser("cancel", help="cancel a workflow: its queued runs, and its running "
+                            "one through the server that runs it")
+    cancel.add_argument("thread_id")
+    cancel.add_argument("--json", action="store_true")
+    server_flags(cancel)
+
+    token = sub.add_parser("token", help="bearer tokens of the HTTP API (`orchestrator serve`)")
+    token_sub = token.add_subparsers(dest="token_command", metavar="ACTION")
+    token_create = token_sub.add_parser("create", help="create a token and print it, once")
+    token_create.add_argument("--role", required=True, choices=["viewer", "operator", "admin"],
+                              help="viewer: read; operator: also submit, answer, cancel, "
+                              "replay, restore; admin: also tokens and purge")
+    token_create.add_argument("--name", help="its name, shown in the audit trail (default: "
+                              "<role>-<6 hex digits>)")
+    token_ls = token_sub.add_parser("ls", help="list the tokens (never their secrets)")
+    token_ls.add_argument("--all", action="store_true", help="include revoked tokens")
+    token_ls.add_argument("--json", action="store_true")
+    token_revoke = token_sub.add_parser("revoke", help="revoke a token at once")
+    token_revoke.add_argument("name")
+
+    audit = sub.add_parser("audit", help="the audit trail: who changed what, when, from where")
+    audit.add_argument("--limit", type=_positive_int, default=50, metavar="N",
+                       help="the newest N entries (default 50)")
+    audit.add_argument("--target", help="only entries about this thread id, run or token")
+    audit.add_argument("--json", action="store_true")
 
     graphs = sub.add_parser("graphs", help="list the available workflows")
     graphs.add_argument("--json", action="store_true")
