@@ -30,6 +30,8 @@ __all__ = [
     "CircuitOpen",
     "ResourceLocked",
     "LockLost",
+    "LeaseLost",
+    "RunNotFound",
     "StaleWorkflowVersion",
     "WorkflowNotFound",
     "InvalidInput",
@@ -174,6 +176,35 @@ class ResourceLocked(OrchestratorError):
 
 class LockLost(OrchestratorError):
     code = ErrorCode.LOCK_LOST
+
+
+class LeaseLost(OrchestratorError):
+    """A runner of ``orchestrator serve`` no longer holds the lease of the run it executes
+    (it expired, or the sweeper handed the run to another runner): its write was refused, so
+    a runner that paused past its lease never writes over the one that took the run over."""
+
+    code = ErrorCode.LEASE_LOST
+
+    def __init__(self, thread_id: str, run_id: int, epoch: int) -> None:
+        super().__init__(
+            f"run {run_id} of workflow {thread_id} lost its lease (epoch {epoch}): the write was "
+            "refused and another runner continues the run; look for stalls that outlast "
+            "run_lease"
+        )
+        self.thread_id = thread_id
+        self.run_id = run_id
+        self.epoch = epoch
+
+
+class RunNotFound(OrchestratorError, KeyError):
+    """No run with that id in the service's queue."""
+
+    code = ErrorCode.RUN_NOT_FOUND
+
+    def __init__(self, run_id: int) -> None:
+        super().__init__(f"no run with id {run_id}; list the runs (GET /runs) for the ids "
+                         "there are")
+        self.run_id = run_id
 
 
 class WorkflowBusy(OrchestratorError):

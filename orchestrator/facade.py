@@ -32,6 +32,7 @@ from .calls import failure_updates
 from .errors import (
     InvalidAnswer,
     InvalidInput,
+    LeaseLost,
     OrchestratorError,
     StaleWorkflowVersion,
     WorkflowBusy,
@@ -55,7 +56,7 @@ class RunResult:
 
     thread_id: str
     workflow_type: str
-    status: str  # running | interrupted | completed | failed
+    status: str  # running | interrupted | completed | failed | cancelled
     final_result: Any = None
     interrupts: list[dict[str, Any]] = field(default_factory=list)
     error: dict[str, Any] | None = None
@@ -209,6 +210,27 @@ class Orchestrator:
             InvalidInput: unknown workflow, bad input, or a thread id already in use.
         """
         spec = get_workflow(workflow, self._extra)
+        thread_id, validated = await self.prepare_start(workflow, input, thread_id)
+        try:
+            record = await self.runtime.workflows.create(
+                thread_id, workflow, validated.model_dump(mode="json"), owner=self.owner
+            )
+        except ValueError:
+            raise thread_id_in_use(thread_id) from None
+        self._publish("workflow.started", {"thread_id": thread_id,
+                                                            "workflow_type": workflow})
+        return await self._invoke(record, _initial_input(spec, validated, record), on_progress)
+
+    async def prepare_start(
+        self, workflow: str, input: dict[str, Any] | BaseModel, thread_id: str | None
+    ) -> tuple[str, BaseModel]:
+        """The thread id (a new one for ``None``) and the validated input of a new run of
+        ``workflow``: what :meth:`run` and the service's submit check before anything is stored.
+
+        Raises:
+            InvalidInput: unknown workflow, bad input, or a malformed thread id.
+        """
+        spec = get_workflow(workflow, self._extra)
         # once per run, off the event loop (validators may touch the file system, run git);
         # the graph's own check trusts it (VALIDATED_KEY below)
         validated = (input if isinstance(input, spec.input_model)
@@ -218,18 +240,7 @@ class Orchestrator:
         elif not thread_id or not thread_id.isprintable() or len(thread_id) > 200:
             raise InvalidInput(f"thread id {thread_id[:200]!r} must be 1-200 printable "
                                "characters; leave it out for a new id")
-        try:
-            record = await self.runtime.workflows.create(
-                thread_id, workflow, validated.model_dump(mode="json"), owner=self.owner
-            )
-        except ValueError:
-            raise InvalidInput(
-                f"thread id {thread_id!r} is already used; resume it with "
-                f"`orchestrator resume {thread_id}` or pick another id"
-            ) from None
-        self._publish("workflow.started", {"thread_id": thread_id,
-                                                            "workflow_type": workflow})
-        return await self._invoke(record, _initial_input(spec, validated, record), on_progress)
+        return thread_id, validated
 
     async def resume(
         self,
@@ -254,32 +265,81 @@ class Orchestrator:
                 raise InvalidAnswer(f"workflow {thread_id} is completed: it waits for no "
                                     "answer, and this one was not used")
             return RunResult(thread_id, record.workflow_type, "completed", record.result)
+        if record.status == "cancelled":
+            raise InvalidInput(f"workflow {thread_id} was cancelled: it cannot be resumed; "
+                               "start a new run instead")
         if record.status == "running" and record.owner != self.owner and self._owner_alive(record):
             raise WorkflowBusy(
                 f"workflow {thread_id} is running in live process {record.owner}; "
                 "wait for it, or stop that process and resume again"
             )
-        # A pending interrupt gets ``value`` as its answer, checked against the question's
-        # schema BEFORE anything changes (a refused answer leaves the workflow as it was);
-        # otherwise (crash, failure) the graph carries on from its last checkpoint,
-        # re-running only the unfinished tasks.
+        if await self.runtime.workflows.in_service_queue(thread_id):
+            raise WorkflowBusy(
+                f"workflow {thread_id} has a queued or running run in `orchestrator serve`; "
+                "answer or cancel it through the server")
+        return await self.proceed(record, value, event="workflow.resumed",
+                                  on_progress=on_progress)
+
+    async def proceed(
+        self,
+        record: WorkflowRecord,
+        value: Any = None,
+        *,
+        strict: bool = True,
+        event: str | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> RunResult:
+        """Run ``record``'s workflow on from where it stands: the one path of :meth:`resume`,
+        :meth:`recover` and the service's runs.
+
+        A pending question gets ``value`` as its answer, checked against the question's schema
+        BEFORE anything changes (a refused answer leaves the workflow as it was); otherwise
+        (crash, failure, a queued start) the graph carries on from its last checkpoint,
+        re-running only the unfinished tasks, or from its input when it has none. The row is
+        claimed first (compare-and-set: ``running``, this process, a new attempt unless it was
+        never started).
+
+        Args:
+            strict: an answer that cannot be used raises :class:`InvalidAnswer`; when false
+                (recover, the service's runs, whose answer was checked when it was queued) it
+                is logged and the workflow carries on from its checkpoint unanswered.
+            event: the event published once the row is claimed.
+
+        Raises:
+            InvalidAnswer: (strict) ``value`` does not fit the pending question, is missing, or
+                was given where no question is pending. Nothing was changed.
+            WorkflowBusy: another process claimed the row first.
+        """
+        thread_id = record.thread_id
         snapshot = await self.graph(record.workflow_type).aget_state(self._config(thread_id))
-        if snapshot.interrupts:
-            check_answer(thread_id, [i.value for i in snapshot.interrupts], value)
-        elif value is not None:
-            raise InvalidAnswer(
-                f"workflow {thread_id} ({record.status}) waits for no answer, so this one was "
-                f"not used; to carry on from its last checkpoint: orchestrator resume {thread_id}")
+        answer = bool(snapshot.interrupts) and (strict or value is not None)
+        try:
+            if answer:
+                check_answer(thread_id, [i.value for i in snapshot.interrupts], value)
+            elif value is not None:
+                raise InvalidAnswer(
+                    f"workflow {thread_id} ({record.status}) waits for no answer, so this one "
+                    "was not used; to carry on from its last checkpoint: "
+                    f"orchestrator resume {thread_id}")
+        except InvalidAnswer as exc:
+            if strict:
+                raise
+            log.warning("workflow %s: the queued answer was not used (%s); carrying on from "
+                        "its last checkpoint", thread_id, exc.problem)
+            answer = False
+        # a new attempt: stored errors are not replayed to it (a queued start is the first)
+        attempt = {} if record.status == "queued" else {"attempt": "next"}
         try:
             record = await self.runtime.workflows.update(
                 thread_id, record.version, status="running", owner=self.owner, heartbeat_at="now",
-                error=None, attempt="next",  # a new attempt: stored errors are not replayed to it
+                error=None, **attempt,
             )
         except StaleWorkflowVersion as exc:
             raise WorkflowBusy(f"workflow {thread_id} was claimed by another process") from exc
-        graph_input: Any = (Command(resume=value) if snapshot.interrupts
+        graph_input: Any = (Command(resume=value) if answer
                             else await self._restart_input(record, snapshot))
-        self._publish("workflow.resumed", {"thread_id": thread_id})
+        if event is not None:
+            self._publish(event, {"thread_id": thread_id, "workflow_type": record.workflow_type})
         return await self._invoke(record, graph_input, on_progress)
 
     async def _restart_input(self, record: WorkflowRecord, snapshot: Any) -> Any:
@@ -299,18 +359,11 @@ class Orchestrator:
         for record, silent in await self.runtime.workflows.running_candidates():
             if record.owner == self.owner or not self._owner_dead(record, silent):
                 continue
-            try:
-                claimed = await self.runtime.workflows.update(
-                    record.thread_id, record.version, owner=self.owner, heartbeat_at="now",
-                    attempt="next",
-                )
-            except StaleWorkflowVersion:
-                continue  # another recoverer won the race
             log.info("recovering workflow %s (owner %s died)", record.thread_id, record.owner)
-            snapshot = await self.graph(record.workflow_type).aget_state(
-                self._config(record.thread_id))
-            results.append(await self._invoke(claimed, await self._restart_input(claimed, snapshot),
-                                              on_progress))
+            try:
+                results.append(await self.proceed(record, strict=False, on_progress=on_progress))
+            except WorkflowBusy:
+                continue  # another recoverer won the race
         return results
 
     async def _invoke(
@@ -358,6 +411,8 @@ class Orchestrator:
                 interrupts, values, pending = [], last_values, []
         except asyncio.CancelledError:
             raise  # the record stays `running`: recover() or resume picks it up
+        except LeaseLost:
+            raise  # (in the service) another runner has the run: nothing more is written
         except Exception as exc:
             error = exc.to_dict() if isinstance(exc, OrchestratorError) else {
                 "code": "internal_error", "message": f"{type(exc).__name__}: {exc}"}
@@ -569,6 +624,12 @@ class Orchestrator:
 
             silent_for = (datetime.now(UTC) - record.heartbeat_at).total_seconds()
         return silent_for is None or silent_for > self.settings.workflow_lease
+
+
+def thread_id_in_use(thread_id: str) -> InvalidInput:
+    """The error for a new run given a thread id that is already used."""
+    return InvalidInput(f"thread id {thread_id!r} is already used; resume it with "
+                        f"`orchestrator resume {thread_id}` or pick another id")
 
 
 def _initial_input(spec: WorkflowSpec, validated: Any, record: WorkflowRecord) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from prometheus_client import Counter, Gauge, Histogram, start_http_server
 __all__ = [
     "CLAIM_RENEWAL_FAILURES",
     "CLAIMS_LOST",
+    "FENCED_WRITES_REFUSED",
     "BUS_REQUESTS",
     "BUS_LATENCY",
     "BUS_HANDLED",
@@ -132,4 +133,10 @@ CLAIM_RENEWAL_FAILURES = Counter(
 CLAIMS_LOST = Counter(
     "orchestrator_claims_lost_total",
     "Execution claims found expired or taken over while their handler still ran",
+)
+FENCED_WRITES_REFUSED = Counter(
+    "orchestrator_fenced_writes_refused_total",
+    "Checkpoint and workflow writes of `orchestrator serve` runners refused because the runner "
+    "no longer held the run's lease, by what was written (checkpoint, workflow)",
+    ["what"],
 )

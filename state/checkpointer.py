@@ -3,16 +3,46 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
 
+from langgraph.checkpoint.postgres import _ainternal
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from orchestrator.state.db import Database
+from orchestrator.state.store import WRITE_FENCE
+from psycopg.rows import dict_row
 
-__all__ = ["make_checkpointer"]
+__all__ = ["make_checkpointer", "FencedSaver"]
 
 
-def make_checkpointer(db: Database) -> AsyncPostgresSaver:
+class FencedSaver(AsyncPostgresSaver):
+    """``AsyncPostgresSaver`` whose writes check the run's fence (:data:`WRITE_FENCE`) when
+    the service sets one: in the write's own pipelined transaction, one statement more.
+
+    The saver makes every write (``aput``, ``aput_writes``, ``adelete_thread``) on a
+    ``_cursor(pipeline=True)``, so that is where the fence goes; reads and unfenced writes are
+    the saver's own, unchanged.
+    """
+
+    @contextlib.asynccontextmanager
+    async def _cursor(self, *, pipeline: bool = False) -> AsyncIterator[Any]:
+        fence = WRITE_FENCE.get()
+        if fence is None or not pipeline:
+            async with super()._cursor(pipeline=pipeline) as cur:
+                yield cur
+            return
+        async with (
+            _ainternal.get_connection(self.conn) as conn,
+            conn.pipeline(),
+            fence.guard(conn, "checkpoint"),
+            conn.cursor(binary=True, row_factory=dict_row) as cur,
+        ):
+            yield cur
+
+
+def make_checkpointer(db: Database) -> FencedSaver:
     """A saver on ``db``'s pool. The schema is set up by :func:`orchestrator.state.migrations.migrate`."""
-    saver = AsyncPostgresSaver(db.pool)  # type: ignore[arg-type]
+    saver = FencedSaver(db.pool)  # type: ignore[arg-type]
     # The saver serializes every read and write behind one process-wide lock, which a single
     # shared connection needs; on a pool each operation takes a connection of its own, so
     # the lock only queues concurrent workflows (measured: 300 concurrent no-op workflows went

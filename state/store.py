@@ -7,9 +7,11 @@ nothing and raises :class:`StaleWorkflowVersion`.
 from __future__ import annotations
 
 import logging
+from contextlib import AbstractAsyncContextManager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from orchestrator.state.db import Database, Row
 from orchestrator.state.errors import (
@@ -18,16 +20,35 @@ from orchestrator.state.errors import (
     WorkflowExists,
     WorkflowNotFound,
 )
+from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
 
-__all__ = ["WorkflowRecord", "WorkflowStateManager", "WorkflowStatus", "NamedCheckpoint"]
+__all__ = ["WorkflowRecord", "WorkflowStateManager", "WorkflowStatus", "NamedCheckpoint",
+           "WriteFence", "WRITE_FENCE"]
 
 log = logging.getLogger(__name__)
 
-WorkflowStatus = Literal["running", "interrupted", "completed", "failed"]
-STATUSES: tuple[str, ...] = ("running", "interrupted", "completed", "failed")
+# queued: submitted to `orchestrator serve`, no runner has started it yet
+WorkflowStatus = Literal["queued", "running", "interrupted", "completed", "failed", "cancelled"]
+STATUSES: tuple[str, ...] = ("queued", "running", "interrupted", "completed", "failed",
+                             "cancelled")
 
-_COLUMNS = (
+
+class WriteFence(Protocol):
+    """What every write made for a thread checks first, in the write's own transaction: the
+    lease of the service's run that executes the thread
+    (:class:`orchestrator.service.fencing.Fence`)."""
+
+    def guard(self, conn: AsyncConnection[Row], what: str) -> AbstractAsyncContextManager[None]:
+        """A transaction on ``conn`` that commits only if the fence holds (else it raises)."""
+        ...
+
+
+#: The fence of the run the current task executes, set by the service around a run; ``None``
+#: everywhere else (the CLI, Python use), where writes are unfenced.
+WRITE_FENCE: ContextVar[WriteFence | None] = ContextVar("orchestrator_write_fence", default=None)
+
+WORKFLOW_COLUMNS = _COLUMNS = (
     "thread_id, namespace, workflow_type, status, current_step, participating_agents, input, "
     "result, error, owner, heartbeat_at, version, created_at, updated_at, attempt"
 )
@@ -93,21 +114,26 @@ class WorkflowStateManager:
         input: dict[str, Any],
         *,
         owner: str | None,
+        status: Literal["running", "queued"] = "running",
+        conn: AsyncConnection[Row] | None = None,
     ) -> WorkflowRecord:
-        """Insert a new ``running`` workflow at version 1.
+        """Insert a new workflow at version 1: ``running`` under ``owner``, or ``queued`` for
+        the service (on ``conn``, in the transaction that queues its start).
 
         Raises:
             WorkflowExists: a workflow with this thread id already exists (a ValueError).
         """
-        row = await self.db.fetchone(
-            f"""
+        query = f"""
             INSERT INTO workflows (thread_id, namespace, workflow_type, status, input, owner,
                                    heartbeat_at)
-            VALUES (%s, %s, %s, 'running', %s, %s, now())
+            VALUES (%s, %s, %s, %s, %s, %s, now())
             ON CONFLICT (thread_id) DO NOTHING
-            RETURNING {_COLUMNS}""",
-            (thread_id, self.namespace, workflow_type, Jsonb(input), owner),
-        )
+            RETURNING {_COLUMNS}"""
+        params = (thread_id, self.namespace, workflow_type, status, Jsonb(input), owner)
+        if conn is None:
+            row = await self.db.fetchone(query, params)
+        else:
+            row = await (await conn.execute(query, params)).fetchone()
         if row is None:
             raise WorkflowExists(thread_id)
         return WorkflowRecord.from_row(row)
@@ -131,7 +157,8 @@ class WorkflowStateManager:
         """Compare-and-set: apply ``changes`` only if the row is still at ``expected_version``.
 
         ``heartbeat_at="now"`` sets the database's time; ``attempt="next"`` counts one more
-        attempt.
+        attempt. Inside a run of the service (:data:`WRITE_FENCE` set) the update is made only
+        if the run's lease still holds, checked in the same transaction.
 
         Returns:
             The updated record, at ``expected_version + 1``.
@@ -139,6 +166,7 @@ class WorkflowStateManager:
         Raises:
             StaleWorkflowVersion: the row was updated by someone else since it was read.
             WorkflowNotFound: there is no such workflow.
+            LeaseLost: (in the service) the run's lease is lost; nothing was changed.
         """
         unknown = set(changes) - _UPDATABLE
         if unknown:
@@ -156,13 +184,18 @@ class WorkflowStateManager:
             assignments.append(f"{key} = %s")
             params.append(Jsonb(value) if key in _JSON and value is not None else value)
         assignments += ["version = version + 1", "updated_at = now()"]
-        row = await self.db.fetchone(
-            f"""
+        query = f"""
             UPDATE workflows SET {", ".join(assignments)}
             WHERE thread_id = %s AND namespace = %s AND version = %s
-            RETURNING {_COLUMNS}""",
-            (*params, thread_id, self.namespace, expected_version),
-        )
+            RETURNING {_COLUMNS}"""
+        values = (*params, thread_id, self.namespace, expected_version)
+        fence = WRITE_FENCE.get()
+        if fence is None:
+            row = await self.db.fetchone(query, values)
+        else:  # one round trip: the fence check and the update, pipelined in one transaction
+            async with (self.db.connection() as conn, conn.pipeline(),
+                        fence.guard(conn, "workflow")):
+                row = await (await conn.execute(query, values)).fetchone()
         if row is not None:
             return WorkflowRecord.from_row(row)
         current = await self.get(thread_id)  # raises WorkflowNotFound
@@ -199,11 +232,25 @@ class WorkflowStateManager:
             (self.namespace, owner),
         )
 
+    async def in_service_queue(self, thread_id: str) -> bool:
+        """Whether the thread has a queued or running run in the service's queue (then only the
+        service may run it)."""
+        row = await self.db.fetchone(
+            "SELECT EXISTS (SELECT 1 FROM runs WHERE thread_id = %s "
+            "AND status IN ('queued', 'running')) AS busy", (thread_id,))
+        return bool(row and row["busy"])
+
     async def running_candidates(self) -> list[tuple[WorkflowRecord, float | None]]:
-        """Running workflows with how long their owner has been silent (seconds)."""
+        """Running workflows with how long their owner has been silent (seconds).
+
+        Workflows with an open run in the service's queue are the service's to continue (its
+        sweeper hands a dead runner's runs to another): they are not candidates."""
         rows = await self.db.fetch(
-            f"SELECT {_COLUMNS}, now() - heartbeat_at AS silent_for FROM workflows "
-            "WHERE namespace = %s AND status = 'running' ORDER BY created_at",
+            f"SELECT {_COLUMNS}, now() - heartbeat_at AS silent_for FROM workflows w "
+            "WHERE namespace = %s AND status = 'running' AND NOT EXISTS ("
+            "  SELECT 1 FROM runs r WHERE r.thread_id = w.thread_id"
+            "    AND r.status IN ('queued', 'running')) "
+            "ORDER BY created_at",
             (self.namespace,),
         )
         records: list[tuple[WorkflowRecord, float | None]] = []
