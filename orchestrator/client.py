@@ -136,7 +136,7 @@ class Client:
                 "JSON: is it an orchestrator server (`orchestrator serve`)? check the URL and "
                 "any proxy in front of it") from None
         if response.status_code >= 400:
-            raise _remote_error(response.status_code, data)
+            raise _remote_error(self.url, response.status_code, data)
         return data
 
 
@@ -169,13 +169,18 @@ def _error_classes() -> dict[str, type[OrchestratorError]]:
     return found
 
 
-def _remote_error(status: int, data: Any) -> OrchestratorError:
+def _remote_error(url: str, status: int, data: Any) -> OrchestratorError:
     """The server's ``{"error": {"code", "message"}}`` as the error tree's class of that code
     (so ``except InvalidAnswer`` works the same against a server as against the facade),
     with ``http_status`` set."""
     error = data.get("error") if isinstance(data, dict) else None
-    code = str((error or {}).get("code", ""))
-    message = str((error or {}).get("message", data))
+    if not isinstance(error, dict):
+        return ServerUnreachable(
+            f"{url} answered HTTP {status} with {str(data)[:200]!r}, not an orchestrator "
+            "error: is it an orchestrator server (`orchestrator serve`)? check the URL and any "
+            "proxy in front of it")
+    code = str(error.get("code", ""))
+    message = str(error.get("message", data))
     cls = _error_classes().get(code)
     if cls is None:
         exc = OrchestratorError(f"the server answered HTTP {status} ({code or 'no code'}): "
