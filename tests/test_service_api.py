@@ -383,3 +383,21 @@ async def test_openapi_is_valid_and_describes_every_route(api: Api) -> None:
     assert schema["required"] == ["workflow"]
     assert document["paths"]["/dead-letters/{run_id}"]["delete"]["parameters"][0]["schema"] == {
         "type": "integer"}
+
+
+def test_openapi_describes_routes_mounted_beside_the_table() -> None:
+    """The webhooks (mounted from hooks.routes) are in the document, by their docstring."""
+    from orchestrator.service.app import openapi
+
+    async def github(request: Any) -> None:
+        """Receive a GitHub event."""
+
+    async def generic(request: Any) -> None:
+        """Start a workflow from a signed request."""
+
+    document = openapi([Route("/hooks/github", github, methods=["POST"]),
+                        Route("/hooks/generic/{workflow}", generic, methods=["POST"])])
+    validate(document)
+    assert document["paths"]["/hooks/github"]["post"]["summary"] == "Receive a GitHub event."
+    generic_op = document["paths"]["/hooks/generic/{workflow}"]["post"]
+    assert generic_op["parameters"][0]["name"] == "workflow" and generic_op["security"] == []

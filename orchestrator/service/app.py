@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -537,7 +538,8 @@ def openapi(routes: list[BaseRoute] | None = None) -> dict[str, Any]:
                 continue
             path, params = _openapi_path(route.path)
             doc = (route.endpoint.__doc__ or route.name or "").strip().splitlines()
-            op = {"summary": doc[0] if doc else path, "operationId": f"{method.lower()}_{route.name}",
+            op = {"summary": doc[0] if doc else path,
+                  "operationId": method.lower() + re.sub(r"\W+", "_", path).rstrip("_"),
                   "security": [], "responses": {"200": {"description": "accepted"},
                                                 "401": {**error, "description": "bad signature"}}}
             if params:
