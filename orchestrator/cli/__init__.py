@@ -35,6 +35,7 @@ from .parser import build_parser
 from .progress import LogHandler
 from .remote import cmd_audit, cmd_cancel, cmd_token, remote_command
 from .run import cmd_recover, cmd_resume, cmd_run
+from .serve import cmd_serve
 from .services import cmd_db, cmd_services
 
 __all__ = ["main", "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_INTERRUPTED", "EXIT_PARTIAL"]
@@ -43,14 +44,14 @@ log = logging.getLogger(__name__)
 
 _USES_SERVICES = {"prune", "restore",
                   "run", "resume", "recover", "ls", "show", "agents", "worker", "locks", "dlq",
-                  "db", "cancel", "token", "audit"}
+                  "db", "serve", "cancel", "token", "audit"}
 
 _COMMANDS = {
     "prune": cmd_prune, "restore": cmd_restore,
     "run": cmd_run, "resume": cmd_resume, "recover": cmd_recover, "ls": cmd_ls,
     "show": cmd_show, "graphs": cmd_graphs, "agents": cmd_agents, "worker": cmd_worker,
     "locks": cmd_locks, "dlq": cmd_dlq, "db": cmd_db, "services": cmd_services,
-    "analyze": cmd_analyze,
+    "analyze": cmd_analyze, "serve": cmd_serve,
     "cancel": cmd_cancel, "token": cmd_token, "audit": cmd_audit,
 }
 

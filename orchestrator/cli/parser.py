@@ -210,6 +210,19 @@ def build_parser() -> argparse.ArgumentParser:
         "processes use them, unless --force)")
     services_stop.add_argument("--force", action="store_true",
                                help="stop them even under live processes (listed)")
+
+    serve = sub.add_parser(
+        "serve", help="the service: runners, the cluster's sweeper and the HTTP API, until "
+        "SIGTERM (which hands unfinished runs back to the queue)")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=int, default=8420, help="HTTP port (default 8420)")
+    serve.add_argument("--concurrency", type=_positive_int, default=4, metavar="N",
+                       help="runs executed at once by this process (default 4)")
+    serve.add_argument("--hooks", metavar="FILE", help="webhook configuration (YAML)")
+    serve.add_argument("--local-agents", action="store_true",
+                       help="host the built-in agents in this process too (default: they run "
+                       "in `orchestrator worker` processes, reached over the bus)")
     return p
 
 
