@@ -8,13 +8,13 @@ from typing import Annotated, Any, Literal
 
 import pytest
 from langgraph.graph import END, START, StateGraph
+from orchestrator.state.schema import MultiAgentState
 from pydantic import BaseModel
 
 from orchestrator import cli, graphs
 from orchestrator.errors import CheckpointNotFound, WorkflowBusy
 from orchestrator.graphs import WorkflowSpec
 from orchestrator.questions import Answer, ask
-from orchestrator.state.schema import MultiAgentState
 
 RAN: list[str] = []  # every node execution of `trail`, in order
 
