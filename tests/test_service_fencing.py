@@ -1,0 +1,170 @@
+"""Fenced writes: a runner whose lease was taken over, or merely expired, has its checkpoint
+writes and workflow updates refused (LeaseLost, logged, counted); the holder's writes pass;
+outside the service nothing is fenced."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import pytest
+from langgraph.checkpoint.base import empty_checkpoint
+from orchestrator.state.checkpointer import make_checkpointer
+from prometheus_client import REGISTRY
+
+from orchestrator.errors import LeaseLost
+from orchestrator.service.fencing import Fence, fenced
+from orchestrator.service.queue import RunRecord
+from orchestrator.service.runs import RunService
+from orchestrator.testing import stand_in
+
+from .support.graphs_for_tests import approval
+
+
+def _refused(what: str) -> float:
+    return REGISTRY.get_sample_value("orchestrator_fenced_writes_refused_total",
+                                     {"what": what}) or 0.0
+
+
+async def _review(payload: dict[str, Any], ctx: Any) -> dict[str, Any]:
+    return {"verdict": "fine"}
+
+
+@pytest.fixture
+async def service(orchestrator_factory: Any) -> RunService:
+    orch = await orchestrator_factory(stand_ins=[stand_in("reviewer", _review)], builtin=False,
+                                      workflows={"approval": approval})
+    return RunService(orch)
+
+
+async def _claim(svc: RunService, runner: str) -> RunRecord:
+    run = await svc.queue.claim(runner)
+    assert run is not None
+    return run
+
+
+async def _expire(svc: RunService, run: RunRecord) -> None:
+    await svc.orch.runtime.db.execute(
+        "UPDATE runs SET lease_expires_at = now() - interval '1 second' WHERE run_id = %s",
+        (run.run_id,))
+
+
+async def _writes(svc: RunService, fence: Fence) -> None:
+    """One checkpoint, its writes, and a workflow update, as a runner makes them."""
+    saver = make_checkpointer(svc.orch.runtime.db)
+    workflows = svc.orch.runtime.workflows
+    with fenced(fence):
+        config = await saver.aput(
+            {"configurable": {"thread_id": fence.thread_id, "checkpoint_ns": ""}},
+            empty_checkpoint(), {"source": "loop", "step": 0}, {})
+        await saver.aput_writes(config, [("note", fence.runner)], "task-1")
+        record = await workflows.get(fence.thread_id)
+        await workflows.update(fence.thread_id, record.version, current_step=fence.runner)
+
+
+async def test_a_runner_whose_lease_was_taken_over_cannot_write(
+    service: RunService, caplog: pytest.LogCaptureFixture,
+) -> None:
+    submitted = await service.submit("approval", {"change": "x"}, "fence-1")
+    old = await _claim(service, "r1")
+    await _writes(service, Fence("fence-1", old.run_id, old.lease_epoch, "r1"))  # it holds it
+    await _expire(service, old)
+    assert await service.queue.sweep() == 1
+    new = await _claim(service, "r2")
+    assert (new.run_id, new.lease_epoch) == (submitted.run_id, old.lease_epoch + 1)
+
+    saver = make_checkpointer(service.orch.runtime.db)
+    config = {"configurable": {"thread_id": "fence-1", "checkpoint_ns": ""}}
+    before = (await saver.aget_tuple(config), await service.orch.runtime.workflows.get("fence-1"))
+    stale = Fence("fence-1", old.run_id, old.lease_epoch, "r1")
+    checkpoints, workflow_writes = _refused("checkpoint"), _refused("workflow")
+    with caplog.at_level(logging.WARNING, logger="orchestrator.service.fencing"), fenced(stale):
+        with pytest.raises(LeaseLost) as lost:
+            await saver.aput(config, empty_checkpoint(), {"source": "loop", "step": 1}, {})
+        assert lost.value.code == "lease_lost" and lost.value.run_id == old.run_id
+        with pytest.raises(LeaseLost):
+            await saver.aput_writes(before[0].config, [("note", "zombie")], "task-z")
+        with pytest.raises(LeaseLost):
+            await service.orch.runtime.workflows.update("fence-1", before[1].version,
+                                                        current_step="zombie")
+    assert _refused("checkpoint") == checkpoints + 2
+    assert _refused("workflow") == workflow_writes + 1
+    assert f"run {old.run_id}" in caplog.text and "fence-1" in caplog.text
+    # nothing of the zombie's was stored
+    after = (await saver.aget_tuple(config), await service.orch.runtime.workflows.get("fence-1"))
+    assert after[0].checkpoint["id"] == before[0].checkpoint["id"]
+    assert ("task-z", "note", "zombie") not in (after[0].pending_writes or [])
+    assert after[1].version == before[1].version and after[1].current_step == "r1"
+    # the new holder writes
+    await _writes(service, Fence("fence-1", new.run_id, new.lease_epoch, "r2"))
+    assert (await service.orch.runtime.workflows.get("fence-1")).current_step == "r2"
+
+
+async def test_a_lease_that_merely_expired_refuses_writes_too(service: RunService) -> None:
+    await service.submit("approval", {"change": "x"}, "fence-2")
+    run = await _claim(service, "r1")
+    await _expire(service, run)  # no sweep, no other runner
+    refused = _refused("workflow")
+    with pytest.raises(LeaseLost):
+        await _writes(service, Fence("fence-2", run.run_id, run.lease_epoch, "r1"))
+    assert _refused("checkpoint") > 0 and _refused("workflow") == refused
+    # a wrong runner or epoch is refused as well
+    fresh = await service.submit("approval", {"change": "y"}, "fence-3")
+    held = await _claim(service, "r1")
+    assert held.run_id == fresh.run_id
+    for fence in (Fence("fence-3", held.run_id, held.lease_epoch, "r9"),
+                  Fence("fence-3", held.run_id, held.lease_epoch + 1, "r1")):
+        with pytest.raises(LeaseLost):
+            await _writes(service, fence)
+
+
+async def test_a_zombie_run_stops_at_its_next_write_and_the_new_holder_finishes(
+    orchestrator_factory: Any,
+) -> None:
+    """The executing runner pauses inside an agent call; meanwhile its lease is taken over and
+    the new holder runs the workflow. When the call answers, the old runner's checkpoint write
+    is refused (execute raises LeaseLost) and the new holder's passes."""
+    entered, go_on = asyncio.Event(), asyncio.Event()
+    calls = 0
+
+    async def slow_review(payload: dict[str, Any], ctx: Any) -> dict[str, Any]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            entered.set()
+            await asyncio.wait_for(go_on.wait(), 30)
+        return {"verdict": f"call {calls}"}
+
+    orch = await orchestrator_factory(stand_ins=[stand_in("reviewer", slow_review)],
+                                      builtin=False, workflows={"approval": approval})
+    svc = RunService(orch)
+    await svc.submit("approval", {"change": "x"}, "zombie-1")
+    old = await _claim(svc, "r1")
+    zombie = asyncio.create_task(svc.execute(old, "r1"))
+    await asyncio.wait_for(entered.wait(), 30)
+    await _expire(svc, old)
+    assert await svc.queue.sweep() == 1
+    new = await _claim(svc, "r2")
+    holder = asyncio.create_task(svc.execute(new, "r2"))
+    refused = _refused("checkpoint")
+    go_on.set()  # both runners get the one answer of the one call (same request id)
+    with pytest.raises(LeaseLost):
+        await asyncio.wait_for(zombie, 30)
+    result = await asyncio.wait_for(holder, 30)
+    assert result.status == "interrupted", result.error
+    assert _refused("checkpoint") > refused
+    assert calls == 1  # the agent's handler ran once
+    row = await orch.runtime.workflows.get("zombie-1")
+    assert row.status == "interrupted" and row.owner is None
+    details = await orch.get("zombie-1")
+    assert details.interrupts and details.values["partial_results"]["review"]["verdict"] == "call 1"
+
+
+async def test_outside_the_service_nothing_is_fenced(service: RunService) -> None:
+    orch = service.orch
+    checkpoints = _refused("checkpoint")
+    result = await orch.run("approval", {"change": "local"}, "local-1")
+    assert result.status == "interrupted"
+    result = await orch.resume("local-1", {"approve": True, "by": "ana"})
+    assert result.status == "completed" and _refused("checkpoint") == checkpoints
