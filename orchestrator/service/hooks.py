@@ -29,10 +29,11 @@ Either section may be left out (its route is not served then).
   (4xx: the clone not fetched yet, an input pr_deployment refuses) or an internal error
   releases its claim, so a redelivery after the fix is processed anew.
 * ``pull_request`` ``opened``, ``synchronize``, ``reopened`` of a configured repository queue
-  ``pr_deployment`` (:meth:`RunService.submit`) on thread ``github:<owner>:<name>:pr<N>:<sha12>``
-  with ``repo`` = ``path``, ``source`` = the head branch, ``target``, ``test_command``,
-  ``approval``. The thread id holds the head commit, so a second delivery of the same head
-  starts nothing (``already_started``), and a push starts a new run. On ``synchronize`` the
+  ``pr_deployment`` (:meth:`RunService.submit`) with ``repo`` = ``path``, ``source`` = the
+  head branch, ``target``, ``test_command``, ``approval``, on thread
+  ``<namespace>:github:<owner>:<name>:pr<N>:<sha12>``. The thread id holds the head commit,
+  so a second delivery of the same head starts nothing (``already_started``), and a push
+  starts a new run. On ``synchronize`` the
   runs of the pull request's older heads that are still queued, running or waiting for
   approval are cancelled first: the workflow merges the *branch*, so approving an old run
   would merge code its tests never saw. It is refused (nothing started) when the head branch
@@ -41,7 +42,7 @@ Either section may be left out (its route is not served then).
   commit (409: keep the clone fetched, e.g. ``git fetch`` from a cron or a push hook, then
   redeliver). Other actions are ignored (200).
 * ``issue_comment`` ``created`` on a pull request whose run waits for approval: a comment
-  whose first line is ``/approve [comment]`` or ``/reject [reason]`` from one of the
+  that starts with ``/approve [comment]`` or ``/reject [reason]`` from one of the
   repository's ``reviewers`` answers it (:meth:`RunService.resume`, ``by="github:<login>"``;
   the answer is pr_deployment's ``ApprovalAnswer``). Anyone else's command is refused (200,
   audited); other comments are ignored (200).
@@ -51,7 +52,7 @@ Either section may be left out (its route is not served then).
 body (a JSON object) as its input. The body is signed like GitHub's:
 ``X-Orchestrator-Signature-256: sha256=<hex HMAC-SHA256 of the body with generic.secret>``.
 An optional ``X-Orchestrator-Delivery: <id>`` (1-100 of ``A-Za-z0-9._:-``) makes it
-idempotent: the thread is ``hook:<workflow>:<id>`` and a second delivery of the id starts
+idempotent: the thread is ``<namespace>:hook:<workflow>:<id>`` and a second delivery of the id starts
 nothing. The signature proves who wrote the body, not that it is fresh: send it over HTTPS
 and with a delivery id. Example::
 
@@ -396,7 +397,8 @@ class _GitHub:
             return _ignored(f"#{number} targets {base['ref']!r}; this hook delivers into "
                             f"{target!r} only")
         subject = f"{full_name.lower()}#{number}"
-        thread_id = _pr_thread(full_name, number, head["sha"])
+        thread_id = _pr_thread(self.ctx.orch.settings.namespace, full_name, number,
+                               head["sha"])
         if await self.ctx.orch.runtime.workflows.find(thread_id) is not None:
             return _Reply(200, {"status": "already_started", "thread_id": thread_id},
                           subject=subject, thread_id=thread_id)
@@ -445,10 +447,10 @@ class _GitHub:
             return _ignored(f"issue_comment action {payload.get('action')!r} answers nothing")
         if not issue.get("pull_request"):
             return _ignored(f"#{issue['number']} is an issue, not a pull request")
-        lines = (comment.get("body") or "").strip().splitlines()
-        command = _COMMAND.match(lines[0].strip()) if lines else None
+        command = _COMMAND.match((comment.get("body") or "").strip())
         if command is None:
-            return _ignored("not a command (/approve or /reject [reason] on the first line)")
+            return _ignored("not a command (a comment starting with /approve [comment] or "
+                            "/reject [reason])")
         login = comment["user"]["login"]
         subject = f"{full_name.lower()}#{int(issue['number'])}"
         verb, rest = command.group(1).lower(), (command.group(2) or "").strip()
@@ -484,9 +486,16 @@ class _GitHub:
         return None
 
 
-def _pr_thread(full_name: str, number: int, sha: str) -> str:
-    owner, name = full_name.lower().split("/")
-    return f"github:{owner}:{name}:pr{number}:{sha[:12]}"
+def _pr_thread(namespace: str, full_name: str, number: int, sha: str) -> str:
+    """The thread of a pull request's head: thread ids are unique across the namespaces
+    sharing a database, so the namespace is part of it; a repository name too long for the
+    200 characters of a thread id is shortened to a digest."""
+    repo = full_name.lower().replace("/", ":")
+    thread_id = f"{namespace}:github:{repo}:pr{number}:{sha[:12]}"
+    if len(thread_id) > 200:
+        repo = hashlib.sha256(repo.encode()).hexdigest()[:16]
+        thread_id = f"{namespace}:github:{repo}:pr{number}:{sha[:12]}"
+    return thread_id
 
 
 def _unknown_repository(full_name: str) -> _Reply:
@@ -564,7 +573,8 @@ def _generic_route(ctx: ServerContext, config: GenericHooks, deliveries: _Delive
             return _error(400, "bad_request", "the body must be a JSON object (the workflow's "
                           "input) and X-Orchestrator-Delivery 1-100 of A-Za-z0-9._:-").response()
         source = f"hook:{delivery_id}" if delivery_id else _client(request)
-        thread_id = f"hook:{workflow}:{delivery_id}" if delivery_id else None
+        namespace = ctx.orch.settings.namespace
+        thread_id = f"{namespace}:hook:{workflow}:{delivery_id}" if delivery_id else None
 
         async def work() -> _Reply:
             run = await ctx.runs.submit(workflow, data, thread_id, by="hook:generic")
