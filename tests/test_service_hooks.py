@@ -6,6 +6,7 @@ and Redis; the approval flow is executed by a real runner on a real git reposito
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -26,6 +27,7 @@ from orchestrator.service.runs import RunService
 
 from .support import github_payloads as gh
 from .support.fixture_repo import add_branch, git
+from .support.service_app import free_port
 
 SECRET = "s3cret-for-the-github-hook"
 GENERIC_SECRET = "s3cret-for-the-generic-hook"
@@ -193,6 +195,19 @@ def test_a_bad_hooks_file_names_the_key_and_what_to_do(tmp_path, fixture_repo, t
 def test_an_unreadable_hooks_file_says_so(tmp_path) -> None:
     with pytest.raises(InvalidConfiguration, match="cannot read the hooks file"):
         load_hooks(tmp_path / "missing.yaml")
+
+
+async def test_serve_refuses_a_bad_hooks_file_before_it_starts(orchestrator_settings,
+                                                               tmp_path) -> None:
+    from orchestrator.service.server import serve
+
+    path = tmp_path / "hooks.yaml"
+    path.write_text("github:\n  secret: 0123456789abcdef\n  repo: {}\n")
+    err = io.StringIO()
+    with pytest.raises(InvalidConfiguration, match=r"hooks.github.repo: Extra inputs"):
+        await asyncio.wait_for(serve(orchestrator_settings, host="127.0.0.1", port=free_port(),
+                                     concurrency=1, hooks_file=path, err=err), timeout=30)
+    assert "listening" not in err.getvalue()
 
 
 # --- signatures -----------------------------------------------------------------------------

@@ -218,7 +218,8 @@ def load_hooks(path: str | Path) -> HooksConfig:
     except ValidationError as exc:
         raise InvalidConfiguration(
             f"the hooks file {path} is wrong: {problems(exc, 'hooks')}; fix these keys (the "
-            "format: README, Running as a service) and start again") from None
+            "format: the docstring of orchestrator/service/hooks.py, README 'Running as a "
+            "service') and start again") from None
 
 
 # --- signatures, bodies, replies ------------------------------------------------------------
