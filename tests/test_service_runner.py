@@ -61,11 +61,14 @@ def processes() -> Iterator[list[ServiceHandle]]:
 @pytest.fixture
 def start(serve_env: dict[str, str], tmp_path: Path, events: Path,
           processes: list[ServiceHandle]) -> Callable[..., Any]:
-    """``await start("serve", concurrency=2)`` / ``await start("worker")``."""
+    """``await start("serve", concurrency=2)`` / ``await start("worker")``; ``settings``
+    overrides ``serve_env``'s (``{"drain_grace": 10}``)."""
 
-    async def start_one(kind: str, **kwargs: Any) -> ServiceHandle:
+    async def start_one(kind: str, settings: dict[str, Any] | None = None,
+                        **kwargs: Any) -> ServiceHandle:
         launch = start_serve if kind == "serve" else start_worker
-        handle = await asyncio.to_thread(launch, serve_env, tmp_path, events, **kwargs)
+        env = service_settings_env(serve_env, **(settings or {}))
+        handle = await asyncio.to_thread(launch, env, tmp_path, events, **kwargs)
         processes.append(handle)
         return handle
 
@@ -155,7 +158,7 @@ async def test_a_killed_runners_run_is_finished_by_another_within_lease_and_swee
     victim = by_pid[pid_of(claimed.runner)]
     survivor = second if victim is first else first
     # kill it mid-way: once its first agent call has started
-    await wait_for(lambda: (started_requests(events)), "a tally call started", 20)
+    await wait_for(lambda: started_requests(events), "a tally call started", 20)
     victim.kill()
     killed_at = time.monotonic()
 
@@ -173,30 +176,37 @@ async def test_a_killed_runners_run_is_finished_by_another_within_lease_and_swee
     assert_each_request_once(events, 4)
 
 
+@pytest.mark.parametrize(("seconds", "grace", "stopped"), [
+    (1.0, 10.0, "at the end of its step"),  # the default grace: the step ends well within it
+    (5.0, 0.5, "after the grace"),  # a step longer than the grace: stopped inside it
+])
 async def test_sigterm_hands_a_run_back_and_another_runner_has_it_within_two_seconds(
-        start: Callable[..., Any], runs: Any, events: Path) -> None:
+        start: Callable[..., Any], runs: Any, events: Path, seconds: float, grace: float,
+        stopped: str) -> None:
     await start("worker")
-    first = await start("serve", concurrency=2)
-    second = await start("serve", concurrency=2)
+    first = await start("serve", {"drain_grace": grace}, concurrency=2)
+    second = await start("serve", {"drain_grace": grace}, concurrency=2)
     by_pid = {first.pid: first, second.pid: second}
 
-    run = await runs.submit("svcflow", {"steps": 3, "seconds": 1.5})
+    run = await runs.submit("svcflow", {"steps": 3, "seconds": seconds})
     claimed = await wait_for(lambda: running_on(runs, run.run_id), "the run claimed", 20)
     leaving = by_pid[pid_of(claimed.runner)]
-    await wait_for(lambda: (started_requests(events)), "a tally call started", 20)
+    await wait_for(lambda: started_requests(events), "a tally call started", 20)
     leaving.process.terminate()
     stopped_at = time.monotonic()
 
     moved = await wait_for(lambda: running_on(runs, run.run_id, not_on=claimed.runner),
                            "another runner holds the run", 10)
     took = time.monotonic() - stopped_at
-    print(f"hand-back after SIGTERM: {took:.2f} s")  # the figure, shown with -s
+    print(f"hand-back after SIGTERM, {stopped}: {took:.2f} s")  # the figure, shown with -s
     assert took < 2.0, f"hand-back took {took:.2f} s"
     assert pid_of(moved.runner) != leaving.pid
+    assert moved.attempts == 1  # a hand-back is not a failed attempt
     assert await asyncio.to_thread(leaving.process.wait, 15) == 0, leaving.output()
+    assert time.monotonic() - stopped_at < min(grace, 5.0) + 3.0  # it did not wait out 10 s
     assert "handed back in" in leaving.output()
 
-    done = await wait_for(lambda: finished(runs, run.run_id), "the run finished", 30)
+    done = await wait_for(lambda: finished(runs, run.run_id), "the run finished", 40)
     assert (done.status, done.outcome) == ("succeeded", "completed")
     assert_each_request_once(events, 3)
 
@@ -217,14 +227,14 @@ async def test_one_sweeper_per_namespace_and_another_takes_over_when_it_stops(
     other = Sweeper(url, ns + "-other", [], retry_interval=0.1)
     await a.start()
     try:
-        await wait_for(lambda: (a.holding), "a holds the lock", 10)
+        await wait_for(lambda: a.holding, "a holds the lock", 10)
         await b.start()
         await other.start()
-        await wait_for(lambda: (other.holding), "another namespace's sweeper", 10)
-        await wait_for(lambda: (swept["a"] >= 3), "a sweeps", 10)
+        await wait_for(lambda: other.holding, "another namespace's sweeper", 10)
+        await wait_for(lambda: swept["a"] >= 3, "a sweeps", 10)
         assert not b.holding and swept["b"] == 0
         await a.stop()
-        await wait_for(lambda: (b.holding and swept["b"] >= 1), "b took over", 5)
+        await wait_for(lambda: b.holding and swept["b"] >= 1, "b took over", 5)
     finally:
         for sweeper in (a, b, other):
             await sweeper.stop()

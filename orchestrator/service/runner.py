@@ -114,9 +114,11 @@ class Runner:
         return [h.run for h in self._held.values()]
 
     async def drain(self, grace: float) -> None:
-        """Stop claiming at once; give the runs in flight up to ``grace`` seconds to finish,
-        then stop them and hand each back to the queue (the attempt is not counted) so
-        another runner continues it from its last checkpoint."""
+        """Stop claiming at once; give each run in flight up to ``grace`` seconds to finish
+        the step it is in, stop it there, and hand it back to the queue (the attempt is not
+        counted) so another runner continues it from its last checkpoint. A run still inside
+        its step after ``grace`` is stopped all the same: the step runs again elsewhere, and
+        its agent calls are answered from the responses the bus kept, not done twice."""
         self._stopping = True
         self._wake.set()
         self._slot_free.set()
@@ -124,7 +126,8 @@ class Runner:
             await asyncio.wait({self._claimer}, timeout=10)
         tasks = {h.task for h in self._held.values() if h.task is not None}
         if tasks and grace > 0:
-            log.info("draining: %d run(s) in flight get %.1f s to finish", len(tasks), grace)
+            log.info("draining: %d run(s) in flight get %.1f s to finish their step",
+                     len(tasks), grace)
             await asyncio.wait(tasks, timeout=grace)
         for held in list(self._held.values()):
             self._stop(held, _DRAIN)
@@ -199,6 +202,12 @@ class Runner:
         log.info("claimed run %s (%s of thread %s, attempt %s)", run.run_id, run.kind,
                  run.thread_id, run.attempts)
 
+    def _step_done(self, held: _Held) -> None:
+        """After each finished step: a draining runner stops the run here, between steps, and
+        hands it back without waiting out the grace period."""
+        if self._stopping:
+            self._stop(held, _DRAIN)
+
     def _stop(self, held: _Held, why: str) -> None:
         if held.task is not None and not held.task.done() and held.stopped_for is None:
             held.stopped_for = why
@@ -209,7 +218,8 @@ class Runner:
         outcome = "?"
         try:
             try:
-                result = await self.runs.execute(run, self.id)
+                result = await self.runs.execute(run, self.id,
+                                                 on_progress=lambda _: self._step_done(held))
             except asyncio.CancelledError:
                 if held.stopped_for is None:
                     raise  # not ours: the process is going down

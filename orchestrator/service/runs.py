@@ -15,7 +15,7 @@ import logging
 from typing import Any
 
 from orchestrator.errors import InvalidAnswer, InvalidInput, StaleWorkflowVersion, WorkflowBusy
-from orchestrator.facade import Orchestrator, RunResult, thread_id_in_use
+from orchestrator.facade import Orchestrator, ProgressCallback, RunResult, thread_id_in_use
 from orchestrator.questions import check_answer, is_question
 from orchestrator.state.errors import WorkflowExists
 from orchestrator.state.store import WorkflowRecord
@@ -162,9 +162,11 @@ class RunService:
 
     # -- runners -------------------------------------------------------------------------------
 
-    async def execute(self, run: RunRecord, runner: str) -> RunResult:
+    async def execute(self, run: RunRecord, runner: str, *,
+                      on_progress: ProgressCallback | None = None) -> RunResult:
         """Do ``run`` (as claimed by ``runner``) through the facade, every write fenced by its
-        lease.
+        lease; ``on_progress`` is called after each finished step (a draining runner stops the
+        run there).
 
         start: from the workflow's input, or from its checkpoint if an earlier runner got that
         far; resume: the queued answer if its question is still pending and it still fits,
@@ -185,7 +187,8 @@ class RunService:
                 return _as_it_is(record)
             value = run.payload.get("value") if run.kind == "resume" else None
             event = "workflow.started" if record.status == "queued" else "workflow.resumed"
-            return await self.orch.proceed(record, value, strict=False, event=event)
+            return await self.orch.proceed(record, value, strict=False, event=event,
+                                           on_progress=on_progress)
 
     async def cancelled(self, run: RunRecord, runner: str) -> bool:
         """Record that ``runner`` stopped ``run`` on a cancel: the workflow ends ``cancelled``

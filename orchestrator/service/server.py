@@ -142,8 +142,8 @@ async def serve(
                 stopped_by = asyncio.create_task(stop.wait())
                 await asyncio.wait({stopped_by, http_task}, return_when=asyncio.FIRST_COMPLETED)
                 stopped_by.cancel()
-                err.write(f"stopping: {len(runner.held)} run(s) in flight get "
-                          f"{settings.drain_grace:g} s, then go back to the queue\n")
+                err.write(f"stopping: {len(runner.held)} run(s) in flight go back to the "
+                          f"queue as their step ends (at most {settings.drain_grace:g} s)\n")
                 err.flush()
             finally:
                 http.should_exit = True
