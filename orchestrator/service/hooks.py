@@ -79,7 +79,7 @@ import hmac
 import json
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import parse_qs
@@ -371,8 +371,8 @@ class _GitHub:
     ctx: ServerContext
     config: GitHubHooks
     deliveries: _Deliveries
-    source: str = field(default="")
-    actor: str = field(default="")
+    source: str = ""  # github:<delivery id>
+    actor: str = ""  # github:<login>
 
     async def record(self, action: str, target: str, detail: dict[str, Any]) -> None:
         await audit.record(self.ctx.orch.runtime.db, actor=self.actor, action=action,
