@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from orchestrator.processes import parse_process_id
-from orchestrator.service.runner import PeriodicPass, Sweeper
+from orchestrator.service.runner import PeriodicPass, Runner, Sweeper
 from tests.support.serve_process import (
     ROOT,
     ServiceHandle,
@@ -30,6 +30,7 @@ from tests.support.serve_process import (
     start_worker,
     started_requests,
     svcflow,
+    tally_agent,
 )
 
 pytestmark = pytest.mark.slow
@@ -209,6 +210,56 @@ async def test_sigterm_hands_a_run_back_and_another_runner_has_it_within_two_sec
     done = await wait_for(lambda: finished(runs, run.run_id), "the run finished", 40)
     assert (done.status, done.outcome) == ("succeeded", "completed")
     assert_each_request_once(events, 3)
+
+
+async def test_a_cancel_stops_the_running_run_on_its_runner(
+        start: Callable[..., Any], runs: Any, events: Path) -> None:
+    await start("worker")
+    serve = await start("serve", concurrency=2)
+
+    run = await runs.submit("svcflow", {"steps": 5, "seconds": 1.0})
+    await wait_for(lambda: running_on(runs, run.run_id), "the run claimed", 20)
+    await wait_for(lambda: started_requests(events), "a tally call started", 20)
+    cancel = await runs.cancel(run.thread_id, by="tester")
+    asked_at = time.monotonic()
+
+    stopped = await wait_for(lambda: finished(runs, run.run_id), "the run stopped", 10)
+    took = time.monotonic() - asked_at
+    assert (stopped.status, stopped.outcome) == ("cancelled", "cancelled")
+    assert took < 2.0, f"the cancel took {took:.2f} s"  # not after the 5 steps (5 s)
+    assert (await runs.orch.get(run.thread_id)).record.status == "cancelled"
+    await wait_for(lambda: finished(runs, cancel.run_id), "the cancel run done", 10)
+    assert len(started_requests(events)) < 5
+    assert f"finished run {run.run_id} (start of thread {run.thread_id}): cancelled" \
+        in serve.output()
+
+
+async def test_a_run_whose_lease_is_taken_over_is_stopped_here_at_the_next_renewal(
+        orchestrator_factory: Callable[..., Any], events: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    from orchestrator.service.runs import RunService
+
+    orch = await orchestrator_factory(builtin=False, stand_ins=[tally_agent(events)],
+                                      workflows={"svcflow": svcflow}, run_lease=1.5)
+    runs = RunService(orch)
+    runner = Runner(runs, runs.queue, concurrency=1, run_lease=1.5)
+    await runner.start()
+    try:
+        # a 4 s step: its next checkpoint write (refused) comes long after the renewal
+        run = await runs.submit("svcflow", {"steps": 2, "seconds": 4.0})
+        claimed = await wait_for(lambda: running_on(runs, run.run_id), "the run claimed", 10)
+        await wait_for(lambda: started_requests(events), "a tally call started", 10)
+        # another runner's claim: a new epoch under the same row
+        await orch.runtime.db.execute(
+            "UPDATE runs SET lease_epoch = lease_epoch + 1 WHERE run_id = %s", (run.run_id,))
+        taken_at = time.monotonic()
+        await wait_for(lambda: not runner.held, "the run stopped here", 5)
+        assert time.monotonic() - taken_at < 1.5 / 3 + 1.0  # a renewal period, not the step
+        after = await runs.get_run(run.run_id)
+        assert (after.status, after.lease_epoch) == ("running", claimed.lease_epoch + 1)
+        assert f"run {run.run_id} of thread {run.thread_id}: lease lost" in caplog.text
+    finally:
+        await runner.drain(0)
 
 
 async def test_one_sweeper_per_namespace_and_another_takes_over_when_it_stops(
