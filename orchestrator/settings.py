@@ -157,8 +157,10 @@ class Settings(BaseModel):
     run_retry_backoff: float = Field(
         2.0, ge=0, description="first delay before a run is retried, seconds (doubles each try)")
     drain_grace: float = Field(
-        10.0, ge=0, description="on SIGTERM a runner finishes the step in flight within this "
-        "many seconds, then hands its unfinished runs back",
+        1.5, ge=0, description="on SIGTERM a runner lets the step in flight finish within this "
+        "many seconds, then stops it and hands its unfinished runs back (another runner has "
+        "them within 2 s by default; a stopped step is safe to redo: its agent calls keep "
+        "their request ids, so work already done is answered from the response store)",
     )
 
     # -- retention: the checkpoints of finished workflows (orchestrator.service.retention) ------
