@@ -17,7 +17,8 @@ __all__ = ["make_checkpointer", "FencedSaver"]
 
 class FencedSaver(AsyncPostgresSaver):
     """``AsyncPostgresSaver`` whose writes check the run's fence (:data:`WRITE_FENCE`) when
-    the service sets one: in the write's own pipelined transaction, one statement more.
+    the service sets one: first in the write's own pipeline (one implicit transaction), one
+    statement more.
 
     The saver makes every write (``aput``, ``aput_writes``, ``adelete_thread``) on a
     ``_cursor(pipeline=True)``, so that is where the fence goes; reads and unfenced writes are
@@ -33,7 +34,6 @@ class FencedSaver(AsyncPostgresSaver):
             return
         async with (
             _ainternal.get_connection(self.conn) as conn,
-            conn.pipeline(),
             fence.guard(conn, "checkpoint"),
             conn.cursor(binary=True, row_factory=dict_row) as cur,
         ):

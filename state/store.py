@@ -40,7 +40,8 @@ class WriteFence(Protocol):
     (:class:`orchestrator.service.fencing.Fence`)."""
 
     def guard(self, conn: AsyncConnection[Row], what: str) -> AbstractAsyncContextManager[None]:
-        """A transaction on ``conn`` that commits only if the fence holds (else it raises)."""
+        """A pipeline on ``conn`` whose writes commit only if the fence holds (else it
+        raises), in one implicit transaction."""
         ...
 
 
@@ -193,8 +194,7 @@ class WorkflowStateManager:
         if fence is None:
             row = await self.db.fetchone(query, values)
         else:  # one round trip: the fence check and the update, pipelined in one transaction
-            async with (self.db.connection() as conn, conn.pipeline(),
-                        fence.guard(conn, "workflow")):
+            async with self.db.connection() as conn, fence.guard(conn, "workflow"):
                 row = await (await conn.execute(query, values)).fetchone()
         if row is not None:
             return WorkflowRecord.from_row(row)
