@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     local_agents_flag(recover)
 
     ls = sub.add_parser("ls", help="list workflows, most recently updated first")
-    ls.add_argument("--status", choices=["running", "interrupted", "completed", "failed"])
+    ls.add_argument("--status", choices=["queued", "running", "interrupted", "completed", "failed", "cancelled"])
     ls.add_argument("--type", dest="workflow_type", help="only this workflow type")
     ls.add_argument("--limit", type=_positive_int, default=50, metavar="N",
                     help="at most N workflows (default 50)")
