@@ -53,18 +53,38 @@ ROOT = Path(__file__).resolve().parents[2]
 class SvcInput(BaseModel):
     seconds: float = 0.0
     steps: int = 1
+    stall: str = ""  # a flag file: see _stall_once
 
 
 class SvcState(MultiAgentState, total=False):
     seconds: float
     steps: int
+    stall: str
     done: int
+
+
+#: how long _stall_once blocks a runner's event loop: longer than the tests' leases
+STALL_SECONDS = 5.0
+
+
+def _stall_once(flag: Path) -> None:
+    """Block this process's event loop (no lease renewals, as in a long GC pause or a stopped
+    VM) right before the node's writes, the first time any runner gets here for ``flag``:
+    whoever renames it to ``<flag>.taken`` blocks; the others pass. The chaos tests pause the
+    runner (SIGSTOP) while it blocks, so that what it does first on resuming is a write."""
+    try:
+        os.rename(flag, flag.with_name(flag.name + ".taken"))
+    except FileNotFoundError:
+        return
+    time.sleep(STALL_SECONDS)
 
 
 async def work(state: SvcState) -> dict[str, Any]:
     done = state.get("done", 0)
     call = await call_agent("tally", "work", {"seconds": state["seconds"], "step": done},
                             subtask=f"step{done}")
+    if state.get("stall"):
+        _stall_once(Path(state["stall"]))
     return {**call.updates, "done": done + 1,
             "partial_results": {f"step{done}": call.result}}
 
