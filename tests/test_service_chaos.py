@@ -202,6 +202,27 @@ async def _all_finished(runs: Any, run_ids: list[int]) -> list[RunRecord] | None
     return await _runs_of(runs, run_ids)
 
 
+async def test_a_dead_runners_run_goes_back_ahead_of_the_runs_queued_while_it_ran(
+        runs: Any) -> None:
+    """Recovery within lease + sweep interval holds under a backlog too: a swept run (and a
+    drained runner's hand-back) keeps its place in the queue instead of going behind every run
+    queued while it ran."""
+    first = await runs.submit("svcflow", {})
+    held = await runs.queue.claim("r1")
+    assert held is not None and held.run_id == first.run_id
+    for _ in range(3):
+        await runs.submit("svcflow", {})
+    await runs.orch.runtime.db.execute(
+        "UPDATE runs SET lease_expires_at = now() - interval '1 second' WHERE run_id = %s",
+        (held.run_id,))
+    assert await runs.queue.sweep() == 1
+    again = await runs.queue.claim("r2")
+    assert again is not None and again.run_id == first.run_id
+    assert await runs.queue.release(again, "r2")
+    last = await runs.queue.claim("r3")
+    assert last is not None and last.run_id == first.run_id
+
+
 # -- the zombie ---------------------------------------------------------------------------------
 
 

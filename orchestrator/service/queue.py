@@ -296,12 +296,13 @@ class RunQueue:
             return failed
 
     async def release(self, run: RunRecord, runner: str) -> bool:
-        """Hand ``run`` back at once (a draining runner): queued, this attempt not counted."""
+        """Hand ``run`` back at once (a draining runner): queued, this attempt not counted,
+        in its old place (its ``not_before`` is kept: it goes before the runs queued since)."""
         async with self.db.transaction() as conn:
             cur = await conn.execute(
                 """
                 UPDATE runs SET status = 'queued', attempts = greatest(attempts - 1, 0),
-                    not_before = now(), lease_expires_at = NULL
+                    lease_expires_at = NULL
                 WHERE run_id = %s AND runner = %s AND lease_epoch = %s AND status = 'running'""",
                 (run.run_id, runner, run.lease_epoch),
             )
@@ -311,7 +312,9 @@ class RunQueue:
 
     async def sweep(self) -> int:
         """Put the runs whose lease expired (their runner died or stalled) back in the queue,
-        at once; a run past ``max_attempts`` is ``dead`` instead. Returns how many were swept.
+        at once and in their old place (``not_before`` is kept, so under a backlog they go
+        before the runs queued while they ran: recovery within lease + sweep interval); a run
+        past ``max_attempts`` is ``dead`` instead. Returns how many were swept.
 
         The caller holds the cluster's sweeper lock. Runs in the middle of a fenced write are
         skipped (locked) and swept next time.
@@ -328,7 +331,7 @@ class RunQueue:
                         status = CASE WHEN attempts < max_attempts THEN 'queued' ELSE 'dead' END,
                         finished_at = CASE WHEN attempts < max_attempts THEN NULL ELSE now() END,
                         error = CASE WHEN attempts < max_attempts THEN error ELSE %s END,
-                        not_before = now(), lease_expires_at = NULL
+                        lease_expires_at = NULL
                     FROM expired WHERE runs.run_id = expired.run_id
                     RETURNING runs.*)
                 {_WITH_TYPE}""",
