@@ -274,6 +274,146 @@ async def test_the_prune_command(orch, monkeypatch) -> None:
     assert code == 2 and "statuses ['interrupted'] cannot have a rule" in err
 
 
+async def _rows_of(orch, thread_id: str) -> dict[str, set[tuple[Any, ...]]]:
+    """A thread's checkpoints (with parent and the blobs they reference), blobs and writes."""
+    db = orch.runtime.db
+    checkpoints = await db.fetch(
+        "SELECT checkpoint_ns, checkpoint_id, parent_checkpoint_id, "
+        "checkpoint -> 'channel_versions' AS versions FROM checkpoints WHERE thread_id = %s",
+        (thread_id,))
+    blobs = await db.fetch("SELECT checkpoint_ns, channel, version FROM checkpoint_blobs "
+                           "WHERE thread_id = %s", (thread_id,))
+    writes = await db.fetch("SELECT checkpoint_ns, checkpoint_id, task_id, idx, channel "
+                            "FROM checkpoint_writes WHERE thread_id = %s", (thread_id,))
+    return {
+        "checkpoints": {(c["checkpoint_ns"], c["checkpoint_id"], c["parent_checkpoint_id"])
+                        for c in checkpoints},
+        "referenced": {(c["checkpoint_ns"], c["checkpoint_id"], channel, version)
+                       for c in checkpoints for channel, version in c["versions"].items()},
+        "blobs": {(b["checkpoint_ns"], b["channel"], b["version"]) for b in blobs},
+        "writes": {tuple(w.values()) for w in writes},
+    }
+
+
+def _needed(before: dict[str, set[tuple[Any, ...]]], kept: set[str]) -> dict[str, set[Any]]:
+    """Of what a root-namespace thread stored, what its ``kept`` checkpoints need: their blobs
+    and their writes."""
+    referenced = {(ns, channel, version) for ns, cid, channel, version in before["referenced"]
+                  if cid in kept}
+    return {"blobs": before["blobs"] & referenced,
+            "writes": {w for w in before["writes"] if w[1] in kept}}
+
+
+async def test_one_batch_of_mixed_threads_keeps_exactly_what_each_needs(orchestrator_factory) -> None:
+    policy = {"completed": {"keep_latest_after_days": 7}}
+    orch = await orchestrator_factory(builtin=False, workflows={"steps": steps},
+                                      retention_policy=policy)
+    plain = [await _make(orch, f"mix-plain{i}", 10) for i in range(3)]
+    named = [await _make(orch, f"mix-named{i}", 10) for i in range(2)]
+    marks = {}
+    for thread_id in named:
+        history = await orch.history(thread_id)
+        marks[thread_id] = next(h for h in history if h.next == ["gate"]).checkpoint_id
+        await orch.name_checkpoint(thread_id, "before-gate", marks[thread_id])
+    await _make(orch, "mix-asking", 10, ask=True)  # "completed" on paper, its question pending
+    record = await orch.runtime.workflows.get("mix-asking")
+    await orch.runtime.workflows.update("mix-asking", record.version, status="completed")
+    await _age(orch, "mix-asking", 10)
+    threads = [*plain, *named, "mix-asking"]
+    before = {t: await _rows_of(orch, t) for t in threads}
+    latest = {t: max(c[1] for c in before[t]["checkpoints"] if c[0] == "") for t in threads}
+    values = {t: (await orch.get(t)).values for t in plain}
+
+    report = await Retention(orch.runtime.db, orch.settings).run()  # batch size 500: one batch
+
+    assert _tallies(report) == {("completed", "keep_latest"): (5, sum(
+        len(before[t]["checkpoints"]) - (2 if t in named else 1) for t in [*plain, *named]))}
+    for thread_id in [*plain, *named]:
+        kept = {latest[thread_id], *([marks[thread_id]] if thread_id in named else [])}
+        after = await _rows_of(orch, thread_id)
+        assert {c[1] for c in after["checkpoints"]} == kept, thread_id
+        # parents that went are cut; one that stays (none here) would be kept
+        assert all(c[2] is None or c[2] in kept for c in after["checkpoints"])
+        assert {"blobs": after["blobs"], "writes": after["writes"]} == _needed(
+            before[thread_id], kept), thread_id
+    assert await _rows_of(orch, "mix-asking") == before["mix-asking"]  # not touched at all
+    for thread_id in plain:
+        assert (await orch.get(thread_id)).values == values[thread_id]
+    # a named thread restored and run on, the pending question answered
+    await orch.restore_checkpoint("mix-named0", "before-gate")
+    done = await orch.resume("mix-named0")
+    assert done.status == "completed" and done.final_result["trail"] == [
+        "one", "two", "gate", "three"]
+    record = await orch.runtime.workflows.get("mix-asking")
+    await orch.runtime.workflows.update("mix-asking", record.version, status="interrupted")
+    answered = await orch.resume("mix-asking", {"go": True, "by": "ana"})
+    assert answered.status == "completed" and answered.final_result["trail"] == [
+        "one", "two", "gate", "three"]
+
+
+class _SubState(MultiAgentState, total=False):
+    trail: Annotated[list[str], operator.add]
+
+
+def _nested() -> WorkflowSpec:
+    """A workflow that calls a subgraph: its steps are saved under a call namespace."""
+    sub = StateGraph(_SubState)
+    sub.add_node("inner1", _step("inner1"))
+    sub.add_node("inner2", _step("inner2"))
+    sub.add_edge(START, "inner1")
+    sub.add_edge("inner1", "inner2")
+    sub.add_edge("inner2", END)
+    outer = StateGraph(_SubState)
+    outer.add_node("one", _step("one"))
+    outer.add_node("sub", sub.compile())
+    outer.add_node("two", _step("two"))
+    outer.add_edge(START, "one")
+    outer.add_edge("one", "sub")
+    outer.add_edge("sub", "two")
+    outer.add_edge("two", END)
+    return WorkflowSpec("nested", outer, StepsInput, "a subgraph call")
+
+
+async def test_keep_latest_leaves_what_langgraphs_aprune_leaves(orchestrator_factory) -> None:
+    """The same rows pruned by LangGraph's own aprune and by a retention pass end the same:
+    checkpoints, parents, writes and blobs, the subgraph call's namespace included."""
+    from orchestrator.state.checkpointer import make_checkpointer
+
+    orch = await orchestrator_factory(builtin=False, workflows={"steps": steps, "nested": _nested()},
+                                      retention_policy={"completed": {"keep_latest_after_days": 7}})
+    db = orch.runtime.db
+    for template in ("nested", "steps"):
+        assert (await orch.run(template, {}, template)).status == "completed"
+        stored = await _rows_of(orch, template)
+        if template == "nested":  # the call was saved in a namespace of its own
+            assert any(":" in c[0] for c in stored["checkpoints"])
+        for copy in (f"{template}-lib", f"{template}-ours"):
+            await db.execute(
+                "INSERT INTO workflows (thread_id, namespace, workflow_type, status, input, "
+                "result, updated_at) SELECT %s, namespace, workflow_type, status, input, result, "
+                "now() - interval '10 days' FROM workflows WHERE thread_id = %s",
+                (copy, template))
+            for table in ("checkpoints", "checkpoint_blobs", "checkpoint_writes"):
+                columns = [r["column_name"] for r in await db.fetch(
+                    "SELECT column_name FROM information_schema.columns WHERE table_schema = "
+                    "current_schema() AND table_name = %s", (table,))]
+                values = ", ".join("%s" if c == "thread_id" else c for c in columns)
+                await db.execute(f"INSERT INTO {table} ({', '.join(columns)}) SELECT {values} "
+                                 f"FROM {table} WHERE thread_id = %s", (copy, template))
+    await make_checkpointer(db).aprune(["nested-lib", "steps-lib"], strategy="keep_latest")
+    await _age(orch, "nested", 0)
+    await _age(orch, "steps", 0)
+
+    report = await Retention(db, orch.settings).run()
+
+    assert _tallies(report)[("completed", "keep_latest")][0] == 2
+    for template in ("nested", "steps"):
+        ours, lib = await _rows_of(orch, f"{template}-ours"), await _rows_of(orch, f"{template}-lib")
+        assert ours == lib, template
+        assert len(ours["checkpoints"]) == 1 and len(ours["blobs"]) < len(
+            (await _rows_of(orch, template))["blobs"])
+
+
 def test_the_policy_setting() -> None:
     default = Settings.from_env({}).retention_policy
     assert default["completed"].keep_latest_after_days == 7
