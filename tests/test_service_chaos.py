@@ -15,6 +15,7 @@ import random
 import signal
 import time
 import urllib.request
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from orchestrator.service.queue import RunRecord
 from tests.support.serve_process import (
     ServiceHandle,
     service_settings_env,
+    stall_flag,
     start_serve,
     start_worker,
     started_requests,
@@ -254,25 +256,30 @@ async def _thread_writes(runs: Any, thread_id: str) -> dict[str, Any]:
 
 
 async def test_a_paused_runner_past_its_lease_has_every_write_refused_after_it_resumes(
-        start: Callable[..., Any], runs: Any, events: Path, tmp_path: Path) -> None:
-    """The zombie is paused (SIGSTOP) right before its node's writes (svcflow's ``stall``),
-    past its lease; another runner takes the run over and completes it; then the zombie is
-    resumed (SIGCONT) and what it does first is the write it was about to make."""
+        start: Callable[..., Any], runs: Any, events: Path) -> None:
+    """The zombie is paused (SIGSTOP) right before a checkpoint write (serve_process's
+    ``stall_flag``), past its lease; another runner takes the run over and completes it; then
+    the zombie is resumed (SIGCONT) and what it does first is the write it was about to
+    make."""
     await start("worker")
     sweeper = await start("serve", concurrency=1)
     await wait_for(lambda: "this process sweeps the cluster" in sweeper.output(),
                    "the first runner holds the sweeper lock", 10)
     # the sweeper's one slot busy first, so the run under test goes to the other runner (a
     # paused sweeper would sweep nothing)
-    busy = await runs.submit("svcflow", {"steps": 3, "seconds": 2.0})
+    busy = await runs.submit("svcflow", {"steps": 1, "seconds": 6.0})  # one call
     await wait_for(lambda: running_on(runs, busy.run_id), "the sweeper's runner busy", 20)
     zombie = await start("serve", concurrency=1)
-    flag = tmp_path / "stall"
-    flag.touch()
-    target = await runs.submit("svcflow", {"steps": 3, "seconds": 0.5, "stall": str(flag)})
+    target = await runs.submit("svcflow", {"steps": 3, "seconds": 1.0},
+                               f"zombie-{uuid.uuid4().hex[:8]}")
     held = await wait_for(lambda: running_on(runs, target.run_id), "the run claimed", 20)
     assert pid_of(held.runner) == zombie.pid
-    await wait_for(lambda: flag.with_name("stall.taken").exists(), "the zombie stalls", 20)
+    # its next checkpoint write, once its first agent call answers, stalls
+    await wait_for(lambda: len(started_requests(events)) == 2, "its first call started", 20)
+    flag = stall_flag(events, target.thread_id)
+    flag.touch()
+    await wait_for(lambda: flag.with_name(flag.name + ".taken").exists(), "the zombie stalls",
+                   20)
     os.kill(zombie.pid, signal.SIGSTOP)
     before = _refused_writes(sweeper)
 
@@ -307,5 +314,5 @@ async def test_a_paused_runner_past_its_lease_has_every_write_refused_after_it_r
         in sweeper.output()
     assert (await wait_for(lambda: finished(runs, busy.run_id), "the other run finished",
                            30)).outcome == "completed"
-    _check_each_request_once(events, 6)
+    _check_each_request_once(events, 4)
 

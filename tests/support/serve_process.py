@@ -9,7 +9,8 @@ stand-in agent in place of the built-in ones (hosted by ``worker --agents tally`
 sleeping ``seconds``; the handler appends ``start <request id> <pid>`` and
 ``done <request id> <pid>`` lines to the file EVENTS (one ``write`` of one line each, so
 processes sharing the file never interleave inside a line). :func:`started_requests` counts
-them: a request started twice means a handler executed twice.
+them: a request started twice means a handler executed twice. A test can make a runner's next
+checkpoint write for a thread stall (:func:`stall_flag`), to pause it at that point.
 
 :func:`start_serve` and :func:`start_worker` start those processes and return a
 :class:`ServiceHandle` (pid, url, ``stop()`` = SIGTERM, ``kill()`` = SIGKILL) once they serve.
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import os
 import signal
 import subprocess
@@ -31,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from langgraph.graph import END, START, StateGraph
+from orchestrator.state.checkpointer import FencedSaver
 from orchestrator.state.schema import MultiAgentState
 from pydantic import BaseModel
 
@@ -43,7 +46,7 @@ from orchestrator.testing import stand_in
 from tests.support.service_app import free_port
 
 __all__ = ["svcflow", "ServiceHandle", "start_serve", "start_worker", "started_requests",
-           "service_settings_env"]
+           "service_settings_env", "stall_flag"]
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -53,38 +56,18 @@ ROOT = Path(__file__).resolve().parents[2]
 class SvcInput(BaseModel):
     seconds: float = 0.0
     steps: int = 1
-    stall: str = ""  # a flag file: see _stall_once
 
 
 class SvcState(MultiAgentState, total=False):
     seconds: float
     steps: int
-    stall: str
     done: int
-
-
-#: how long _stall_once blocks a runner's event loop: longer than the tests' leases
-STALL_SECONDS = 5.0
-
-
-def _stall_once(flag: Path) -> None:
-    """Block this process's event loop (no lease renewals, as in a long GC pause or a stopped
-    VM) right before the node's writes, the first time any runner gets here for ``flag``:
-    whoever renames it to ``<flag>.taken`` blocks; the others pass. The chaos tests pause the
-    runner (SIGSTOP) while it blocks, so that what it does first on resuming is a write."""
-    try:
-        os.rename(flag, flag.with_name(flag.name + ".taken"))
-    except FileNotFoundError:
-        return
-    time.sleep(STALL_SECONDS)
 
 
 async def work(state: SvcState) -> dict[str, Any]:
     done = state.get("done", 0)
     call = await call_agent("tally", "work", {"seconds": state["seconds"], "step": done},
                             subtask=f"step{done}")
-    if state.get("stall"):
-        _stall_once(Path(state["stall"]))
     return {**call.updates, "done": done + 1,
             "partial_results": {f"step{done}": call.result}}
 
@@ -137,8 +120,37 @@ def started_requests(events: Path) -> collections.Counter[str]:
     return counts
 
 
+#: how long a stalled checkpoint write blocks its runner: longer than the tests' leases
+STALL_SECONDS = 5.0
+
+
+def stall_flag(events: Path, thread_id: str) -> Path:
+    """The file that makes the next checkpoint write for ``thread_id`` stall (see
+    :func:`_stall_checkpoint_writes`); it is renamed to ``<name>.taken`` when one does."""
+    return events.with_name(f"stall-{thread_id}")
+
+
+def _stall_checkpoint_writes(events: Path) -> None:
+    """Make the saver's ``aput_writes`` block this process's event loop (no lease renewals,
+    as in a long GC pause or a stopped VM) for :data:`STALL_SECONDS`, right before it writes,
+    once per :func:`stall_flag` a test creates: the process that renames the flag stalls, the
+    others pass. A test pauses the runner (SIGSTOP) while it stalls, so that what the runner
+    does first on resuming is that write."""
+    real = FencedSaver.aput_writes
+
+    async def aput_writes(self: FencedSaver, config: Any, *args: Any, **kwargs: Any) -> Any:
+        flag = stall_flag(events, config["configurable"]["thread_id"])
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(flag, flag.with_name(flag.name + ".taken"))
+            time.sleep(STALL_SECONDS)  # noqa: ASYNC251 (blocking the loop is the point)
+        return await real(self, config, *args, **kwargs)
+
+    FencedSaver.aput_writes = aput_writes  # type: ignore[method-assign]
+
+
 def main(events: str, argv: list[str]) -> int:
     tally = tally_agent(Path(events))
+    _stall_checkpoint_writes(Path(events))
     real_open = Runtime.open
 
     def open_with_tally(settings: Any, *, agents: Any = None) -> Any:
