@@ -77,7 +77,8 @@ async def _columns(db: Database, table: str) -> list[str]:
 
 async def _clone(db: Database, template: str, prefix: str, first: int, count: int,
                  age_days: float, namespace: str) -> None:
-    """``count`` completed threads ``prefix<i>`` with the template's rows, ``age_days`` old."""
+    """``count`` completed threads ``prefix<i>`` with the template's rows, ``age_days`` old
+    and a second apart (threads end at different times; a pass goes in ``updated_at`` order)."""
     series = "generate_series(%(first)s::int, %(last)s::int) AS g"
     params = {"t": template, "p": prefix, "first": first, "last": first + count - 1,
               "age": age_days * 86_400.0, "ns": namespace}
@@ -85,8 +86,8 @@ async def _clone(db: Database, template: str, prefix: str, first: int, count: in
         await conn.execute(
             "INSERT INTO workflows (thread_id, namespace, workflow_type, status, input, result, "
             "created_at, updated_at) SELECT %(p)s || g, %(ns)s, workflow_type, 'completed', "
-            "input, result, now() - make_interval(secs => %(age)s), "
-            f"now() - make_interval(secs => %(age)s) FROM workflows, {series} "
+            "input, result, now() - make_interval(secs => %(age)s + g), "
+            f"now() - make_interval(secs => %(age)s + g) FROM workflows, {series} "
             "WHERE thread_id = %(t)s", params)
         for table in ("checkpoints", "checkpoint_blobs", "checkpoint_writes"):
             columns = await _columns(db, table)
