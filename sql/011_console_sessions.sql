@@ -15,3 +15,16 @@ CREATE TABLE IF NOT EXISTS console_sessions (
 );
 
 CREATE INDEX IF NOT EXISTS console_sessions_expires ON console_sessions (expires_at);
+
+-- The console's runs list (orchestrator/service/console/listing.py): the runs that flag a
+-- workflow as needing attention (dead, or queued again after a failed attempt) are few; this
+-- finds them without reading the others.
+CREATE INDEX IF NOT EXISTS runs_attention ON runs (namespace, thread_id, run_id DESC)
+    WHERE status = 'dead' OR (status = 'queued' AND attempts >= 1);
+
+-- A thread's runs in order (the run page's attempts, "was this dead run replayed since").
+CREATE INDEX IF NOT EXISTS runs_by_thread ON runs (thread_id, run_id);
+
+-- The runs list of one workflow type, most recently changed first.
+CREATE INDEX IF NOT EXISTS workflows_ns_type_updated
+    ON workflows (namespace, workflow_type, updated_at DESC);

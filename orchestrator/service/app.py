@@ -29,13 +29,14 @@ from pydantic_core import to_jsonable_python
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from orchestrator.contracts.base import problems
 from orchestrator.errors import InvalidInput, OrchestratorError
 from orchestrator.service import audit
 from orchestrator.service.auth import ROLES, Identity, TokenStore, check_role
+from orchestrator.service.console import session as console_session
 
 if TYPE_CHECKING:
     from orchestrator.facade import Orchestrator
@@ -384,6 +385,10 @@ def create_app(ctx: ServerContext) -> Starlette:
         from orchestrator.service import hooks
 
         routes.extend(hooks.routes(ctx))
+    from orchestrator.service import console
+
+    routes.append(Route("/", _to_console, methods=["GET"], include_in_schema=False))
+    routes.extend(console.routes(ctx))
     app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
     app.state.ctx = ctx
     return app
@@ -394,8 +399,8 @@ def _serve(ctx: ServerContext, ep: Endpoint) -> Callable[[Request], Awaitable[Re
         try:
             identity = None
             if ep.role is not None:
-                store = TokenStore(ctx.orch.runtime.db, ctx.orch.settings.namespace)
-                identity = await store.authenticate(request.headers.get("authorization"))
+                # a bearer token, else the console's session cookie (+ CSRF header on changes)
+                identity = await console_session.authenticate(ctx, request)
                 check_role(identity, ep.role)
             query = _query(request, ep.query)
             body = await _body(request, ep.body) if ep.body is not None else None
@@ -419,6 +424,10 @@ def _serve(ctx: ServerContext, ep: Endpoint) -> Callable[[Request], Awaitable[Re
     endpoint.__name__ = ep.handler.__name__.lstrip("_")
     endpoint.__doc__ = ep.summary
     return endpoint
+
+
+async def _to_console(request: Request) -> Response:
+    return RedirectResponse("/console/", 307)
 
 
 def _error(status: int, code: str, message: str) -> JSONResponse:
@@ -531,7 +540,7 @@ def openapi(routes: list[BaseRoute] | None = None) -> dict[str, Any]:
         paths.setdefault(path, {})[ep.method.lower()] = op
     known = {(ep.method, ep.path) for ep in ENDPOINTS}
     for route in routes or []:  # routes mounted beside the table (webhooks)
-        if not isinstance(route, Route):
+        if not isinstance(route, Route) or not route.include_in_schema:  # the console's pages
             continue
         for method in sorted((route.methods or set()) - {"HEAD"}):
             if (method, route.path) in known:
