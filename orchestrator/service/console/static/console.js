@@ -11,6 +11,13 @@
   var types = main.dataset.events.split(",").filter(Boolean);
   var url = "/events?types=" + encodeURIComponent(types.join(","));
   if (main.dataset.eventsThread) url += "&thread=" + encodeURIComponent(main.dataset.eventsThread);
+  // Resume after the newest event the page was rendered with: what happens between the render
+  // and the stream opening is replayed, and so is what a dropped stream misses before its
+  // first event (the browser's Last-Event-ID header only exists once an event has arrived).
+  var rendered = document.querySelectorAll("[data-testid=timeline] li[data-event-id]");
+  var last = main.dataset.lastEventId ||
+    (rendered.length ? rendered[rendered.length - 1].dataset.eventId : "");
+  if (last) url += "&last_event_id=" + encodeURIComponent(last);
 
   var busy = {};
   function refresh(src) {
