@@ -274,7 +274,8 @@ async def _agent_types(ctx: ServerContext) -> list[AgentType]:
         return types.setdefault(name, AgentType(name))
 
     for info in await rt.registry.discover(include_offline=True):
-        of(info.agent_type).instances.append({**info.to_dict(), "in_flight": 0})
+        of(info.agent_type).instances.append({**info.to_dict(), "heartbeat_at": info.heartbeat_at,
+                                             "in_flight": 0})
     for target, breaker in (await rt.breaker.snapshot()).items():
         of(target).breaker = breaker
     for _, event in await _recent_events(ctx, {"agent.answered"}):
