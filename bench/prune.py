@@ -4,11 +4,12 @@
   run of a 5-step workflow (its checkpoints, blobs and writes copied under new thread ids):
   half 100 days old (the default policy deletes them), half 10 days old (it keeps their
   latest checkpoint). Meanwhile 8 tasks run the same 5-step workflow back to back through
-  ``Orchestrator.run`` on the same database pool. Their latency is measured for a while
-  without pruning (the baseline), then during one retention pass over the 10,000 threads.
+  ``Orchestrator.run`` on the same database pool. Their latency is measured during one
+  retention pass over the 10,000 threads and without pruning (the baseline: 5 s before the
+  pass and 5 s after it, so a load that drifts meanwhile weighs on both sides).
   Reported: the pass's throughput (threads/s, checkpoints/s), the runs' p50/p99 with and
-  without pruning, and the ratio. Target: p50 during pruning ≤ 1.5x p50 without ("pruning
-  does not block concurrent runs").
+  without pruning, and the ratios. Target: p99 during pruning ≤ 1.5x p99 without ("pruning
+  does not block concurrent runs"), at ≥ 240 threads/s.
 
     python -m bench.prune [--quick]
 
@@ -40,7 +41,8 @@ __all__ = ["run"]
 
 FLOW = "bench_prune_steps"
 RUNNERS = 8
-_TARGET = "concurrent runs' p50 latency during a 10,000-thread prune ≤ 1.5x without"
+_TARGET = ("concurrent runs' p99 latency during a 10,000-thread prune ≤ 1.5x without, and "
+           "≥ 240 threads/s (20x the 11.9/s of langgraph's aprune, a transaction per thread)")
 
 
 class _Input(BaseModel):
@@ -132,7 +134,9 @@ async def run(quick: bool = False) -> list[Result]:
             stored = await db.fetchone("SELECT count(*) AS n FROM checkpoints "
                                        "WHERE thread_id LIKE %s", (prefix + "%",))
             await _measure(orch, asyncio.sleep(1))  # warm-up: pool, compiled graph
-            baseline = await _measure(orch, asyncio.sleep(3 if quick else 8))
+            # the baseline half before, half after the pass: a shared machine's load drifts
+            window = 1.5 if quick else 5.0
+            baseline = await _measure(orch, asyncio.sleep(window))
             pruning: dict[str, Any] = {}
 
             async def prune() -> None:
@@ -141,18 +145,19 @@ async def run(quick: bool = False) -> list[Result]:
                 pruning["seconds"] = time.perf_counter() - started
 
             during = await _measure(orch, prune())
-        finally:
-            await db.execute("DELETE FROM workflows WHERE namespace = %s", (s.namespace,))
+            baseline += await _measure(orch, asyncio.sleep(window))
+        finally:  # the runs' checkpoints go by their workflow rows: those last
             for table in ("checkpoints", "checkpoint_blobs", "checkpoint_writes"):
                 await db.execute(f"DELETE FROM {table} WHERE thread_id LIKE %s "
                                  "OR thread_id IN (SELECT thread_id FROM workflows "
                                  "WHERE namespace = %s)", (prefix + "%", s.namespace))
+            await db.execute("DELETE FROM workflows WHERE namespace = %s", (s.namespace,))
     report, seconds = pruning["report"], pruning["seconds"]
     without = {"runs": len(baseline), "p50_ms": round(percentile(baseline, 50) * 1000, 2),
                "p99_ms": round(percentile(baseline, 99) * 1000, 2)}
     with_pruning = {"runs": len(during), "p50_ms": round(percentile(during, 50) * 1000, 2),
                     "p99_ms": round(percentile(during, 99) * 1000, 2)}
-    ratio = with_pruning["p50_ms"] / without["p50_ms"]
+    ratio = with_pruning["p99_ms"] / without["p99_ms"]
     figures = {
         "threads": threads, "checkpoints_stored": stored["n"] if stored else None,
         "threads_pruned": report.threads, "checkpoints_deleted": report.checkpoints,
@@ -160,12 +165,13 @@ async def run(quick: bool = False) -> list[Result]:
         "threads_per_s": round(report.threads / seconds, 1),
         "checkpoints_per_s": round(report.checkpoints / seconds, 1),
         "runs_during_pruning": with_pruning,
-        "p99_ratio": round(with_pruning["p99_ms"] / without["p99_ms"], 2),
+        "p50_ratio": round(with_pruning["p50_ms"] / without["p50_ms"], 2),
         "batch_size": s.retention_batch_size, "concurrent_runners": RUNNERS,
     }
-    return [Result("prune_under_load", _TARGET, ratio <= 1.5, figures, without, ratio,
+    met = ratio <= 1.5 and figures["threads_per_s"] >= 240
+    return [Result("prune_under_load", _TARGET, met, figures, without, ratio,
                    notes="half the threads deleted (100 days old), half kept to their latest "
-                   "checkpoint (10 days); ratio = p50 with pruning / p50 without")]
+                   "checkpoint (10 days); ratio = p99 with pruning / p99 without")]
 
 
 def main() -> int:

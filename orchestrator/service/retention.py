@@ -15,7 +15,8 @@ Pruning goes in batches of ``retention_batch_size`` threads, each batch one shor
 that locks its workflow rows ``FOR UPDATE SKIP LOCKED``: a thread another process is changing
 is skipped (and taken by a later pass), and a run enqueued for a thread being pruned waits for
 the batch (the run's row references the workflow row) instead of racing it. Inside it, a batch
-is a few set-based statements whatever its size, not a transaction per thread.
+is a few set-based statements whatever its size, not a transaction per thread; between
+batches the pass rests as long as the last one took, leaving the database to the runs.
 
 What comes from ``langgraph-checkpoint-postgres`` (3.2) and what is ours:
 
@@ -69,6 +70,11 @@ log = logging.getLogger(__name__)
 _SKIPPABLE = (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected)
 
 _NEVER = "-infinity"  # before every updated_at: where the first batch starts
+
+#: after each batch a pass rests this many times as long as the batch took, so it takes at
+#: most about half of the database's time from the runs going on meanwhile (measured on 2
+#: cores with 8 runners: without rest their p50 went up 1.2-1.6x during a pass)
+_REST = 1.0
 
 _LATEST_ROOT = ("(SELECT max(l.checkpoint_id) FROM checkpoints l "
                 "WHERE l.thread_id = w.thread_id AND l.checkpoint_ns = '')")
@@ -294,6 +300,7 @@ class Retention:
                       "after_id": after[1], "limit": self.settings.retention_batch_size,
                       "delete_age": delete_age}
             rows: list[Row] = []
+            started = time.perf_counter()
             try:
                 async with self.db.transaction() as conn:
                     rows = await (await conn.execute(query, params)).fetchall()
@@ -312,6 +319,7 @@ class Retention:
             after = (rows[-1]["updated_at"], rows[-1]["thread_id"])
             if len(rows) < self.settings.retention_batch_size:
                 return
+            await asyncio.sleep((time.perf_counter() - started) * _REST)
 
 
 async def _prune_batch(conn: AsyncConnection[Row], action: str, rows: list[Row], *,
