@@ -126,7 +126,10 @@ class Runtime:
         try:
             async with contextlib.AsyncExitStack() as stack:
                 db = await stack.enter_async_context(
-                    Database.connect(database_url, max_size=settings.pool_max_size)
+                    # a session stuck in a transaction past a run's lease is ended: a stopped
+                    # runner must not keep its run's fence row locked from the sweeper
+                    Database.connect(database_url, max_size=settings.pool_max_size,
+                                     idle_in_transaction_timeout=settings.run_lease)
                 )
                 await migrate(db)
                 # redis-py's default pool raises once its connections are all busy; many

@@ -56,9 +56,23 @@ class Database:
     @classmethod
     @asynccontextmanager
     async def connect(
-        cls, url: str, *, min_size: int = 1, max_size: int = 10, timeout: float = 30.0
+        cls, url: str, *, min_size: int = 1, max_size: int = 10, timeout: float = 30.0,
+        idle_in_transaction_timeout: float | None = None,
     ) -> AsyncIterator[Database]:
-        """Open a pool on ``url``; it is closed when the block exits."""
+        """Open a pool on ``url``; it is closed when the block exits.
+
+        ``idle_in_transaction_timeout`` (seconds): the server ends a session of this pool that
+        sits inside a transaction that long (PostgreSQL's ``idle_in_transaction_session_timeout``),
+        so a process stopped in the middle of one (SIGSTOP, a stalled VM) does not hold its row
+        locks forever: a run's fence is such a lock, and the sweeper skips locked runs.
+        """
+        configure = None
+        if idle_in_transaction_timeout is not None:
+            millis = max(1, round(idle_in_transaction_timeout * 1000))
+
+            async def configure(conn: AsyncConnection[Row]) -> None:
+                await conn.execute(f"SET idle_in_transaction_session_timeout = {millis:d}")
+
         pool: AsyncConnectionPool[AsyncConnection[Row]] = AsyncConnectionPool(
             url,
             min_size=min_size,
@@ -66,6 +80,7 @@ class Database:
             timeout=timeout,
             open=False,
             kwargs={"autocommit": True, "row_factory": dict_row},
+            configure=configure,
             name="orchestrator",
         )
         await pool.open(wait=True, timeout=timeout)

@@ -8,6 +8,7 @@ import asyncio
 import logging
 from typing import Any
 
+import psycopg
 import pytest
 from langgraph.checkpoint.base import empty_checkpoint
 from orchestrator.state.checkpointer import make_checkpointer
@@ -168,3 +169,35 @@ async def test_outside_the_service_nothing_is_fenced(service: RunService) -> Non
     assert result.status == "interrupted"
     result = await orch.resume("local-1", {"approve": True, "by": "ana"})
     assert result.status == "completed" and _refused("checkpoint") == checkpoints
+
+
+async def test_a_runner_stopped_inside_a_fenced_write_does_not_hide_its_run_from_the_sweeper(
+    orchestrator_factory: Any,
+) -> None:
+    """A runner frozen (SIGSTOP, a stalled VM) in the middle of a fenced write holds the share
+    lock on its run's row, and the sweeper skips locked runs: the pool's sessions are ended by
+    the server once idle in a transaction for a lease, so the run is swept all the same."""
+    orch = await orchestrator_factory(builtin=False, workflows={"approval": approval},
+                                      run_lease=1.0)
+    svc = RunService(orch)
+    queued = await svc.submit("approval", {"change": "x"})
+    run = await svc.queue.claim("frozen")
+    assert run is not None and run.run_id == queued.run_id
+    swept = 0
+    async with orch.runtime.db.pool.connection() as conn:
+        setting = await (await conn.execute("SHOW idle_in_transaction_session_timeout")).fetchone()
+        assert setting is not None and next(iter(setting.values())) == "1s"
+        # the server ends the frozen session (the error says so, or the connection is gone)
+        with pytest.raises((psycopg.errors.IdleInTransactionSessionTimeout,
+                            psycopg.OperationalError)):
+            async with conn.transaction():
+                await conn.execute("SELECT orchestrator_fence(%s, %s, %s)",
+                                   (run.run_id, run.lease_epoch, "frozen"))
+                # frozen here, the row share-locked, until the server ends the session
+                deadline = asyncio.get_running_loop().time() + 10
+                while not swept and asyncio.get_running_loop().time() < deadline:
+                    swept = await svc.queue.sweep()
+                    await asyncio.sleep(0.2)
+                await conn.execute("SELECT 1")
+    assert swept == 1, "the sweeper never got the frozen runner's run"
+    assert (await svc.get_run(run.run_id)).status == "queued"
