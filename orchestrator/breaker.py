@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -176,13 +177,17 @@ class CircuitBreaker:
     """Circuit breakers for the target agent types of one namespace.
 
     Call :meth:`before_call` before sending a request to ``target`` and :meth:`record` with
-    its outcome after; instances on any connection or process share the same circuits.
+    its outcome after; instances on any connection or process share the same circuits. The
+    process whose record opens or closes a circuit publishes ``breaker.opened`` /
+    ``breaker.closed`` through ``emit`` (see :mod:`orchestrator.bus.events`).
     """
 
     def __init__(
-        self, redis: aioredis.Redis, namespace: str, policy: BreakerPolicy = BreakerPolicy()
+        self, redis: aioredis.Redis, namespace: str, policy: BreakerPolicy = BreakerPolicy(),
+        *, emit: Callable[[str, dict[str, Any]], None] | None = None,
     ) -> None:
         self.redis = redis
+        self._emit = emit
         self.namespace = namespace
         self.policy = policy
         window_ms = max(1, int(policy.window * 1000))
@@ -258,11 +263,20 @@ class CircuitBreaker:
         if change == 1:
             log.warning("circuit for %s opened: %d of %d calls failed in %gs; refusing calls "
                         "for %gs", target, failures, calls, p.window, p.cooldown)
+            self._event("breaker.opened", agent=target, calls=calls, failures=failures,
+                        reopened=False, cooldown=p.cooldown)
         elif change == 2:
             log.warning("circuit for %s re-opened: a probe call failed; refusing calls for %gs",
                         target, p.cooldown)
+            self._event("breaker.opened", agent=target, calls=calls, failures=failures,
+                        reopened=True, cooldown=p.cooldown)
         elif change == 3:
             log.info("circuit for %s closed: %d probe calls succeeded", target, calls)
+            self._event("breaker.closed", agent=target, reason="probes succeeded")
+
+    def _event(self, event_type: str, **data: Any) -> None:
+        if self._emit is not None:
+            self._emit(event_type, data)
 
     async def state(self, target: str) -> str:
         """``"closed"``, ``"open"`` or ``"half_open"``, as stored.
@@ -278,6 +292,7 @@ class CircuitBreaker:
         await self.redis.delete(*self._keys(target))
         self._observe(target, "closed")
         log.info("circuit for %s reset", target)
+        self._event("breaker.closed", agent=target, reason="reset")
 
     async def snapshot(self) -> dict[str, dict[str, Any]]:
         """Every target with a circuit in this namespace: its state, window counts (or those

@@ -206,7 +206,8 @@ async def _call(
     holder = f"{rt.process_id}:{request.correlation_id or '-'}:{task_key or request.request_id}"
     started = time.perf_counter()
     if locks:
-        async with rt.locks.acquire_many(locks, holder, ttl=lock_ttl, wait_timeout=lock_wait) as leases:
+        async with rt.locks.acquire_many(locks, holder, ttl=lock_ttl, wait_timeout=lock_wait,
+                                         thread_id=request.correlation_id) as leases:
             request.fencing.update({lease.resource: lease.token for lease in leases})
             response = await _guarded_send(rt, request, timeout)
     else:
@@ -242,21 +243,30 @@ async def _call(
 
 
 async def _guarded_send(rt: Runtime, request: AgentRequest, timeout: float) -> AgentResponse:
-    """Send through the target's circuit breaker, recording whether the agent was healthy."""
+    """Send through the target's circuit breaker, recording whether the agent was healthy,
+    and publish the call and its answer (``agent.call``, ``agent.answered``)."""
     await rt.breaker.before_call(request.target)  # CircuitOpen: fail fast, holding only locks
-    healthy = False
+    event = {"thread_id": request.correlation_id, "target": request.target,
+             "request_type": request.request_type, "request_id": request.request_id,
+             "attempt": request.attempt}
+    rt.bus.emit("agent.call", event)
+    started = time.perf_counter()
+    healthy, status = False, "error"
     try:
         response = await rt.bus.request(request, timeout)
-        healthy = _healthy(response)
+        healthy, status = _healthy(response), response.status
         return response
     except TimeoutError:
+        status = "timeout"
         BUS_REQUESTS.labels(request.target, "timeout").inc()
         raise AgentTimeout(request.target, request.request_type, timeout,
                            request.request_id) from None
     except asyncio.CancelledError:
-        healthy = True  # says nothing about the agent; do not count it against it
+        healthy, status = True, "cancelled"  # says nothing about the agent
         raise
     finally:
+        rt.bus.emit("agent.answered", {**event, "status": status,
+                                       "ms": round((time.perf_counter() - started) * 1000, 3)})
         await rt.breaker.record(request.target, healthy)
 
 

@@ -77,8 +77,8 @@ class AgentResponse(BaseModel):
 
 
 class Event(BaseModel):
-    """A broadcast event on the capped events stream (``workflow.*``, ``task.delegated``,
-    ``resource.locked``, ``resource.unlocked``, ``agent.status_change``)."""
+    """An event of the capped events stream (``workflow.*``, ``step.*``, ``agent.*``,
+    ``lock.*``...: the catalogue is in :mod:`orchestrator.bus.events`)."""
 
     model_config = ConfigDict(extra="forbid")
 

@@ -29,6 +29,7 @@ __all__ = [
     "HEALING_ATTEMPTS",
     "HEALING_OUTCOMES",
     "TASK_CACHE",
+    "EVENTS_DROPPED",
     "start_metrics_server",
 ]
 
@@ -123,6 +124,12 @@ TASK_CACHE = Counter(
     "orchestrator_task_cache_total",
     "Plan tasks answered from the result cache (hit) or carried out (miss)",
     ["result"],
+)
+EVENTS_DROPPED = Counter(
+    "orchestrator_events_dropped_total",
+    "Events of the events stream never written, by reason: full (queue full while Redis was "
+    "down or slow), unsent (Redis refused or did not answer), closed, invalid",
+    ["reason"],
 )
 CLAIM_RENEWAL_FAILURES = Counter(
     "orchestrator_claim_renewal_failures_total",

@@ -110,17 +110,18 @@ class AgentRegistry:
         await self.db.execute("DELETE FROM agents WHERE agent_id = ANY(%s)", (ids,))
         self._live_cache.clear()
 
-    async def sweep(self) -> list[str]:
-        """Mark instances with missed heartbeats offline; returns their ids."""
+    async def sweep(self) -> dict[str, str]:
+        """Mark instances with missed heartbeats offline; returns their ids, each with its
+        agent type."""
         rows = await self.db.fetch(
             """
             UPDATE agents SET status = 'offline'
             WHERE namespace = %s AND status <> 'offline'
               AND heartbeat_at < now() - make_interval(secs => %s)
-            RETURNING agent_id""",
+            RETURNING agent_id, agent_type""",
             (self.namespace, self.offline_after),
         )
-        return [r["agent_id"] for r in rows]
+        return {r["agent_id"]: r["agent_type"] for r in rows}
 
     async def discover(
         self,

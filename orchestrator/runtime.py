@@ -14,6 +14,7 @@ import secrets
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextvars import ContextVar
+from typing import Any
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
@@ -35,8 +36,8 @@ from .registry import AgentRegistry
 from .settings import Settings
 from .worker import Worker
 
-__all__ = ["ATTEMPT_KEY", "Runtime", "current_attempt", "current_runtime", "fresh_attempt",
-           "use_runtime"]
+__all__ = ["ATTEMPT_KEY", "Runtime", "current_attempt", "current_runtime", "emit_event",
+           "fresh_attempt", "use_runtime"]
 
 log = logging.getLogger(__name__)
 
@@ -88,12 +89,13 @@ class Runtime:
             db, settings.namespace, listen_url=database_url,
             # call holders are "<process id>:<thread>:<task>"
             holder_dead=lambda holder: died_on_this_host(holder.partition(":")[0]),
+            emit=self.bus.emit,
         )
         self.workflows = WorkflowStateManager(db, settings.namespace)
         self.breaker = CircuitBreaker(redis, settings.namespace, BreakerPolicy(
             window=settings.breaker_window, min_calls=settings.breaker_min_calls,
             cooldown=settings.breaker_cooldown,
-        ))
+        ), emit=self.bus.emit)
         self.worker: Worker | None = None
         self._call_counters: OrderedDict[str, int] = OrderedDict()
         #: the attempt of graph runs that name none (neither the facade nor use_runtime)
@@ -236,3 +238,18 @@ async def current_runtime() -> Runtime:
             "orchestrator.Orchestrator (or the CLI), or under `langgraph dev`"
         )
     return runtime
+
+
+def emit_event(event_type: str, data: dict[str, Any]) -> None:
+    """Publish an event about the graph run in progress, with its ``thread_id``, off the
+    node's path (see :mod:`orchestrator.bus.events`); nothing outside an orchestrator run."""
+    runtime = _current.get()
+    if runtime is None:
+        return
+    try:
+        from langgraph.config import get_config
+
+        thread_id = get_config().get("configurable", {}).get("thread_id")
+    except RuntimeError:  # not inside a graph node
+        thread_id = None
+    runtime.bus.emit(event_type, {"thread_id": thread_id, **data})

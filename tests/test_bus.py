@@ -173,7 +173,7 @@ async def test_missed_heartbeats_make_an_agent_offline(orchestrator_settings) ->
         await asyncio.sleep(1.3)
         await registry.heartbeat(["ghost-2"])
         assert [a.agent_id for a in await registry.discover("ghost")] == ["ghost-2"]
-        assert await registry.sweep() == ["ghost-1"]
+        assert await registry.sweep() == {"ghost-1": "ghost"}
         offline = await registry.discover("ghost", include_offline=True)
         assert {a.agent_id: a.status for a in offline} == {"ghost-1": "offline",
                                                            "ghost-2": "online"}

@@ -184,7 +184,8 @@ async def test_workflow_events_are_broadcast_in_order(orchestrator_factory) -> N
               "workflow.completed"]
     for _ in range(100):  # events go out from a background publisher, in order
         mine = [e.type for e in await orch.runtime.bus.recent_events()
-                if (e.data or {}).get("thread_id") == paused.thread_id]
+                if (e.data or {}).get("thread_id") == paused.thread_id
+                and e.type.startswith("workflow.")]
         if len(mine) >= len(wanted):
             break
         await asyncio.sleep(0.02)

@@ -50,6 +50,7 @@ from orchestrator.errors import AgentError, ResourceLocked
 from orchestrator.locks.held import hold_lock, release_lock
 from orchestrator.metrics import CANARY_ROLLBACKS, CANARY_STAGE
 from orchestrator.questions import Answer, ask
+from orchestrator.runtime import emit_event
 
 __all__ = ["CanarySpec", "CanaryState", "GateAnswer", "canary_graph", "validate_canary",
            "DEFAULT_STAGES"]
@@ -105,6 +106,14 @@ def _spec(state: CanaryState) -> CanarySpec:
     return CanarySpec.model_validate(state["deploy"])
 
 
+def _event(event_type: str, state: CanaryState, canary: dict[str, Any], **data: Any) -> None:
+    """Publish a ``canary.*`` event of this rollout (the console draws its stages)."""
+    emit_event(event_type, {"workflow_type": state.get("workflow_type"),
+                            "deployment": canary.get("deployment"),
+                            "percent": canary.get("percent"), "stage": canary.get("stage"),
+                            **data})
+
+
 async def begin(state: CanaryState) -> dict[str, Any]:
     try:
         spec = _spec(state)
@@ -143,6 +152,7 @@ async def shift(state: CanaryState) -> dict[str, Any]:
     )
     CANARY_STAGE.labels(spec.name).set(percent)
     canary.update(percent=percent, holds=0, stage_started=time.time())
+    _event("canary.stage", state, canary)
     return merge_updates(call.updates, {"canary": canary})
 
 
@@ -160,12 +170,15 @@ async def observe(state: CanaryState) -> dict[str, Any]:
     record = {"percent": canary["percent"], "verdict": result.verdict, "reason": result.reason,
               "samples": [s.model_dump(mode="json") for s in result.samples], "at": now_iso()}
     canary["stages"] = [*canary["stages"], record]
+    _event("canary.observed", state, canary, verdict=result.verdict, reason=result.reason,
+           samples=record["samples"])
     if result.verdict == "healthy":
         canary["next"] = "gate"
     elif result.verdict == "degraded" and canary["holds"] < spec.max_holds:
         canary["next"] = "observe"  # hold the stage: a fresh observation window
         canary["holds"] += 1
         canary["stage_started"] = time.time()
+        _event("canary.hold", state, canary, holds=canary["holds"], reason=result.reason)
     else:
         canary["next"] = "rollback"
     return merge_updates(call.updates, {"canary": canary})
@@ -226,6 +239,7 @@ async def rollback(state: CanaryState) -> dict[str, Any]:
     await release_lock(deployment_lock(spec.name))
     CANARY_STAGE.labels(spec.name).set(0)
     CANARY_ROLLBACKS.labels(spec.name, mode).inc()
+    _event("canary.rollback", state, canary, mode=mode, reason=reason)
     canary.update(status="rolled_back", failed_at=canary["percent"], percent=0, reason=reason,
                   rollback={"mode": mode, **call.result.model_dump(mode="json")},
                   finished_at=now_iso())

@@ -1,9 +1,11 @@
 """Dead letters: requests that could not be delivered or decoded, kept with their reason per
-agent type, to be listed, replayed or purged."""
+agent type, to be listed, replayed or purged (``deadletter.added`` and ``deadletter.replayed``
+events say when)."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -24,6 +26,7 @@ class DeadLetters:
     redis: Redis
     keys: BusKeys
     secret: bytes | None
+    emit: Callable[[str, dict[str, Any] | None], None]
 
     async def dead_letter(self, delivery: Delivery, *, agent_type: str, reason: str,
                           tell_requester: bool = True) -> None:
@@ -64,7 +67,12 @@ class DeadLetters:
                 pipe.expire(reply_to, REPLY_TTL_S)
             if request is not None and tell_requester:
                 pipe.delete(self.keys.inflight(request.request_id))
-            await pipe.execute()
+            entry_id = (await pipe.execute())[0]
+        self.emit("deadletter.added", {
+            "agent": agent_type, "id": to_text(entry_id), "reason": reason,
+            "deliveries": delivery.delivery_count,
+            "request_id": request.request_id if request is not None else None,
+            "thread_id": request.correlation_id if request is not None else None})
 
     async def dead_letter_types(self) -> list[str]:
         prefix = self.keys.dead_letters("")
@@ -120,6 +128,9 @@ class DeadLetters:
                       encode(request, self.secret))
             pipe.xdel(key, entry_id)
             await pipe.execute()
+        self.emit("deadletter.replayed", {"agent": agent_type, "id": entry_id,
+                                          "request_id": request.request_id,
+                                          "thread_id": request.correlation_id})
         return request
 
     async def purge_dead_letters(self, agent_type: str, ids: list[str] | None = None) -> int:

@@ -15,7 +15,7 @@ from .batching import Coalescer
 from .claims import Claims
 from .consumer import Consumer
 from .deadletters import DeadLetters
-from .events import Events
+from .events import EventPublisher, Events
 from .keys import BusKeys
 from .requester import Requester
 from .scripts import (
@@ -67,6 +67,8 @@ class EventBus(Requester, Consumer, Claims, DeadLetters, Events):
         self._reader: asyncio.Task[None] | None = None
         self._closing = False
         self._groups: set[str] = set()
+        self.publisher = EventPublisher(redis, self.keys.events, source=process_id,
+                                        secret=self.secret, maxlen=events_maxlen)
         # Writes made by many tasks at once go out together (see Coalescer).
         self._claim_many = redis.register_script(CLAIM_MANY_LUA)
         self._respond_many = redis.register_script(RESPOND_LUA)
@@ -86,6 +88,7 @@ class EventBus(Requester, Consumer, Claims, DeadLetters, Events):
             self._reader = asyncio.create_task(self._read_replies(), name="bus-reply-reader")
 
     async def close(self) -> None:
+        await self.publisher.close()  # first: the events still queued, while Redis is there
         if self._reader is not None:
             # redis-py's asyncio.wait_for-based I/O can swallow a cancellation that lands as a
             # command completes (Python 3.11): the reader also stops on the flag, and close

@@ -102,7 +102,7 @@ SET holder = EXCLUDED.holder,
                        THEN l.acquired_at ELSE now() END,
     expires_at = EXCLUDED.expires_at
 WHERE l.holder IS NULL OR l.expires_at < now() OR l.holder = EXCLUDED.holder
-RETURNING token, expires_at"""
+RETURNING token, expires_at, acquired_at = now() AS fresh"""
 
 # -- checked: the newest token seen per resource, in Redis -----------------------------------
 

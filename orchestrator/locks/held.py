@@ -23,11 +23,11 @@ def workflow_holder(thread_id: str) -> str:
     return f"workflow:{thread_id}"
 
 
-def _holder() -> str:
+def _thread_id() -> str:
     thread_id, _ = _graph_context()
     if thread_id is None:
         raise WrongContext("hold_lock/release_lock are for graph nodes (no thread id here)")
-    return workflow_holder(thread_id)
+    return thread_id
 
 
 async def hold_lock(resource: str, *, ttl: float = 3600.0) -> Lease:
@@ -37,10 +37,13 @@ async def hold_lock(resource: str, *, ttl: float = 3600.0) -> Lease:
         ResourceLocked: another workflow or process holds it; the error names the holder.
     """
     rt = await current_runtime()
-    return await rt.locks.hold(resource, _holder(), ttl)
+    thread_id = _thread_id()
+    return await rt.locks.hold(resource, workflow_holder(thread_id), ttl, thread_id=thread_id)
 
 
 async def release_lock(resource: str) -> bool:
     """Release ``resource`` if the running workflow holds it; returns whether it did."""
     rt = await current_runtime()
-    return await rt.locks.release_held(resource, _holder())
+    thread_id = _thread_id()
+    return await rt.locks.release_held(resource, workflow_holder(thread_id),
+                                       thread_id=thread_id)

@@ -20,16 +20,18 @@ class Holding:
     """The ``async with`` of :meth:`ResourceLockManager.acquire` and ``acquire_many``."""
 
     __slots__ = ("_manager", "_resources", "_holder", "_ttl", "_wait_timeout", "_single",
-                 "_leases")
+                 "_leases", "_thread_id")
 
     def __init__(self, manager: ResourceLockManager, resources: tuple[str, ...], holder: str,
-                 ttl: float, wait_timeout: float, *, single: bool) -> None:
+                 ttl: float, wait_timeout: float, *, single: bool,
+                 thread_id: str | None = None) -> None:
         self._manager = manager
         self._resources = resources
         self._holder = holder
         self._ttl = ttl
         self._wait_timeout = wait_timeout
         self._single = single
+        self._thread_id = thread_id
         self._leases: dict[str, Lease] = {}
 
     async def __aenter__(self) -> Any:
@@ -38,8 +40,8 @@ class Holding:
         try:
             for resource in sorted(self._resources):
                 lease = await manager._acquire(
-                    resource, self._holder, ttl, max(deadline - time.monotonic(), 0.0)
-                )
+                    resource, self._holder, ttl, max(deadline - time.monotonic(), 0.0),
+                    self._thread_id)
                 manager._start_renewal(lease, ttl)
                 leases[resource] = lease
                 LOCKS_HELD.inc()

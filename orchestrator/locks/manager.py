@@ -72,7 +72,7 @@ RETURNING expires_at"""
 _RELEASE_HELD = """
 UPDATE resource_locks SET holder = NULL, expires_at = NULL
 WHERE namespace = %s AND resource = %s AND holder = %s
-RETURNING pg_notify(%s, %s) AS notified"""
+RETURNING pg_notify(%s, %s) AS notified, token"""
 
 
 @dataclass
@@ -84,6 +84,8 @@ class Lease:
     token: int
     expires_at: datetime
     lost: bool = False
+    #: the workflow the lock is taken for, when known (for the events it publishes)
+    thread_id: str | None = None
     _renewer: asyncio.Task[None] | None = field(default=None, repr=False)
     _timer: asyncio.TimerHandle | None = field(default=None, repr=False)
 
@@ -113,7 +115,9 @@ class ResourceLockManager(Waking):
     ``listen_url`` is a connection string for the dedicated ``LISTEN`` connection; without it
     waiters fall back to re-checking every ``fallback_poll`` seconds. ``holder_dead`` tells
     whether a holder is known to be dead (its process on this host is gone): such a lock is
-    taken over at once, with a new fencing token, instead of waiting out its TTL.
+    taken over at once, with a new fencing token, instead of waiting out its TTL. ``emit``
+    publishes ``lock.acquired``, ``lock.released`` and ``lock.contended`` events (see
+    :mod:`orchestrator.bus.events`).
     """
 
     def __init__(
@@ -124,8 +128,10 @@ class ResourceLockManager(Waking):
         listen_url: str | None = None,
         fallback_poll: float = 0.5,
         holder_dead: Callable[[str], bool] | None = None,
+        emit: Callable[[str, dict[str, Any]], None] | None = None,
     ) -> None:
         self.db = db
+        self._emit = emit
         self.holder_dead = holder_dead
         self.namespace = namespace
         self.listen_url = listen_url
@@ -209,7 +215,27 @@ class ResourceLockManager(Waking):
             return None, 0.0
         return row["holder"], float(row["left_s"] or 0.0)
 
-    async def _acquire(self, resource: str, holder: str, ttl: float, wait_timeout: float) -> Lease:
+    def _event(self, event_type: str, lease: Lease) -> None:
+        if self._emit is not None:
+            self._emit(event_type, {"resource": lease.resource, "holder": lease.holder,
+                                    "token": lease.token, "thread_id": lease.thread_id})
+
+    def _contended(self, resource: str, current: str | None, waiter: str,
+                   thread_id: str | None, *, waits: bool) -> None:
+        if self._emit is not None:
+            self._emit("lock.contended", {"resource": resource, "holder": current,
+                                          "waiter": waiter, "thread_id": thread_id,
+                                          "waits": waits})
+
+    async def _acquire(self, resource: str, holder: str, ttl: float, wait_timeout: float,
+                       thread_id: str | None = None) -> Lease:
+        lease = await self._acquire_lease(resource, holder, ttl, wait_timeout, thread_id)
+        lease.thread_id = thread_id
+        self._event("lock.acquired", lease)
+        return lease
+
+    async def _acquire_lease(self, resource: str, holder: str, ttl: float, wait_timeout: float,
+                             thread_id: str | None) -> Lease:
         started = time.monotonic()
         deadline = started + wait_timeout
         loop = asyncio.get_running_loop()
@@ -227,6 +253,7 @@ class ResourceLockManager(Waking):
                 if not contended:
                     contended = True
                     LOCK_CONTENTION.inc()
+                    self._contended(resource, current, holder, thread_id, waits=True)
                 if current is not None and self.holder_dead is not None and await asyncio.to_thread(
                     self.holder_dead, current  # reads /proc: off the event loop
                 ):
@@ -320,6 +347,7 @@ class ResourceLockManager(Waking):
             self._forget_own_notify(own)
             return False
         self._wake_one(lease.resource)  # committed: the next waiter here need not wait for NOTIFY
+        self._event("lock.released", lease)
         return True
 
     async def _release_quietly(self, lease: Lease) -> None:
@@ -345,15 +373,18 @@ class ResourceLockManager(Waking):
             log.warning("releasing %s failed (%s); it expires at its TTL", lease.resource, exc)
 
     def acquire(
-        self, resource: str, holder: str, *, ttl: float = 30.0, wait_timeout: float = 30.0
+        self, resource: str, holder: str, *, ttl: float = 30.0, wait_timeout: float = 30.0,
+        thread_id: str | None = None,
     ) -> AbstractAsyncContextManager[Lease]:
-        """Hold ``resource`` for the block, renewing it in the background.
+        """Hold ``resource`` for the block, renewing it in the background (``thread_id``: the
+        workflow it is held for, named in its events).
 
         Raises:
             ResourceLocked: still held by someone else after ``wait_timeout`` seconds.
             LockLost: the lock expired and was taken over while the block ran.
         """
-        return Holding(self, (resource,), holder, ttl, wait_timeout, single=True)
+        return Holding(self, (resource,), holder, ttl, wait_timeout, single=True,
+                       thread_id=thread_id)
 
     def acquire_many(
         self,
@@ -362,15 +393,17 @@ class ResourceLockManager(Waking):
         *,
         ttl: float = 30.0,
         wait_timeout: float = 30.0,
+        thread_id: str | None = None,
     ) -> AbstractAsyncContextManager[tuple[Lease, ...]]:
         """Hold several resources, acquired in sorted order so two holders cannot deadlock.
 
         Yields the leases in the order the resources were given.
         """
         return Holding(self, tuple(dict.fromkeys(resources)), holder, ttl, wait_timeout,
-                        single=False)
+                       single=False, thread_id=thread_id)
 
-    async def hold(self, resource: str, holder: str, ttl: float) -> Lease:
+    async def hold(self, resource: str, holder: str, ttl: float, *,
+                   thread_id: str | None = None) -> Lease:
         """Take ``resource`` for ``holder`` beyond one block of code, or extend its holding.
 
         For locks a workflow keeps across steps, pauses and crashes (``holder`` names the
@@ -386,11 +419,16 @@ class ResourceLockManager(Waking):
             _REFUSED.inc()
             LOCK_CONTENTION.inc()
             current, _ = await self._holder(resource)
+            self._contended(resource, current, holder, thread_id, waits=False)
             raise ResourceLocked(resource, current, 0.0)
         _ACQUIRED.inc()
-        return Lease(resource, holder, row["token"], row["expires_at"])
+        lease = Lease(resource, holder, row["token"], row["expires_at"], thread_id=thread_id)
+        if row["fresh"]:  # taken now, not extended
+            self._event("lock.acquired", lease)
+        return lease
 
-    async def release_held(self, resource: str, holder: str) -> bool:
+    async def release_held(self, resource: str, holder: str, *,
+                           thread_id: str | None = None) -> bool:
         """Release a lock taken with :meth:`hold`; returns whether ``holder`` still held it."""
         async with self.db.pool.connection() as conn:
             own = self._expect_own_notify(conn, resource)
@@ -408,6 +446,9 @@ class ResourceLockManager(Waking):
             self._forget_own_notify(own)
             return False
         self._wake_one(resource)
+        if self._emit is not None:
+            self._emit("lock.released", {"resource": resource, "holder": holder,
+                                         "token": row["token"], "thread_id": thread_id})
         return True
 
     async def is_locked(self, resource: str) -> bool:

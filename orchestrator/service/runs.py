@@ -132,6 +132,8 @@ class RunService:
                 await self.queue.cancel_workflow(conn, thread_id)
                 run = await self.queue.enqueue(conn, thread_id, "cancel", requested_by=by,
                                                done="cancelled")
+        if run.status != "queued":  # cancelled at once (committed)
+            self._cancelled_event(record, by)
         log.info("run %s: cancel of workflow %s (by %s)", run.run_id, thread_id, by)
         return run
 
@@ -188,6 +190,7 @@ class RunService:
             value = run.payload.get("value") if run.kind == "resume" else None
             event = "workflow.started" if record.status == "queued" else "workflow.resumed"
             return await self.orch.proceed(record, value, strict=False, event=event,
+                                           answered_by=run.payload.get("by"),
                                            on_progress=on_progress)
 
     async def cancelled(self, run: RunRecord, runner: str) -> bool:
@@ -224,10 +227,15 @@ class RunService:
             try:
                 record = await self._workflows.update(record.thread_id, record.version,
                                                       status="cancelled", owner=None)
+                self._cancelled_event(record, None)
                 break
             except StaleWorkflowVersion:
                 record = await self._workflows.get(record.thread_id)
         return _as_it_is(record)
+
+    def _cancelled_event(self, record: WorkflowRecord, by: str | None) -> None:
+        self.orch.runtime.bus.emit("workflow.cancelled", {
+            "thread_id": record.thread_id, "workflow_type": record.workflow_type, "by": by})
 
 
 def _refuse_ended(record: WorkflowRecord, what: str) -> None:

@@ -36,7 +36,6 @@ class _Heartbeat(_WorkerState):
                     self.agent_ids[agent.agent_type], agent.agent_type,
                     capabilities=agent.capabilities, version=agent.version,
                 )
-        for agent_id in await self.registry.sweep():
-            await self.bus.publish(
-                "agent.status_change", {"agent_id": agent_id, "status": "offline"}
-            )
+        for agent_id, agent_type in (await self.registry.sweep()).items():
+            self.bus.emit("agent.offline", {"agent": agent_type, "instance": agent_id,
+                                            "reason": "silent"})

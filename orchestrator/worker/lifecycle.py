@@ -49,10 +49,9 @@ class Worker(_Dispatching, _Autoscaling, _Heartbeat):
             )
             LIVE_AGENTS.labels(agent.agent_type).inc()
             WORKER_CONCURRENCY.labels(agent.agent_type).set(self.min_concurrency)
-            await self.bus.publish(
-                "agent.status_change",
-                {"agent_id": self.agent_ids[agent.agent_type], "status": "online"},
-            )
+            self.bus.emit("agent.online", {"agent": agent.agent_type,
+                                           "instance": self.agent_ids[agent.agent_type],
+                                           "worker": self.name})
         for agent in self.agents:
             t = agent.agent_type
             self._loops += [
@@ -100,12 +99,10 @@ class Worker(_Dispatching, _Autoscaling, _Heartbeat):
         if registry_ok and await self._bounded(
             "deregistering the agents", lambda: self.registry.deregister(ids)
         ):
-            async def published() -> None:
-                for agent_id in ids:
-                    await self.bus.publish("agent.status_change",
-                                           {"agent_id": agent_id, "status": "stopped"})
-
-            await self._bounded("announcing the stop", published)
+            for agent in self.agents:
+                self.bus.emit("agent.offline", {"agent": agent.agent_type,
+                                                "instance": self.agent_ids[agent.agent_type],
+                                                "worker": self.name, "reason": "stopped"})
 
     async def _wake_readers(self, readers: list[asyncio.Task[None]], timeout: float) -> None:
         """Wait up to ``timeout`` for ``readers`` to end, waking their blocking reads meanwhile
