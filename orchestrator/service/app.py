@@ -67,6 +67,7 @@ class ServerContext:
     runs: Any  # orchestrator.service.runs.RunService
     hooks: Any | None  # orchestrator.service.hooks.HooksConfig
     ready: Callable[[], Awaitable[bool]]
+    hub: Any = None  # orchestrator.service.stream.EventHub: /events (started by the server)
 
 
 # -- request bodies ------------------------------------------------------------------------------
@@ -389,6 +390,9 @@ def create_app(ctx: ServerContext) -> Starlette:
 
     routes.append(Route("/", _to_console, methods=["GET"], include_in_schema=False))
     routes.extend(console.routes(ctx))
+    from orchestrator.service import stream
+
+    routes.extend(stream.routes(ctx))
     app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
     app.state.ctx = ctx
     return app

@@ -102,6 +102,7 @@ async def serve(
     """
     from orchestrator.service.app import ServerContext, create_app
     from orchestrator.service.runs import RunService
+    from orchestrator.service.stream import EventHub
 
     hooks = _load_hooks(hooks_file) if hooks_file is not None else None
     loop = asyncio.get_running_loop()
@@ -127,9 +128,12 @@ async def serve(
                     return False
                 return runner.claiming
 
-            app = create_app(ServerContext(orch=orch, runs=runs, hooks=hooks, ready=ready))
+            hub = EventHub.for_runtime(orch.runtime)
+            app = create_app(ServerContext(orch=orch, runs=runs, hooks=hooks, ready=ready,
+                                           hub=hub))
             http = _Uvicorn(uvicorn.Config(app, host=host, port=port, log_level=_uvicorn_level(),
                                            lifespan="off", access_log=False))
+            await hub.start()
             await runner.start()
             await sweeper.start()
             http_task = asyncio.create_task(http.serve(sockets=[sock]), name="http")
@@ -147,6 +151,7 @@ async def serve(
                 err.flush()
             finally:
                 http.should_exit = True
+                await hub.stop()  # ends the event streams, which would hold uvicorn open
                 await runner.drain(settings.drain_grace)
                 await sweeper.stop()
                 await _stopped(http, http_task)
