@@ -28,3 +28,6 @@ CREATE INDEX IF NOT EXISTS runs_by_thread ON runs (thread_id, run_id);
 -- The runs list of one workflow type, most recently changed first.
 CREATE INDEX IF NOT EXISTS workflows_ns_type_updated
     ON workflows (namespace, workflow_type, updated_at DESC);
+
+-- The runs list's rows that need no attention, most recently changed first.
+CREATE INDEX IF NOT EXISTS workflows_ns_updated ON workflows (namespace, updated_at DESC);
