@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import socket
 import time
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -105,22 +106,28 @@ def of_thread(events: list[Event], thread_id: str) -> list[Event]:
     return [e for e in events if e.data.get("thread_id") == thread_id]
 
 
+def new_thread(prefix: str) -> str:
+    """A thread id of this test's own (thread ids are unique across the namespaces that
+    share the database)."""
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
 async def test_a_run_with_a_locked_agent_call_and_a_question_is_recorded_in_order(
         orchestrator_factory) -> None:
     orch = await orchestrator_factory(stand_ins=[stand_in("tally", {"count": tally})],
                                       builtin=False, workflows={"guarded": GUARDED})
-    locks = orch.runtime.locks
+    locks, thread = orch.runtime.locks, new_thread("events")
     # someone else holds the lock: the run's acquire has to wait for it
     async with locks.acquire("repo:shared", "someone-else", ttl=30):
-        running = asyncio.create_task(orch.run("guarded", {"item": "v1"}, "events-t1"))
+        running = asyncio.create_task(orch.run("guarded", {"item": "v1"}, thread))
         await wait_for(orch, lambda e: e.type == "lock.contended", "lock.contended")
     paused = await asyncio.wait_for(running, 30)
     assert paused.status == "interrupted"
     result = await resume(orch, paused.thread_id, {"approve": True, "by": "ana"})
     assert result.status == "completed"
     events = of_thread(await wait_for(orch, lambda e: e.type == "workflow.completed"
-                                      and e.data.get("thread_id") == "events-t1",
-                                      "workflow.completed"), "events-t1")
+                                      and e.data.get("thread_id") == thread,
+                                      "workflow.completed"), thread)
     assert [e.type for e in events] == [
         "workflow.started", "lock.contended", "lock.acquired", "agent.call", "agent.answered",
         "lock.released", "step.finished", "question.raised", "workflow.interrupted",
@@ -131,7 +138,7 @@ async def test_a_run_with_a_locked_agent_call_and_a_question_is_recorded_in_orde
                if e.type.startswith(("workflow.", "step.", "question.")))
     contended = by_type["lock.contended"]
     assert (contended["resource"], contended["holder"]) == ("repo:shared", "someone-else")
-    assert ":events-t1:" in contended["waiter"] and contended["waits"] is True
+    assert f":{thread}:" in contended["waiter"] and contended["waits"] is True
     acquired, released = by_type["lock.acquired"], by_type["lock.released"]
     assert acquired["resource"] == released["resource"] == "repo:shared"
     assert acquired["token"] == released["token"] and acquired["holder"] == contended["waiter"]
@@ -157,10 +164,10 @@ async def test_a_failing_step_is_recorded_with_its_node_and_error(orchestrator_f
 
     orch = await orchestrator_factory(stand_ins=[stand_in("tally", {"count": broken})],
                                       builtin=False, workflows={"guarded": GUARDED})
-    result = await orch.run("guarded", {"item": "v2"}, "events-t2")
+    result = await orch.run("guarded", {"item": "v2"})
     assert result.status == "failed"
     events = of_thread(await wait_for(orch, lambda e: e.type == "workflow.failed",
-                                      "workflow.failed"), "events-t2")
+                                      "workflow.failed"), result.thread_id)
     types = [e.type for e in events]
     assert types[-2:] == ["step.failed", "workflow.failed"]
     failed = events[-2].data
@@ -175,10 +182,10 @@ async def test_a_canary_rollout_records_stages_samples_holds_and_the_rollback(
     service = await start_service()
     service.set_mode("slow", delay_ms=300)
     result = await orch.run("rollout", {"deploy": canary_spec("slowev", service, tmp_path,
-                                                              max_holds=1)}, "events-canary")
+                                                              max_holds=1)})
     assert result.final_result["canary"]["status"] == "rolled_back"
     events = of_thread(await wait_for(orch, lambda e: e.type == "canary.rollback",
-                                      "canary.rollback"), "events-canary")
+                                      "canary.rollback"), result.thread_id)
     canary = [e for e in events if e.type.startswith("canary.")]
     assert [e.type for e in canary] == ["canary.stage", "canary.observed", "canary.hold",
                                         "canary.observed", "canary.rollback"]
@@ -195,7 +202,7 @@ async def test_a_canary_rollout_records_stages_samples_holds_and_the_rollback(
     # the deploy lock the rollout held for its whole life
     locks = [e for e in events if e.type.startswith("lock.") and e.data["resource"] == "deploy:slowev"]
     assert [e.type for e in locks] == ["lock.acquired", "lock.released"]
-    assert locks[0].data["holder"] == "workflow:events-canary"
+    assert locks[0].data["holder"] == f"workflow:{result.thread_id}"
 
 
 async def test_a_dead_letter_and_its_replay_are_recorded(orchestrator_factory) -> None:
@@ -207,15 +214,15 @@ async def test_a_dead_letter_and_its_replay_are_recorded(orchestrator_factory) -
 
     orch = await orchestrator_factory(builtin=False, stand_ins=[
         stand_in("left", {"go": go}), stand_in("right", {"go": go})])
-    bus = orch.runtime.bus
+    bus, thread = orch.runtime.bus, new_thread("events-dlq")
     request = AgentRequest(source=bus.process_id, target="right", request_type="go",
-                           reply_to=bus.keys.reply("nobody"), correlation_id="events-dlq")
+                           reply_to=bus.keys.reply("nobody"), correlation_id=thread)
     # addressed to `right`, found in the stream of `left`: dead-lettered there
     await orch.runtime.redis.xadd(bus.keys.requests("left", "normal"), encode(request))
     events = await wait_for(orch, lambda e: e.type == "deadletter.added", "deadletter.added")
     added = next(e.data for e in events if e.type == "deadletter.added")
     assert (added["agent"], added["request_id"], added["thread_id"]) == (
-        "left", request.request_id, "events-dlq")
+        "left", request.request_id, thread)
     assert "addressed to agent type 'right'" in added["reason"]
     assert [d["id"] for d in await bus.dead_letters("left")] == [added["id"]]
     await bus.replay_dead_letter("left", added["id"])
@@ -224,7 +231,43 @@ async def test_a_dead_letter_and_its_replay_are_recorded(orchestrator_factory) -
                             "deadletter.replayed")
     replayed = next(e.data for e in events if e.type == "deadletter.replayed")
     assert replayed == {"agent": "left", "id": added["id"], "request_id": request.request_id,
-                        "thread_id": "events-dlq"}
+                        "thread_id": thread}
+
+
+async def test_the_services_answerer_is_recorded_and_its_cancel_too(orchestrator_factory
+                                                                     ) -> None:
+    from orchestrator.service.runs import RunService
+
+    orch = await orchestrator_factory(stand_ins=[stand_in("tally", {"count": tally})],
+                                      builtin=False, workflows={"guarded": GUARDED})
+    service, thread = RunService(orch), new_thread("events-svc")
+
+    async def execute_next() -> Any:
+        deadline = time.monotonic() + 10
+        while (run := await service.queue.claim("r1")) is None:
+            assert time.monotonic() < deadline, "no run became claimable"
+            await asyncio.sleep(0.02)
+        result = await service.execute(run, "r1")
+        await service.queue.finish(run, "r1", outcome=result.status)
+        return result
+
+    await service.submit("guarded", {"item": "v3"}, thread, by="ci")
+    assert (await execute_next()).status == "interrupted"
+    await service.resume(thread, {"approve": True, "by": "mallory"}, by="ana")
+    assert (await execute_next()).status == "completed"
+    events = of_thread(await wait_for(orch, lambda e: e.type == "workflow.completed"
+                                      and e.data.get("thread_id") == thread,
+                                      "workflow.completed"), thread)
+    assert [e.type for e in events if e.type.startswith(("workflow.", "question."))] == [
+        "workflow.started", "question.raised", "workflow.interrupted", "workflow.resumed",
+        "question.answered", "workflow.completed"]
+    assert next(e for e in events if e.type == "question.answered").data["by"] == "ana"
+    other = new_thread("events-svc")
+    await service.submit("guarded", {"item": "v4"}, other, by="ci")
+    await service.cancel(other, by="bob")
+    events = await wait_for(orch, lambda e: e.type == "workflow.cancelled", "workflow.cancelled")
+    cancelled = next(e.data for e in events if e.type == "workflow.cancelled")
+    assert cancelled == {"thread_id": other, "workflow_type": "guarded", "by": "bob"}
 
 
 async def test_a_breaker_opening_and_closing_is_recorded(orchestrator_factory) -> None:
