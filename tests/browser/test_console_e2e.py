@@ -92,10 +92,18 @@ async def test_approve_in_the_inbox_resumes_the_run_and_merges(
     before = git(fixture_repo, "rev-parse", "main")
     thread_id = await console.submit("pr_deployment",
                                      {"repo": str(fixture_repo), "source": "feature-pass"})
+    failing = await console.submit("pr_deployment",
+                                   {"repo": str(fixture_repo), "source": "feature-fail"})
     await console.wait_for_question(thread_id, "approval")
+    await console.wait_for_status(failing, "failed")
 
     page = await open_page("operator")
     await page.goto(f"{console.url}/console/")
+    rows = page.locator("table[data-testid=runs] tr[data-thread-id]")
+    await rows.nth(1).wait_for()
+    # needs attention first: the waiting and the failed run, whatever their age
+    assert {await rows.nth(i).get_attribute("data-thread-id") for i in (0, 1)} == \
+        {thread_id, failing}
     row = page.locator(f"table[data-testid=runs] tr[data-thread-id='{thread_id}']")
     await row.wait_for()
     await screenshot(page, "runs")
@@ -117,6 +125,7 @@ async def test_approve_in_the_inbox_resumes_the_run_and_merges(
 
     await page.goto(f"{console.url}/console/runs/{thread_id}")
     await page.locator("[data-testid=run-status]", has_text="completed").wait_for()
+    await page.locator("[data-testid=timeline] li[data-type='workflow.completed']").wait_for()
     await screenshot(page, "run")
 
 
@@ -136,10 +145,11 @@ async def test_continue_at_a_canary_gate_from_the_inbox_completes_the_rollout(
     await form.locator("[data-testid=continue]").click()
 
     done = await console.wait_for_status(thread_id, "completed", "failed", timeout=60)
-    canary = done["result"]["canary"]
     assert done["record"]["status"] == "completed", done["result"]
-    assert canary["status"] == "completed" and canary["percent"] == 100
-    assert [c["by"] for c in canary["continued"]] == ["alice"]
+    assert done["result"]["canary"]["status"] == "completed"
+    canary = done["values"]["canary"]  # the rollout's whole record, with who continued
+    assert canary["percent"] == 100
+    assert [(c["percent"], c["by"]) for c in canary["continued"]] == [(10, "alice")]
     assert lines(tmp_path / "web.traffic") == ["10", "100"]
     assert not (tmp_path / "web.rollback").exists()
     await form.wait_for(state="detached")
@@ -162,10 +172,12 @@ async def test_roll_back_at_a_canary_gate_from_the_canary_page_rolls_back(
     await rollout.locator("[data-testid=rollback]").click()
 
     done = await console.wait_for_status(thread_id, "completed", "failed", timeout=60)
-    canary = done["result"]["canary"]
     assert done["record"]["status"] == "failed"
+    canary = done["values"]["canary"]
     assert canary["status"] == "rolled_back" and canary["rollback"]["mode"] == "manual"
     assert canary["manual_rollback"]["by"] == "alice"
+    assert done["result"]["reasons"] == [canary["reason"]]
+    assert canary["reason"].startswith("rolled back by alice")
     assert lines(tmp_path / "api.traffic") == ["10", "0"]
     assert (tmp_path / "api.rollback").read_text() == "rolled back\n"
 
@@ -264,15 +276,18 @@ async def test_a_viewer_sees_no_action_buttons_and_its_forged_action_is_refused(
 
     # the viewer's own session, with its own CSRF token: the server still says no
     await viewer.goto(f"{console.url}/console/inbox")
-    status = await viewer.evaluate(
+    forged = await viewer.evaluate(
         """async (action) => {
             const csrf = JSON.parse(document.body.getAttribute('hx-headers') || '{}');
-            const body = new URLSearchParams({approve: 'true', comment: 'forged'});
+            const body = new URLSearchParams({approve: 'true', comment: 'forged', csrf:
+                                              csrf['X-CSRF-Token'] || ''});
             const sent = await fetch(action, {method: 'POST', body, headers: csrf,
                                               credentials: 'same-origin'});
-            return sent.status;
+            return {status: sent.status, text: await sent.text(), csrf};
         }""", action)
-    assert status == 403
+    assert forged["csrf"].get("X-CSRF-Token"), "the viewer's page carries its CSRF token"
+    assert forged["status"] == 403, forged
+    assert "viewer" in forged["text"] and "CSRF" not in forged["text"], forged["text"][:500]
     assert (await console.details(thread_id))["question"]["kind"] == "approval"  # unanswered
     assert git(fixture_repo, "log", "-1", "--format=%s") != \
         "Merge feature-pass into main (approved by victor)"
@@ -294,3 +309,10 @@ async def test_no_request_leaves_loopback(console: Console, open_page: OpenPage,
     assert loopback_guard.requested, "the guard saw no request at all"
     assert any("/console/static/" in url for url in loopback_guard.requested)
     assert loopback_guard.outside() == []
+
+    # the guard itself: a request off loopback is seen and never sent
+    sent = await page.evaluate("""() => fetch('http://192.0.2.1/probe.js', {mode: 'no-cors'})
+                                         .then(() => 'sent', () => 'refused')""")
+    assert sent == "refused" and loopback_guard.outside() == ["http://192.0.2.1/probe.js"]
+    loopback_guard.requested.clear()
+    loopback_guard.refused.clear()
