@@ -36,7 +36,7 @@ from redis.asyncio import ConnectionPool, Redis
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from orchestrator.bus.keys import BusKeys
 from orchestrator.bus.wire import DecodeFailure, to_text, verified
@@ -287,6 +287,11 @@ class _HubResponse(EventSourceResponse):
         super().__init__(content, ping=hub.heartbeat)
         self.hub, self.sub = hub, sub
 
+    async def _send_with_timeout(self, send: Send, message: Message) -> None:
+        # no send timeout here (a stuck client is dropped by its full queue instead), so no
+        # cancel scope per frame: with hundreds of subscribers it cost as much as the write
+        await send(message)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             async with anyio.create_task_group() as group:
@@ -321,9 +326,15 @@ async def _frames(hub: EventHub, sub: Subscription, after: StreamId | None) -> A
                         yield found.frame
                     else:
                         seen = found
-        while (item := await sub.queue.get()) is not None:
-            if item.key > seen:
-                yield item.frame
+        while True:  # what waits in the queue goes out as one chunk (one send, not n)
+            batch = [await sub.queue.get()]
+            while not sub.queue.empty():
+                batch.append(sub.queue.get_nowait())
+            frames = b"".join(i.frame for i in batch if i is not None and i.key > seen)
+            if frames:
+                yield frames
+            if batch[-1] is None:  # dropped or the hub stopped (None is always last)
+                return
     finally:
         hub.unsubscribe(sub)
 
