@@ -384,6 +384,12 @@ async def test_openapi_is_valid_and_describes_every_route(api: Api) -> None:
     assert schema["required"] == ["workflow"]
     assert document["paths"]["/dead-letters/{run_id}"]["delete"]["parameters"][0]["schema"] == {
         "type": "integer"}
+    # the event streams are served like the table's routes: a viewer token, their query
+    events = document["paths"]["/events"]["get"]
+    assert "security" not in events and {"401", "403"} <= set(events["responses"])
+    assert {p["name"] for p in events["parameters"]} == {"types", "workflow", "thread",
+                                                         "last_event_id"}
+    assert "viewer" in document["paths"]["/runs/{thread_id}/stream"]["get"]["description"]
 
 
 def test_openapi_describes_routes_mounted_beside_the_table() -> None:

@@ -427,6 +427,7 @@ def _serve(ctx: ServerContext, ep: Endpoint) -> Callable[[Request], Awaitable[Re
 
     endpoint.__name__ = ep.handler.__name__.lstrip("_")
     endpoint.__doc__ = ep.summary
+    endpoint.spec = ep  # type: ignore[attr-defined]  # openapi() describes it as a table entry
     return endpoint
 
 
@@ -504,8 +505,9 @@ def _query(request: Request, params: tuple[Query, ...]) -> dict[str, Any]:
 
 
 def openapi(routes: list[BaseRoute] | None = None) -> dict[str, Any]:
-    """The OpenAPI 3.1 document of :data:`ENDPOINTS`, and of any other route mounted beside
-    them (the webhooks, described by their docstring)."""
+    """The OpenAPI 3.1 document of :data:`ENDPOINTS` and of the endpoints other modules serve
+    the same way (the event streams), and of any other route mounted beside them (the webhooks,
+    described by their docstring)."""
     schemas: dict[str, Any] = {}
 
     def ref(model: type[BaseModel]) -> dict[str, Any]:
@@ -516,7 +518,11 @@ def openapi(routes: list[BaseRoute] | None = None) -> dict[str, Any]:
 
     error = {"description": "an error", "content": {"application/json": {"schema": ref(ErrorBody)}}}
     paths: dict[str, dict[str, Any]] = {}
-    for ep in ENDPOINTS:
+    # the table, and the table entries other modules serve through _serve (the event streams)
+    served = [spec for route in routes or [] if isinstance(route, Route)
+              and (spec := getattr(route.endpoint, "spec", None)) is not None]
+    endpoints = [*ENDPOINTS, *(ep for ep in served if ep not in ENDPOINTS)]
+    for ep in endpoints:
         path, params = _openapi_path(ep.path)
         op: dict[str, Any] = {"summary": ep.summary, "operationId": _operation_id(ep),
                               "responses": {str(ep.status): _answer(ep)}}
@@ -542,7 +548,7 @@ def openapi(routes: list[BaseRoute] | None = None) -> dict[str, Any]:
         if ep.method != "GET":
             op["responses"]["409"] = {**error, "description": "busy or conflicting"}
         paths.setdefault(path, {})[ep.method.lower()] = op
-    known = {(ep.method, ep.path) for ep in ENDPOINTS}
+    known = {(ep.method, ep.path) for ep in endpoints}
     for route in routes or []:  # routes mounted beside the table (webhooks)
         if not isinstance(route, Route) or not route.include_in_schema:  # the console's pages
             continue
