@@ -6,6 +6,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
+import psycopg
 from langgraph.checkpoint.postgres import _ainternal
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from orchestrator.state.db import Database
@@ -32,12 +33,17 @@ class FencedSaver(AsyncPostgresSaver):
             async with super()._cursor(pipeline=pipeline) as cur:
                 yield cur
             return
-        async with (
-            _ainternal.get_connection(self.conn) as conn,
-            fence.guard(conn, "checkpoint"),
-            conn.cursor(binary=True, row_factory=dict_row) as cur,
-        ):
-            yield cur
+        # the fence's check goes first on the saver's own cursor and pipeline (what is sent up
+        # to the pipeline's sync is one implicit transaction: a refused check skips the writes)
+        async with _ainternal.get_connection(self.conn) as conn:
+            try:
+                async with conn.pipeline(), conn.cursor(binary=True, row_factory=dict_row) as cur:
+                    await fence.check(cur)
+                    yield cur
+            except psycopg.Error as exc:
+                if (refused := fence.refusal(exc, "checkpoint")) is None:
+                    raise
+                raise refused from None
 
 
 def make_checkpointer(db: Database) -> FencedSaver:

@@ -44,6 +44,16 @@ class WriteFence(Protocol):
         raises), in one implicit transaction."""
         ...
 
+    async def check(self, cur: Any) -> None:
+        """Send the fence's check on ``cur``, first in the caller's pipeline (its writes
+        follow on the same cursor)."""
+        ...
+
+    def refusal(self, exc: BaseException, what: str) -> BaseException | None:
+        """The error to raise instead of ``exc`` when ``exc`` is the check's refusal (counted
+        and logged); ``None`` for any other error."""
+        ...
+
 
 #: The fence of the run the current task executes, set by the service around a run; ``None``
 #: everywhere else (the CLI, Python use), where writes are unfenced.
