@@ -25,6 +25,10 @@ async def test_every_benchmark_runs_and_reports(service_env, tmp_path) -> None:
     names = {r["benchmark"] for r in document["results"]}
     assert names >= {"bus_round_trip", "bus_throughput", "lock_acquire_release", "lock_handover",
                      "checkpointed_steps", "workflows_at_scale", "memory_in_flight",
-                     "dependency_analysis_10k", "dependency_analysis_vs_grimp"}
+                     "dependency_analysis_10k", "dependency_analysis_vs_grimp",
+                     # the service and its console (issues 13 and 14)
+                     "fenced_checkpoint_writes", "prune_under_load", "enqueue_to_running",
+                     "runs_per_s_3_vs_1", "console_runs_list", "sse_fanout_500",
+                     "step_to_browser_row"}
     for result in document["results"]:
         assert result["figures"] or result["notes"], result  # it measured something, or said why
