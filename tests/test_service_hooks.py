@@ -354,6 +354,39 @@ async def test_what_a_pull_request_hook_refuses(hooks, make_hooks) -> None:
 # --- approval by comment --------------------------------------------------------------------
 
 
+async def test_a_head_the_clone_lacks_is_fetched_from_its_remote(make_hooks, tmp_path) -> None:
+    """GitHub announces a push before anyone fetched it: the hook fetches the head branch from
+    the clone's ``fetch_from`` remote (default origin) and queues the run; with
+    ``fetch_from: null`` it refuses (409) and the clone is left as it was."""
+    hooks = await make_hooks()
+    origin = tmp_path / "origin.git"
+    git(tmp_path, "clone", "-q", "--bare", str(hooks.repo), str(origin))
+    git(hooks.repo, "remote", "add", "origin", str(origin))
+    # a developer pushes a new branch to origin; the clone has never seen it
+    elsewhere = tmp_path / "elsewhere"
+    git(tmp_path, "clone", "-q", str(origin), str(elsewhere))
+    add_branch(elsewhere, "feature-pushed", {"calc/pushed.py": "PUSHED = 1\n"})
+    git(elsewhere, "push", "-q", "origin", "feature-pushed")
+    sha = git(elsewhere, "rev-parse", "feature-pushed")
+    payload = gh.pull_request("opened", REPO, 11, head_ref="feature-pushed", head_sha=sha)
+
+    never = await make_hooks(fetch_from="null")
+    refused = await never.github("pull_request", payload, delivery_id="push-0")
+    assert refused.status_code == 409 and refused.json()["error"]["code"] == "stale_clone"
+    assert "feature-pushed" not in git(hooks.repo, "branch", "--list", "feature-pushed")
+
+    fetched = await hooks.github("pull_request", payload, delivery_id="push-1")
+    assert fetched.status_code == 202, fetched.text
+    assert git(hooks.repo, "rev-parse", "feature-pushed") == sha
+    [workflow] = await hooks.workflows()
+    assert workflow.input["source"] == "feature-pushed"
+    # a head that is nowhere (origin does not have it either): still 409, nothing started
+    ghost = gh.pull_request("opened", REPO, 12, head_ref="feature-pushed", head_sha="1" * 40)
+    missing = await hooks.github("pull_request", ghost, delivery_id="push-2")
+    assert missing.status_code == 409 and "not on 'origin' either" in missing.text
+    assert len(await hooks.workflows()) == 1
+
+
 async def test_a_reviewers_approve_comment_answers_the_question(hooks, runner) -> None:
     await runner()
     started = await hooks.github("pull_request", hooks.opened())

@@ -12,6 +12,7 @@ wrong file stops the server with the key at fault)::
           test_command: "python -m pytest -q"   # optional: pr_deployment's default
           approval: required              # optional: required (default) | auto
           reviewers: [alice, bob]         # GitHub logins whose /approve, /reject count
+          fetch_from: origin              # optional: where a head the clone lacks is fetched
     generic:
       secret: "another random string of 16+ characters"
       workflows: [parallel_docs]          # the workflows the generic hook may start
@@ -39,8 +40,9 @@ Either section may be left out (its route is not served then).
   would merge code its tests never saw. It is refused (nothing started) when the head branch
   lives in a fork (its code is never run unreviewed: submit it through the API), when the PR
   targets another branch than ``target``, and when the clone's branch is not at the PR's head
-  commit (409: keep the clone fetched, e.g. ``git fetch`` from a cron or a push hook, then
-  redeliver). Other actions are ignored (200).
+  commit even after fetching it from the repository's ``fetch_from`` remote (default
+  ``origin``; ``null`` never fetches; the fetch is bounded to 7 s, inside GitHub's delivery
+  timeout): 409, fetch it there, then redeliver. Other actions are ignored (200).
 * ``issue_comment`` ``created`` on a pull request whose run waits for approval: a comment
   that starts with ``/approve [comment]`` or ``/reject [reason]`` from one of the
   repository's ``reviewers`` answers it (:meth:`RunService.resume`, ``by="github:<login>"``;
@@ -79,6 +81,7 @@ import hmac
 import json
 import logging
 import re
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -101,7 +104,13 @@ from starlette.routing import Route
 
 from orchestrator.contracts.base import problems
 from orchestrator.contracts.cicd import Command
-from orchestrator.contracts.repos import GitRef, RepositoryError, commit_of, repository_top
+from orchestrator.contracts.repos import (
+    GitRef,
+    RepositoryError,
+    commit_of,
+    repository_top,
+    run_git,
+)
 from orchestrator.errors import InvalidConfiguration, InvalidInput, OrchestratorError
 from orchestrator.service import audit
 
@@ -115,6 +124,8 @@ __all__ = ["HooksConfig", "GitHubHooks", "GitHubRepo", "GenericHooks", "load_hoo
 log = logging.getLogger(__name__)
 
 MAX_BODY = 25 * 1024 * 1024
+#: how long a webhook waits for a fetch of a pull request's head, seconds
+_FETCH_TIMEOUT = 7.0
 """GitHub caps a delivery at 25 MB; a larger body is refused before it is signed or read on."""
 
 _PR_ACTIONS = frozenset({"opened", "synchronize", "reopened"})
@@ -162,6 +173,9 @@ class GitHubRepo(_Closed):
     test_command: Command | None = None
     approval: Literal["required", "auto"] | None = None
     reviewers: list[Login] = Field(default_factory=list)
+    #: the remote a pull request's head is fetched from when the clone does not have it yet
+    #: (``null``: never fetch; the delivery is refused with 409 until the clone has it)
+    fetch_from: GitRef | None = "origin"
 
 
 class GitHubHooks(_Closed):
@@ -403,14 +417,13 @@ class _GitHub:
         if await self.ctx.orch.runtime.workflows.find(thread_id) is not None:
             return _Reply(200, {"status": "already_started", "thread_id": thread_id},
                           subject=subject, thread_id=thread_id)
-        try:
-            local = await asyncio.to_thread(commit_of, repo.path, head["ref"])
-        except RepositoryError:
-            local = None
+        local = await asyncio.to_thread(_branch_at, repo, head["ref"], head["sha"])
         if local != head["sha"]:
             return _error(409, "stale_clone", (
                 f"the clone {repo.path} has {head['ref']!r} at {local or 'nothing'}, the pull "
-                f"request's head is {head['sha']}: fetch it there, then redeliver"))
+                f"request's head is {head['sha']}"
+                + (f" (not on {repo.fetch_from!r} either)" if repo.fetch_from else "")
+                + ": fetch it there, then redeliver"))
         await self.supersede(subject, thread_id)
         spec: dict[str, Any] = {"repo": repo.path, "source": head["ref"], "target": target}
         spec.update({k: v for k in ("test_command", "approval")
@@ -484,6 +497,36 @@ class _GitHub:
             if "approval" in kinds and not await self.ctx.runs.runs(thread_id=thread_id,
                                                                     status="queued"):
                 return thread_id
+        return None
+
+
+def _branch_at(repo: GitHubRepo, branch: str, sha: str) -> str | None:
+    """The commit ``branch`` names in the clone, after fetching it from ``repo.fetch_from``
+    when it is not at ``sha`` yet (a push GitHub announces before anyone fetched it). The fetch
+    is bounded well inside GitHub's 10 s delivery timeout; a branch checked out in the clone
+    is not updated (git refuses), and a failed fetch leaves the clone as it was."""
+    try:
+        local: str | None = commit_of(repo.path, branch)
+    except RepositoryError:
+        local = None
+    if local == sha or repo.fetch_from is None:
+        return local
+    if run_git(repo.path, "check-ref-format", "--branch", branch).returncode != 0:
+        return local  # not a branch name git accepts (a refspec must not be smuggled in)
+    try:
+        done = run_git(repo.path, "fetch", "--no-tags", "--quiet", "--", repo.fetch_from,
+                       f"+refs/heads/{branch}:refs/heads/{branch}", timeout=_FETCH_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        log.warning("fetching %s from %s into %s took over %ss", branch, repo.fetch_from,
+                    repo.path, _FETCH_TIMEOUT)
+        return local
+    if done.returncode != 0:
+        log.warning("fetching %s from %s into %s failed: %s", branch, repo.fetch_from,
+                    repo.path, done.stderr.strip()[-500:])
+        return local
+    try:
+        return commit_of(repo.path, branch)
+    except RepositoryError:
         return None
 
 
