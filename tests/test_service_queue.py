@@ -282,3 +282,46 @@ async def test_local_resume_and_recover_leave_threads_of_the_service_alone(
     assert await service.orch.recover() == []
     assert (await service.orch.runtime.workflows.get("svc-1")).owner == "gone:1"
     assert run.kind == "start"
+
+
+async def test_queued_retried_and_dead_runs_are_in_the_events_stream(
+    orchestrator_factory: Any, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The console's lists change when a run is queued, fails and is tried again, and dies:
+    ``run.queued``, ``run.retrying``, ``run.dead`` (a runner's error: fault injected)."""
+    from orchestrator.service.runner import Runner
+
+    orch = await orchestrator_factory(builtin=False, workflows={"approval": approval},
+                                      run_max_attempts=2, run_retry_backoff=0.1)
+    svc = RunService(orch)
+
+    async def broken(self: RunService, run: RunRecord, runner: str, **kw: Any) -> Any:
+        raise RuntimeError("the runner's database went away")
+
+    monkeypatch.setattr(RunService, "execute", broken)
+    queued = await svc.submit("approval", {"change": "x"}, by="ana")
+    runner = Runner(svc, svc.queue, concurrency=1, run_lease=orch.settings.run_lease,
+                    poll_interval=0.1)
+    await runner.start()
+    try:
+        deadline = asyncio.get_running_loop().time() + 20
+        while (await svc.get_run(queued.run_id)).status != "dead":
+            assert asyncio.get_running_loop().time() < deadline, "the run never died"
+            await asyncio.sleep(0.05)
+    finally:
+        await runner.drain(0)
+    replayed = await svc.replay(queued.run_id, by="bo")
+    deadline = asyncio.get_running_loop().time() + 10
+    while True:  # published off the caller's path: polled, bounded
+        events = [e for e in await orch.runtime.bus.recent_events(1000)
+                  if e.data.get("thread_id") == queued.thread_id and e.type.startswith("run.")]
+        if len(events) >= 4 or asyncio.get_running_loop().time() > deadline:
+            break
+        await asyncio.sleep(0.05)
+    assert [(e.type, e.data["run_id"], e.data.get("by"), e.data.get("attempts"))
+            for e in events] == [("run.queued", queued.run_id, "ana", None),
+                                 ("run.retrying", queued.run_id, None, 1),
+                                 ("run.dead", queued.run_id, None, 2),
+                                 ("run.queued", replayed.run_id, "bo", None)]
+    assert events[-1].data["workflow_type"] == "approval"
+    assert "went away" in events[-2].data["error"]["message"]

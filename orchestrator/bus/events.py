@@ -23,6 +23,9 @@ type                        data                                                
 ``workflow.running``        thread_id, workflow_type                             it stopped between steps (drain)
 ``workflow.cancelled``      thread_id, workflow_type, by                         the service cancelled it
 ``workflow.restored``       thread_id, name, checkpoint_id                       a named checkpoint was restored
+``run.queued``              thread_id, workflow_type, run_id, kind, by           the service queued a run of it
+``run.retrying``            ... of run.queued, attempts, error                   a run failed; it is tried again
+``run.dead``                ... of run.queued, attempts, error                   a run failed its last attempt
 ``step.finished``           thread_id, workflow_type, node, seconds              a graph node's update arrived
 ``step.failed``             thread_id, workflow_type, node, seconds, error       a node raised and ended the run
 ``question.raised``         thread_id, workflow_type, kind, question,            the run paused on an interrupt

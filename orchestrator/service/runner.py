@@ -265,9 +265,16 @@ class Runner:
         log.warning("run %s of thread %s raised %s", run.run_id, run.thread_id,
                     error["message"], exc_info=not isinstance(exc, OrchestratorError))
         after = await self.queue.fail(run, self.id, error)
-        if after is not None and after.status == "dead":
+        if after is None:
+            return
+        if after.status == "dead":
             log.error("run %s of thread %s is dead after %s attempts: %s", run.run_id,
                       run.thread_id, after.attempts, error["message"])
+        # run.retrying / run.dead: the console's "needs attention" list changes
+        self.runs.orch.runtime.bus.emit("run.dead" if after.status == "dead" else "run.retrying", {
+            "thread_id": run.thread_id, "workflow_type": run.workflow_type,
+            "run_id": run.run_id, "kind": run.kind, "attempts": after.attempts,
+            "error": error})
 
     # -- leases ------------------------------------------------------------------------------
 

@@ -65,6 +65,7 @@ class RunService:
             raise thread_id_in_use(thread_id) from None
         log.info("queued run %s: start %s as workflow %s (by %s)", run.run_id, workflow,
                  thread_id, by)
+        self._queued_event(run, by)
         return run
 
     async def resume(self, thread_id: str, value: Any = None, *,
@@ -153,7 +154,9 @@ class RunService:
 
     async def replay(self, run_id: int, *, by: str | None = None) -> RunRecord:
         """Queue a dead run again, as a new run. Raises: RunNotFound, InvalidInput."""
-        return await self.queue.replay(run_id, requested_by=by)
+        run = await self.queue.replay(run_id, requested_by=by)
+        self._queued_event(run, by)
+        return run
 
     async def purge(self, run_id: int | None = None, *, by: str | None = None) -> int:
         """Delete a dead run (all of them without ``run_id``); returns how many. Raises:
@@ -217,7 +220,14 @@ class RunService:
                     f"{busy.status}); wait for it, or cancel it")
             run = await self.queue.enqueue(conn, thread_id, kind, payload, requested_by=by)
         log.info("queued run %s: %s of workflow %s (by %s)", run.run_id, kind, thread_id, by)
+        self._queued_event(run, by)
         return run
+
+    def _queued_event(self, run: RunRecord, by: str | None) -> None:
+        """``run.queued``: what the console's lists show before a runner starts it."""
+        self.orch.runtime.bus.emit("run.queued", {
+            "thread_id": run.thread_id, "workflow_type": run.workflow_type,
+            "run_id": run.run_id, "kind": run.kind, "by": by})
 
     async def _end_cancelled(self, record: WorkflowRecord) -> RunResult:
         """The workflow's row ``cancelled`` (a compare-and-set, re-read on a race)."""
