@@ -15,8 +15,10 @@ from typing import Any
 import pytest
 
 from orchestrator.agent import RequestContext
+from tests.support import socket_guard
 from tests.support.cli import CLI
 from tests.support.fixture_repo import make_fixture_repo
+from tests.support.openai_server import OpenAIServer
 from tests.support.processes import read_pid
 from tests.support.service_app import ServiceProcess
 
@@ -35,6 +37,33 @@ def _no_plugin_autoload_in_test_commands() -> Iterator[None]:
     yield
     if before is None:
         os.environ.pop("PYTEST_DISABLE_PLUGIN_AUTOLOAD", None)
+
+
+@pytest.fixture(autouse=True)
+def _socket_guard(request: pytest.FixtureRequest) -> Iterator[None]:
+    """No network for the language-model tests (``tests/test_llm*``) and any test marked
+    ``no_network``: a connection off loopback raises, and fails the test even if the code under
+    test swallowed the error (tests/support/socket_guard.py)."""
+    if not (request.path.name.startswith("test_llm")
+            or request.node.get_closest_marker("no_network")):
+        yield
+        return
+    socket_guard.install()
+    before = len(socket_guard.refused)
+    try:
+        yield
+    finally:
+        socket_guard.uninstall()
+    refused = socket_guard.refused[before:]
+    assert not refused, f"connections off loopback: {refused}"
+
+
+@pytest.fixture
+def model_server() -> Iterator[OpenAIServer]:
+    """An OpenAI-compatible chat completions server on loopback (tests/support/openai_server.py);
+    set its ``script`` to answer."""
+    with OpenAIServer() as server:
+        yield server
 
 
 @pytest.fixture

@@ -14,6 +14,11 @@
   a plan's repository) that the fixtures and tests build;
 * ``graphs_for_tests``: small graphs that call stand-in agents;
 * ``fake_chat``: chat models for the developer's and infrastructure's model paths;
+* ``openai_server``: an OpenAI-compatible chat completions server on loopback, scripted by the
+  test (the ``model_server`` fixture), for the real ``langchain-openai`` client path;
+* ``fake_models``: in-process chat models reporting ``usage_metadata`` (streamed or not);
+* ``socket_guard``: refuses connections off loopback (``tests/test_llm*`` and ``no_network``
+  tests; ``guard_site`` puts it in the processes they start);
 * ``service_app``: an HTTP service to probe, break and restart (run as a subprocess);
 * ``agent_process``, ``cli_process``: processes a test starts and kills (``python -m
   tests.support.agent_process`` / ``cli_process``).
