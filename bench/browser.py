@@ -22,7 +22,6 @@ namespace of its own, and the system's Chromium (``ORCHESTRATOR_TEST_CHROMIUM`` 
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import sys
 import tempfile
@@ -35,7 +34,7 @@ from orchestrator.facade import Orchestrator
 from orchestrator.service.auth import TokenStore
 from orchestrator.service.runs import RunService
 
-from .common import Result, percentile, print_result, settings, subprocess_env
+from .common import Result, percentile, run_standalone, settings, subprocess_env
 
 __all__ = ["run"]
 
@@ -165,13 +164,7 @@ async def _cleanup(orch: Orchestrator, namespace: str) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.browser",
-                                     description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a short smoke run")
-    args = parser.parse_args()
-    for result in asyncio.run(run(quick=args.quick)):
-        print_result(result)
-    return 0
+    return run_standalone("browser", __doc__, run)
 
 
 if __name__ == "__main__":

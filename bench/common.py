@@ -9,10 +9,13 @@ noisy: a ratio to a baseline measured in the same run is what means something.
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import json
 import os
 import statistics
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -86,3 +89,18 @@ def print_result(result: Result) -> None:
         print(f"   ratio:    {result.ratio:.2f}")
     if result.notes:
         print(f"   notes:    {result.notes}")
+
+
+def run_standalone(module: str, doc: str | None,
+                   run: Callable[..., Awaitable[list[Result]]]) -> int:
+    """``python -m bench.<module> [--quick]``: run one module's benchmarks, print each result
+    and then the JSON of all of them (what ``python -m bench --only <module>`` runs too)."""
+    parser = argparse.ArgumentParser(prog=f"python -m bench.{module}",
+                                     description=(doc or "").strip().splitlines()[0] or None)
+    parser.add_argument("--quick", action="store_true", help="a short smoke run")
+    args = parser.parse_args()
+    results = asyncio.run(run(quick=args.quick))
+    for result in results:
+        print_result(result)
+    print(json.dumps({"results": [r.to_dict() for r in results]}))
+    return 0

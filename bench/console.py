@@ -15,8 +15,6 @@ Uses ORCHESTRATOR_DATABASE_URL / ORCHESTRATOR_REDIS_URL (embedded services when 
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import time
 from typing import Any
 
@@ -27,7 +25,7 @@ from orchestrator.service.app import ServerContext, create_app
 from orchestrator.service.auth import TokenStore
 from orchestrator.service.runs import RunService
 
-from .common import Result, percentile, print_result, settings, summary
+from .common import Result, percentile, run_standalone, settings, summary
 
 __all__ = ["run"]
 
@@ -129,12 +127,8 @@ async def run(quick: bool = False) -> list[Result]:
                          "ratio = p95 at 10,000 / p95 at 100")]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
-    for result in asyncio.run(run(args.quick)):
-        print_result(result)
+def main() -> int:
+    return run_standalone("console", __doc__, run)
 
 
 if __name__ == "__main__":

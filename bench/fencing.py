@@ -15,10 +15,8 @@ Uses ORCHESTRATOR_DATABASE_URL / ORCHESTRATOR_REDIS_URL (embedded services when 
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
-import json
 import time
 
 from langgraph.checkpoint.base import empty_checkpoint
@@ -30,7 +28,7 @@ from orchestrator.runtime import Runtime
 from orchestrator.service.fencing import Fence, fenced
 from orchestrator.service.queue import RunQueue
 
-from .common import Result, print_result, settings
+from .common import Result, run_standalone, settings
 
 __all__ = ["run"]
 
@@ -117,15 +115,8 @@ async def _clean(rt: Runtime) -> None:
     await rt.db.execute("DELETE FROM workflows WHERE namespace = %s", (rt.settings.namespace,))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.fencing",
-                                     description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a short smoke run")
-    args = parser.parse_args()
-    results = asyncio.run(run(quick=args.quick))
-    for result in results:
-        print_result(result)
-    print(json.dumps({"results": [r.to_dict() for r in results]}))
+def main() -> int:
+    return run_standalone("fencing", __doc__, run)
 
 
 if __name__ == "__main__":

@@ -23,16 +23,14 @@ Uses ORCHESTRATOR_DATABASE_URL / ORCHESTRATOR_REDIS_URL (embedded services when 
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
 import statistics
 import sys
 import time
 
 from orchestrator.runtime import Runtime
 
-from .common import Result, print_result, settings, subprocess_env, summary
+from .common import Result, run_standalone, settings, subprocess_env, summary
 
 __all__ = ["run"]
 
@@ -237,15 +235,8 @@ async def run(quick: bool = False) -> list[Result]:
     return [first, second]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.locks",
-                                     description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a short smoke run")
-    args = parser.parse_args()
-    results = asyncio.run(run(quick=args.quick))
-    for result in results:
-        print_result(result)
-    print(json.dumps({"results": [r.to_dict() for r in results]}))
+def main() -> int:
+    return run_standalone("locks", __doc__, run)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ uses a namespace of its own and deletes its rows afterwards.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import sys
 import time
@@ -35,7 +34,7 @@ from orchestrator.graphs import WorkflowSpec
 from orchestrator.service.retention import Retention
 from orchestrator.settings import DEFAULT_RETENTION
 
-from .common import Result, percentile, print_result, settings
+from .common import Result, percentile, run_standalone, settings
 
 __all__ = ["run"]
 
@@ -175,12 +174,7 @@ async def run(quick: bool = False) -> list[Result]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.prune", description=__doc__)
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
-    for result in asyncio.run(run(quick=args.quick)):
-        print_result(result)
-    return 0
+    return run_standalone("prune", __doc__, run)
 
 
 if __name__ == "__main__":

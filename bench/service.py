@@ -21,7 +21,6 @@ uses a namespace of its own and deletes its rows afterwards.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import inspect
@@ -43,7 +42,7 @@ from orchestrator.service.runner import Runner
 from orchestrator.service.runs import RunService
 from orchestrator.settings import Settings
 
-from .common import Result, percentile, print_result, settings, subprocess_env
+from .common import Result, percentile, run_standalone, settings, subprocess_env
 
 __all__ = ["run"]
 
@@ -270,12 +269,7 @@ def _serve_process(argv: list[str]) -> int:
 def main() -> int:
     if sys.argv[1:2] == ["serve-process"]:
         return _serve_process(sys.argv[2:])
-    parser = argparse.ArgumentParser(prog="python -m bench.service", description=__doc__)
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
-    for result in asyncio.run(run(quick=args.quick)):
-        print_result(result)
-    return 0
+    return run_standalone("service", __doc__, run)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ fan-out p95 ≤ 100 ms with 500 subscribers; ≤ 2 Redis connections.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
@@ -38,7 +37,7 @@ from orchestrator.facade import Orchestrator
 from orchestrator.messages import Event
 from orchestrator.service.auth import TokenStore
 
-from .common import Result, percentile, print_result, settings, subprocess_env
+from .common import Result, percentile, run_standalone, settings, subprocess_env
 
 __all__ = ["run"]
 
@@ -249,12 +248,7 @@ def main() -> int:
         url, token, count, events = sys.argv[2:6]
         asyncio.run(_subscribers(url, token, int(count), int(events)))
         return 0
-    parser = argparse.ArgumentParser(prog="python -m bench.sse", description=__doc__)
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
-    for result in asyncio.run(run(quick=args.quick)):
-        print_result(result)
-    return 0
+    return run_standalone("sse", __doc__, run)
 
 
 if __name__ == "__main__":
