@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import functools
 import importlib
+import itertools
 import logging
-from collections.abc import Awaitable, Callable
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
@@ -30,6 +32,7 @@ from .messages import AgentRequest
 if TYPE_CHECKING:
     from .bus import EventBus
     from .contracts import Operation
+    from .llm.services import ModelServices
 
 __all__ = [
     "Agent",
@@ -55,6 +58,14 @@ class RequestContext:
     log: logging.LoggerAdapter[logging.Logger]
     bus: EventBus | None = None
     chat_model_spec: str | None = None
+    #: the models, ledger and budgets of ``orchestrator.llm.calls.model_call`` (None: the
+    #: default model only, nothing recorded)
+    models: ModelServices | None = None
+    #: this execution of the request: a re-execution after a crash is a new one, and its model
+    #: calls are new ledger rows (``model_sequence`` numbers them within the execution)
+    execution: str = field(default_factory=lambda: uuid.uuid4().hex)
+    model_sequence: Iterator[int] = field(default_factory=itertools.count, repr=False,
+                                          compare=False)
 
     def chat_model(self) -> Any | None:
         """The configured LangChain chat model (``ORCHESTRATOR_CHAT_MODEL``), or None."""
@@ -115,11 +126,12 @@ class HandlerError(OrchestratorError):
     code = ErrorCode.HANDLER_ERROR
 
     def __init__(self, code: AgentErrorCode | str, message: str, *, retryable: bool = False,
-                 blames_input: bool = False) -> None:
+                 blames_input: bool = False, details: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.retryable = retryable
         self.blames_input = blames_input
+        self.details = details
 
 
 @dataclass
@@ -154,15 +166,15 @@ class Agent:
 
         return register
 
-    async def call_locally(self, request_type: str, payload: dict[str, Any]) -> Any:
-        """Run one handler in this process, without the bus (command-line tools use it).
+    async def call_locally(self, request_type: str, payload: dict[str, Any], *,
+                           models: ModelServices | None = None) -> Any:
+        """Run one handler in this process, without the bus (command-line tools use it;
+        ``models``: what its model calls use, see :mod:`orchestrator.llm.services`).
 
         Raises:
             InvalidInput: the agent has no such request type.
             HandlerError: what the handler raised.
         """
-        import uuid
-
         handler = self.handlers.get(request_type) or self.handlers.get("*")
         if handler is None:
             raise InvalidInput(f"{self.agent_type} has no request type {request_type!r}")
@@ -170,7 +182,8 @@ class Agent:
                                request_type=request_type, payload=payload, reply_to="local")
         ctx = RequestContext(request=request, agent_id=f"{self.agent_type}@local",
                              agent_type=self.agent_type,
-                             log=logging.LoggerAdapter(log, {"request_id": request.request_id}))
+                             log=logging.LoggerAdapter(log, {"request_id": request.request_id}),
+                             models=models)
         return await handler(payload, ctx)
 
     def with_handlers(self, handlers: dict[str, Handler]) -> Agent:

@@ -29,7 +29,15 @@ from pydantic import BaseModel
 
 from orchestrator.state.schema import now_iso
 
-from .errors import AgentError, AgentTimeout, AgentUnavailable, DeadLettered, OrchestratorError
+from .errors import (
+    AgentError,
+    AgentErrorCode,
+    AgentTimeout,
+    AgentUnavailable,
+    BudgetExceeded,
+    DeadLettered,
+    OrchestratorError,
+)
 from .messages import AgentRequest, AgentResponse, Priority
 from .metrics import BUS_LATENCY, BUS_REQUESTS
 from .runtime import Runtime, current_attempt, current_runtime
@@ -230,6 +238,9 @@ async def _call(
         exc = DeadLettered(f"{target}.{request_type} was dead-lettered: {message}")
     elif response.status == "timeout":
         exc = AgentTimeout(target, request_type, timeout, request.request_id)
+    elif code == AgentErrorCode.BUDGET_EXCEEDED:
+        exc = BudgetExceeded(f"{target}.{request_type}: {message}",
+                             details=error.details if error else None)
     else:
         exc = AgentError(target, code, message, retryable=bool(error and error.retryable))
     exc.updates = {  # type: ignore[attr-defined]
@@ -287,7 +298,7 @@ def _healthy(response: AgentResponse) -> bool:
 #: Error codes that blame the request, not the agent, whoever raised them (agents mark their
 #: own with ``HandlerError(..., blames_input=True)``): they do not trip the breaker.
 _INPUT_ERRORS = frozenset({"invalid_input", "unsafe_path", "missing_fencing_token",
-                           "stale_fencing_token", "unknown_request_type"})
+                           "stale_fencing_token", "unknown_request_type", "budget_exceeded"})
 
 
 def is_transient(exc: BaseException) -> bool:

@@ -47,6 +47,7 @@ __all__ = [
     "Unauthorized",
     "Forbidden",
     "ServerUnreachable",
+    "BudgetExceeded",
 ]
 
 
@@ -74,6 +75,7 @@ class AgentErrorCode(StrEnum):
     ROLLBACK_FAILED = "rollback_failed"
     MISSING_FENCING_TOKEN = "missing_fencing_token"
     STALE_FENCING_TOKEN = "stale_fencing_token"
+    BUDGET_EXCEEDED = "budget_exceeded"
     # answered by the worker
     ALREADY_EXECUTED = "already_executed"
     DEADLINE_PASSED = "deadline_passed"
@@ -251,3 +253,16 @@ class ServerUnreachable(OrchestratorError, ConnectionError):
     not an orchestrator). The message names the URL and what to check."""
 
     code = ErrorCode.SERVER_UNREACHABLE
+
+
+class BudgetExceeded(InvalidInput):
+    """A model call would pass a budget (the workflow's ``budget_usd``, the namespace's or an
+    agent type's daily budget): the input is at fault, not the agent, so it never opens a
+    circuit breaker. ``details``: ``{scope, limit, spent, reserved, estimate, cheaper}``;
+    raise the budget, pick a cheaper model, or set ``budget_policy`` to ``fallback``."""
+
+    code = ErrorCode.BUDGET_EXCEEDED
+
+    def __init__(self, message: str, *, details: dict[str, object] | None = None) -> None:
+        super().__init__(message)
+        self.details = dict(details or {})

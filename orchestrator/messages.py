@@ -63,6 +63,8 @@ class ErrorInfo(BaseModel):
     #: the agent says the request itself is at fault (a patch that does not apply, a failing
     #: command of the user's): the agent is healthy, so its circuit breaker does not count it
     blames_input: bool = False
+    #: what the requester needs to act on the error (a budget's scope, limit and spent...)
+    details: dict[str, Any] | None = None
 
 
 class AgentResponse(BaseModel):

@@ -30,6 +30,11 @@ __all__ = [
     "HEALING_OUTCOMES",
     "TASK_CACHE",
     "EVENTS_DROPPED",
+    "MODEL_CALLS",
+    "MODEL_TOKENS",
+    "MODEL_COST",
+    "MODEL_CALLS_UNPRICED",
+    "MODEL_BUDGET_REMAINING",
     "start_metrics_server",
 ]
 
@@ -146,4 +151,31 @@ FENCED_WRITES_REFUSED = Counter(
     "Checkpoint and workflow writes of `orchestrator serve` runners refused because the runner "
     "no longer held the run's lease, by what was written (checkpoint, workflow)",
     ["what"],
+)
+MODEL_CALLS = Counter(
+    "orchestrator_model_calls_total",
+    "Chat model calls made by agents in this process, by model and agent type",
+    ["model", "agent_type"],
+)
+MODEL_TOKENS = Counter(
+    "orchestrator_model_tokens_total",
+    "Tokens of model calls whose provider reported usage, by model, agent type and kind "
+    "(input, cached, output, reasoning; cached and reasoning are part of input and output)",
+    ["model", "agent_type", "kind"],
+)
+MODEL_COST = Counter(
+    "orchestrator_model_cost_usd_total",
+    "Cost in USD of the priced model calls, by model and agent type",
+    ["model", "agent_type"],
+)
+MODEL_CALLS_UNPRICED = Counter(
+    "orchestrator_model_calls_unpriced_total",
+    "Model calls with no cost: no price known for the model, or no usage reported",
+    ["model", "why"],
+)
+MODEL_BUDGET_REMAINING = Gauge(
+    "orchestrator_model_budget_remaining_usd",
+    "What is left of today's budget after the last reservation or settlement seen by this "
+    "process, by scope (namespace, agent:<type>)",
+    ["scope"],
 )

@@ -30,6 +30,7 @@ from .agent import Agent, builtin_agents
 from .breaker import BreakerPolicy, CircuitBreaker
 from .bus import EventBus
 from .errors import WrongContext
+from .llm.services import ModelServices
 from .locks import ResourceLockManager
 from .processes import died_on_this_host, new_process_id
 from .registry import AgentRegistry
@@ -168,6 +169,7 @@ class Runtime:
                         heartbeat_interval=settings.heartbeat_interval,
                         name=f"local-{process_id}",
                         chat_model=settings.chat_model,
+                        models=ModelServices.from_settings(settings, runtime.db),
                         child_env_withhold=settings.child_env_withhold,
                     )
                     await runtime.worker.start()

@@ -22,6 +22,7 @@ from pydantic import (
 )
 
 from .errors import InvalidInput
+from .llm.config import SPEC_PATTERN, ModelsConfig
 
 __all__ = ["Settings", "RetentionRule", "ENV_PREFIX", "DATA_DIR_NAME", "find_data_dir"]
 
@@ -140,10 +141,29 @@ class Settings(BaseModel):
         64, ge=4, description="Redis connections per process (callers wait for a free one)"
     )
     chat_model: str | None = Field(
-        None, pattern=r"^[\w.]+:[\w.]+$",
-        description="LangChain chat model for agents that can use one: 'module:factory', a "
-        "callable returning a BaseChatModel (unset: agents use their rules only)",
+        None, pattern=SPEC_PATTERN,
+        description="the default chat model of every agent and tier: 'provider:model' "
+        "(openai:gpt-4o-mini, made by LangChain's init_chat_model; the provider's own variables "
+        "such as OPENAI_BASE_URL apply), or 'module:factory', a callable returning a chat model "
+        "(unset, and no ORCHESTRATOR_MODELS: agents use their rules only)",
     )
+    models: ModelsConfig | None = Field(
+        None, description='models per tier and agent type, JSON: {"tiers": {"small": "openai:'
+        'gpt-4o-mini", "large": "openai:gpt-4.1"}, "agents": {"developer": {"large": "..."}}}; '
+        "unset entries fall back to the tier, then to chat_model",
+    )
+    prices_file: Path | None = Field(
+        None, description="YAML or JSON model prices that win over genai-prices' table: "
+        '{"provider:model": {"input_per_mtok", "cached_input_per_mtok", "output_per_mtok"}}',
+    )
+    daily_budget_usd: float | None = Field(
+        None, ge=0, description="what the namespace's model calls may cost per UTC day, USD")
+    agent_daily_budget_usd: dict[str, float] = Field(
+        default_factory=dict, description='per agent type, USD per UTC day, JSON: '
+        '{"developer": 5.0}')
+    model_max_output_tokens: int = Field(
+        4096, ge=1, description="output tokens a call's worst-case cost estimate assumes when "
+        "the model sets no max_tokens of its own")
 
     # -- the service (`orchestrator serve`): run queue, runners, sweepers ------------------------
     run_lease: float = Field(
@@ -187,6 +207,16 @@ class Settings(BaseModel):
         if isinstance(value, str):  # from the environment: "AWS_*, GITHUB_TOKEN"
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _parse_models(cls, value: object) -> object:
+        return ModelsConfig.parse(value)
+
+    @field_validator("agent_daily_budget_usd", mode="before")
+    @classmethod
+    def _parse_agent_budgets(cls, value: object) -> object:
+        return ModelsConfig.parse(value)  # JSON text from the environment
 
     @field_validator("retention_policy", mode="before")
     @classmethod

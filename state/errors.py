@@ -50,6 +50,7 @@ class ErrorCode(StrEnum):
     UNAUTHORIZED = "unauthorized"
     FORBIDDEN = "forbidden"
     SERVER_UNREACHABLE = "server_unreachable"
+    BUDGET_EXCEEDED = "budget_exceeded"
 
 
 class OrchestratorError(Exception):

@@ -39,6 +39,7 @@ class _Executing(_WorkerState):
             ),
             bus=self.bus,
             chat_model_spec=self.chat_model,
+            models=self.models,
         )
         handler = agent.handlers.get(request.request_type) or agent.handlers.get("*")
         if handler is None:
@@ -110,7 +111,7 @@ class _Executing(_WorkerState):
 def _error_info(exc: Exception) -> ErrorInfo:
     if isinstance(exc, HandlerError):
         return ErrorInfo(code=exc.code, message=exc.message, retryable=exc.retryable,
-                         blames_input=exc.blames_input)
+                         blames_input=exc.blames_input, details=exc.details)
     if isinstance(exc, OrchestratorError):
         return ErrorInfo(code=exc.code, message=exc.message, retryable=False)
     if isinstance(exc, TimeoutError):

@@ -14,6 +14,7 @@ from ..agent import Agent
 from ..bus import BlockingReader, EventBus
 from ..errors import InvalidConfiguration
 from ..executions import ExecutionLedger
+from ..llm.services import ModelServices
 from ..processes import new_process_id
 from ..registry import AgentRegistry
 from .capacity import _Capacity
@@ -40,6 +41,7 @@ class _WorkerState:
         scale_down_after: float = 2.0,
         name: str | None = None,
         chat_model: str | None = None,
+        models: ModelServices | None = None,
         child_env_withhold: Sequence[str] = (),
     ) -> None:
         if not agents:
@@ -48,6 +50,7 @@ class _WorkerState:
             raise InvalidConfiguration("need 1 <= min_concurrency <= max_concurrency")
         self.bus = bus
         self.chat_model = chat_model
+        self.models = models  # what handlers' model calls use (orchestrator.llm.services)
         self.child_env_withhold = tuple(child_env_withhold)  # see orchestrator.childenv
         self.registry = registry
         self.agents = list(agents)

@@ -1,0 +1,204 @@
+"""Budgets that hold: a call reserves its worst-case cost before it runs and settles to its
+real cost after, on every budget scope it falls in.
+
+A scope is a row of ``model_budgets`` (limit, reserved, spent): a workflow
+(``thread:<id>``, the workflow's ``budget_usd``), the namespace's day
+(``namespace:<YYYY-MM-DD>``, ``ORCHESTRATOR_DAILY_BUDGET_USD``) or an agent type's day
+(``agent:<type>:<YYYY-MM-DD>``, ``ORCHESTRATOR_AGENT_DAILY_BUDGET_USD``). Reserving is one
+statement: it locks the scopes' rows in a fixed order (no deadlock between callers), checks
+``spent + reserved + estimate <= limit`` on each with the rows' current values, and only when
+all fit adds the estimate to each and records the reservation. So concurrent callers never
+settle more than the limit plus one call's estimate (the estimate may be short of the real
+cost). Settling (release the reservation, add the cost) is one statement too, joined with the
+ledger's insert (:mod:`orchestrator.llm.ledger`). A caller that dies never settles: its
+reservation expires, and the next reservation that finds a scope full releases the expired
+ones first.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from orchestrator.metrics import MODEL_BUDGET_REMAINING
+from orchestrator.state.db import Database
+
+__all__ = ["Scope", "Reservation", "BudgetRefused", "Budgets", "day_scopes", "gauge"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Scope:
+    key: str
+    limit: Decimal
+
+
+@dataclass(frozen=True)
+class Reservation:
+    id: int
+    scopes: tuple[str, ...]
+    amount: Decimal
+
+
+class BudgetRefused(Exception):
+    """The estimate does not fit in ``scope`` (what :func:`model_call` turns into the policy's
+    decision, or ``budget_exceeded``)."""
+
+    def __init__(self, scope: str, limit: Decimal, spent: Decimal, reserved: Decimal,
+                 estimate: Decimal) -> None:
+        super().__init__(f"budget {scope} is exhausted: ${spent:.6f} spent and ${reserved:.6f} "
+                         f"reserved of ${limit:.6f}; this call may cost up to ${estimate:.6f}")
+        self.scope, self.limit, self.spent = scope, limit, spent
+        self.reserved, self.estimate = reserved, estimate
+
+    def details(self) -> dict[str, Any]:
+        return {"scope": self.scope, "limit": float(self.limit), "spent": float(self.spent),
+                "reserved": float(self.reserved), "estimate": float(self.estimate)}
+
+
+def day_scopes(agent_type: str, daily: float | None,
+               agent_daily: dict[str, float]) -> list[Scope]:
+    """Today's (UTC) namespace and agent-type scopes that have a limit."""
+    day = datetime.now(UTC).date().isoformat()
+    scopes = []
+    if daily is not None:
+        scopes.append(Scope(f"namespace:{day}", Decimal(str(daily))))
+    if agent_type in agent_daily:
+        scopes.append(Scope(f"agent:{agent_type}:{day}", Decimal(str(agent_daily[agent_type]))))
+    return scopes
+
+
+def gauge(scope: str, remaining: Decimal) -> None:
+    """Set the remaining-budget gauge of a day scope (per-thread scopes would be a label per
+    workflow: they are left out)."""
+    kind, _, rest = scope.partition(":")
+    if kind == "namespace":
+        MODEL_BUDGET_REMAINING.labels("namespace").set(float(remaining))
+    elif kind == "agent":
+        MODEL_BUDGET_REMAINING.labels(f"agent:{rest.rpartition(':')[0]}").set(float(remaining))
+
+
+_RESERVE = """
+WITH want(scope, limit_usd) AS (
+    SELECT * FROM unnest(%(scopes)s::text[], %(limits)s::numeric[])),
+locked AS (
+    SELECT b.scope, b.spent_usd, b.reserved_usd, w.limit_usd
+    FROM model_budgets b JOIN want w ON w.scope = b.scope
+    WHERE b.namespace = %(ns)s ORDER BY b.scope FOR UPDATE OF b),
+verdict AS (
+    SELECT count(*) = %(n)s AND bool_and(spent_usd + reserved_usd + %(est)s <= limit_usd) AS fits
+    FROM locked),
+taken AS (
+    UPDATE model_budgets b
+    SET reserved_usd = b.reserved_usd + %(est)s, limit_usd = w.limit_usd, updated_at = now()
+    FROM want w, verdict v
+    WHERE v.fits AND b.namespace = %(ns)s AND b.scope = w.scope
+    RETURNING b.scope),
+reservation AS (
+    INSERT INTO model_reservations (namespace, scopes, amount_usd, expires_at)
+    SELECT %(ns)s, %(scopes)s::text[], %(est)s, now() + make_interval(secs => %(ttl)s)
+    FROM verdict v WHERE v.fits
+    RETURNING id)
+SELECT l.scope, l.limit_usd, l.spent_usd, l.reserved_usd,
+    (SELECT id FROM reservation) AS reservation
+FROM locked l ORDER BY l.scope
+"""
+
+_CREATE = """
+INSERT INTO model_budgets (namespace, scope, limit_usd)
+SELECT %(ns)s, scope, limit_usd FROM unnest(%(scopes)s::text[], %(limits)s::numeric[])
+    AS w(scope, limit_usd)
+ON CONFLICT (namespace, scope) DO NOTHING
+"""
+
+_RELEASE_EXPIRED = """
+WITH gone AS (
+    DELETE FROM model_reservations
+    WHERE namespace = %(ns)s AND expires_at < now() AND scopes && %(scopes)s::text[]
+    RETURNING scopes, amount_usd),
+per AS (
+    SELECT s AS scope, sum(g.amount_usd) AS amount FROM gone g, unnest(g.scopes) s GROUP BY s),
+locked AS (
+    SELECT b.scope FROM model_budgets b JOIN per p ON p.scope = b.scope
+    WHERE b.namespace = %(ns)s ORDER BY b.scope FOR UPDATE OF b)
+UPDATE model_budgets b SET reserved_usd = greatest(b.reserved_usd - p.amount, 0),
+    updated_at = now()
+FROM per p JOIN locked l ON l.scope = p.scope
+WHERE b.namespace = %(ns)s AND b.scope = p.scope
+"""
+
+
+class Budgets:
+    """Reservations on the budget scopes of one namespace."""
+
+    def __init__(self, db: Database, namespace: str) -> None:
+        self.db = db
+        self.namespace = namespace
+
+    async def reserve(self, scopes: list[Scope], estimate: Decimal,
+                      ttl: float = 900.0) -> Reservation | None:
+        """Reserve ``estimate`` on every scope, or on none.
+
+        Returns:
+            The reservation to settle, or None when there is no scope to reserve on.
+
+        Raises:
+            BudgetRefused: a scope cannot take the estimate (the first such, by name).
+        """
+        if not scopes:
+            return None
+        params = {"ns": self.namespace, "scopes": [s.key for s in scopes],
+                  "limits": [s.limit for s in scopes], "n": len(scopes), "est": estimate,
+                  "ttl": ttl}
+        released = False
+        for _ in range(4):  # at most: make the rows, release expired reservations, twice
+            rows = await self.db.fetch(_RESERVE, params)
+            if rows and rows[0]["reservation"] is not None:
+                for row in rows:
+                    gauge(row["scope"], row["limit_usd"] - row["spent_usd"] - row["reserved_usd"]
+                          - estimate)
+                return Reservation(int(rows[0]["reservation"]), tuple(params["scopes"]),
+                                   estimate)
+            if len(rows) < len(scopes):  # a scope's first call: make its row, then again
+                await self.db.execute(_CREATE, params)
+                continue
+            if not released:  # full: perhaps of reservations whose callers died
+                released = True
+                if await self._release_expired(params):
+                    continue
+            break
+        over = next(r for r in rows
+                    if r["spent_usd"] + r["reserved_usd"] + estimate > r["limit_usd"])
+        gauge(over["scope"], over["limit_usd"] - over["spent_usd"] - over["reserved_usd"])
+        raise BudgetRefused(over["scope"], over["limit_usd"], over["spent_usd"],
+                            over["reserved_usd"], estimate)
+
+    async def _release_expired(self, params: dict[str, Any]) -> int:
+        from psycopg.errors import DeadlockDetected
+
+        try:
+            return await self.db.execute(_RELEASE_EXPIRED, params)
+        except DeadlockDetected:  # a settle of the same reservation won: nothing to do
+            return 0
+
+    async def release(self, reservation: Reservation) -> None:
+        """Give a reservation back unused (the call failed before it cost anything known)."""
+        await self.db.execute(SETTLE_ONLY, {"ns": self.namespace, "rid": reservation.id,
+                                            "scopes": list(reservation.scopes)})
+
+
+#: settle without a ledger row: the reservation released, nothing spent
+SETTLE_ONLY = """
+WITH gone AS (DELETE FROM model_reservations WHERE id = %(rid)s RETURNING amount_usd),
+locked AS (
+    SELECT scope FROM model_budgets WHERE namespace = %(ns)s AND scope = ANY(%(scopes)s::text[])
+    ORDER BY scope FOR UPDATE)
+UPDATE model_budgets b
+SET reserved_usd = greatest(b.reserved_usd - coalesce((SELECT amount_usd FROM gone), 0), 0),
+    updated_at = now()
+FROM locked l WHERE b.namespace = %(ns)s AND b.scope = l.scope
+"""
