@@ -310,3 +310,40 @@ def test_a_retry_moves_up_one_tier_and_says_why() -> None:
     assert choose_tier(20, 0, 1, True, attempt=5)[0] == "large"
     assert choose_tier(150, 3, 0, False)[0] == "medium"
     assert choose_tier(400, 6, 6, False)[0] == "large"
+
+
+# -- orchestrator costs -------------------------------------------------------------------------
+
+
+async def test_costs_prints_the_ledger_rows_totals_and_recommendations(
+        db, namespace, orchestrator_settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+    import io
+    import json
+
+    from orchestrator.cli import main
+
+    models = services(db, namespace, chat_model=f"{HERE}:priced")
+    for _ in range(3):  # right first time on the large tier, three times
+        await ask(context(models, thread="t-large"), tier="large")
+    await model_call(context(models, thread="t-other"), purpose="review", model=f"{HERE}:unpriced",
+                     messages=[HumanMessage("review it")], prompt=PromptRef("review", "1"))
+    monkeypatch.setenv("ORCHESTRATOR_DATABASE_URL", orchestrator_settings.database_url)
+    monkeypatch.setenv("ORCHESTRATOR_REDIS_URL", orchestrator_settings.redis_url)
+    monkeypatch.setenv("ORCHESTRATOR_NAMESPACE", namespace)
+
+    def run(*argv: str) -> str:
+        out, err = io.StringIO(), io.StringIO()
+        assert main(list(argv), stdout=out, stderr=err) == 0, err.getvalue()
+        return out.getvalue()
+
+    listed = json.loads(await asyncio.to_thread(run, "costs", "--json", "--since", "1h"))
+    assert len(listed) == 4
+    assert {"thread_id", "model", "input_tokens", "output_tokens", "cost_usd"} <= set(listed[0])
+    assert [r["cost_usd"] is None for r in listed] == [False, False, False, True]
+    one = json.loads(await asyncio.to_thread(run, "costs", "--json", "--thread", "t-other"))
+    assert [r["model"] for r in one] == [f"{HERE}:unpriced"]
+    text = await asyncio.to_thread(run, "costs", "--by", "agent")
+    assert "developer" in text and "TOTAL" in text and "1 calls have no cost" in text
+    assert "developer write_file: 3 requests on the large tier" in text
+    assert f"no price known for {HERE}:unpriced" in text

@@ -21,6 +21,7 @@ from ..errors import ErrorCode, InvalidInput, OrchestratorError
 from ..settings import Settings
 from .agents import cmd_agents, cmd_dlq, cmd_locks, cmd_worker
 from .analyze import cmd_analyze
+from .costs import cmd_costs
 from .exits import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -44,7 +45,7 @@ log = logging.getLogger(__name__)
 
 _USES_SERVICES = {"prune", "restore",
                   "run", "resume", "recover", "ls", "show", "agents", "worker", "locks", "dlq",
-                  "db", "serve", "cancel", "token", "audit"}
+                  "db", "serve", "cancel", "token", "audit", "costs"}
 
 _COMMANDS = {
     "prune": cmd_prune, "restore": cmd_restore,
@@ -52,7 +53,7 @@ _COMMANDS = {
     "show": cmd_show, "graphs": cmd_graphs, "agents": cmd_agents, "worker": cmd_worker,
     "locks": cmd_locks, "dlq": cmd_dlq, "db": cmd_db, "services": cmd_services,
     "analyze": cmd_analyze, "serve": cmd_serve,
-    "cancel": cmd_cancel, "token": cmd_token, "audit": cmd_audit,
+    "cancel": cmd_cancel, "token": cmd_token, "audit": cmd_audit, "costs": cmd_costs,
 }
 
 

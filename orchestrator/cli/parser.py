@@ -198,6 +198,21 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("path", help="repository folder")
     analyze.add_argument("--json", action="store_true", help="print one JSON object")
 
+    costs = sub.add_parser(
+        "costs", help="what model calls cost, from the ledger, with recommendations",
+        description="Totals of the model calls recorded in the ledger (tokens, cost; calls "
+        "with no known price or usage are counted apart, never as $0), then recommendations "
+        "read from the same rows (always in the text output).")
+    costs.add_argument("--thread", metavar="T", help="one workflow's calls")
+    costs.add_argument("--type", metavar="W", help="the calls of one workflow type")
+    costs.add_argument("--since", metavar="WHEN",
+                       help="a period (7d, 12h, 30m) or an ISO date; default: all")
+    costs.add_argument("--by", choices=("model", "agent", "node"), default="model",
+                       help="group the totals by (default model)")
+    costs.add_argument("--json", action="store_true",
+                       help="print the ledger's rows (thread_id, model, input_tokens, "
+                       "output_tokens, cost_usd...) as one JSON array")
+
     db = sub.add_parser("db", help="database schema")
     db_sub = db.add_subparsers(dest="db_command", metavar="ACTION")
     db_sub.add_parser("migrate", help="apply pending SQL migrations (re-running is a no-op)")
