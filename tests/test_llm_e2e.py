@@ -4,19 +4,39 @@ model calls, ledger and budgets against them."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import random
 import socket
 import subprocess
 import sys
+import time
+from decimal import Decimal
+from typing import Any
 
 import pytest
 from langchain.chat_models import init_chat_model
 from langchain_core.messages import HumanMessage
+from langgraph.graph import END, START, StateGraph
+from orchestrator.state.schema import MultiAgentState
 from pydantic import BaseModel
 
+from orchestrator.agent import RequestContext
+from orchestrator.calls import call_agent
+from orchestrator.errors import BudgetExceeded
+from orchestrator.facade import Orchestrator
+from orchestrator.graphs import WorkflowSpec
+from orchestrator.llm.calls import BudgetSpec, PromptRef, model_call
+from orchestrator.testing import stand_in
 from tests.support import socket_guard
 from tests.support.fake_models import StreamingUsageFakeChatModel, UsageFakeChatModel
-from tests.support.openai_server import OpenAIServer, Reply, count_tokens, last_user_text
+from tests.support.openai_server import (
+    OpenAIServer,
+    Reply,
+    count_tokens,
+    last_user_text,
+    prompt_text,
+)
 
 
 class Comment(BaseModel):
@@ -26,7 +46,7 @@ class Comment(BaseModel):
 
 
 def _client(server: OpenAIServer, monkeypatch: pytest.MonkeyPatch, **kwargs):
-    for key, value in server.env("test-small").items():
+    for key, value in server.env("openai:test-small").items():
         monkeypatch.setenv(key, value)
     return init_chat_model(os.environ["ORCHESTRATOR_CHAT_MODEL"], **kwargs)
 
@@ -146,3 +166,134 @@ def test_the_guard_refuses_connections_off_loopback_here_and_in_subprocesses() -
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                          text=True, timeout=30)
     assert out.stdout.strip() == "OffLoopback", out.stderr
+
+
+# -- budgets shared by concurrent workflows, through the real client -------------------------
+
+class SpendInput(BaseModel):
+    calls: int
+
+
+class SpendState(MultiAgentState, total=False):
+    calls: int
+
+
+async def spend(state: SpendState) -> dict[str, Any]:
+    """Ask the thinker ``calls`` times, until a budget refuses (policy fail)."""
+    made = 0
+    try:
+        for i in range(state["calls"]):
+            await call_agent("thinker", "think", {"i": i}, subtask=f"think-{i}")
+            made += 1
+    except BudgetExceeded:
+        return {"final_result": {"made": made, "refused": True}}
+    return {"final_result": {"made": made, "refused": False}}
+
+
+_spend = StateGraph(SpendState)
+_spend.add_node("spend", spend)
+_spend.add_edge(START, "spend")
+_spend.add_edge("spend", END)
+SPEND = WorkflowSpec("llm_spend", _spend, SpendInput, "model calls until a budget refuses")
+
+
+async def think(payload: dict[str, Any], ctx: RequestContext) -> dict[str, Any]:
+    answer = await model_call(
+        ctx, purpose="think", tier="small", prompt=PromptRef("think", "1"),
+        messages=[HumanMessage(f"think about {payload['i']} " + "x" * 120)],
+        budget=BudgetSpec(policy="fail", node="spend", workflow_type="llm_spend"))
+    assert answer is not None
+    return {"cost": answer.cost_usd}
+
+
+@pytest.mark.slow
+async def test_fifty_workflows_sharing_one_dollar_never_settle_more_than_one_estimate_over(
+        model_server: OpenAIServer, orchestrator_settings, monkeypatch, tmp_path) -> None:
+    """20 randomized runs: 50 workflows at once, each calling the model up to 4 times through
+    langchain-openai against the test server, share the namespace's $1.00 daily budget."""
+    spec = model_server.spec("share")
+    for key, value in model_server.env(spec).items():
+        monkeypatch.setenv(key, value)
+    prices = tmp_path / "prices.yaml"
+    # $0.001 an output token: a call's worst case (20 output tokens, ~45 input) is ~$0.0245
+    prices.write_text(f"{spec}: {{input_per_mtok: 100, output_per_mtok: 1000}}\n")
+    draws = random.Random()
+
+    def script(body: dict[str, Any]) -> Reply:
+        # what the estimate assumes at most: input ~ chars/3, output max_tokens (20)
+        return Reply(content="ok", prompt_tokens=draws.randint(1, count_tokens(prompt_text(body))),
+                     completion_tokens=draws.randint(0, 20))
+
+    model_server.script = script
+    thinker = stand_in("thinker", {"think": think})
+    started = time.monotonic()
+    for run in range(20):
+        draws.seed(run)
+        settings = orchestrator_settings.model_copy(update={
+            "namespace": f"{orchestrator_settings.namespace}r{run}", "chat_model": spec,
+            "prices_file": prices, "daily_budget_usd": 1.0, "model_max_output_tokens": 20})
+        async with Orchestrator(settings, agents=[thinker], workflows={"llm_spend": SPEND}) as orch:
+            threads = [f"share-{run}-{i}" for i in range(50)]
+            results = await asyncio.wait_for(asyncio.gather(
+                *(orch.run("llm_spend", {"calls": 4}, thread_id=t) for t in threads)), 120)
+            db = orch.runtime.db
+            ns = settings.namespace
+            budget = await db.fetchone(
+                "SELECT * FROM model_budgets WHERE namespace = %s AND scope LIKE 'namespace:%%'",
+                (ns,))
+            ledger = await db.fetchone(
+                "SELECT count(*) AS n, sum(cost_usd) AS cost, max(cost_usd) AS top, "
+                "sum(input_tokens) AS inp, sum(output_tokens) AS out FROM model_calls "
+                "WHERE namespace = %s", (ns,))
+        made = sum(r.final_result["made"] for r in results)
+        refused = sum(r.final_result["refused"] for r in results)
+        # a call's estimate (orchestrator.llm.calls): ~chars/3 + 4 input tokens, 20 output
+        estimate = Decimal((140 // 3 + 4) * 100 + 20 * 1000) / 1_000_000
+        assert all(r.status == "completed" for r in results)
+        assert ledger["n"] == made  # one row per call answered
+        assert budget["spent_usd"] == ledger["cost"]  # settled exactly what the ledger holds
+        assert budget["reserved_usd"] == 0
+        assert budget["spent_usd"] <= Decimal("1.00") + estimate, (run, budget)
+        assert refused > 0 and made >= 40, (run, made, refused)  # shared out, then refused
+        # the ledger holds exactly the usage the server reported to the client
+        served = model_server.usage_totals(spec)
+        assert (ledger["inp"], ledger["out"]) == (served["prompt_tokens"],
+                                                 served["completion_tokens"])
+        model_server.exchanges.clear()
+    assert time.monotonic() - started < 170
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_call_through_langchain_openai_is_recorded_with_the_usage_served(
+        model_server: OpenAIServer, orchestrator_factory, monkeypatch, tmp_path,
+        stream: bool) -> None:
+    spec = model_server.spec(f"ledger-{stream}")
+    for key, value in model_server.env(spec).items():
+        monkeypatch.setenv(key, value)
+    prices = tmp_path / "prices.yaml"
+    prices.write_text(f"{spec}: {{input_per_mtok: 1, cached_input_per_mtok: 0.5, "
+                      "output_per_mtok: 4}\n")
+    model_server.script = lambda body: Reply(content="a considered answer " * 4,
+                                             prompt_tokens=300, completion_tokens=40,
+                                             cached_tokens=100)
+
+    async def ask_once(payload: dict[str, Any], ctx: RequestContext) -> dict[str, Any]:
+        answer = await model_call(ctx, purpose="think", prompt=PromptRef("think", "2"),
+                                  messages=[HumanMessage("why?")], stream=stream,
+                                  budget=BudgetSpec(thread_usd=1.0, node="spend"))
+        return {"content": answer.content, "cost": answer.cost_usd}
+
+    orch = await orchestrator_factory(stand_ins=[stand_in("thinker", {"think": ask_once})],
+                                      workflows={"llm_spend": SPEND}, chat_model=spec,
+                                      prices_file=prices)
+    thread = f"ledger-{stream}-{os.getpid()}"
+    result = await orch.run("llm_spend", {"calls": 1}, thread_id=thread)
+    assert result.status == "completed" and result.final_result["made"] == 1
+    assert model_server.requests[-1].get("stream", False) is stream
+    row = await orch.runtime.db.fetchone(
+        "SELECT * FROM model_calls WHERE namespace = %s AND thread_id = %s",
+        (orch.runtime.settings.namespace, thread))
+    assert (row["input_tokens"], row["cached_tokens"], row["output_tokens"]) == (300, 100, 40)
+    assert row["cost_usd"] == Decimal(200 * 1 + 100 * 0.5 + 40 * 4) / 1_000_000
+    assert (row["model"], row["provider"], row["prompt"], row["node"]) == (
+        spec, "openai", "think@2", "spend")

@@ -116,7 +116,7 @@ def chat_model_for(spec: str) -> BaseChatModel:
         from langchain.chat_models import init_chat_model
 
         try:
-            model = init_chat_model(spec)
+            model = init_chat_model(spec, **_STREAM_USAGE.get(spec.partition(":")[0], {}))
         except (ImportError, ValueError) as exc:
             raise InvalidConfiguration(
                 f"model {spec}: {exc}; name it provider:model (openai:gpt-4o-mini, with "
@@ -124,6 +124,13 @@ def chat_model_for(spec: str) -> BaseChatModel:
     if not hasattr(model, "ainvoke"):
         raise InvalidConfiguration(f"model {spec} is not a LangChain chat model")
     return model
+
+
+#: langchain-openai asks for usage in streamed answers (``stream_options.include_usage``) only
+#: when talking to api.openai.com by default: with ``OPENAI_BASE_URL`` set (a proxy, a local
+#: server) a streamed call would come back with no usage, recorded as unknown
+_STREAM_USAGE: dict[str, dict[str, Any]] = {"openai": {"stream_usage": True},
+                                            "azure_openai": {"stream_usage": True}}
 
 
 def _factory(spec: str) -> Any | None:

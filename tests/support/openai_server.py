@@ -171,9 +171,15 @@ class OpenAIServer:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
-    def env(self, model: str = "test-model") -> dict[str, str]:
-        """What a process needs to use this server as its default chat model."""
-        return {"ORCHESTRATOR_CHAT_MODEL": f"openai:{model}",
+    def spec(self, name: str = "model") -> str:
+        """A ``provider:model`` spec served here, unique to this server: a process builds each
+        spec's chat model once, with the ``OPENAI_BASE_URL`` of that moment."""
+        return f"openai:{name}-{self.port}"
+
+    def env(self, model: str | None = None) -> dict[str, str]:
+        """What a process needs to use this server as its default chat model (``model``: a
+        spec, default :meth:`spec`)."""
+        return {"ORCHESTRATOR_CHAT_MODEL": model or self.spec(),
                 "OPENAI_BASE_URL": self.base_url, "OPENAI_API_KEY": "test"}
 
     def start(self) -> OpenAIServer:
@@ -203,11 +209,13 @@ class OpenAIServer:
             return [e.body for e in self.exchanges]
 
     def usage_totals(self, model: str | None = None) -> dict[str, int]:
-        """Prompt / completion / cached tokens answered so far (to ``model`` only if given)."""
+        """Prompt / completion / cached tokens answered so far (to ``model``, a name or a
+        ``provider:name`` spec, only if given)."""
+        name = model.partition(":")[2] or model if model is not None else None
         totals = {"prompt_tokens": 0, "completion_tokens": 0, "cached_tokens": 0}
         with self._lock:
             for e in self.exchanges:
-                if e.usage is None or (model is not None and e.model != model):
+                if e.usage is None or (name is not None and e.model != name):
                     continue
                 totals["prompt_tokens"] += e.usage["prompt_tokens"]
                 totals["completion_tokens"] += e.usage["completion_tokens"]
