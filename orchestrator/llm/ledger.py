@@ -9,7 +9,7 @@ again; the same execution writing its row twice (a retried write) keeps one.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -78,7 +78,7 @@ class Ledger:
     async def record(self, row: CallRecord, reservation: Reservation | None) -> None:
         """Insert ``row``; with a reservation, settle it to the row's cost in the same
         statement (a row already recorded adds nothing to what was spent)."""
-        params: dict[str, Any] = {"ns": self.namespace, **asdict(row)}
+        params: dict[str, Any] = {"ns": self.namespace, **row.__dict__}  # flat: no asdict
         if reservation is None:
             await self.db.execute(_INSERT, params)
             return

@@ -1,0 +1,105 @@
+"""Ledger and budget overhead per model call (issue 15, item 7).
+
+* ``model_call_overhead``: the same in-process fake chat model (it reports usage, answers at
+  once) called bare (``ainvoke``: the baseline) and through
+  :func:`orchestrator.llm.calls.model_call` with a workflow budget, a namespace daily budget
+  and an agent daily budget (so each call reserves on three scopes, records its ledger row and
+  settles: two statements on the real PostgreSQL), in alternating rounds so both see the same
+  machine. Figure: the median per call of each and the difference. Target: the median
+  added ≤ 1 ms.
+
+    python -m bench.llm [--quick]
+
+Uses ORCHESTRATOR_DATABASE_URL / ORCHESTRATOR_REDIS_URL (embedded services when unset).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import statistics
+import time
+import uuid
+from typing import Any
+
+from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
+from langchain_core.messages import AIMessage, HumanMessage
+from langchain_core.outputs import ChatResult
+
+from orchestrator.agent import RequestContext
+from orchestrator.llm.calls import BudgetSpec, PromptRef, chat_model_for, model_call
+from orchestrator.messages import AgentRequest
+from orchestrator.runtime import Runtime
+
+from .common import Result, run_standalone, settings, summary
+
+__all__ = ["run"]
+
+_TARGET = "median ledger + budget overhead per model call ≤ 1 ms"
+_SPEC = "bench.llm:fake_model"
+
+
+class _Model(GenericFakeChatModel):
+    def _generate(self, *args: Any, **kwargs: Any) -> ChatResult:
+        result = super()._generate(*args, **kwargs)
+        result.generations[0].message.usage_metadata = {  # type: ignore[attr-defined]
+            "input_tokens": 120, "output_tokens": 40, "total_tokens": 160}
+        return result
+
+    def _get_ls_params(self, **kwargs: Any) -> Any:
+        return {"ls_provider": "openai", "ls_model_name": "gpt-4o-mini"}
+
+
+def fake_model() -> _Model:
+    """A model that answers at once with usage, priced as gpt-4o-mini (genai-prices)."""
+    return _Model(messages=itertools.cycle([AIMessage("done")]))
+
+
+async def run(quick: bool = False) -> list[Result]:
+    rounds, per_round = (4, 25) if quick else (20, 100)
+    base = settings("llm", local_agents=False, chat_model=_SPEC, daily_budget_usd=1_000_000,
+                    agent_daily_budget_usd={"developer": 1_000_000})
+    async with Runtime.open(base, agents=[]) as rt:
+        from orchestrator.llm.services import ModelServices
+
+        models = ModelServices.from_settings(base, rt.db)
+        chat = chat_model_for(_SPEC)
+        messages = [HumanMessage("write shop/discounts.py from its description")]
+        prompt, budget = PromptRef("bench", "1"), BudgetSpec(thread_usd=1_000_000)
+        bare: list[float] = []
+        through: list[float] = []
+        await model_call(_context(models), purpose="warm", messages=messages, prompt=prompt,
+                         budget=budget)  # first statements of a connection are slower
+        for _ in range(rounds):
+            for _ in range(per_round):
+                started = time.perf_counter()
+                await chat.ainvoke(messages)
+                bare.append(time.perf_counter() - started)
+            ctx = _context(models)
+            for _ in range(per_round):
+                started = time.perf_counter()
+                await model_call(ctx, purpose="bench", messages=messages, prompt=prompt,
+                                 budget=budget)
+                through.append(time.perf_counter() - started)
+        rows = (await rt.db.fetchone("SELECT count(*) AS n FROM model_calls WHERE namespace = %s",
+                                     (base.namespace,)) or {})["n"]
+        await rt.db.execute("DELETE FROM model_calls WHERE namespace = %s", (base.namespace,))
+        await rt.db.execute("DELETE FROM model_budgets WHERE namespace = %s", (base.namespace,))
+    added = (statistics.median(through) - statistics.median(bare)) * 1000
+    figures = {**summary(through), "added_median_ms": round(added, 4), "ledger_rows": rows,
+               "budget_scopes": 3}
+    return [Result("model_call_overhead", _TARGET, added <= 1.0, figures, summary(bare),
+                   round(statistics.median(through) / statistics.median(bare), 2),
+                   "model_call: reserve on 3 scopes (1 statement), call, ledger row + settle "
+                   "(1 statement); baseline: the bare fake model's ainvoke")]
+
+
+def _context(models: Any) -> RequestContext:
+    request = AgentRequest(source="bench", target="developer", request_type="implement",
+                           reply_to="bench", correlation_id=f"bench-{uuid.uuid4().hex[:8]}")
+    return RequestContext(request=request, agent_id="developer@bench", agent_type="developer",
+                          log=logging.LoggerAdapter(logging.getLogger(__name__)), models=models)
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_standalone("llm", __doc__, run))
