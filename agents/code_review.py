@@ -1,4 +1,5 @@
-"""The ``code_review`` agent: static analysis (ruff) of the Python files a branch changes.
+"""The ``code_review`` agent: static analysis (ruff) of the Python files a branch changes,
+and a chat model's review comments on them when one is configured.
 
 Its request types, their payloads and answers are in :mod:`orchestrator.contracts.code_review`.
 """
@@ -16,20 +17,30 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.agents.lib.proc import child_env, git, kill_group, repo_rule, run
+from orchestrator.agents.lib.prompts import render_prompt
 from orchestrator.agents.lib.ruff import ruff_binary, ruff_findings
+from pydantic import BaseModel, Field
 
 from orchestrator.agent import Agent, HandlerError, RequestContext
-from orchestrator.contracts.code_review import AGENT_TYPE, REVIEW, Review, ReviewResult
+from orchestrator.contracts.code_review import (
+    AGENT_TYPE,
+    REVIEW,
+    SEVERITIES,
+    Review,
+    ReviewComment,
+    ReviewResult,
+)
 from orchestrator.contracts.repos import GIT_ENV, commit_of, repository_top
 from orchestrator.errors import AgentErrorCode
+from orchestrator.llm import ModelAnswer, model_call
 
 __all__ = ["agent"]
 
 agent = Agent(
     AGENT_TYPE,
-    capabilities=["python", "ruff", "git-diff"],
-    version="1",
-    description="ruff findings on the Python files a branch changes",
+    capabilities=["python", "ruff", "git-diff", "chat-model"],
+    version="2",
+    description="ruff findings and a chat model's comments on the Python files a branch changes",
 )
 
 _PY_SUFFIXES = (".py", ".pyi")
@@ -48,14 +59,50 @@ async def review(payload: Review, ctx: RequestContext) -> ReviewResult:
     files = sorted(f for f in diff.stdout.split("\0") if f.endswith(_PY_SUFFIXES))
     findings = await _lint_at(repo, source, files) if files else []
     counts = Counter(f["code"] for f in findings)
-    passed = len(findings) <= max_findings
-    ctx.log.info("reviewed %d changed files of %s: %d findings", len(files), source, len(findings))
+    answer = await _model_review(repo, base, payload, files, findings, ctx) if files else None
+    parsed = answer.parsed if answer is not None else None
+    if answer is not None and parsed is None:
+        ctx.log.warning("%s answered no review fitting the schema; ruff's findings only",
+                        answer.model)
+    comments = [c for c in (parsed.comments if parsed else []) if c.file in files]
+    floor = SEVERITIES.index(payload.comment_severity)
+    counted = sum(1 for c in comments if SEVERITIES.index(c.severity) >= floor)
+    passed = len(findings) <= max_findings and counted <= payload.max_comments
+    ctx.log.info("reviewed %d changed files of %s: %d findings, %d comments (%d counted)",
+                 len(files), source, len(findings), len(comments), counted)
     return ReviewResult(
         base=base, source=source, target=target, files=files, findings=findings,
-        counts=dict(sorted(counts.items())),
+        counts=dict(sorted(counts.items())), comments=comments, counted_comments=counted,
+        reviewed_by="ruff+model" if parsed else "ruff", model=answer.model if parsed else None,
         verdict="approved" if passed else "changes_requested", passed=passed,
-        max_findings=max_findings,
+        max_findings=max_findings, max_comments=payload.max_comments,
     )
+
+
+class _Comments(BaseModel):
+    """What the model answers (structured output)."""
+
+    comments: list[ReviewComment] = Field(default_factory=list)
+
+
+#: the diff a review prompt carries at most, in characters
+_DIFF_CHARS = 60_000
+
+
+async def _model_review(repo: Path, base: str, payload: Review, files: list[str],
+                        findings: list[dict[str, Any]], ctx: RequestContext) -> ModelAnswer | None:
+    """The chat model's comments on the change, or None when no model is configured."""
+    diff = (await git(repo, "diff", "--no-color", "--no-ext-diff", base, payload.source, "--",
+                      *files)).stdout
+    shown = diff[:_DIFF_CHARS] + ("\n(the diff goes on; cut for length)"
+                                  if len(diff) > _DIFF_CHARS else "")
+    lint = "\n".join(f"{f['file']}:{f['line']} {f['code']} {f['message']}"
+                     for f in findings[:100]) or "(none)"
+    prompt, messages = render_prompt("code_review", source=payload.source,
+                                     target=payload.target, findings=lint, diff=shown)
+    return await model_call(ctx, purpose="review", tier=payload.tier or "medium",
+                            messages=messages, prompt=prompt, schema=_Comments,
+                            budget=payload.budget, model=payload.model)
 
 
 async def _lint_at(repo: Path, ref: str, files: list[str]) -> list[dict[str, Any]]:

@@ -14,20 +14,29 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from orchestrator.agents.lib.depgraph import analyze
 from orchestrator.agents.lib.files import write_atomic
 from orchestrator.agents.lib.proc import resolve_repo, run
+from orchestrator.agents.lib.prompts import render_prompt
 from orchestrator.agents.lib.ruff import ruff_binary
+from orchestrator.agents.qa import is_test_file
 
 from orchestrator.agent import Agent, HandlerError, RequestContext
+from orchestrator.contracts.conflicts import (
+    RESOLVE_CONFLICT,
+    Resolution,
+    ResolveConflict,
+    Unresolved,
+)
 from orchestrator.contracts.developer import (
     AGENT_TYPE,
     DEVELOP,
     Develop,
     Developed,
-    Task,
     file_lock,
 )
 from orchestrator.errors import AgentErrorCode
+from orchestrator.llm import ModelAnswer, model_call
 
 __all__ = ["agent"]
 
@@ -69,9 +78,9 @@ async def develop(payload: Develop, ctx: RequestContext) -> Developed:
     await ctx.check_fencing(file_lock(repo, task.file))
     attempt = payload.attempt
     before = await asyncio.to_thread(_sha256, path)
-    evidence = payload.evidence
-    if attempt > 1 and evidence and before is not None:  # fix the file QA checked
-        action, detail = await _fix(repo, path, task, evidence, ctx)
+    model = None  # the chat model that wrote the file, if one did
+    if attempt > 1 and payload.evidence and before is not None:  # fix the file QA checked
+        action, detail, model = await _fix(repo, path, payload, ctx)
     elif task.content is not None:
         await asyncio.to_thread(_write, path, task.content)
         action, detail = "wrote", f"wrote {task.file}"
@@ -79,14 +88,18 @@ async def develop(payload: Develop, ctx: RequestContext) -> Developed:
         action, detail = await _apply_patch(repo, task.patch)
     elif task.command is not None:
         action, detail = await _run_command(repo, task.command, payload.timeout)
+    elif task.description.strip():
+        action, detail, model = await _generate(repo, path, payload, ctx)
     else:
-        raise HandlerError(AgentErrorCode.INVALID_INPUT, f"task {task.id!r} has no content, patch or command")
+        raise HandlerError(AgentErrorCode.INVALID_INPUT,
+                           f"task {task.id!r} has no content, patch, command or description")
     after = await asyncio.to_thread(_sha256, path)
     if after is None:
         raise HandlerError(AgentErrorCode.FILE_MISSING, f"{task.file} does not exist after {action}: {detail}",
                            blames_input=True)
     return Developed(file=task.file, action=action, changed=before != after, sha256=after,
-                     detail=detail, attempt=attempt)
+                     detail=detail, attempt=attempt, model=model,
+                     tier=(payload.tier or "medium") if model else None)
 
 
 async def _apply_patch(repo: Path, patch: str) -> tuple[str, str]:
@@ -120,32 +133,105 @@ async def _run_command(repo: Path, command: str | list[str], timeout: float) -> 
     return "ran", f"ran {shlex.join(argv)}"
 
 
-async def _fix(repo: Path, path: Path, task: Task, evidence: dict[str, Any],
-               ctx: RequestContext) -> tuple[str, str]:
-    model = ctx.chat_model()
-    if model is not None:
-        current = await asyncio.to_thread(path.read_text, encoding="utf-8")
-        prompt = (
-            f"You maintain the file {task.file} of a repository. Task: "
-            f"{task.description or '(none)'}.\nQA found problems:\n"
-            f"{json.dumps(evidence, indent=1)[:8000]}\n\nThe file now:\n{current}\n\n"
-            "Answer with the complete corrected file and nothing else."
-        )
-        reply = await asyncio.wait_for(model.ainvoke(prompt), 300)
-        text = str(getattr(reply, "content", reply))
-        text = _strip_fence(text)
-        await asyncio.to_thread(_write, path, text if text.endswith("\n") else text + "\n")
-        return "model", "the chat model rewrote the file from the QA evidence"
+async def _generate(repo: Path, path: Path, payload: Develop,
+                    ctx: RequestContext) -> tuple[str, str, str]:
+    """Write a description-only task's file with the chat model."""
+    task = payload.task
+    fields = await asyncio.to_thread(_context, repo, payload, "")
+    answer = await _ask(ctx, payload, "developer_write", "write", kind=task.kind or "new",
+                        description=task.description, **fields)
+    if answer is None:
+        raise HandlerError(AgentErrorCode.INVALID_INPUT,
+                           f"task {task.id!r} gives only a description: a chat model must "
+                           "write it, and none is configured; set ORCHESTRATOR_CHAT_MODEL "
+                           "(provider:model) or ORCHESTRATOR_MODELS, or give the task "
+                           "content, a patch or a command", blames_input=True)
+    await asyncio.to_thread(_write, path, _file_text(answer.content))
+    return "generated", f"{answer.model} wrote {task.file} from its description", answer.model
+
+
+async def _fix(repo: Path, path: Path, payload: Develop,
+               ctx: RequestContext) -> tuple[str, str, str | None]:
+    """Fix the file from what QA found: the chat model rewrites it, else ruff's safe fixes."""
+    task = payload.task
+    current = await asyncio.to_thread(path.read_text, encoding="utf-8", errors="replace")
+    fields = await asyncio.to_thread(_context, repo, payload, current)
+    answer = await _ask(ctx, payload, "developer_fix", "fix", attempt=payload.attempt,
+                        description=task.description or "(none)", current=current,
+                        evidence=json.dumps(payload.evidence, indent=1)[:_EVIDENCE_CHARS],
+                        **fields)
+    if answer is not None:
+        await asyncio.to_thread(_write, path, _file_text(answer.content))
+        return "model", f"{answer.model} rewrote the file from the QA evidence", answer.model
     if path.suffix in (".py", ".pyi"):
         done = await run([ruff_binary(), "check", "--fix", "--no-cache", "--exit-zero",
                           "--output-format", "concise", "--", str(path)], cwd=repo, timeout=120)
         summary = (done.stdout + done.stderr).strip().splitlines()
-        return "ruff-fix", summary[-1] if summary else "ruff found nothing to fix"
-    return "none", f"no automatic fix for {path.suffix} files without a chat model"
+        return "ruff-fix", summary[-1] if summary else "ruff found nothing to fix", None
+    return "none", f"no automatic fix for {path.suffix} files without a chat model", None
 
 
+async def _ask(ctx: RequestContext, payload: Develop, prompt_name: str, purpose: str,
+               **fields: Any) -> ModelAnswer | None:
+    """One model call of the task's tier and budget; None when no model is configured."""
+    prompt, messages = render_prompt(prompt_name, file=payload.task.file,
+                                     task_id=payload.task.id or payload.task.file, **fields)
+    return await model_call(ctx, purpose=purpose, tier=payload.tier or "medium",
+                            messages=messages, prompt=prompt, budget=payload.budget,
+                            model=payload.model)
+
+
+#: what a prompt carries at most: per context file, all context files, the QA evidence
+_FILE_CHARS, _CONTEXT_CHARS, _EVIDENCE_CHARS = 20_000, 60_000, 8_000
+
+
+def _context(repo: Path, payload: Develop, current: str) -> dict[str, str]:
+    """The prompt's context: the files the task depends on, and the tests importing its file
+    (found by the import graph, with the file as it is now: it may not exist yet)."""
+    rel = payload.task.file
+    graph = analyze(repo, overrides={rel: current})
+    tests, seen, queue = [], {rel}, [rel]
+    while queue:
+        for importer in graph.dependents(queue.pop()):
+            if importer not in seen:
+                seen.add(importer)
+                queue.append(importer)
+                if is_test_file(importer):
+                    tests.append(importer)
+    return {"dependencies": _show(repo, [f for f in payload.context if f != rel]),
+            "tests": _show(repo, sorted(tests))}
+
+
+def _show(repo: Path, files: list[str]) -> str:
+    """``files`` as fenced blocks under their names, bounded in size."""
+    parts, total = [], 0
+    for rel in files:
+        try:
+            text = (repo / rel).read_text(encoding="utf-8", errors="replace")[:_FILE_CHARS]
+        except OSError:
+            continue  # not written (yet): nothing to show
+        if total + len(text) > _CONTEXT_CHARS:
+            parts.append(f"(and {len(files) - len(parts)} more files, left out for length)")
+            break
+        total += len(text)
+        parts.append(f"`{rel}`:\n```\n{text}\n```")
+    return "\n\n".join(parts) or "(none)"
+
+
+def _file_text(reply: str) -> str:
+    text = _strip_fence(reply)
+    return text if text.endswith("\n") else text + "\n"
 def _strip_fence(text: str) -> str:
     lines = text.strip().splitlines()
     if len(lines) >= 2 and lines[0].startswith("```") and lines[-1].startswith("```"):
         return "\n".join(lines[1:-1]) + "\n"
     return text
+
+
+@agent.handler(RESOLVE_CONFLICT)
+async def resolve_conflict(payload: ResolveConflict, ctx: RequestContext) -> Resolution | Unresolved:
+    """pr_deployment's merge conflicts: the chat model proposes a resolution."""
+    # imported when a merge conflicts: the model machinery is not needed before
+    from orchestrator.agents.lib.conflict_resolution import propose_resolution
+
+    return await propose_resolution(payload, ctx)

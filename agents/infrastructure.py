@@ -28,6 +28,7 @@ import psutil
 from orchestrator.agents.lib.files import write_atomic
 from orchestrator.agents.lib.health.probe import Prober
 from orchestrator.agents.lib.proc import child_env, run
+from orchestrator.agents.lib.prompts import render_prompt
 
 from orchestrator.agent import Agent, HandlerError, RequestContext
 from orchestrator.contracts.health import ISSUE_ORDER, HealthSource, Sample
@@ -45,6 +46,7 @@ from orchestrator.contracts.infrastructure import (
     service_lock,
 )
 from orchestrator.errors import AgentErrorCode
+from orchestrator.llm import model_call
 
 __all__ = ["agent", "diagnose_by_rules"]
 
@@ -104,31 +106,30 @@ def diagnose_by_rules(samples: list[dict[str, Any]], kinds: list[str]) -> tuple[
 async def diagnose(payload: Diagnose, ctx: RequestContext) -> Diagnosis:
     samples, kinds = payload.samples, payload.kinds or list(ISSUE_ORDER)
     kind, reason = diagnose_by_rules(samples, kinds)
-    model = ctx.chat_model()
-    if model is not None and kind != "none":
-        answer = await _ask_model(model, samples, kinds, ctx)
+    if kind != "none":
+        answer = await _ask_model(samples, kinds, ctx)
         if answer is not None:
             return Diagnosis(kind=answer[0], reason=answer[1], by="model", rules=kind)
     return Diagnosis(kind=kind, reason=reason, by="rules")
 
 
-async def _ask_model(model: Any, samples: list[dict[str, Any]], kinds: list[str],
+async def _ask_model(samples: list[dict[str, Any]], kinds: list[str],
                      ctx: RequestContext) -> tuple[str, str] | None:
-    prompt = (
-        "You diagnose a misbehaving web service from probe samples. Answer with exactly one "
-        f"word from this list, the issue to treat first: {', '.join(kinds)}. Then, on the "
-        "next line, one sentence of reasoning.\n\nSamples:\n"
-        + json.dumps(samples, indent=1)
-    )
+    """The model's (kind, reason), limited to ``kinds``; None when no model is configured or
+    its answer is not usable (the rules stand). A budget refusal is the caller's to handle."""
+    prompt, messages = render_prompt("infrastructure_diagnose", kinds=", ".join(kinds),
+                                     samples=json.dumps(samples, indent=1))
     try:
-        reply = await asyncio.wait_for(model.ainvoke(prompt), 60)
-    except asyncio.CancelledError:
+        answer = await model_call(ctx, purpose="diagnose", tier="small", messages=messages,
+                                  prompt=prompt)
+    except (asyncio.CancelledError, HandlerError):
         raise
     except Exception as exc:  # the rules still stand; say why the model was not used
         ctx.log.warning("chat model diagnosis failed (%s); using the rules", exc)
         return None
-    text = str(getattr(reply, "content", reply)).strip()
-    first, _, rest = text.partition("\n")
+    if answer is None:
+        return None
+    first, _, rest = answer.content.strip().partition("\n")
     word = first.strip().strip(".`*\"'").lower()
     if word not in kinds:
         ctx.log.warning("chat model answered %r, not one of %s; using the rules", word, kinds)

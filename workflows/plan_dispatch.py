@@ -6,7 +6,10 @@ first. It waits out a retry's back-off and a paused circuit breaker. When no dev
 planner agent is live, it waits a few seconds for one, then stops with ``agent_unavailable``:
 the thread stays intact, and ``resume`` carries on once an agent is started. (Parallel tasks
 pause in one step: ``pause_until`` keeps the later deadline.) :func:`route_dispatch` sends each
-chosen task to ``work`` with what that needs.
+chosen task to ``work`` with what that needs: the files it depends on, the run's budget, and
+its model tier (:func:`orchestrator.llm.tiers.choose_tier`, from the lines it writes, its
+dependents and dependencies in the task graph, new or fix, and the attempt: a retry moves up
+a tier), which ``work`` records in the task's state.
 """
 
 from __future__ import annotations
@@ -17,10 +20,11 @@ from typing import Any
 
 from langgraph.types import Send
 from orchestrator.state.schema import now_iso
-from orchestrator.workflows.plans import PlanState, plan_of
+from orchestrator.workflows.plans import PlanState, PlanTask, plan_of
 
 from orchestrator.contracts import developer, planner, qa
 from orchestrator.errors import AgentUnavailable
+from orchestrator.llm.tiers import choose_tier
 from orchestrator.runtime import current_runtime
 
 __all__ = ["dispatch", "route_dispatch"]
@@ -48,6 +52,8 @@ def _ready(state: PlanState, now: float) -> tuple[list[str], float | None]:
 
 
 async def dispatch(state: PlanState) -> dict[str, Any]:
+    if state.get("final_result"):  # a budget question answered "stop"
+        return {"route": {"next": "report"}}
     plan, tasks = plan_of(state), state["tasks"]
     pause_until = state.get("pause_until") or 0.0
     if pause_until > time.time():  # a breaker is open, or an agent missing: wait for it
@@ -97,9 +103,19 @@ def route_dispatch(state: PlanState) -> list[Send] | str:
         rec = tasks[task_id]
         attempts = rec["attempts"]
         last = attempts[-1] if attempts else None
+        task = plan.task(task_id)
+        tier, tier_reason = choose_tier(
+            _size(task), fan_in=sum(1 for r in tasks.values() if task_id in r["deps"]),
+            fan_out=len(rec["deps"]), is_new=task.kind == "new", attempt=len(attempts) + 1)
         sends.append(Send("work", {
-            "task": plan.task(task_id).model_dump(mode="json"),
+            "task": task.model_dump(mode="json"),
             "attempt": len(attempts) + 1,
+            "tier": tier,
+            "tier_reason": tier_reason,
+            # what the task's file depends on: the developer's model reads them
+            "context": [plan.task(d).file for d in rec["deps"]],
+            "budget": state.get("budget"),
+            "model": state.get("budget_model"),
             # a fix works from what QA found; after a failed development, apply it again
             "evidence": last.get("evidence") if last and last["outcome"] == "failed"
             and (last.get("evidence") or {}).get("stage") == "qa" else None,
@@ -113,3 +129,9 @@ def route_dispatch(state: PlanState) -> list[Send] | str:
             "not_ready": not_ready,
         }))
     return sends
+
+
+def _size(task: PlanTask) -> int:
+    """Lines the task writes, as far as the plan says (0: not known, a description)."""
+    text = task.content if task.content is not None else task.patch
+    return len(text.splitlines()) if text else 0

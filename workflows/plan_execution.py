@@ -19,7 +19,14 @@
 * ``work`` (``plan_work``) runs one task: the developer agent applies it, then the QA agent
   checks that file at once; a task already done is taken from a result cache that checks the
   repository still holds it. A QA failure is retried as a fix after a growing back-off, up to
-  ``max_attempts``; then it is dead-lettered.
+  ``max_attempts``; then it is dead-lettered. A task with only a ``description`` is written by
+  the developer's chat model; each task's model tier (``choose_tier``: its size, fan-in and
+  fan-out, new or fix, the attempt) and why are kept in its record and the report.
+* Budgets: ``budget_usd`` bounds the run's model calls; when a call is refused for a budget,
+  ``budget_policy`` decides: ``fail`` (the run fails with ``BudgetExceeded``), ``fallback``
+  (the agent takes a cheaper model that fits), or ``ask`` (the ``work`` node asks a person,
+  ``BudgetAnswer``: raise the budget, switch to a cheaper model for the rest of the run, or
+  stop the run).
 * ``escalate`` pauses on a dead letter with its evidence (a typed question,
   ``DeadLetterAnswer``); resume with ``{"action": "skip" | "retry" | "abort", "by": ...}``.
   Skipping a task skips what depends on it; a malformed answer is asked again.
@@ -51,6 +58,7 @@ from orchestrator.contracts.cicd import RUN_COMMAND, RunCommand
 from orchestrator.contracts.planner import ANALYZE_PLAN, AnalyzePlan, PlanTaskNode
 from orchestrator.errors import AgentError, AgentErrorCode
 from orchestrator.graphs import WorkflowSpec, validated_fields
+from orchestrator.llm import BudgetPolicy, BudgetSpec
 from orchestrator.questions import Answer, ask
 from orchestrator.runtime import current_runtime
 
@@ -60,11 +68,15 @@ _AGENTS = (developer.AGENT_TYPE, qa.AGENT_TYPE)  # their versions are part of a 
 
 
 class PlanExecutionInput(BaseModel):
-    """``plan``: the path of a YAML/JSON plan file, or the plan itself."""
+    """``plan``: the path of a YAML/JSON plan file, or the plan itself; ``budget_usd``: what
+    the run's model calls may cost; ``budget_policy``: what happens when that (or a daily
+    budget) is exhausted — ``ask`` a person, ``fallback`` to a cheaper model, or ``fail``."""
 
     model_config = ConfigDict(extra="forbid")
 
     plan: str | dict[str, Any]
+    budget_usd: float | None = Field(None, ge=0, allow_inf_nan=False)
+    budget_policy: BudgetPolicy = "ask"
 
     @field_validator("plan")
     @classmethod
@@ -77,12 +89,19 @@ class PlanExecutionInput(BaseModel):
 
 
 async def prepare(state: PlanState) -> dict[str, Any]:
-    plan = (await validated_fields(workflow, {"plan": state["plan"]}))["plan"]
+    given = {k: state[k] for k in ("plan", "budget_usd", "budget_policy") if k in state}
+    fields = await validated_fields(workflow, given)
+    plan = fields["plan"]
     assert isinstance(plan, dict)
     deploy, updates = (await validate_canary(plan["deploy"]) if plan.get("deploy")
                        else (None, {}))
+    budget = BudgetSpec(thread_usd=fields.get("budget_usd"),
+                        policy=fields.get("budget_policy") or "ask", node="work",
+                        workflow_type="plan_execution")
     return merge_updates(updates, {
         "plan": plan, "deploy": deploy, "workflow_type": "plan_execution",
+        # a budget question's answer stands over the input for the rest of the run
+        "budget": state.get("budget") or budget.model_dump(mode="json"),
         "subtasks": [{"id": t["id"], "kind": t["kind"], "agent_type": developer.AGENT_TYPE,
                       "payload": {"file": t["file"]}} for t in plan["tasks"]],
         "updated_at": now_iso()}, schema=PlanState)
@@ -239,7 +258,7 @@ builder.add_edge(START, "prepare")
 builder.add_edge("prepare", "analyze")
 builder.add_conditional_edges("analyze", after_analyze, ["dispatch", "report"])
 builder.add_conditional_edges("dispatch", route_dispatch,
-                              ["work", "dispatch", "escalate", "integrate"])
+                              ["work", "dispatch", "escalate", "integrate", "report"])
 builder.add_edge("work", "dispatch")
 builder.add_conditional_edges("escalate", after_escalate, ["dispatch", "report"])
 builder.add_conditional_edges("integrate", after_integrate, ["canary", "report"])

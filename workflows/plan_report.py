@@ -2,7 +2,8 @@
 
 The final result says how the run ended (completed; failed, with the stage and the reasons;
 or partial when tasks were skipped, naming the files they left in the tree) and, per task,
-its status, attempts, their durations, cache hits, priority and batch; then the planner's
+its status, attempts, their durations, cache hits, priority, batch and model tier (with why,
+and the tier of each attempt); then the run's budget and its questions' answers, the planner's
 critical path and batches, the dead letters, the cache's hits and misses, the most tasks seen
 working at once, the pauses, the integration and the canary.
 """
@@ -31,6 +32,8 @@ async def report(state: PlanState) -> dict[str, Any]:
             "durations": [a["seconds"] for a in attempts],
             "seconds": round(sum(a["seconds"] for a in attempts), 3),
             "cache_hits": task_hits, "priority": rec.get("priority"), "batch": rec.get("batch"),
+            "tier": rec.get("tier"), "tier_reason": rec.get("tier_reason"),
+            "tiers": [a.get("tier") for a in attempts],
             "retry_delays": [a.get("retry_delay") for a in attempts if a.get("retry_delay")],
             **({"stale_cache_hits": stale} if (stale := sum(a.get("stale_hits", 0)
                                                              for a in attempts)) else {}),
@@ -68,6 +71,10 @@ async def report(state: PlanState) -> dict[str, Any]:
         "integration": {k: (state.get("integration") or {}).get(k)
                         for k in ("passed", "counts", "reason", "seconds")},
     })
+    budget = state.get("budget") or {}
+    final["budget"] = {"usd": budget.get("thread_usd"), "policy": budget.get("policy"),
+                       "model": state.get("budget_model"),
+                       "decisions": state.get("budget_decisions") or []}
     if canary is not None:
         final["canary"] = {k: canary.get(k) for k in ("deployment", "status", "percent", "reason")}
     return {"final_result": final, "updated_at": now_iso()}

@@ -27,7 +27,8 @@ from orchestrator.calls import failure_updates
 from orchestrator.contracts.developer import DEVELOP, Develop, Task, file_lock
 from orchestrator.contracts.planner import FILE_HASHES, FileHashes
 from orchestrator.contracts.qa import CHECK, Check, Checked
-from orchestrator.errors import AgentUnavailable, CircuitOpen, OrchestratorError
+from orchestrator.errors import AgentUnavailable, BudgetExceeded, CircuitOpen, OrchestratorError
+from orchestrator.llm.policy import ask_budget
 from orchestrator.metrics import TASK_CACHE
 from orchestrator.runtime import current_runtime
 
@@ -60,7 +61,9 @@ async def develop_and_check(job: dict[str, Any]) -> dict[str, Any]:
     started = time.time()
     developed = await DEVELOP.call(
         Develop(repo=repo, task=Task.model_validate(task), attempt=attempt,
-                evidence=job.get("evidence")),
+                evidence=job.get("evidence"), context=job.get("context") or [],
+                tier=job.get("tier"), tier_reason=job.get("tier_reason"),
+                budget=job.get("budget"), model=job.get("model")),
         locks=[file_lock(repo, task["file"])], priority=priority,
         subtask=f"{task['id']}:develop:{attempt}",
     )
@@ -89,37 +92,38 @@ def _qa_summary(qa: Checked) -> dict[str, Any]:
 async def work(job: dict[str, Any]) -> dict[str, Any]:
     task_id, attempt = job["task"]["id"], job["attempt"]
     rec = dict(job["record"])
+    rec.update(tier=job.get("tier"), tier_reason=job.get("tier_reason"))
     started = time.time()
-    stale = 0
-    try:
-        for _ in range(2):
-            result = await develop_and_check(job)
-            if not _from_cache(result, job) or await _still_in_tree(job, result):
-                break
-            # the repository no longer holds what the cached task produced (reset, file
-            # deleted or changed): forget that entry, and do the task again
-            stale += 1
-            await _forget(job)
-        else:  # stored again meanwhile by another run: do it under a key of this attempt
-            result = await develop_and_check(
-                {**job, "key": f"{job['key']}:{job['thread_id']}:{attempt}"})
-    except (CircuitOpen, AgentUnavailable) as exc:
-        # not the task's fault: put it back, and have dispatch wait for the agent
-        until = exc.retry_at.timestamp() if isinstance(exc, CircuitOpen) else time.time() + 5
-        return {"tasks": {task_id: rec}, "pause_until": until,
-                "pauses": [{"task": task_id, "reason": str(exc), "until": until,
-                            "at": now_iso()}]}
-    except (_QAFailed, OrchestratorError) as exc:
-        evidence = {**exc.evidence, "stage": "qa"} if isinstance(exc, _QAFailed) else {
-            "reason": str(exc), "code": exc.code, "stage": "develop"}
-        # a failed call records itself (error_log, agent_status) beside the task's outcome
-        return merge_updates(failure_updates(exc), _failed(job, rec, started, evidence),
-                             schema=PlanState)
+    decided: dict[str, Any] = {}  # what budget questions decided here, for the run's state
+    while True:
+        try:
+            result, stale = await _develop(job)
+            break
+        except BudgetExceeded as exc:
+            if (job.get("budget") or {}).get("policy", "ask") != "ask":
+                raise  # fail (or fallback found nothing cheaper that fits): the run fails
+            job, decided = _decide(job, exc, decided)
+            if "final_result" in decided:
+                return merge_updates(failure_updates(exc), {**decided, "tasks": {task_id: rec}},
+                                     schema=PlanState)
+        except (CircuitOpen, AgentUnavailable) as exc:
+            # not the task's fault: put it back, and have dispatch wait for the agent
+            until = exc.retry_at.timestamp() if isinstance(exc, CircuitOpen) else time.time() + 5
+            return {**decided, "tasks": {task_id: rec}, "pause_until": until,
+                    "pauses": [{"task": task_id, "reason": str(exc), "until": until,
+                                "at": now_iso()}]}
+        except (_QAFailed, OrchestratorError) as exc:
+            evidence = {**exc.evidence, "stage": "qa"} if isinstance(exc, _QAFailed) else {
+                "reason": str(exc), "code": exc.code, "stage": "develop"}
+            # a failed call records itself (error_log, agent_status) beside the task's outcome
+            return merge_updates(failure_updates(exc), decided,
+                                 _failed(job, rec, started, evidence), schema=PlanState)
     hit = _from_cache(result, job)
     TASK_CACHE.labels("hit" if hit else "miss").inc()
     finished = time.time()
     record = {"n": attempt, "outcome": "passed", "cache_hit": hit, "started": started,
               "finished": finished, "seconds": round(finished - started, 3),
+              "tier": job.get("tier"), "tier_reason": job.get("tier_reason"),
               "qa": result["qa"], "develop": result["develop"]}
     if hit:
         record["cached_from"] = result.get("computed_by")
@@ -128,10 +132,50 @@ async def work(job: dict[str, Any]) -> dict[str, Any]:
     rec.update(status="done", attempts=[*rec["attempts"], record])
     return merge_updates(
         {} if hit else result.get("updates"),  # a cache hit made no call of this run
+        decided,
         {"tasks": {task_id: rec}, "subtask_status": {task_id: "done"},
          "partial_results": {task_id: {"file": job["task"]["file"],
                                        "sha256": result["develop"].get("sha256")}}},
         schema=PlanState)
+
+
+async def _develop(job: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    """The task's result (done now, or from the cache if the repository still holds it),
+    and how many stale cache entries were forgotten on the way."""
+    stale = 0
+    for _ in range(2):
+        result = await develop_and_check(job)
+        if not _from_cache(result, job) or await _still_in_tree(job, result):
+            return result, stale
+        # the repository no longer holds what the cached task produced (reset, file
+        # deleted or changed): forget that entry, and do the task again
+        stale += 1
+        await _forget(job)
+    # stored again meanwhile by another run: do it under a key of this attempt
+    return await develop_and_check(
+        {**job, "key": f"{job['key']}:{job['thread_id']}:{job['attempt']}"}), stale
+
+
+def _decide(job: dict[str, Any], exc: BudgetExceeded,
+            decided: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Ask a person what to do about an exhausted budget (policy ``ask``), and apply the
+    answer: the job to try again with, and the run's state updates (the new budget or model
+    for the rest of the run, the decision; ``final_result`` when the answer is to stop).
+    A malformed answer is refused and the question asked again (``ask``)."""
+    task = job["task"]
+    answer = ask_budget(exc, context={"task": task["id"], "file": task["file"],
+                                      "tier": job.get("tier"), "model": job.get("model")})
+    decision = {"task": task["id"], **answer.model_dump(mode="json"),
+                "details": exc.details, "at": now_iso()}
+    updates = {**decided, "budget_decisions": [*decided.get("budget_decisions", []), decision]}
+    if answer.action == "stop":
+        reason = f"stopped by {answer.by} at the budget question of {task['id']}: {exc}"
+        return job, {**updates, "final_result": {"status": "failed", "stage": "budget",
+                                                 "reasons": [reason]}}
+    if answer.action == "raise":
+        budget = {**(job.get("budget") or {}), "thread_usd": answer.budget_usd}
+        return {**job, "budget": budget}, {**updates, "budget": budget}
+    return {**job, "model": answer.model}, {**updates, "budget_model": answer.model}
 
 
 def _from_cache(result: dict[str, Any], job: dict[str, Any]) -> bool:
@@ -158,6 +202,7 @@ def _failed(job: dict[str, Any], rec: dict[str, Any], started: float,
     finished = time.time()
     record = {"n": attempt, "outcome": "failed", "cache_hit": False, "started": started,
               "finished": finished, "seconds": round(finished - started, 3),
+              "tier": job.get("tier"), "tier_reason": job.get("tier_reason"),
               "evidence": {k: evidence.get(k) for k in ("stage", "reason", "code", "findings",
                                                         "tests", "qa")
                            if evidence.get(k) is not None}}

@@ -11,8 +11,9 @@ A plan is YAML or JSON::
         file: app/models.py
         kind: new                  # new | fix
         description: the data model
-        content: |                 # exactly one of content, patch, command
-          ...
+        content: |                 # exactly one of content, patch, command; or none of
+          ...                      # them: the developer's chat model writes the file from
+                                   # the description (a model must be configured)
         depends_on: [settings]     # besides what the import analysis finds
         estimate: 3                # weighs the critical path
     allowed_cycles:                # import cycles the plan accepts, as [task, task] edges
@@ -66,9 +67,10 @@ class PlanTask(Task):
     @model_validator(mode="after")
     def _one_change(self) -> PlanTask:
         given = [k for k in ("content", "patch", "command") if getattr(self, k) is not None]
-        if len(given) != 1:
+        if len(given) > 1 or not (given or self.description.strip()):
             raise ValueError("give exactly one of 'content', 'patch' or 'command'"
-                             + (f" (got {', '.join(given)})" if given else ""))
+                             + (f" (got {', '.join(given)})" if given else "")
+                             + ", or only a 'description' (a chat model writes the file)")
         return self
 
 
@@ -123,8 +125,11 @@ def _later(left: float | None, right: float | None) -> float:
 
 class PlanState(MultiAgentState, total=False):
     """The state of a run of ``plan_execution``: the plan (as data), the planner's analysis,
-    a record per task (status, attempts, dependencies, priority, batch, cache key), and what
-    happened after (dead letters, pauses, integration, canary)."""
+    a record per task (status, attempts, dependencies, priority, batch, cache key, model tier
+    and why), and what happened after (dead letters, pauses, integration, canary). ``budget``
+    is the run's :class:`~orchestrator.llm.BudgetSpec` (``budget_usd``, ``budget_policy``),
+    ``budget_model`` the model a budget question switched to, ``budget_decisions`` the
+    answers to those questions."""
 
     plan: dict[str, Any]
     analysis: dict[str, Any]
@@ -136,6 +141,11 @@ class PlanState(MultiAgentState, total=False):
     deploy: dict[str, Any] | None
     canary: dict[str, Any]
     route: dict[str, Any]
+    budget_usd: float | None
+    budget_policy: str
+    budget: dict[str, Any]
+    budget_model: str | None
+    budget_decisions: Annotated[list[dict[str, Any]], append_list]
 
 
 def plan_of(state: Mapping[str, Any]) -> Plan:

@@ -3,17 +3,23 @@
 Request types:
 
 * ``develop`` (:data:`DEVELOP`) ``{"repo", "task": {"id", "file", "kind", "description",
-  "content" | "patch" | "command"}, "attempt", "evidence"?, "timeout"?}`` → ``{"file",
-  "action", "changed", "sha256", "detail", "attempt"}``. Guarded by :func:`file_lock`
-  (``file:<repository>/<file>``): the request must carry that lock's fencing token.
+  "content" | "patch" | "command"}, "attempt", "evidence"?, "timeout"?, "context"?, "tier"?,
+  "tier_reason"?, "budget"?, "model"?}`` → ``{"file", "action", "changed", "sha256", "detail",
+  "attempt", "model", "tier"}``. Guarded by :func:`file_lock` (``file:<repository>/<file>``):
+  the request must carry that lock's fencing token.
 
   The first attempt applies the task: ``content`` is written to the file, ``patch`` (a unified
   diff) is applied with ``git apply`` (a patch already applied is left alone), ``command`` is
-  run in the repository without a shell. A later attempt is a fix of what QA found
-  (``evidence``): with a chat model configured (``ORCHESTRATOR_CHAT_MODEL``) the model rewrites
-  the file from the task, the file and the evidence; without one, Python files get ruff's safe
-  automatic fixes (``ruff check --fix``), and other files cannot be fixed automatically
-  (``changed`` is false, and QA will fail again).
+  run in the repository without a shell. A task with only a ``description`` is written by the
+  chat model (prompt ``developer_write``) from the description, the files of ``context`` (the
+  files it depends on) and the tests that import it; with no model configured it is refused
+  (``invalid_input``, saying a model is needed). A later attempt is a fix of what QA found
+  (``evidence``): with a chat model configured the model rewrites the file from the task, the
+  file, its context and the evidence (prompt ``developer_fix``); without one, Python files get
+  ruff's safe automatic fixes (``ruff check --fix``), and other files cannot be fixed
+  automatically (``changed`` is false, and QA will fail again). ``tier`` picks the model
+  (``orchestrator.llm``; default ``medium``) unless ``model`` names one, ``budget`` bounds
+  what the calls may spend.
 
 :class:`Task` is a plan's task as it travels: ``plan_execution``'s plan task
 (``orchestrator.workflows.plans.PlanTask``) is this model with the plan's own rules on top.
@@ -28,6 +34,7 @@ from pydantic import Field, field_validator
 
 from orchestrator.contracts.base import Contract, Operation
 from orchestrator.contracts.repos import RepoPath
+from orchestrator.llm import BudgetSpec, Tier
 
 __all__ = ["AGENT_TYPE", "DEVELOP", "Develop", "Developed", "Task", "file_lock"]
 
@@ -40,8 +47,9 @@ def file_lock(repo: str | Path, file: str) -> str:
 
 
 class Task(Contract):
-    """One file task: exactly one of ``content``, ``patch`` or ``command`` is carried out
-    (the agent answers ``invalid_input`` when none is given)."""
+    """One file task: ``content``, ``patch`` or ``command`` is carried out; with none of
+    them, the chat model writes the file from ``description`` (the agent answers
+    ``invalid_input`` when there is neither, or no model)."""
 
     id: str | None = None
     file: str = Field(min_length=1, description="repository-relative path of the file")
@@ -60,6 +68,13 @@ class Develop(Contract):
     attempt: int = Field(1, ge=1, description="1 applies the task; later ones fix it")
     evidence: dict[str, Any] | None = Field(None, description="what QA found (a fix works from it)")
     timeout: float = Field(600.0, gt=0, description="seconds a task's command may run")
+    context: list[str] = Field(default_factory=list,
+                               description="files the task depends on: the model reads them")
+    tier: Tier | None = Field(None, description="the model tier (default medium)")
+    tier_reason: str | None = None
+    budget: BudgetSpec | None = Field(None, description="what the model calls may spend")
+    model: str | None = Field(None, description="a model spec used instead of the tier's "
+                              "(a budget question answered 'switch')")
 
     @field_validator("attempt", "timeout", mode="before")
     @classmethod
@@ -70,11 +85,13 @@ class Develop(Contract):
 
 class Developed(Contract):
     file: str
-    action: str = Field(description="wrote, patched, ran, model, ruff-fix or none")
+    action: str = Field(description="wrote, patched, ran, generated, model, ruff-fix or none")
     changed: bool
     sha256: str
     detail: str
     attempt: int
+    model: str | None = Field(None, description="the chat model that wrote the file, if one did")
+    tier: str | None = None
 
 
 DEVELOP = Operation(AGENT_TYPE, "develop", Develop, Developed)
