@@ -251,3 +251,21 @@ async def test_a_budget_question_answered_switch_continues_on_the_cheaper_model(
     assert [(d["action"], d["model"], d["by"]) for d in decisions] == [
         ("switch", f"{HERE}:cheap", "alice")]
     assert state["tasks"]["flags"]["attempts"][-1]["develop"]["model"] == f"{HERE}:cheap"
+
+
+async def test_a_budget_question_answered_stop_fails_the_run_with_the_reason(
+        orchestrator_factory, tmp_path) -> None:
+    prices = tmp_path / "prices.json"
+    prices.write_text(json.dumps({f"{HERE}:pricey": {"input_per_mtok": 1000,
+                                                     "output_per_mtok": 1000}}))
+    orch = await orchestrator_factory(chat_model=f"{HERE}:pricey", prices_file=str(prices))
+    repo = _repo(tmp_path / "repo")
+    task = {"id": "flags", "file": "app/flags.py", "kind": "new", "description": "a flag"}
+    paused, question = await run_until_interrupt(orch, "plan_execution", {
+        "plan": _plan(repo, task), "budget_usd": 0.5})
+    assert question["kind"] == "budget" and question["context"]["task"] == "flags"
+    result = await resume(orch, paused.thread_id, {"action": "stop", "by": "bob"})
+    assert result.status == "failed"
+    assert result.final_result["stage"] == "budget"
+    assert "stopped by bob at the budget question of flags" in result.final_result["reasons"][0]
+    assert not (repo / "app" / "flags.py").exists()
