@@ -332,7 +332,12 @@ class Orchestrator:
             )
         except StaleWorkflowVersion as exc:
             raise WorkflowBusy(f"workflow {thread_id} was claimed by another process") from exc
-        graph_input: Any = (Command(resume=value) if answer
+        # one answer answers every pending question (check_answer fitted it to each): parallel
+        # branches asking the same question (a budget, from each task) wait on one answer, and
+        # LangGraph takes several only by interrupt id
+        resume = (value if len(snapshot.interrupts) <= 1
+                  else {question.id: value for question in snapshot.interrupts})
+        graph_input: Any = (Command(resume=resume) if answer
                             else await self._restart_input(record, snapshot))
         about = {"thread_id": thread_id, "workflow_type": record.workflow_type}
         if event is not None:

@@ -5,13 +5,16 @@ model calls, ledger and budgets against them."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 import socket
 import subprocess
 import sys
 import time
+import uuid
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -37,6 +40,7 @@ from tests.support.openai_server import (
     last_user_text,
     prompt_text,
 )
+from tests.support.processes import ORCHESTRATOR_CMD
 
 
 class Comment(BaseModel):
@@ -297,3 +301,102 @@ async def test_a_call_through_langchain_openai_is_recorded_with_the_usage_served
     assert row["cost_usd"] == Decimal(200 * 1 + 100 * 0.5 + 40 * 4) / 1_000_000
     assert (row["model"], row["provider"], row["prompt"], row["node"]) == (
         spec, "openai", "think@2", "spend")
+
+
+# -- a plan of descriptions, end to end through the CLI and the real client -----------------
+
+_GREET = ('from app.config import GREETING\n\n\ndef greet(name: str) -> str:\n'
+          '    return f"{GREETING}, {name}"\n')
+
+
+def _describe_repo(path: Path) -> dict[str, Any]:
+    """A repository whose test imports the file a description-only task asks for, and the
+    plan (data) for it."""
+    (path / "tests").mkdir(parents=True)
+    (path / "tests" / "test_greet.py").write_text(
+        "from app.greet import greet\n\n\n"
+        "def test_greet() -> None:\n    assert greet(\"ann\") == \"hello, ann\"\n")
+    for args in (["init", "-q", "-b", "main"], ["add", "."], ["commit", "-qm", "tests"]):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@e", "-C", str(path),
+                        *args], check=True, capture_output=True, timeout=30)
+    return {"repo": str(path), "retry_delay": 0, "integration_command": "python -c pass",
+            "tasks": [
+                {"id": "init", "file": "app/__init__.py", "kind": "new",
+                 "description": "the package, empty"},
+                {"id": "config", "file": "app/config.py", "kind": "new",
+                 "description": "GREETING, the word greet() starts with: hello"},
+                {"id": "greet", "file": "app/greet.py", "kind": "new",
+                 "depends_on": ["config"],
+                 "description": "greet(name) returns the configured greeting and the name"}]}
+
+
+def _writes_files(body: dict[str, Any]) -> str:
+    asked = last_user_text(body)
+    if "`app/greet.py`" in asked:
+        return f"```python\n{_GREET}```"
+    if "`app/config.py`" in asked:
+        return 'GREETING = "hello"\n'
+    return '"""The package."""\n'
+
+
+def _cli(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([*ORCHESTRATOR_CMD, *args], env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.mark.slow
+async def test_a_plan_of_descriptions_runs_end_to_end_with_a_budget_question(
+        model_server: OpenAIServer, service_env, tmp_path) -> None:
+    """``orchestrator run plan_execution`` in a subprocess, its agents in it, the developer's
+    model behind langchain-openai and the test server: tiers chosen, a budget question
+    answered "switch" through ``orchestrator resume``, the ledger through ``orchestrator
+    costs``; no connection leaves loopback, in the test or the CLI. Two tasks ask the same
+    question in parallel: one answer answers both."""
+    pricey, cheap = model_server.spec("pricey"), model_server.spec("cheap")
+    prices = tmp_path / "prices.yaml"
+    prices.write_text(f"{pricey}: {{input_per_mtok: 1000, output_per_mtok: 1000}}\n"
+                      f"{cheap}: {{input_per_mtok: 0.5, output_per_mtok: 2}}\n")
+    env = socket_guard.subprocess_env({
+        **service_env, **model_server.env(pricey),
+        "ORCHESTRATOR_MODELS": json.dumps({"agents": {"qa": {"small": cheap}}}),
+        "ORCHESTRATOR_PRICES_FILE": str(prices)})
+    model_server.script = _writes_files
+    plan = _describe_repo(tmp_path / "repo")
+    source = tmp_path / "input.json"
+    # the pricey model's worst case (4096 output tokens at $1000/Mtok) does not fit in $1
+    source.write_text(json.dumps({"plan": plan, "budget_usd": 1.0, "budget_policy": "ask"}))
+    thread = f"describe-{uuid.uuid4().hex[:8]}"
+
+    ran = await asyncio.to_thread(_cli, env, "run", "plan_execution", "--input", str(source),
+                                  "--thread-id", thread, "--json")
+    assert ran.returncode == 3, ran.stdout + ran.stderr  # paused on the budget question
+    paused = json.loads(ran.stdout)
+    question = paused["interrupts"][0]["value"]
+    assert question["kind"] == "budget"
+    assert question["context"]["budget"]["cheaper"] == [cheap]
+    assert model_server.requests == []  # refused before any call was made
+
+    answer = json.dumps({"action": "switch", "model": cheap, "by": "ana"})
+    done = await asyncio.to_thread(_cli, env, "resume", thread, "--value", answer, "--json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = json.loads(done.stdout)
+    assert result["status"] == "completed", result
+    assert (tmp_path / "repo" / "app" / "greet.py").read_text() == _GREET
+    report = result["final_result"]
+    assert {t: report["tasks"][t]["tier"] for t in ("init", "config", "greet")} == {
+        "init": "small", "config": "small", "greet": "small"}
+    assert all(report["tasks"][t]["tier_reason"] for t in ("init", "config", "greet"))
+    assert {r["model"] for r in model_server.requests} == {cheap.partition(":")[2]}
+
+    costs = await asyncio.to_thread(_cli, env, "costs", "--thread", thread, "--json")
+    assert costs.returncode == 0, costs.stderr
+    rows = json.loads(costs.stdout)
+    served = model_server.usage_totals(cheap)
+    assert len(rows) == len(model_server.exchanges) == 3
+    assert {r["model"] for r in rows} == {cheap} and {r["tier"] for r in rows} == {"small"}
+    assert sum(r["input_tokens"] for r in rows) == served["prompt_tokens"]
+    assert sum(r["output_tokens"] for r in rows) == served["completion_tokens"]
+    expected = sum(Decimal(r["input_tokens"]) * Decimal("0.5")
+                   + Decimal(r["output_tokens"]) * 2 for r in rows) / 1_000_000
+    assert Decimal(str(sum(r["cost_usd"] for r in rows))) == pytest.approx(expected)
+    assert all(r["prompt"].startswith("developer_write@") for r in rows)

@@ -123,6 +123,12 @@ def _later(left: float | None, right: float | None) -> float:
     return max(left or 0.0, right or 0.0)
 
 
+def _latest(left: Any, right: Any) -> Any:
+    """The last value given: parallel ``work`` tasks answered by one budget question (switch
+    to a model) set the same value in one step."""
+    return left if right is None else right
+
+
 class PlanState(MultiAgentState, total=False):
     """The state of a run of ``plan_execution``: the plan (as data), the planner's analysis,
     a record per task (status, attempts, dependencies, priority, batch, cache key, model tier
@@ -143,8 +149,8 @@ class PlanState(MultiAgentState, total=False):
     route: dict[str, Any]
     budget_usd: float | None
     budget_policy: str
-    budget: dict[str, Any]
-    budget_model: str | None
+    budget: Annotated[dict[str, Any], merge_dicts]
+    budget_model: Annotated[str | None, _latest]
     budget_decisions: Annotated[list[dict[str, Any]], append_list]
 
 
