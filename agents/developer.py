@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from orchestrator.agents.lib.depgraph import analyze
+from orchestrator.agents.lib.depgraph import DependencyGraph, analyze
 from orchestrator.agents.lib.files import write_atomic
 from orchestrator.agents.lib.proc import resolve_repo, run
 from orchestrator.agents.lib.prompts import render_prompt
@@ -38,7 +38,7 @@ from orchestrator.contracts.developer import (
 from orchestrator.errors import AgentErrorCode
 from orchestrator.llm import ModelAnswer, model_call
 
-__all__ = ["agent"]
+__all__ = ["agent", "tests_importing"]
 
 agent = Agent(
     AGENT_TYPE,
@@ -189,7 +189,14 @@ def _context(repo: Path, payload: Develop, current: str) -> dict[str, str]:
     """The prompt's context: the files the task depends on, and the tests importing its file
     (found by the import graph, with the file as it is now: it may not exist yet)."""
     rel = payload.task.file
-    graph = analyze(repo, overrides={rel: current})
+    tests = tests_importing(analyze(repo, overrides={rel: current}), rel)
+    return {"dependencies": _show(repo, [f for f in payload.context if f != rel]),
+            "tests": _show(repo, tests)}
+
+
+def tests_importing(graph: DependencyGraph, rel: str) -> list[str]:
+    """The test files that import ``rel``, directly or through other files, sorted
+    (``orchestrator estimate`` counts the same context)."""
     tests, seen, queue = [], {rel}, [rel]
     while queue:
         for importer in graph.dependents(queue.pop()):
@@ -198,8 +205,7 @@ def _context(repo: Path, payload: Develop, current: str) -> dict[str, str]:
                 queue.append(importer)
                 if is_test_file(importer):
                     tests.append(importer)
-    return {"dependencies": _show(repo, [f for f in payload.context if f != rel]),
-            "tests": _show(repo, sorted(tests))}
+    return sorted(tests)
 
 
 def _show(repo: Path, files: list[str]) -> str:

@@ -1,5 +1,6 @@
 """The ``planner`` agent: import-dependency analysis of a plan's files or a whole repository,
-and the task-level analysis ``plan_execution`` schedules by.
+the task-level analysis ``plan_execution`` schedules by, and plans drafted by a chat model
+(``draft_plan``, behind ``orchestrator plan``).
 
 Its request types, payloads and results are its contract, :mod:`orchestrator.contracts.planner`.
 The file analysis is ``agents/lib/depgraph``: Python through ``ast``, JavaScript and TypeScript
@@ -14,19 +15,24 @@ import asyncio
 import hashlib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Literal
 
 from orchestrator.agents.lib.depgraph import DependencyGraph, analyze, patch_additions
 from orchestrator.agents.lib.proc import resolve_folder
+from pydantic import BaseModel, Field
 
 from orchestrator.agent import Agent, HandlerError, RequestContext
 from orchestrator.contracts.planner import (
     AGENT_TYPE,
     ANALYZE_PLAN,
     ANALYZE_REPOSITORY,
+    DRAFT_PLAN,
     FILE_HASHES,
     AnalyzePlan,
     AnalyzeRepository,
     DependencyReport,
+    DraftedPlan,
+    DraftPlan,
     FileHashes,
     Hashes,
     PlanAnalysis,
@@ -35,7 +41,7 @@ from orchestrator.contracts.planner import (
 )
 from orchestrator.errors import AgentErrorCode
 
-__all__ = ["agent", "task_graph"]
+__all__ = ["NO_MODEL", "agent", "task_graph"]
 
 agent = Agent(
     AGENT_TYPE,
@@ -126,3 +132,59 @@ async def analyze_repository(payload: AnalyzeRepository, ctx: RequestContext) ->
     repo = await resolve_folder(payload.repo)
     graph = await asyncio.to_thread(analyze, repo)
     return DependencyReport(**await asyncio.to_thread(graph.to_dict))
+
+
+class DraftTask(BaseModel):
+    """One task of a drafted plan: a file and what to do with it, in words."""
+
+    id: str = Field(description="short unique name: letters, digits, _ . - /")
+    file: str = Field(description="path of the file from the repository's top")
+    kind: Literal["new", "fix"] = Field(description="new: create the file; fix: change it")
+    description: str = Field(description="what the file must contain, or what must change")
+    depends_on: list[str] = Field(default_factory=list, description="ids of tasks needed first")
+
+
+class DraftTasks(BaseModel):
+    """What the model answers when drafting a plan."""
+
+    tasks: list[DraftTask]
+    test_command: str | None = Field(None, description="how the repository runs its tests")
+
+
+_DEFAULT_TEST_COMMAND = "python -m pytest -q"
+NO_MODEL = ("drafting a plan needs a chat model, and none is configured: set "
+            "ORCHESTRATOR_CHAT_MODEL=provider:model (openai:gpt-4o-mini, with the provider's own "
+            "OPENAI_API_KEY...), or a large tier in ORCHESTRATOR_MODELS")
+
+
+@agent.handler(DRAFT_PLAN)
+async def draft_plan(payload: DraftPlan, ctx: RequestContext) -> DraftedPlan:
+    # imported when drafting: the other request types need no model machinery
+    from orchestrator.agents.lib.prompts import render_prompt
+
+    from orchestrator.llm.calls import model_call
+
+    repo = await resolve_folder(payload.repo)
+    graph = await asyncio.to_thread(analyze, repo)
+    files = graph.files[:payload.max_files]
+    shown = set(files)
+    edges = [(a, b) for a, b in graph.edges if a in shown and b in shown]
+    prompt, messages = render_prompt(
+        "planner_draft", goal=payload.goal, count=len(graph.files),
+        shown=f" (the first {len(files)} shown)" if len(files) < len(graph.files) else "",
+        files="\n".join(files) or "(none yet)",
+        edges="\n".join(f"{a} -> {b}" for a, b in edges) or "(none)",
+        test_command=_DEFAULT_TEST_COMMAND)
+    answer = await model_call(ctx, purpose="draft", tier="large", messages=messages,
+                              prompt=prompt, schema=DraftTasks)
+    if answer is None:
+        raise HandlerError(AgentErrorCode.INVALID_INPUT, NO_MODEL, blames_input=True)
+    drafted = answer.parsed
+    if not isinstance(drafted, DraftTasks):
+        raise HandlerError(AgentErrorCode.INTERNAL_ERROR,
+                           f"the model {answer.model} did not answer with a plan's tasks")
+    plan = {"repo": str(repo), "test_command": drafted.test_command or _DEFAULT_TEST_COMMAND,
+            "tasks": [t.model_dump(exclude=set() if t.depends_on else {"depends_on"})
+                      for t in drafted.tasks]}
+    return DraftedPlan(plan=plan, model=answer.model, files=len(graph.files),
+                       edges=len(graph.edges))

@@ -2,8 +2,9 @@
 
     validate ─┬─▶ review ─┬─▶ decide ─failed──────────────────────────▶ finish
               └─▶ tests  ─┘     ├─approval "required"─▶ approve ─reject─▶ finish
-                                └─"auto"──────────────▶ merge ◀─approve─┘
-                                                          ├─deploy given─▶ canary ─▶ finish
+     resolve ─┘ (again on       └─"auto"──────────────▶ merge ◀─approve─┘
+        ▲        the resolution)                          ├─deploy given─▶ canary ─▶ finish
+        └─────────────────────────────────conflict, once──┤
                                                           └──────────────────────▶ finish
 
 * ``validate`` checks the input (a git repository, existing refs, and when ``target`` is
@@ -16,12 +17,25 @@
   ``{"approve": true|false, "by": ..., "comment": ...}``: a JSON boolean, ``"false"`` is
   refused and asked again, never taken as a yes.
 * ``merge`` (cicd agent) holds the ``repo:<path>`` lock and passes its fencing token; a
-  conflict ends the run failed, naming the files, with the repository left as it was.
+  conflict is aborted, leaving the repository as it was, and goes to ``resolve``.
+* ``resolve`` (developer agent, :mod:`orchestrator.contracts.conflicts`): the chat model
+  proposes a resolution on a new branch ``<source>-resolved`` (``source`` with ``target``
+  merged in); review and tests run again on that branch, and the approval question, asked
+  even with ``approval: auto`` (a model wrote the change), carries the resolution's diff; the
+  merge then merges that branch. With no chat model configured, or an answer it refuses, the
+  run fails naming the conflicting files, as it did before there was a resolution; a second
+  conflict (the target moved again) fails the same way.
+* Budgets: ``budget_usd`` bounds the run's model calls (the review's comments, the
+  resolution); when a call is refused for a budget, ``budget_policy`` decides: ``fail``,
+  ``fallback`` to a cheaper model, or ``ask`` (default) a person in the node that called
+  (``orchestrator.llm.policy.ask_budget``: raise the budget, switch the model for the rest of
+  the run, or stop: the run fails at stage ``budget``).
 * ``canary`` is the shared rollout subgraph (``workflows/canary.py``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
 from langgraph.graph import END, START, StateGraph
@@ -32,6 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from orchestrator.calls import AGENT_RETRY
 from orchestrator.contracts.cicd import MERGE, RUN_TESTS, Command, Merge, RunTests
 from orchestrator.contracts.code_review import REVIEW, Review
+from orchestrator.contracts.conflicts import RESOLVE_CONFLICT, ResolveConflict
 from orchestrator.contracts.repos import (
     GitRef,
     RepoPath,
@@ -42,7 +57,10 @@ from orchestrator.contracts.repos import (
     repo_lock,
     repository_top,
 )
+from orchestrator.errors import BudgetExceeded
 from orchestrator.graphs import WorkflowSpec, validated_fields
+from orchestrator.llm import BudgetPolicy, BudgetSpec
+from orchestrator.llm.policy import ask_budget
 from orchestrator.questions import Answer, ask
 
 __all__ = ["PRDeploymentInput", "PRDeploymentState", "ApprovalAnswer", "builder", "workflow"]
@@ -66,6 +84,10 @@ class PRDeploymentInput(BaseModel):
     approval: Literal["required", "auto"] = "required"
     max_findings: int = Field(0, ge=0, description="review findings tolerated before it fails")
     deploy: CanarySpec | None = Field(None, description="canary rollout after the merge")
+    budget_usd: float | None = Field(None, ge=0, allow_inf_nan=False,
+                                     description="what the run's model calls may cost, USD")
+    budget_policy: BudgetPolicy = Field("ask", description="when a budget is exhausted: ask "
+                                        "a person, fallback to a cheaper model, or fail")
 
     @field_validator("repo")
     @classmethod
@@ -102,6 +124,12 @@ class PRDeploymentState(MultiAgentState, total=False):
     canary: dict[str, Any]
     decision: dict[str, Any]
     merge: dict[str, Any]
+    resolution: dict[str, Any]
+    budget_usd: float | None
+    budget_policy: str
+    budget: dict[str, Any]
+    budget_model: str | None
+    budget_decisions: list[dict[str, Any]]
 
 
 async def validate(state: PRDeploymentState) -> dict[str, Any]:
@@ -111,27 +139,76 @@ async def validate(state: PRDeploymentState) -> dict[str, Any]:
     if values.get("deploy") is not None:
         values["deploy"], updates = await validate_canary(values["deploy"])
     stages = ["review", "tests", "merge", *(["canary"] if values.get("deploy") else [])]
+    budget = BudgetSpec(thread_usd=values.get("budget_usd"),
+                        policy=values.get("budget_policy") or "ask", workflow_type="pr_deployment")
     return merge_updates(updates, {**values, "workflow_type": "pr_deployment",
+                                   # a budget question's answer stands over the input
+                                   "budget": state.get("budget") or budget.model_dump(mode="json"),
                                    "updated_at": now_iso(),
                                    "subtasks": [{"id": s, "kind": s} for s in stages]})
 
 
+def _resolved(state: PRDeploymentState) -> dict[str, Any] | None:
+    """The model's resolution of the merge's conflicts, when there is one."""
+    resolution = state.get("resolution") or {}
+    return resolution if resolution.get("resolved") else None
+
+
+def _delivered(state: PRDeploymentState) -> str:
+    """The branch reviewed, tested and merged: the resolution's once there is one."""
+    resolution = _resolved(state)
+    return resolution["branch"] if resolution else state["source"]
+
+
+async def _budgeted(state: PRDeploymentState, node: str,
+                    call: Callable[[BudgetSpec, str | None], Awaitable[Any]]
+                    ) -> tuple[Any, dict[str, Any]]:
+    """``call(budget, model)`` under the run's budget; with policy ``ask`` a refusal asks a
+    person (:func:`ask_budget`) and the call is made again as answered. Returns the call (None
+    when the answer was to stop) and the state updates the answers make (the new budget or
+    model for the rest of the run, the decisions; ``final_result`` on stop)."""
+    budget = {**(state.get("budget") or {}), "node": node}
+    model, decided = state.get("budget_model"), {}
+    while True:
+        try:
+            return await call(BudgetSpec.model_validate(budget), model), decided
+        except BudgetExceeded as exc:
+            if budget.get("policy", "ask") != "ask":
+                raise  # fail, or fallback found nothing cheaper that fits: the run fails
+            answer = ask_budget(exc, context={"node": node, "model": model})
+            decision = {"node": node, **answer.model_dump(mode="json"), "details": exc.details,
+                        "at": now_iso()}
+            decided["budget_decisions"] = [*(state.get("budget_decisions") or []),
+                                           *decided.get("budget_decisions", []), decision]
+            if answer.action == "stop":
+                reason = f"stopped by {answer.by} at the budget question of {node}: {exc}"
+                return None, {**decided, "final_result": {
+                    **_summary(state), "status": "failed", "stage": "budget", "merged": False,
+                    "reasons": [reason]}}
+            if answer.action == "raise":
+                budget["thread_usd"] = answer.budget_usd
+                decided["budget"] = {k: v for k, v in budget.items() if k != "node"}
+            else:
+                model = decided["budget_model"] = answer.model
+
+
 async def review(state: PRDeploymentState) -> dict[str, Any]:
-    call = await REVIEW.call(
-        Review(repo=state["repo"], source=state["source"], target=state["target"],
-               max_findings=state.get("max_findings", 0)),
-        subtask="review",
-    )
+    call, decided = await _budgeted(state, "review", lambda budget, model: REVIEW.call(
+        Review(repo=state["repo"], source=_delivered(state), target=state["target"],
+               max_findings=state.get("max_findings", 0), budget=budget, model=model),
+        subtask="review"))
+    if call is None:
+        return {**decided, "subtask_status": {"review": "failed"}}
     result = call.result.model_dump(mode="json")
     status = "done" if call.result.passed else "failed"
-    return merge_updates(call.updates, {"partial_results": {"review": result},
-                                        "subtask_status": {"review": status}})
+    return merge_updates(call.updates, decided, {"partial_results": {"review": result},
+                                                 "subtask_status": {"review": status}})
 
 
 async def tests(state: PRDeploymentState) -> dict[str, Any]:
     timeout = float(state.get("test_timeout") or 600)
     call = await RUN_TESTS.call(
-        RunTests(repo=state["repo"], ref=state["source"], command=state["test_command"],
+        RunTests(repo=state["repo"], ref=_delivered(state), command=state["test_command"],
                  timeout=timeout),
         timeout=timeout + 300, subtask="tests",
     )
@@ -144,16 +221,22 @@ async def tests(state: PRDeploymentState) -> dict[str, Any]:
 def _summary(state: PRDeploymentState) -> dict[str, Any]:
     results = state.get("partial_results") or {}
     rev, tst = results.get("review") or {}, results.get("tests") or {}
-    return {
+    summary: dict[str, Any] = {
         "repo": state["repo"], "source": state["source"], "target": state["target"],
         "review": {"verdict": rev.get("verdict"), "files": rev.get("files", []),
                    "findings": len(rev.get("findings", [])), "counts": rev.get("counts", {})},
         "tests": {"passed": tst.get("passed"), "counts": tst.get("counts", {}),
                   "seconds": tst.get("seconds"), "commit": tst.get("commit")},
     }
+    resolution = _resolved(state)
+    if resolution:
+        summary["resolution"] = {k: resolution[k] for k in ("branch", "commit", "files", "model")}
+    return summary
 
 
 async def decide(state: PRDeploymentState) -> dict[str, Any]:
+    if state.get("final_result"):  # a budget question answered "stop"
+        return {"updated_at": now_iso()}
     results = state.get("partial_results") or {}
     reasons = []
     rev, tst = results["review"], results["tests"]
@@ -173,7 +256,8 @@ async def decide(state: PRDeploymentState) -> dict[str, Any]:
 def after_decide(state: PRDeploymentState) -> Literal["approve", "merge", "finish"]:
     if state.get("final_result"):
         return "finish"
-    return "merge" if state.get("approval") == "auto" else "approve"
+    # a resolution the model wrote is never merged unseen, whatever ``approval`` says
+    return "merge" if state.get("approval") == "auto" and not _resolved(state) else "approve"
 
 
 class ApprovalAnswer(Answer):
@@ -189,9 +273,16 @@ class ApprovalAnswer(Answer):
 
 
 async def approve(state: PRDeploymentState) -> dict[str, Any]:
-    answer = ask(ApprovalAnswer, kind="approval",
-                 question=f"merge {state['source']} into {state['target']} of {state['repo']}?",
-                 context={"summary": _summary(state)})
+    question = f"merge {state['source']} into {state['target']} of {state['repo']}?"
+    context: dict[str, Any] = {"summary": _summary(state)}
+    resolution = _resolved(state)
+    if resolution:
+        question = (f"merge {resolution['branch']} into {state['target']} of {state['repo']}? "
+                    f"It is {state['source']} with the conflicts in "
+                    f"{', '.join(resolution['files'])} resolved by the model "
+                    f"{resolution.get('model') or '(unknown)'}: check its diff")
+        context["resolution_diff"] = resolution["diff"]
+    answer = ask(ApprovalAnswer, kind="approval", question=question, context=context)
     decision = {"approved": answer.approve, "by": answer.by, "comment": answer.comment,
                 "at": now_iso()}
     update: dict[str, Any] = {"decision": decision}
@@ -212,25 +303,50 @@ def after_approve(state: PRDeploymentState) -> Literal["merge", "finish"]:
 async def merge(state: PRDeploymentState) -> dict[str, Any]:
     decision = state.get("decision") or {}
     by = f" (approved by {decision['by']})" if decision.get("by") else ""
+    source = _delivered(state)
     call = await MERGE.call(
-        Merge(repo=state["repo"], source=state["source"], target=state["target"],
-              message=f"Merge {state['source']} into {state['target']}{by}"),
+        Merge(repo=state["repo"], source=source, target=state["target"],
+              message=f"Merge {source} into {state['target']}{by}"),
         locks=[repo_lock(state["repo"])], subtask="merge",
     )
     result = call.result.model_dump(mode="json")
     update = merge_updates(call.updates, {
         "merge": result, "subtask_status": {"merge": "done" if result["merged"] else "failed"}})
-    if not result["merged"]:
-        update["final_result"] = {**_summary(state), "status": "failed", "stage": "merge",
-                                  "merged": False, "conflicts": result["conflicts"],
-                                  "reasons": [result["reason"]]}
+    # a conflict goes to resolve, once; anything else that stops the merge ends the run
+    if not result["merged"] and (state.get("resolution") or not result["conflicts"]):
+        update["final_result"] = _conflicted(state, result)
     return update
 
 
-def after_merge(state: PRDeploymentState) -> Literal["canary", "finish"]:
-    if state.get("final_result") or not state.get("deploy"):
+def _conflicted(state: PRDeploymentState, merged: dict[str, Any]) -> dict[str, Any]:
+    return {**_summary(state), "status": "failed", "stage": "merge", "merged": False,
+            "conflicts": merged["conflicts"], "reasons": [merged["reason"]]}
+
+
+def after_merge(state: PRDeploymentState) -> Literal["resolve", "canary", "finish"]:
+    if state.get("final_result"):
         return "finish"
-    return "canary"
+    if not (state.get("merge") or {}).get("merged"):
+        return "resolve"
+    return "canary" if state.get("deploy") else "finish"
+
+
+async def resolve(state: PRDeploymentState) -> dict[str, Any]:
+    call, decided = await _budgeted(state, "resolve", lambda budget, model: RESOLVE_CONFLICT.call(
+        ResolveConflict(repo=state["repo"], source=state["source"], target=state["target"],
+                        budget=budget, model=model),
+        subtask="resolve", timeout=900))
+    if call is None:
+        return decided
+    result = call.result.model_dump(mode="json")
+    update = merge_updates(call.updates, decided, {"resolution": result})
+    if not result["resolved"]:
+        update["final_result"] = _conflicted(state, state["merge"])
+    return update
+
+
+def after_resolve(state: PRDeploymentState) -> list[str] | Literal["finish"]:
+    return "finish" if state.get("final_result") else ["review", "tests"]
 
 
 async def finish(state: PRDeploymentState) -> dict[str, Any]:
@@ -263,6 +379,7 @@ builder.add_node("tests", tests, retry_policy=AGENT_RETRY)
 builder.add_node("decide", decide)
 builder.add_node("approve", approve)
 builder.add_node("merge", merge, retry_policy=AGENT_RETRY)
+builder.add_node("resolve", resolve, retry_policy=AGENT_RETRY)
 builder.add_node("canary", canary_graph)
 builder.add_node("finish", finish)
 builder.add_edge(START, "validate")
@@ -271,7 +388,8 @@ builder.add_edge("validate", "tests")
 builder.add_edge(["review", "tests"], "decide")
 builder.add_conditional_edges("decide", after_decide, ["approve", "merge", "finish"])
 builder.add_conditional_edges("approve", after_approve, ["merge", "finish"])
-builder.add_conditional_edges("merge", after_merge, ["canary", "finish"])
+builder.add_conditional_edges("merge", after_merge, ["resolve", "canary", "finish"])
+builder.add_conditional_edges("resolve", after_resolve, ["review", "tests", "finish"])
 builder.add_edge("canary", "finish")
 builder.add_edge("finish", END)
 

@@ -22,6 +22,7 @@ from ..settings import Settings
 from .agents import cmd_agents, cmd_dlq, cmd_locks, cmd_worker
 from .analyze import cmd_analyze
 from .costs import cmd_costs
+from .estimate import cmd_estimate
 from .exits import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -33,6 +34,7 @@ from .exits import (
 from .inspect import cmd_graphs, cmd_ls, cmd_show
 from .maintenance import cmd_prune, cmd_restore
 from .parser import build_parser
+from .plan import cmd_plan
 from .progress import LogHandler
 from .remote import cmd_audit, cmd_cancel, cmd_token, remote_command
 from .run import cmd_recover, cmd_resume, cmd_run
@@ -52,7 +54,7 @@ _COMMANDS = {
     "run": cmd_run, "resume": cmd_resume, "recover": cmd_recover, "ls": cmd_ls,
     "show": cmd_show, "graphs": cmd_graphs, "agents": cmd_agents, "worker": cmd_worker,
     "locks": cmd_locks, "dlq": cmd_dlq, "db": cmd_db, "services": cmd_services,
-    "analyze": cmd_analyze, "serve": cmd_serve,
+    "analyze": cmd_analyze, "serve": cmd_serve, "plan": cmd_plan, "estimate": cmd_estimate,
     "cancel": cmd_cancel, "token": cmd_token, "audit": cmd_audit, "costs": cmd_costs,
 }
 

@@ -198,6 +198,22 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("path", help="repository folder")
     analyze.add_argument("--json", action="store_true", help="print one JSON object")
 
+    plan = sub.add_parser(
+        "plan", help="draft a plan for plan_execution from a goal with the chat model",
+        description="The planner agent drafts a plan (the YAML plan_execution takes) from the "
+        "goal, the repository's files and its import graph, with the chat model "
+        "(ORCHESTRATOR_CHAT_MODEL); run in this process. Edit the plan before running it.")
+    plan.add_argument("goal", help="what the plan should achieve, in words")
+    plan.add_argument("--repo", required=True, help="the repository's folder")
+    plan.add_argument("--output", metavar="FILE",
+                      help="where to write the plan (default plan.yaml; never overwritten)")
+
+    estimate = sub.add_parser(
+        "estimate", help="predict a plan's model calls: tokens and cost per task and in total")
+    estimate.add_argument("plan", help="the plan file (YAML or JSON)")
+    estimate.add_argument("--json", action="store_true",
+                          help="print {tasks: [...], total: {...}} as one JSON object")
+
     costs = sub.add_parser(
         "costs", help="what model calls cost, from the ledger, with recommendations",
         description="Totals of the model calls recorded in the ledger (tokens, cost; calls "

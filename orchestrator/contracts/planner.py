@@ -16,6 +16,13 @@ Request types:
   batches, the critical path (weighted) and each task's rank; without, it is null.
 * ``analyze_repository`` (:data:`ANALYZE_REPOSITORY`) ``{"repo"}`` → the same file graph for
   every Python, JavaScript and TypeScript file of the repository.
+* ``draft_plan`` (:data:`DRAFT_PLAN`) ``{"repo", "goal", "max_files"=400}`` → ``{"plan",
+  "model", "files", "edges"}``: a plan for ``plan_execution`` drafted by the chat model from
+  the goal, the repository's files and its import graph (the first ``max_files`` files and
+  the edges between them go into the prompt), for a person to edit and run. Its tasks carry
+  only a ``description`` (the developer's model writes each file); ``plan`` is the plan as
+  data, ``repo`` the repository's absolute path. With no chat model configured the answer is
+  ``invalid_input`` saying a model is needed.
 * ``file_hashes`` (:data:`FILE_HASHES`) ``{"repo", "files": [path...]}`` → ``{"sha256": {path:
   hex digest, or null when the file does not exist}}``: what the working tree holds now
   (plan_execution checks a cached task's result against it).
@@ -30,9 +37,10 @@ from pydantic import Field, field_validator, model_validator
 from orchestrator.contracts.base import Contract, Operation
 
 __all__ = [
-    "AGENT_TYPE", "ANALYZE_PLAN", "ANALYZE_REPOSITORY", "FILE_HASHES", "AnalyzePlan",
-    "AnalyzeRepository", "CriticalPath", "DependencyReport", "FileHashes", "Hashes",
-    "PlanAnalysis", "PlanTaskNode", "TaskGraph", "TaskPath", "TaskPlace",
+    "AGENT_TYPE", "ANALYZE_PLAN", "ANALYZE_REPOSITORY", "DRAFT_PLAN", "FILE_HASHES",
+    "AnalyzePlan", "AnalyzeRepository", "CriticalPath", "DependencyReport", "DraftPlan",
+    "DraftedPlan", "FileHashes", "Hashes", "PlanAnalysis", "PlanTaskNode", "TaskGraph",
+    "TaskPath", "TaskPlace",
 ]
 
 AGENT_TYPE = "planner"
@@ -156,7 +164,21 @@ class Hashes(Contract):
     sha256: dict[str, str | None]
 
 
+class DraftPlan(Contract):
+    repo: Folder
+    goal: str = Field(min_length=1, max_length=20_000, description="what the plan should achieve")
+    max_files: int = Field(400, ge=1, le=5000, description="files of the repository shown to the model")
+
+
+class DraftedPlan(Contract):
+    plan: dict[str, Any] = Field(description="the plan as data: repo, test_command, tasks")
+    model: str | None = Field(description="the model that drafted it")
+    files: int = Field(description="files the repository has (the model saw up to max_files)")
+    edges: int = Field(description="import edges between them")
+
+
 ANALYZE_PLAN = Operation(AGENT_TYPE, "analyze_plan", AnalyzePlan, PlanAnalysis)
 ANALYZE_REPOSITORY = Operation(AGENT_TYPE, "analyze_repository", AnalyzeRepository,
                                DependencyReport)
 FILE_HASHES = Operation(AGENT_TYPE, "file_hashes", FileHashes, Hashes)
+DRAFT_PLAN = Operation(AGENT_TYPE, "draft_plan", DraftPlan, DraftedPlan)
