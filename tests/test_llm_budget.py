@@ -7,6 +7,7 @@ PostgreSQL and Redis through the plugin's fixtures; in-process fake models."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import random
 import uuid
@@ -22,6 +23,7 @@ from orchestrator.calls import call_agent
 from orchestrator.errors import BudgetExceeded
 from orchestrator.llm.budget import Budgets, Scope
 from orchestrator.llm.calls import BudgetSpec
+from orchestrator.llm.ledger import batched
 from tests.test_llm_ledger import HERE, UsageModel, ask, context, db, namespace, services
 
 __all__ = ["db", "namespace"]  # the fixtures, shared with the ledger's tests
@@ -73,8 +75,12 @@ async def budget_row(db, namespace: str, scope: str) -> dict[str, Any]:
     return row
 
 
+@pytest.mark.parametrize("in_worker", [False, True], ids=["inline", "batched"])
 async def test_fifty_concurrent_callers_never_pass_the_limit_by_more_than_one_estimate(
-        db, prices) -> None:
+        db, prices, in_worker: bool) -> None:
+    """Also as a worker runs handlers (``in_worker``): each caller inside ``batched()``, its
+    ledger rows and settles written by the background writer, its reservations held until
+    then."""
     spec = "tests.test_llm_budget:random_cost"
     for run in range(20):
         _draws.seed(run)
@@ -87,15 +93,16 @@ async def test_fifty_concurrent_callers_never_pass_the_limit_by_more_than_one_es
         async def caller(models: Any, thread: str, made: list[int]) -> None:
             nonlocal largest_estimate
             ctx = context(models, thread=thread)
-            while True:
-                try:
-                    await ask(ctx, budget=BudgetSpec(thread_usd=1.0, policy="fail"))
-                except HandlerError as exc:
-                    assert exc.code == "budget_exceeded" and exc.blames_input
-                    largest_estimate = max(largest_estimate,
-                                           Decimal(str(exc.details["estimate"])))
-                    return
-                made.append(1)
+            async with batched() if in_worker else contextlib.nullcontext():
+                while True:
+                    try:
+                        await ask(ctx, budget=BudgetSpec(thread_usd=1.0, policy="fail"))
+                    except HandlerError as exc:
+                        assert exc.code == "budget_exceeded" and exc.blames_input
+                        largest_estimate = max(largest_estimate,
+                                               Decimal(str(exc.details["estimate"])))
+                        return
+                    made.append(1)
 
         await asyncio.wait_for(asyncio.gather(
             *(caller(models, thread, made) for _ in range(50))), 120)

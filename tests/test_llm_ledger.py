@@ -263,6 +263,100 @@ async def test_a_redelivered_request_answered_from_the_store_records_nothing(
     assert len(found) == 1 and found[0]["agent_type"] == "llm_ledger_probe"
 
 
+async def test_batched_calls_are_written_when_the_block_ends_and_settle_their_reservations(
+        db, namespace) -> None:
+    from orchestrator.llm.ledger import batched
+
+    models = services(db, namespace, chat_model=f"{HERE}:priced", daily_budget_usd=10.0,
+                      agent_daily_budget_usd={"developer": 5.0})
+    assert models.ledger is not None
+    models.ledger.linger = 60.0  # only the block's end writes them
+    async with batched():
+        answers = [await ask(context(models, thread=f"t-{i}"),
+                             budget=BudgetSpec(thread_usd=1.0)) for i in range(3)]
+        assert await rows(db, namespace) == []  # queued: off the calls' path
+        reserved = await db.fetch("SELECT reserved_usd FROM model_budgets WHERE namespace = %s",
+                                  (namespace,))
+        assert reserved and all(r["reserved_usd"] > 0 for r in reserved)  # still held
+    found = await rows(db, namespace)  # the block's end waited for them
+    assert len(found) == 3 and [r["thread_id"] for r in found] == ["t-0", "t-1", "t-2"]
+    total = sum(Decimal(str(a.cost_usd)) for a in answers)
+    assert sum(r["cost_usd"] for r in found) == pytest.approx(total)
+    budgets = {r["scope"].split(":")[0] + (":t" if r["scope"].startswith("thread") else ""): r
+               for r in await db.fetch("SELECT * FROM model_budgets WHERE namespace = %s",
+                                       (namespace,))}
+    assert budgets["namespace"]["spent_usd"] == budgets["agent"]["spent_usd"] == sum(
+        r["cost_usd"] for r in found)
+    assert all(r["reserved_usd"] == 0 for r in budgets.values())
+    assert await db.fetchone("SELECT 1 FROM model_reservations WHERE namespace = %s",
+                             (namespace,)) is None
+
+
+async def test_a_row_the_database_refuses_does_not_take_its_batch_with_it(
+        db, namespace, caplog: pytest.LogCaptureFixture) -> None:
+    from dataclasses import replace
+
+    from orchestrator.llm.ledger import CallRecord, batched
+
+    models = services(db, namespace)
+    assert models.ledger is not None
+    good = CallRecord(thread_id="t", workflow_type=None, node=None, agent_type="developer",
+                      request_id=str(uuid.uuid4()), execution="e", sequence=0, model="m",
+                      provider="p", input_tokens=1, cached_tokens=None, output_tokens=1,
+                      reasoning_tokens=None, cost_usd=Decimal("0.5"), price_source="x",
+                      latency_ms=1.0, prompt="p@1", tier="small", purpose="write_file",
+                      reason=None)
+    bad = replace(good, sequence=1, purpose="nul\x00byte")  # PostgreSQL takes no NUL in text
+    later = replace(good, sequence=2)
+    models.ledger.linger = 60.0
+    async with batched():
+        for row in (good, bad, later):
+            await models.ledger.record(row, None)
+    assert [r["sequence"] for r in await rows(db, namespace)] == [0, 2]
+    assert "sequence 1) refused: dropped" in caplog.text
+
+
+async def test_a_workers_answer_is_stored_only_after_its_ledger_rows(
+        orchestrator_factory) -> None:
+    import asyncio
+
+    returned = asyncio.Event()
+
+    async def implement(payload: dict[str, Any], ctx: RequestContext) -> dict[str, Any]:
+        answer = await ask(ctx)
+        returned.set()
+        return {"content": answer.content}
+
+    agent = Agent("llm_ledger_order_probe").with_handlers({"implement": implement})
+    orch = await orchestrator_factory(stand_ins=[agent], builtin=False,
+                                      chat_model=f"{HERE}:priced")
+    rt = orch.runtime
+    request = AgentRequest(source=rt.process_id, target="llm_ledger_order_probe",
+                           request_type="implement", reply_to=rt.bus.reply_stream,
+                           correlation_id=f"thread-{uuid.uuid4().hex[:8]}")
+    async with rt.db.transaction() as conn:
+        # the ledger's insert waits behind this lock; the model call itself does not
+        await conn.execute("LOCK TABLE model_calls IN SHARE MODE")
+        answering = asyncio.create_task(rt.bus.request(request, 30))
+        await asyncio.wait_for(returned.wait(), 30)  # the handler is done, its row queued
+        for _ in range(300):  # the background writer's insert is waiting for the lock
+            if await rt.db.fetchone(
+                    "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                    "AND query LIKE %s", ("%INSERT INTO model_calls%",)):
+                break
+            await asyncio.sleep(0.01)
+        else:
+            raise AssertionError("the ledger's insert never waited for the lock")
+        done, _ = await asyncio.wait({answering}, timeout=0.5)
+        assert not done  # no answer while the row is not written...
+        assert await rt.bus.stored_response(request.request_id) is None  # ...nor stored
+    response = await asyncio.wait_for(answering, 30)  # the lock gone: row, then answer
+    assert response.status == "success"
+    found = await rt.db.fetch("SELECT * FROM model_calls WHERE request_id = %s",
+                              (request.request_id,))
+    assert len(found) == 1
+
+
 # -- choosing the model -------------------------------------------------------------------------
 
 

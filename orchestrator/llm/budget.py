@@ -9,10 +9,20 @@ statement: it locks the scopes' rows in a fixed order (no deadlock between calle
 ``spent + reserved + estimate <= limit`` on each with the rows' current values, and only when
 all fit adds the estimate to each and records the reservation. So concurrent callers never
 settle more than the limit plus one call's estimate (the estimate may be short of the real
-cost). Settling (release the reservation, add the cost) is one statement too, joined with the
-ledger's insert (:mod:`orchestrator.llm.ledger`). A caller that dies never settles: its
-reservation expires, and the next reservation that finds a scope full releases the expired
-ones first.
+cost). A reservation that finds no room returns nothing; only then are the rows read to say
+why (a scope's first call makes its row; a full scope first releases expired reservations).
+Settling (release the reservation, add the cost) is one statement too, joined with the
+ledger's insert, and off the call's path (:mod:`orchestrator.llm.ledger`). A caller that dies
+never settles: its reservation expires, and the next reservation that finds a scope full
+releases the expired ones first.
+
+The reservation is on every call's path, so it is one round trip, and its commit does not
+wait for the disk (``synchronous_commit`` off for that transaction alone): other callers see
+it the moment it commits, which is what keeps them under the limit. What it gives up: if the
+PostgreSQL server itself crashes within a fraction of a second of a reservation (before the
+WAL writer or any later synchronous commit flushes it), the reservation is lost with the
+estimate it added (never one without the other), and the call it let through is settled all
+the same (its cost added, nothing to release). The ledger's writes commit synchronously.
 """
 
 from __future__ import annotations
@@ -82,30 +92,36 @@ def gauge(scope: str, remaining: Decimal) -> None:
         MODEL_BUDGET_REMAINING.labels(f"agent:{rest.rpartition(':')[0]}").set(float(remaining))
 
 
+# Reserving: lock the scopes' rows in name order (no deadlock between callers), check every
+# scope with the rows' current values, and only when all fit add the estimate to each (and
+# take the settings' limit) and record the reservation; its id comes back, or no row.
+# Committed asynchronously (set_config(..., true): this transaction only): visible to every
+# other caller at once, as a synchronous commit is, without waiting for the disk; see the
+# module's docstring.
 _RESERVE = """
-WITH want(scope, limit_usd) AS (
-    SELECT * FROM unnest(%(scopes)s::text[], %(limits)s::numeric[])),
-locked AS (
-    SELECT b.scope, b.spent_usd, b.reserved_usd, w.limit_usd
-    FROM model_budgets b JOIN want w ON w.scope = b.scope
-    WHERE b.namespace = %(ns)s ORDER BY b.scope FOR UPDATE OF b),
-verdict AS (
-    SELECT count(*) = %(n)s AND bool_and(spent_usd + reserved_usd + %(est)s <= limit_usd) AS fits
-    FROM locked),
+WITH locked AS (
+    SELECT b.scope, b.spent_usd + b.reserved_usd + %(est)s <= w.limit_usd AS fits, w.limit_usd
+    FROM model_budgets b
+    JOIN unnest(%(scopes)s::text[], %(limits)s::numeric[]) AS w(scope, limit_usd)
+        ON b.namespace = %(ns)s AND b.scope = w.scope
+    ORDER BY b.scope FOR UPDATE OF b),
+verdict AS (SELECT count(*) = %(n)s AND bool_and(fits) AS fits FROM locked),
 taken AS (
     UPDATE model_budgets b
-    SET reserved_usd = b.reserved_usd + %(est)s, limit_usd = w.limit_usd, updated_at = now()
-    FROM want w, verdict v
-    WHERE v.fits AND b.namespace = %(ns)s AND b.scope = w.scope
-    RETURNING b.scope),
-reservation AS (
-    INSERT INTO model_reservations (namespace, scopes, amount_usd, expires_at)
-    SELECT %(ns)s, %(scopes)s::text[], %(est)s, now() + make_interval(secs => %(ttl)s)
-    FROM verdict v WHERE v.fits
-    RETURNING id)
-SELECT l.scope, l.limit_usd, l.spent_usd, l.reserved_usd,
-    (SELECT id FROM reservation) AS reservation
-FROM locked l ORDER BY l.scope
+    SET reserved_usd = b.reserved_usd + %(est)s, limit_usd = l.limit_usd, updated_at = now()
+    FROM locked l, verdict v
+    WHERE v.fits AND b.namespace = %(ns)s AND b.scope = l.scope)
+INSERT INTO model_reservations (namespace, scopes, amount_usd, expires_at)
+SELECT %(ns)s, %(scopes)s::text[], %(est)s, now() + make_interval(secs => %(ttl)s)
+FROM verdict v WHERE v.fits AND set_config('synchronous_commit', 'off', true) = 'off'
+RETURNING id
+"""
+
+# Why a reservation found no room: the scopes' rows as they are (a missing row is a scope's
+# first call)
+_STATE = """
+SELECT scope, spent_usd, reserved_usd FROM model_budgets
+WHERE namespace = %(ns)s AND scope = ANY(%(scopes)s::text[])
 """
 
 _CREATE = """
@@ -151,31 +167,35 @@ class Budgets:
         """
         if not scopes:
             return None
-        params = {"ns": self.namespace, "scopes": [s.key for s in scopes],
-                  "limits": [s.limit for s in scopes], "n": len(scopes), "est": estimate,
-                  "ttl": ttl}
+        scopes = sorted(scopes, key=lambda s: s.key)
+        keys = [s.key for s in scopes]
+        params = {"ns": self.namespace, "scopes": keys, "limits": [s.limit for s in scopes],
+                  "n": len(scopes), "est": estimate, "ttl": ttl}
         released = False
+        over: tuple[Scope, Decimal, Decimal] | None = None
         for _ in range(4):  # at most: make the rows, release expired reservations, twice
-            rows = await self.db.fetch(_RESERVE, params)
-            if rows and rows[0]["reservation"] is not None:
-                for row in rows:
-                    gauge(row["scope"], row["limit_usd"] - row["spent_usd"] - row["reserved_usd"]
-                          - estimate)
-                return Reservation(int(rows[0]["reservation"]), tuple(params["scopes"]),
-                                   estimate)
-            if len(rows) < len(scopes):  # a scope's first call: make its row, then again
+            row = await self.db.fetchone(_RESERVE, params)
+            if row is not None:
+                return Reservation(int(row["id"]), tuple(keys), estimate)
+            state = {r["scope"]: r for r in await self.db.fetch(_STATE, params)}
+            if len(state) < len(scopes):  # a scope's first call: make its row, then again
                 await self.db.execute(_CREATE, params)
+                continue
+            over = next(((s, state[s.key]["spent_usd"], state[s.key]["reserved_usd"])
+                         for s in scopes if state[s.key]["spent_usd"]
+                         + state[s.key]["reserved_usd"] + estimate > s.limit), None)
+            if over is None:  # room was made meanwhile: again
                 continue
             if not released:  # full: perhaps of reservations whose callers died
                 released = True
                 if await self._release_expired(params):
                     continue
             break
-        over = next(r for r in rows
-                    if r["spent_usd"] + r["reserved_usd"] + estimate > r["limit_usd"])
-        gauge(over["scope"], over["limit_usd"] - over["spent_usd"] - over["reserved_usd"])
-        raise BudgetRefused(over["scope"], over["limit_usd"], over["spent_usd"],
-                            over["reserved_usd"], estimate)
+        if over is None:  # four races lost: the first scope stands for them
+            over = (scopes[0], Decimal(0), Decimal(0))
+        scope, spent, reserved = over
+        gauge(scope.key, scope.limit - spent - reserved)
+        raise BudgetRefused(scope.key, scope.limit, spent, reserved, estimate)
 
     async def _release_expired(self, params: dict[str, Any]) -> int:
         from psycopg.errors import DeadlockDetected

@@ -4,7 +4,11 @@ It resolves the model for the agent type and tier (:mod:`orchestrator.llm.config
 there is none: the caller keeps its rule-based path), estimates the call's worst-case cost,
 reserves it on every budget scope the call falls in, calls the model, records one ledger row
 and settles the reservation to the real cost (:mod:`orchestrator.llm.budget`,
-:mod:`orchestrator.llm.ledger`).
+:mod:`orchestrator.llm.ledger`). What it adds to a call is kept to one round trip (the
+reservation, committed before the model is called); inside a worker the ledger row and the
+settle are written by the ledger's background writer, before the request is answered
+(:func:`orchestrator.llm.ledger.batched`); the model's provider, name and metric children are
+looked up once per model, not per call. ``python -m bench.llm`` measures it.
 
 A budget that cannot take the estimate: with ``BudgetSpec.policy == "fallback"`` the next
 cheaper configured model that keeps the call's capabilities is tried; otherwise (and when none
@@ -81,16 +85,14 @@ async def model_call(
         return None
     budget = budget or BudgetSpec()
     scopes = _scopes(ctx, services, budget)
-    first_chat = chat_model_for(first)
-    structured = schema is not None and _structured(first_chat)
+    structured = schema is not None and _structured(chat_model_for(first))
     cheaper = _cheaper(services, first) if budget.policy == "fallback" else None
     candidates = [first, *(cheaper or ())]
     refusal: BudgetRefused | None = None
     for spec in candidates:
-        chat = chat_model_for(spec)
+        chat, provider, name = _model(spec)
         if structured and not _structured(chat):
             continue
-        provider, name = provider_and_name(spec, chat)
         price = services.prices.price(spec, provider, name)
         estimate = _estimate(messages, chat, price, services.max_output_tokens)
         reservation = None
@@ -154,15 +156,39 @@ async def _call(ctx: RequestContext, services: ModelServices, spec: str, chat: B
 
 def _count(spec: str, agent_type: str, usage: Usage, cost: Decimal | None,
            price: Price | None) -> None:
-    MODEL_CALLS.labels(spec, agent_type).inc()
-    for kind in ("input", "cached", "output", "reasoning"):
-        value = getattr(usage, f"{kind}_tokens")
+    calls, tokens, spent = _counters(spec, agent_type)
+    calls.inc()
+    for counter, value in zip(tokens, (usage.input_tokens, usage.cached_tokens,
+                                       usage.output_tokens, usage.reasoning_tokens),
+                              strict=True):
         if value:
-            MODEL_TOKENS.labels(spec, agent_type, kind).inc(value)
+            counter.inc(value)
     if cost is not None:
-        MODEL_COST.labels(spec, agent_type).inc(float(cost))
+        spent.inc(float(cost))
     else:
         MODEL_CALLS_UNPRICED.labels(spec, "no_price" if price is None else "no_usage").inc()
+
+
+@functools.lru_cache(maxsize=1024)
+def _counters(spec: str, agent_type: str) -> tuple[Any, tuple[Any, ...], Any]:
+    """The metrics' children of a model and agent type, looked up once (not per call)."""
+    return (MODEL_CALLS.labels(spec, agent_type),
+            tuple(MODEL_TOKENS.labels(spec, agent_type, kind)
+                  for kind in ("input", "cached", "output", "reasoning")),
+            MODEL_COST.labels(spec, agent_type))
+
+
+_models: dict[str, tuple[BaseChatModel, str, str]] = {}
+
+
+def _model(spec: str) -> tuple[BaseChatModel, str, str]:
+    """(chat model, provider, model name) of ``spec``: the provider and name are worked out
+    once per chat model (a factory's model is asked, which is not free), not per call."""
+    chat = chat_model_for(spec)
+    known = _models.get(spec)
+    if known is None or known[0] is not chat:  # new, or chat_model_for's cache was cleared
+        known = _models[spec] = (chat, *provider_and_name(spec, chat))
+    return known
 
 
 async def _invoke(chat: BaseChatModel, messages: list[BaseMessage],
@@ -236,10 +262,10 @@ def _cheaper(services: ModelServices, spec: str) -> list[str]:
     in the order they are tried: the next cheaper first."""
     def rate(candidate: str) -> Decimal | None:
         try:
-            chat = chat_model_for(candidate)
+            _, provider, name = _model(candidate)
         except Exception:
             return None
-        price = services.prices.price(candidate, *provider_and_name(candidate, chat))
+        price = services.prices.price(candidate, provider, name)
         return None if price is None else price.input_per_mtok + price.output_per_mtok
 
     own = rate(spec)

@@ -14,6 +14,7 @@ from ..agent import Agent, HandlerError, RequestContext
 from ..childenv import withholding
 from ..errors import AgentErrorCode, OrchestratorError
 from ..executions import EarlierStart
+from ..llm.ledger import batched
 from ..messages import AgentRequest, AgentResponse, ErrorInfo
 from ..metrics import BUS_HANDLED
 from .state import _WorkerState
@@ -56,8 +57,10 @@ class _Executing(_WorkerState):
         try:
             if request.deadline is not None:
                 timeout = max((request.deadline - datetime.now(UTC)).total_seconds(), 0.001)
-            # run in this task (asyncio.wait_for would start one more per request)
-            async with asyncio.timeout(timeout), withholding(self.child_env_withhold):
+            # run in this task (asyncio.wait_for would start one more per request); its model
+            # calls' ledger rows are written before its answer is (orchestrator.llm.ledger)
+            async with (asyncio.timeout(timeout), withholding(self.child_env_withhold),
+                        batched()):
                 result = await handler(request.payload, ctx)
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):

@@ -94,6 +94,9 @@ class Worker(_Dispatching, _Autoscaling, _Heartbeat):
             task.cancel()
         if self._loops:
             await asyncio.wait(self._loops, timeout=_STOP_STEP_S)
+        if self.models is not None and self.models.ledger is not None:
+            # the ledger rows of requests cancelled above (the others' were written already)
+            await self._bounded("writing the ledger", self.models.ledger.drain)
         for agent in self.agents:
             LIVE_AGENTS.labels(agent.agent_type).dec()
         if registry_ok and await self._bounded(
