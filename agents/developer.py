@@ -17,7 +17,7 @@ from typing import Any
 from orchestrator.agents.lib.depgraph import DependencyGraph, analyze
 from orchestrator.agents.lib.files import write_atomic
 from orchestrator.agents.lib.proc import resolve_repo, run
-from orchestrator.agents.lib.prompts import render_prompt
+from orchestrator.agents.lib.prompts import fenced_file, render_prompt
 from orchestrator.agents.lib.ruff import ruff_binary
 from orchestrator.agents.qa import is_test_file
 
@@ -137,9 +137,12 @@ async def _generate(repo: Path, path: Path, payload: Develop,
                     ctx: RequestContext) -> tuple[str, str, str]:
     """Write a description-only task's file with the chat model."""
     task = payload.task
-    fields = await asyncio.to_thread(_context, repo, payload, "")
+    # a fix task's file exists: the model must see what it changes
+    current = await asyncio.to_thread(_existing, path)
+    fields = await asyncio.to_thread(_context, repo, payload, current)
     answer = await _ask(ctx, payload, "developer_write", "write", kind=task.kind or "new",
-                        description=task.description, **fields)
+                        description=task.description,
+                        current=fenced_file(task.file, current[:_FILE_CHARS]), **fields)
     if answer is None:
         raise HandlerError(AgentErrorCode.INVALID_INPUT,
                            f"task {task.id!r} gives only a description: a chat model must "
@@ -208,6 +211,14 @@ def tests_importing(graph: DependencyGraph, rel: str) -> list[str]:
     return sorted(tests)
 
 
+def _existing(path: Path) -> str:
+    """The file's text, or "" when it does not exist yet."""
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
 def _show(repo: Path, files: list[str]) -> str:
     """``files`` as fenced blocks under their names, bounded in size."""
     parts, total = [], 0
@@ -220,7 +231,7 @@ def _show(repo: Path, files: list[str]) -> str:
             parts.append(f"(and {len(files) - len(parts)} more files, left out for length)")
             break
         total += len(text)
-        parts.append(f"`{rel}`:\n```\n{text}\n```")
+        parts.append(fenced_file(rel, text))
     return "\n\n".join(parts) or "(none)"
 
 

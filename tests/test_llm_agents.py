@@ -143,6 +143,27 @@ async def test_a_qa_failure_comes_back_as_evidence_and_the_retry_moves_up_a_tier
             if "develop" in a] == ["model"]
 
 
+async def test_a_description_only_fix_shows_the_model_the_file_it_changes(
+        orchestrator_factory, tmp_path) -> None:
+    """A ``fix`` task of an existing file, given only a description: its first attempt's
+    prompt holds the file as it is (the model changes it, it does not write it blind)."""
+    orch = await orchestrator_factory(chat_model=f"{HERE}:coder")
+    repo = _repo(tmp_path / "repo")
+    (repo / "app").mkdir()
+    (repo / "app" / "__init__.py").write_text("")
+    (repo / "app" / "shout.py").write_text("def shout(text: str) -> str:\n    return text  # LOUDER\n")
+    _git(repo, "-c", "user.name=t", "-c", "user.email=t@e", "add", ".")
+    _git(repo, "-c", "user.name=t", "-c", "user.email=t@e", "commit", "-qm", "shout")
+    _CODER.prompts.clear()
+    fix = {**SHOUT, "kind": "fix", "description": "shout(text) must shout: capitals and a !"}
+    plan = {**_plan(repo, fix), "tasks": [fix]}
+    result = await orch.run("plan_execution", {"plan": plan})
+    assert result.status == "completed", result
+    first = next(messages_text(p) for p in _CODER.prompts if "`app/shout.py`" in p[-1].content)
+    assert "return text  # LOUDER" in first  # the file as it was, before the fix
+    assert (repo / "app" / "shout.py").read_text() == _SHOUT
+
+
 async def test_without_a_model_a_description_only_task_fails_saying_one_is_needed(
         orchestrator_factory, tmp_path) -> None:
     orch = await orchestrator_factory()

@@ -45,3 +45,9 @@ def render_prompt(name: str, **fields: Any) -> tuple[PromptRef, list[BaseMessage
     """The messages of template ``name`` with ``fields`` filled in, and its reference."""
     version, system, human = _template(name)
     return PromptRef(name, version), [SystemMessage(system), HumanMessage(human.format(**fields))]
+
+
+def fenced_file(rel: str, text: str) -> str:
+    """A file as the prompts show it: fenced under its name; "(none)" when it has no text
+    (the developer and ``orchestrator estimate`` show files the same way)."""
+    return f"`{rel}`:\n```\n{text}\n```" if text else "(none)"

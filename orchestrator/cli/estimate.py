@@ -66,7 +66,9 @@ def _read(repo: Path, rel: str) -> str | None:
 
 def _shown(texts: Mapping[str, str]) -> str:
     """Files as the developer's prompt shows them (fenced under their names)."""
-    return "\n\n".join(f"`{rel}`:\n```\n{text}\n```" for rel, text in texts.items()) or "(none)"
+    from orchestrator.agents.lib.prompts import fenced_file
+
+    return "\n\n".join(fenced_file(rel, text) for rel, text in texts.items()) or "(none)"
 
 
 def estimate_plan(plan: Any, deps: Mapping[str, Sequence[str]],
@@ -82,7 +84,7 @@ def estimate_plan(plan: Any, deps: Mapping[str, Sequence[str]],
         price_for: ``spec -> Price or None``.
         history: ``tier -> output tokens of earlier developer writes`` from the ledger.
     """
-    from orchestrator.agents.lib.prompts import render_prompt
+    from orchestrator.agents.lib.prompts import fenced_file, render_prompt
 
     from ..llm.tiers import choose_tier
 
@@ -131,7 +133,8 @@ def estimate_plan(plan: Any, deps: Mapping[str, Sequence[str]],
                 shown[dep.file] = text
         _, messages = render_prompt(
             "developer_write", file=task.file, task_id=task.id, kind=task.kind,
-            description=task.description, dependencies=_shown(shown),
+            description=task.description,
+            current=fenced_file(task.file, current[task.id] or ""), dependencies=_shown(shown),
             tests=_shown({f: t for f in tests.get(task.id, ()) if (t := _read(repo, f))}))
         row["input_tokens"] = _tokens(sum(len(m.content) for m in messages) + later)
         price = price_for(row["model"])
