@@ -139,10 +139,11 @@ async def _generate(repo: Path, path: Path, payload: Develop,
     task = payload.task
     # a fix task's file exists: the model must see what it changes
     current = await asyncio.to_thread(_existing, path)
-    fields = await asyncio.to_thread(_context, repo, payload, current)
+    fields = await asyncio.to_thread(_context, repo, payload, current or "")
     answer = await _ask(ctx, payload, "developer_write", "write", kind=task.kind or "new",
                         description=task.description,
-                        current=fenced_file(task.file, current[:_FILE_CHARS]), **fields)
+                        current=fenced_file(task.file, current and current[:_FILE_CHARS]),
+                        **fields)
     if answer is None:
         raise HandlerError(AgentErrorCode.INVALID_INPUT,
                            f"task {task.id!r} gives only a description: a chat model must "
@@ -211,12 +212,12 @@ def tests_importing(graph: DependencyGraph, rel: str) -> list[str]:
     return sorted(tests)
 
 
-def _existing(path: Path) -> str:
-    """The file's text, or "" when it does not exist yet."""
+def _existing(path: Path) -> str | None:
+    """The file's text, or None when it does not exist yet."""
     try:
         return path.read_text(encoding="utf-8", errors="replace")
     except FileNotFoundError:
-        return ""
+        return None
 
 
 def _show(repo: Path, files: list[str]) -> str:

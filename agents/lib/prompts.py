@@ -47,7 +47,7 @@ def render_prompt(name: str, **fields: Any) -> tuple[PromptRef, list[BaseMessage
     return PromptRef(name, version), [SystemMessage(system), HumanMessage(human.format(**fields))]
 
 
-def fenced_file(rel: str, text: str) -> str:
-    """A file as the prompts show it: fenced under its name; "(none)" when it has no text
-    (the developer and ``orchestrator estimate`` show files the same way)."""
-    return f"`{rel}`:\n```\n{text}\n```" if text else "(none)"
+def fenced_file(rel: str, text: str | None) -> str:
+    """A file as the prompts show it: fenced under its name; "(none)" when it does not exist
+    (``None``). The developer and ``orchestrator estimate`` show files the same way."""
+    return "(none)" if text is None else f"`{rel}`:\n```\n{text}\n```"

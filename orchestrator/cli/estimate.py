@@ -134,7 +134,7 @@ def estimate_plan(plan: Any, deps: Mapping[str, Sequence[str]],
         _, messages = render_prompt(
             "developer_write", file=task.file, task_id=task.id, kind=task.kind,
             description=task.description,
-            current=fenced_file(task.file, current[task.id] or ""), dependencies=_shown(shown),
+            current=fenced_file(task.file, current[task.id]), dependencies=_shown(shown),
             tests=_shown({f: t for f in tests.get(task.id, ()) if (t := _read(repo, f))}))
         row["input_tokens"] = _tokens(sum(len(m.content) for m in messages) + later)
         price = price_for(row["model"])
