@@ -9,6 +9,7 @@ import io
 import json
 import socket
 import subprocess
+import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +34,9 @@ from orchestrator.testing import stand_in
 from tests.support.graphs_for_tests import approval
 from tests.support.processes import ORCHESTRATOR_CMD, free_port
 from tests.support.serve_process import start_serve
+
+#: thread ids are unique in the whole database (every namespace): this module's own prefix
+P = f"cli{uuid.uuid4().hex[:6]}-"
 
 
 async def _review(payload: dict[str, Any], ctx: Any) -> dict[str, Any]:
@@ -103,43 +107,43 @@ async def run_cli(monkeypatch: pytest.MonkeyPatch, env: dict[str, str],
 
 async def test_client_submit_get_list_cancel_and_wait(served: Served) -> None:
     with served.client() as client:
-        run = await in_thread(lambda: client.submit("approval", {"change": "c"}, "c-1",
+        run = await in_thread(lambda: client.submit("approval", {"change": "c"}, f"{P}c-1",
                                                     priority=3))
-        assert (run["thread_id"], run["status"], run["priority"]) == ("c-1", "queued", 3)
-        got = await in_thread(lambda: client.get("c-1"))
+        assert (run["thread_id"], run["status"], run["priority"]) == (f"{P}c-1", "queued", 3)
+        got = await in_thread(lambda: client.get(f"{P}c-1"))
         assert got["record"]["status"] == "queued" and got["runs"][0]["run_id"] == run["run_id"]
         listed = await in_thread(lambda: client.list(status="queued", workflow="approval"))
         assert [r["run_id"] for r in listed] == [run["run_id"]]
-        assert [w["thread_id"] for w in await in_thread(client.workflows)] == ["c-1"]
+        assert [w["thread_id"] for w in await in_thread(client.workflows)] == [f"{P}c-1"]
 
         # nothing runs it here: waiting is bounded, and says where it stands
-        with pytest.raises(TimeoutError, match="c-1 is still queued after 0.3s"):
-            await in_thread(lambda: client.wait("c-1", run_id=run["run_id"], timeout=0.3))
-        cancel = await in_thread(lambda: client.cancel("c-1"))
+        with pytest.raises(TimeoutError, match=f"{P}c-1 is still queued after 0.3s"):
+            await in_thread(lambda: client.wait(f"{P}c-1", run_id=run["run_id"], timeout=0.3))
+        cancel = await in_thread(lambda: client.cancel(f"{P}c-1"))
         assert cancel["kind"] == "cancel"
-        done = await in_thread(lambda: client.wait("c-1", timeout=5))
+        done = await in_thread(lambda: client.wait(f"{P}c-1", timeout=5))
         assert done["record"]["status"] == "cancelled"
 
 
 async def test_client_raises_the_error_tree(served: Served) -> None:
-    await served.orch.run("approval", {"change": "q"}, "q-1")
+    await served.orch.run("approval", {"change": "q"}, f"{P}q-1")
     with served.client() as operator, served.client("viewer") as viewer, \
             served.client(None) as anonymous:
         with pytest.raises(InvalidInput, match="change") as bad:
             await in_thread(lambda: operator.submit("approval", {}))
         assert bad.value.http_status == 422  # type: ignore[attr-defined]
         with pytest.raises(InvalidAnswer, match="approve") as answer:
-            await in_thread(lambda: operator.resume("q-1", {"approve": "perhaps"}))
+            await in_thread(lambda: operator.resume(f"{P}q-1", {"approve": "perhaps"}))
         assert answer.value.code == "invalid_answer"
         with pytest.raises(Forbidden, match="needs operator"):
-            await in_thread(lambda: viewer.resume("q-1", {"approve": True}))
+            await in_thread(lambda: viewer.resume(f"{P}q-1", {"approve": True}))
         with pytest.raises(WorkflowNotFound, match="nobody"):
             await in_thread(lambda: viewer.get("nobody"))
         with pytest.raises(Unauthorized, match="token"):
             await in_thread(lambda: anonymous.list())
-        resumed = await in_thread(lambda: operator.resume("q-1", {"approve": True}))
+        resumed = await in_thread(lambda: operator.resume(f"{P}q-1", {"approve": True}))
         assert resumed["payload"]["by"] == "operator-token"
-        history = await in_thread(lambda: viewer.history("q-1"))
+        history = await in_thread(lambda: viewer.history(f"{P}q-1"))
         assert history and history[-1]["next"] == ["approve"]
 
 
@@ -168,38 +172,38 @@ async def test_cli_run_detach_ls_show_resume_cancel_against_a_server(
         served: Served, service_env, monkeypatch) -> None:
     server = ["--server", served.url, "--token", served.tokens["operator"]]
     code, out, err = await run_cli(monkeypatch, service_env, "run", "approval", "--set",
-                                   "change=x", "--thread-id", "cli-1", "--detach", *server)
+                                   "change=x", "--thread-id", f"{P}cli-1", "--detach", *server)
     assert code == 0, err
-    assert out == "cli-1\n" and "queued run" in err and served.url in err
+    assert out == f"{P}cli-1\n" and "queued run" in err and served.url in err
 
     # the server and token from the environment
     env = {**service_env, "ORCHESTRATOR_SERVER": served.url,
            "ORCHESTRATOR_TOKEN": served.tokens["viewer"]}
     code, out, err = await run_cli(monkeypatch, env, "ls", "--json")
     assert code == 0, err
-    assert [(w["thread_id"], w["status"]) for w in json.loads(out)] == [("cli-1", "queued")]
+    assert [(w["thread_id"], w["status"]) for w in json.loads(out)] == [(f"{P}cli-1", "queued")]
     code, out, err = await run_cli(monkeypatch, env, "ls", "--status", "completed")
     assert (code, out) == (0, "no workflows\n"), err
-    code, out, err = await run_cli(monkeypatch, env, "show", "cli-1")
+    code, out, err = await run_cli(monkeypatch, env, "show", f"{P}cli-1")
     assert code == 0, err
     assert "status:    queued" in out and "start    queued" in out and "by operator-token" in out
 
     # a viewer cannot cancel; an operator can
-    code, out, err = await run_cli(monkeypatch, env, "cancel", "cli-1")
+    code, out, err = await run_cli(monkeypatch, env, "cancel", f"{P}cli-1")
     assert code == 1 and "forbidden" in err and "needs operator" in err
-    code, out, err = await run_cli(monkeypatch, service_env, "cancel", "cli-1", *server)
-    assert code == 0 and "cancel of cli-1 requested" in out, err
+    code, out, err = await run_cli(monkeypatch, service_env, "cancel", f"{P}cli-1", *server)
+    assert code == 0 and f"cancel of {P}cli-1 requested" in out, err
 
     # an answer that does not fit: exit 2 with the problem; nothing queued
-    await served.orch.run("approval", {"change": "y"}, "cli-2")
-    code, out, err = await run_cli(monkeypatch, service_env, "resume", "cli-2", "--value",
+    await served.orch.run("approval", {"change": "y"}, f"{P}cli-2")
+    code, out, err = await run_cli(monkeypatch, service_env, "resume", f"{P}cli-2", "--value",
                                    '{"approve": 3}', "--detach", *server)
     assert code == 2 and "approve" in err, err
-    code, out, err = await run_cli(monkeypatch, service_env, "resume", "cli-2", "--value",
+    code, out, err = await run_cli(monkeypatch, service_env, "resume", f"{P}cli-2", "--value",
                                    '{"approve": true}', "--detach", "--json", *server)
     assert code == 0, err
     assert json.loads(out)["kind"] == "resume"
-    code, out, err = await run_cli(monkeypatch, env, "show", "cli-2", "--json", "--history")
+    code, out, err = await run_cli(monkeypatch, env, "show", f"{P}cli-2", "--json", "--history")
     assert code == 0 and json.loads(out)["history"], err
 
 
@@ -218,21 +222,21 @@ async def test_cli_cancel_without_a_server(orchestrator, service_env, monkeypatc
     from orchestrator.service.runs import RunService
 
     runs = RunService(orchestrator)
-    await runs.submit("parallel_docs", {"package": "json", "output": "/tmp/x"}, "loc-1")
-    code, out, err = await run_cli(monkeypatch, service_env, "cancel", "loc-1")
-    assert code == 0 and "cancel of loc-1 requested" in out, err
-    assert (await orchestrator.runtime.workflows.get("loc-1")).status == "cancelled"
+    await runs.submit("parallel_docs", {"package": "json", "output": "/tmp/x"}, f"{P}loc-1")
+    code, out, err = await run_cli(monkeypatch, service_env, "cancel", f"{P}loc-1")
+    assert code == 0 and f"cancel of {P}loc-1 requested" in out, err
+    assert (await orchestrator.runtime.workflows.get(f"{P}loc-1")).status == "cancelled"
     [entry] = await audit.entries(orchestrator.runtime.db, orchestrator.settings.namespace,
-                                  target="loc-1")
+                                  target=f"{P}loc-1")
     assert entry.action == "run.cancel" and entry.source == f"cli@{socket.gethostname()}"
 
     # a workflow a live process runs outside the service: refused, saying how
-    await orchestrator.runtime.workflows.create("loc-2", "parallel_docs", {},
+    await orchestrator.runtime.workflows.create(f"{P}loc-2", "parallel_docs", {},
                                                 owner=orchestrator.owner)
-    code, out, err = await run_cli(monkeypatch, service_env, "cancel", "loc-2")
+    code, out, err = await run_cli(monkeypatch, service_env, "cancel", f"{P}loc-2")
     assert code == 1 and "workflow_busy" in err and "not under `orchestrator serve`" in err
-    assert (await orchestrator.runtime.workflows.get("loc-2")).status == "running"
-    code, out, err = await run_cli(monkeypatch, service_env, "cancel", "loc-1")
+    assert (await orchestrator.runtime.workflows.get(f"{P}loc-2")).status == "running"
+    code, out, err = await run_cli(monkeypatch, service_env, "cancel", f"{P}loc-1")
     assert code == 2 and "cancelled: it cannot be cancelled" in err
 
 

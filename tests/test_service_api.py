@@ -4,6 +4,7 @@ and Redis: every route's answer and errors, the roles, the audit rows, the OpenA
 from __future__ import annotations
 
 import re
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +21,8 @@ from orchestrator.testing import stand_in
 from tests.support.graphs_for_tests import approval
 
 ROLES = ("viewer", "operator", "admin")
+#: thread ids are unique in the whole database (every namespace): this module's own prefix
+P = f"api{uuid.uuid4().hex[:6]}-"
 
 
 async def _review(payload: dict[str, Any], ctx: Any) -> dict[str, Any]:
@@ -128,10 +131,10 @@ async def test_each_route_refuses_roles_below_its_own(api: Api) -> None:
 async def test_submit_list_get_and_cancel_a_run(api: Api) -> None:
     submitted = await api.call("POST", "/runs", "operator",
                                json={"workflow": "approval", "input": {"change": "v1"},
-                                     "thread_id": "api-1", "priority": 5})
+                                     "thread_id": f"{P}api-1", "priority": 5})
     assert submitted.status_code == 202, submitted.text
     run = submitted.json()
-    assert run["thread_id"] == "api-1" and run["status"] == "queued" and run["run_id"] > 0
+    assert run["thread_id"] == f"{P}api-1" and run["status"] == "queued" and run["run_id"] > 0
     assert run["requested_by"] == "operator-token" and run["priority"] == 5
 
     listed = (await api.call("GET", "/runs?status=queued&workflow=approval", "viewer")).json()
@@ -139,21 +142,21 @@ async def test_submit_list_get_and_cancel_a_run(api: Api) -> None:
     assert (await api.call("GET", "/runs?status=running", "viewer")).json() == []
     assert (await api.call("GET", "/runs?workflow=other", "viewer")).json() == []
 
-    got = (await api.call("GET", "/runs/api-1", "viewer")).json()
+    got = (await api.call("GET", f"/runs/{P}api-1", "viewer")).json()
     assert got["record"]["status"] == "queued" and got["record"]["input"] == {"change": "v1"}
     assert got["question"] is None and got["result"] is None
     assert [r["run_id"] for r in got["runs"]] == [run["run_id"]]
 
-    cancelled = await api.call("POST", "/runs/api-1/cancel", "operator")
+    cancelled = await api.call("POST", f"/runs/{P}api-1/cancel", "operator")
     assert cancelled.status_code == 202, cancelled.text
-    got = (await api.call("GET", "/runs/api-1", "viewer")).json()
+    got = (await api.call("GET", f"/runs/{P}api-1", "viewer")).json()
     assert got["record"]["status"] == "cancelled"
     # the queued start is cancelled; the cancel itself is a run done at once
     assert [(r["kind"], r["status"], r["outcome"]) for r in got["runs"]] == [
         ("cancel", "succeeded", "cancelled"), ("start", "cancelled", "cancelled")], got["runs"]
     assert cancelled.json()["kind"] == "cancel"
 
-    trail = await api.audit("api-1")
+    trail = await api.audit(f"{P}api-1")
     assert [(e.action, e.actor, e.source) for e in trail] == [
         ("run.cancel", "operator-token", "127.0.0.1"),
         ("run.submit", "operator-token", "127.0.0.1")]
@@ -169,26 +172,26 @@ async def test_a_bad_submission_is_refused_with_its_problem_and_nothing_stored(a
                                                                 "colour": 1}), 422,
                                   "invalid_input")
     assert "unknown workflow 'nope'" in error(
-        await api.call(*post, json={"workflow": "nope", "thread_id": "bad-1"}), 422,
+        await api.call(*post, json={"workflow": "nope", "thread_id": f"{P}bad-1"}), 422,
         "invalid_input")
     assert "change" in error(
-        await api.call(*post, json={"workflow": "approval", "input": {}, "thread_id": "bad-2"}),
+        await api.call(*post, json={"workflow": "approval", "input": {}, "thread_id": f"{P}bad-2"}),
         422, "invalid_input")
     assert (await api.call("GET", "/workflows", "viewer")).json() == []
     assert (await api.call("GET", "/runs", "viewer")).json() == []
-    assert await api.audit("bad-1") == [] and await api.audit("bad-2") == []
+    assert await api.audit(f"{P}bad-1") == [] and await api.audit(f"{P}bad-2") == []
 
     first = await api.call(*post, json={"workflow": "approval", "input": {"change": "a"},
-                                        "thread_id": "dup"})
+                                        "thread_id": f"{P}dup"})
     assert first.status_code == 202
     again = await api.call(*post, json={"workflow": "approval", "input": {"change": "b"},
-                                        "thread_id": "dup"})
-    assert again.status_code in (409, 422) and "dup" in again.json()["error"]["message"]
+                                        "thread_id": f"{P}dup"})
+    assert again.status_code in (409, 422) and f"{P}dup" in again.json()["error"]["message"]
 
 
 async def test_the_pending_question_and_who_may_answer_it(api: Api) -> None:
-    await api.interrupted("ask-1")
-    got = (await api.call("GET", "/runs/ask-1", "viewer")).json()
+    await api.interrupted(f"{P}ask-1")
+    got = (await api.call("GET", f"/runs/{P}ask-1", "viewer")).json()
     assert got["record"]["status"] == "interrupted" and got["next"] == ["approve"]
     question = got["question"]
     assert question["kind"] == "approval" and question["question"] == "approve v2?"
@@ -196,79 +199,79 @@ async def test_the_pending_question_and_who_may_answer_it(api: Api) -> None:
     assert got["values"]["change"] == "v2"
 
     # a viewer cannot answer: 403 and nothing queued
-    error(await api.call("POST", "/runs/ask-1/resume", "viewer", json={"value": {"approve": True}}),
+    error(await api.call("POST", f"/runs/{P}ask-1/resume", "viewer", json={"value": {"approve": True}}),
           403, "forbidden")
     # an answer that does not fit the question: 422 with the problem, nothing queued
-    message = error(await api.call("POST", "/runs/ask-1/resume", "operator",
+    message = error(await api.call("POST", f"/runs/{P}ask-1/resume", "operator",
                                    json={"value": {"approve": "maybe"}}), 422, "invalid_answer")
     assert "approve" in message
-    assert (await api.call("GET", "/runs/ask-1", "viewer")).json()["runs"] == []
-    assert await api.audit("ask-1") == []
+    assert (await api.call("GET", f"/runs/{P}ask-1", "viewer")).json()["runs"] == []
+    assert await api.audit(f"{P}ask-1") == []
 
-    answered = await api.call("POST", "/runs/ask-1/resume", "operator",
+    answered = await api.call("POST", f"/runs/{P}ask-1/resume", "operator",
                               json={"value": {"approve": True}})
     assert answered.status_code == 202, answered.text
     run = answered.json()
     assert run["kind"] == "resume" and run["status"] == "queued"
     assert run["requested_by"] == "operator-token"
     assert run["payload"]["by"] == "operator-token"  # who answered, kept with the answer
-    [entry] = await api.audit("ask-1")
+    [entry] = await api.audit(f"{P}ask-1")
     assert (entry.action, entry.actor) == ("run.resume", "operator-token")
     assert entry.detail["value"] == {"approve": True}
 
     error(await api.call("POST", "/runs/nobody/resume", "operator", json={"value": 1}), 404,
           "workflow_not_found")
-    assert "body.extra" in error(await api.call("POST", "/runs/ask-1/resume", "operator",
+    assert "body.extra" in error(await api.call("POST", f"/runs/{P}ask-1/resume", "operator",
                                                 json={"value": 1, "extra": 2}), 422,
                                  "invalid_input")
 
 
 async def test_history_and_restoring_a_named_checkpoint(api: Api) -> None:
-    await api.interrupted("tt-1")
-    checkpoint = await api.orch.name_checkpoint("tt-1", "asked")
-    history = (await api.call("GET", "/runs/tt-1/history", "viewer")).json()
+    await api.interrupted(f"{P}tt-1")
+    checkpoint = await api.orch.name_checkpoint(f"{P}tt-1", "asked")
+    history = (await api.call("GET", f"/runs/{P}tt-1/history", "viewer")).json()
     assert history and history[-1]["checkpoint_id"] == checkpoint
     assert history[-1]["names"] == ["asked"]
     assert [h["step"] for h in history] == sorted(h["step"] for h in history)
 
-    message = error(await api.call("POST", "/runs/tt-1/restore", "operator",
+    message = error(await api.call("POST", f"/runs/{P}tt-1/restore", "operator",
                                    json={"name": "later"}), 404, "checkpoint_not_found")
     assert "asked" in message  # the names there are
-    restored = await api.call("POST", "/runs/tt-1/restore", "operator", json={"name": "asked"})
+    restored = await api.call("POST", f"/runs/{P}tt-1/restore", "operator", json={"name": "asked"})
     assert restored.status_code == 200, restored.text
-    assert restored.json() == {"thread_id": "tt-1", "name": "asked", "checkpoint_id": checkpoint}
-    [entry] = await api.audit("tt-1")
+    assert restored.json() == {"thread_id": f"{P}tt-1", "name": "asked", "checkpoint_id": checkpoint}
+    [entry] = await api.audit(f"{P}tt-1")
     assert entry.action == "checkpoint.restore" and entry.detail["name"] == "asked"
     error(await api.call("GET", "/runs/nobody/history", "viewer"), 404, "workflow_not_found")
     error(await api.call("GET", "/runs/nobody", "viewer"), 404, "workflow_not_found")
 
 
 async def test_restoring_a_workflow_with_a_queued_run_is_a_conflict(api: Api) -> None:
-    await api.interrupted("q-1")
-    await api.orch.name_checkpoint("q-1", "asked")
-    queued = await api.call("POST", "/runs/q-1/resume", "operator",
+    await api.interrupted(f"{P}q-1")
+    await api.orch.name_checkpoint(f"{P}q-1", "asked")
+    queued = await api.call("POST", f"/runs/{P}q-1/resume", "operator",
                             json={"value": {"approve": False}})
     assert queued.status_code == 202
-    error(await api.call("POST", "/runs/q-1/restore", "operator", json={"name": "asked"}), 409,
+    error(await api.call("POST", f"/runs/{P}q-1/restore", "operator", json={"name": "asked"}), 409,
           "workflow_busy")
     # a second answer while one is queued: busy too, and not stored
-    error(await api.call("POST", "/runs/q-1/resume", "operator",
+    error(await api.call("POST", f"/runs/{P}q-1/resume", "operator",
                          json={"value": {"approve": True}}), 409, "workflow_busy")
-    assert [e.action for e in await api.audit("q-1")] == ["run.resume"]
+    assert [e.action for e in await api.audit(f"{P}q-1")] == ["run.resume"]
 
 
 # -- workflows, agents, locks --------------------------------------------------------------------
 
 
 async def test_workflows_agents_and_locks(api: Api) -> None:
-    await api.interrupted("wf-1")
+    await api.interrupted(f"{P}wf-1")
     await api.call("POST", "/runs", "operator",
-                   json={"workflow": "approval", "input": {"change": "w"}, "thread_id": "wf-2"})
+                   json={"workflow": "approval", "input": {"change": "w"}, "thread_id": f"{P}wf-2"})
     everything = (await api.call("GET", "/workflows", "viewer")).json()
-    assert {w["thread_id"] for w in everything} == {"wf-1", "wf-2"}
+    assert {w["thread_id"] for w in everything} == {f"{P}wf-1", f"{P}wf-2"}
     interrupted = (await api.call("GET", "/workflows?status=interrupted&type=approval",
                                   "viewer")).json()
-    assert [w["thread_id"] for w in interrupted] == ["wf-1"]
+    assert [w["thread_id"] for w in interrupted] == [f"{P}wf-1"]
     assert len((await api.call("GET", "/workflows?limit=1", "viewer")).json()) == 1
     assert "not one of" in error(await api.call("GET", "/workflows?status=sleeping", "viewer"),
                                  422, "invalid_input")
@@ -308,7 +311,7 @@ async def _dead_run(api: Api, thread_id: str) -> int:
 
 
 async def test_dead_letters_list_replay_and_purge(api: Api) -> None:
-    first = await _dead_run(api, "dl-1")
+    first = await _dead_run(api, f"{P}dl-1")
     second = await _dead_run(api, "dl-2")
     letters = (await api.call("GET", "/dead-letters", "viewer")).json()
     assert {d["run_id"] for d in letters} == {first, second}
@@ -317,7 +320,7 @@ async def test_dead_letters_list_replay_and_purge(api: Api) -> None:
     replayed = await api.call("POST", f"/dead-letters/{first}/replay", "operator")
     assert replayed.status_code == 202, replayed.text
     new = replayed.json()
-    assert new["run_id"] != first and new["status"] == "queued" and new["thread_id"] == "dl-1"
+    assert new["run_id"] != first and new["status"] == "queued" and new["thread_id"] == f"{P}dl-1"
     error(await api.call("POST", "/dead-letters/999999/replay", "operator"), 404,
           "run_not_found")
 

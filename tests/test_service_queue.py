@@ -5,6 +5,7 @@ enqueueing, answers checked when they are queued, cancel, the runner-side execut
 from __future__ import annotations
 
 import asyncio
+import uuid
 from typing import Any
 
 import psycopg
@@ -17,6 +18,9 @@ from orchestrator.service.runs import RunService
 from orchestrator.testing import stand_in
 
 from .support.graphs_for_tests import approval
+
+#: thread ids are unique in the whole database (every namespace): this module's own prefix
+P = f"q{uuid.uuid4().hex[:6]}-"
 
 
 async def _review(payload: dict[str, Any], ctx: Any) -> dict[str, Any]:
@@ -174,23 +178,23 @@ async def test_submit_writes_the_workflow_row_and_its_run_in_one_transaction(
     service: RunService,
 ) -> None:
     with pytest.raises(psycopg.errors.NumericValueOutOfRange):  # the run's insert fails
-        await service.submit("approval", {"change": "x"}, "atomic-1", priority=2**40)
-    assert await _sql(service, "SELECT 1 FROM workflows WHERE thread_id = 'atomic-1'") == []
-    assert await _sql(service, "SELECT 1 FROM runs WHERE thread_id = 'atomic-1'") == []
-    run = await service.submit("approval", {"change": "x"}, "atomic-1", by="ana")
+        await service.submit("approval", {"change": "x"}, f"{P}atomic-1", priority=2**40)
+    assert await _sql(service, f"SELECT 1 FROM workflows WHERE thread_id = '{P}atomic-1'") == []
+    assert await _sql(service, f"SELECT 1 FROM runs WHERE thread_id = '{P}atomic-1'") == []
+    run = await service.submit("approval", {"change": "x"}, f"{P}atomic-1", by="ana")
     assert (run.kind, run.status, run.requested_by) == ("start", "queued", "ana")
-    assert (await service.orch.runtime.workflows.get("atomic-1")).status == "queued"
+    assert (await service.orch.runtime.workflows.get(f"{P}atomic-1")).status == "queued"
     with pytest.raises(InvalidInput, match="already used"):
-        await service.submit("approval", {"change": "y"}, "atomic-1")
+        await service.submit("approval", {"change": "y"}, f"{P}atomic-1")
     with pytest.raises(InvalidInput, match="change"):
         await service.submit("approval", {"chnage": "y"}, "atomic-2")
-    assert len(await service.runs(thread_id="atomic-1")) == 1
+    assert len(await service.runs(thread_id=f"{P}atomic-1")) == 1
     assert await _sql(service, "SELECT 1 FROM workflows WHERE thread_id = 'atomic-2'") == []
 
 
 async def test_a_run_from_submit_to_answer_records_who_answered(service: RunService) -> None:
     orch = service.orch
-    submitted = await service.submit("approval", {"change": "PR-7"}, "ask-1", by="ci")
+    submitted = await service.submit("approval", {"change": "PR-7"}, f"{P}ask-1", by="ci")
     run = await _claim_until(service.queue, "r1")
     result = await service.execute(run, "r1")
     assert result.status == "interrupted"
@@ -198,25 +202,25 @@ async def test_a_run_from_submit_to_answer_records_who_answered(service: RunServ
     assert (await service.get_run(submitted.run_id)).outcome == "interrupted"
     # a malformed answer: refused now, nothing stored, the question still pending
     with pytest.raises(InvalidAnswer, match="approve"):
-        await service.resume("ask-1", {"approve": "yes"}, by="ana")
-    assert [r.kind for r in await service.runs(thread_id="ask-1")] == ["start"]
-    details = await orch.get("ask-1")
+        await service.resume(f"{P}ask-1", {"approve": "yes"}, by="ana")
+    assert [r.kind for r in await service.runs(thread_id=f"{P}ask-1")] == ["start"]
+    details = await orch.get(f"{P}ask-1")
     assert details.record.status == "interrupted" and details.interrupts
     # the answerer is whoever the service says answered, whatever the answer claims
-    answer = await service.resume("ask-1", {"approve": True, "by": "mallory"}, by="ana")
+    answer = await service.resume(f"{P}ask-1", {"approve": True, "by": "mallory"}, by="ana")
     assert answer.payload == {"value": {"approve": True, "by": "ana"}, "by": "ana"}
     assert answer.requested_by == "ana"
     with pytest.raises(WorkflowBusy, match="already has run"):
-        await service.resume("ask-1", {"approve": False}, by="bob")
+        await service.resume(f"{P}ask-1", {"approve": False}, by="bob")
     run = await _claim_until(service.queue, "r2")
     assert run.run_id == answer.run_id
     result = await service.execute(run, "r2")
     assert result.status == "completed" and result.final_result["by"] == "ana"
     assert await service.queue.finish(run, "r2", outcome=result.status)
-    record = await orch.runtime.workflows.get("ask-1")
+    record = await orch.runtime.workflows.get(f"{P}ask-1")
     assert record.status == "completed" and record.owner is None
     with pytest.raises(InvalidInput, match="completed"):
-        await service.resume("ask-1", {"approve": True}, by="ana")
+        await service.resume(f"{P}ask-1", {"approve": True}, by="ana")
 
 
 async def test_an_answer_that_no_longer_fits_carries_on_without_deciding(
@@ -236,16 +240,16 @@ async def test_an_answer_that_no_longer_fits_carries_on_without_deciding(
 
 
 async def test_cancel_of_a_queued_run_and_of_a_running_one(service: RunService) -> None:
-    queued = await service.submit("approval", {"change": "x"}, "c-1")
-    cancel = await service.cancel("c-1", by="ana")
+    queued = await service.submit("approval", {"change": "x"}, f"{P}c-1")
+    cancel = await service.cancel(f"{P}c-1", by="ana")
     assert (cancel.kind, cancel.status, cancel.outcome) == ("cancel", "succeeded", "cancelled")
     assert (await service.get_run(queued.run_id)).status == "cancelled"
-    assert (await service.orch.runtime.workflows.get("c-1")).status == "cancelled"
+    assert (await service.orch.runtime.workflows.get(f"{P}c-1")).status == "cancelled"
     assert await service.queue.claim("r1") is None
     with pytest.raises(InvalidInput, match="cancelled"):
-        await service.cancel("c-1")
+        await service.cancel(f"{P}c-1")
     with pytest.raises(InvalidInput, match="cancelled"):
-        await service.orch.resume("c-1")
+        await service.orch.resume(f"{P}c-1")
 
     # a running run: its runner is told (NOTIFY) and a cancel run waits behind it
     notes = service.queue.listen()
@@ -271,16 +275,16 @@ async def test_cancel_of_a_queued_run_and_of_a_running_one(service: RunService) 
 async def test_local_resume_and_recover_leave_threads_of_the_service_alone(
     service: RunService,
 ) -> None:
-    await service.submit("approval", {"change": "x"}, "svc-1")
+    await service.submit("approval", {"change": "x"}, f"{P}svc-1")
     with pytest.raises(WorkflowBusy, match="orchestrator serve"):
-        await service.orch.resume("svc-1")
+        await service.orch.resume(f"{P}svc-1")
     run = await _claim_until(service.queue, "r1")
     # the row says running under a process that is gone: still not the CLI's to recover
     await _sql(service, "UPDATE workflows SET status = 'running', owner = 'gone:1', "
-                        "heartbeat_at = now() - interval '1 hour' WHERE thread_id = 'svc-1' "
+                        f"heartbeat_at = now() - interval '1 hour' WHERE thread_id = '{P}svc-1' "
                         "RETURNING 1")
     assert await service.orch.recover() == []
-    assert (await service.orch.runtime.workflows.get("svc-1")).owner == "gone:1"
+    assert (await service.orch.runtime.workflows.get(f"{P}svc-1")).owner == "gone:1"
     assert run.kind == "start"
 
 
