@@ -14,12 +14,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from orchestrator.agents.lib.depgraph import DependencyGraph, analyze
+from orchestrator.agents.lib.depgraph import analyze
 from orchestrator.agents.lib.files import write_atomic
 from orchestrator.agents.lib.proc import resolve_repo, run
 from orchestrator.agents.lib.prompts import fenced_file, render_prompt
 from orchestrator.agents.lib.ruff import ruff_binary
-from orchestrator.agents.qa import is_test_file
+from orchestrator.agents.qa import tests_importing
 
 from orchestrator.agent import Agent, HandlerError, RequestContext
 from orchestrator.contracts.conflicts import (
@@ -38,7 +38,7 @@ from orchestrator.contracts.developer import (
 from orchestrator.errors import AgentErrorCode
 from orchestrator.llm import ModelAnswer, model_call
 
-__all__ = ["agent", "tests_importing"]
+__all__ = ["agent"]
 
 agent = Agent(
     AGENT_TYPE,
@@ -196,20 +196,6 @@ def _context(repo: Path, payload: Develop, current: str) -> dict[str, str]:
     tests = tests_importing(analyze(repo, overrides={rel: current}), rel)
     return {"dependencies": _show(repo, [f for f in payload.context if f != rel]),
             "tests": _show(repo, tests)}
-
-
-def tests_importing(graph: DependencyGraph, rel: str) -> list[str]:
-    """The test files that import ``rel``, directly or through other files, sorted
-    (``orchestrator estimate`` counts the same context)."""
-    tests, seen, queue = [], {rel}, [rel]
-    while queue:
-        for importer in graph.dependents(queue.pop()):
-            if importer not in seen:
-                seen.add(importer)
-                queue.append(importer)
-                if is_test_file(importer):
-                    tests.append(importer)
-    return sorted(tests)
 
 
 def _existing(path: Path) -> str | None:

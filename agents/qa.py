@@ -23,7 +23,7 @@ from collections import deque
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from orchestrator.agents.lib.depgraph import analyze
+from orchestrator.agents.lib.depgraph import DependencyGraph, analyze
 from orchestrator.agents.lib.proc import resolve_repo, run
 from orchestrator.agents.lib.ruff import ruff_binary, ruff_findings
 from orchestrator.agents.lib.testrun import parse_test_counts, test_failures
@@ -32,7 +32,7 @@ from orchestrator.agent import Agent, HandlerError, RequestContext
 from orchestrator.contracts.qa import AGENT_TYPE, CHECK, Check, Checked
 from orchestrator.errors import AgentErrorCode
 
-__all__ = ["agent", "is_test_file", "syntax_findings"]
+__all__ = ["agent", "is_test_file", "syntax_findings", "tests_importing"]
 
 agent = Agent(
     AGENT_TYPE,
@@ -91,6 +91,20 @@ async def _ruff(repo: Path, rel: str) -> list[dict[str, Any]]:
     return await asyncio.to_thread(ruff_findings, json.loads(done.stdout or "[]"), repo)
 
 
+def tests_importing(graph: DependencyGraph, rel: str) -> list[str]:
+    """The test files that import ``rel``, directly or through other files, sorted (what QA
+    runs for it; the developer's prompt and ``orchestrator estimate`` show the same tests)."""
+    tests, seen, queue = [], {rel}, deque([rel])
+    while queue:
+        for importer in graph.dependents(queue.popleft()):
+            if importer not in seen:
+                seen.add(importer)
+                queue.append(importer)
+                if is_test_file(importer):
+                    tests.append(importer)
+    return sorted(tests)
+
+
 def _tests_importing(repo: Path, rel: str, not_ready: set[str]) -> tuple[list[str], list[str]]:
     """(tests to run, tests deferred): the test files importing ``rel``, directly or not.
 
@@ -99,16 +113,9 @@ def _tests_importing(repo: Path, rel: str, not_ready: set[str]) -> tuple[list[st
     deferred: it runs when the last of them is checked.
     """
     graph = analyze(repo)
-    found, seen, queue = set(), {rel}, deque([rel])
+    found = set(tests_importing(graph, rel))
     if is_test_file(rel):
         found.add(rel)
-    while queue:
-        for importer in graph.dependents(queue.popleft()):
-            if importer not in seen:
-                seen.add(importer)
-                queue.append(importer)
-                if is_test_file(importer):
-                    found.add(importer)
     runnable, deferred = [], []
     for test in sorted(found):
         needs, stack = set(), [test]

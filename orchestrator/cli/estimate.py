@@ -174,8 +174,8 @@ async def cmd_estimate(args: argparse.Namespace, out: TextIO, err: TextIO,
                        stdin: TextIO) -> int:
     import json
 
-    from orchestrator.agents.developer import tests_importing
     from orchestrator.agents.lib.depgraph import analyze
+    from orchestrator.agents.qa import tests_importing
 
     from ..agent import load_agents
     from ..llm.config import ModelChoice, chat_model_for, provider_and_name
