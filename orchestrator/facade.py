@@ -14,8 +14,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any
 
 from langgraph._internal._constants import NULL_TASK_ID  # null writes (no public name in 1.x)
@@ -27,6 +26,7 @@ from orchestrator.state.checkpointer import make_checkpointer
 from orchestrator.state.schema import now_iso
 from orchestrator.state.store import WorkflowRecord
 
+from . import time_travel
 from .agent import Agent
 from .calls import failure_updates
 from .errors import (
@@ -42,6 +42,19 @@ from .graphs import VALIDATED_KEY, WorkflowSpec, compile_workflow, get_workflow,
 from .metrics import WORKFLOW_RUNS, WORKFLOW_STEP_SECONDS
 from .processes import process_alive
 from .questions import check_answer
+from .results import (
+    HistoryEntry,
+    Progress,
+    ProgressCallback,
+    ProgressTracker,
+    RunResult,
+    WorkflowDetails,
+    error_fields,
+    failed_node,
+    is_failed,
+    question_kind,
+    question_text,
+)
 from .runtime import ATTEMPT_KEY, Runtime, use_runtime
 from .settings import Settings
 
@@ -49,66 +62,6 @@ __all__ = ["Orchestrator", "RunResult", "Progress", "WorkflowDetails", "HistoryE
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class RunResult:
-    """Where an invocation (run or resume) left the workflow."""
-
-    thread_id: str
-    workflow_type: str
-    status: str  # running | interrupted | completed | failed | cancelled
-    final_result: Any = None
-    interrupts: list[dict[str, Any]] = field(default_factory=list)
-    error: dict[str, Any] | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "thread_id": self.thread_id,
-            "workflow_type": self.workflow_type,
-            "status": self.status,
-            "final_result": self.final_result,
-            "interrupts": self.interrupts,
-            "error": self.error,
-        }
-
-
-@dataclass(frozen=True)
-class Progress:
-    """One finished graph step, for progress display: ``done`` of ``total`` subtasks."""
-
-    thread_id: str
-    node: str
-    done: int
-    total: int
-    label: str
-
-
-@dataclass(frozen=True)
-class WorkflowDetails:
-    record: WorkflowRecord
-    values: dict[str, Any]
-    next: list[str]
-    interrupts: list[dict[str, Any]]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**self.record.to_dict(), "values": self.values, "next": self.next,
-                "interrupts": self.interrupts}
-
-
-@dataclass(frozen=True)
-class HistoryEntry:
-    checkpoint_id: str
-    step: int
-    source: str
-    created_at: str
-    next: list[str]
-    names: list[str]
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-
-ProgressCallback = Callable[[Progress], None]
 
 
 class Orchestrator:
@@ -345,7 +298,7 @@ class Orchestrator:
         if answer:
             for question in snapshot.interrupts:
                 self.runtime.bus.emit("question.answered", {
-                    **about, "kind": _question_kind(question.value), "interrupt_id": question.id,
+                    **about, "kind": question_kind(question.value), "interrupt_id": question.id,
                     "by": answered_by or (value.get("by") if isinstance(value, dict) else None)})
         return await self._invoke(record, graph_input, on_progress)
 
@@ -385,7 +338,7 @@ class Orchestrator:
         # attempt is never replayed to this one
         config["configurable"][ATTEMPT_KEY] = record.attempt
         config["configurable"][VALIDATED_KEY] = True  # by run(), or _restart_input()
-        tracker = _ProgressTracker(thread_id, on_progress)
+        tracker = ProgressTracker(thread_id, on_progress)
         version = record.version
         step_started = last_step_write = time.perf_counter()
         last_values: dict[str, Any] | None = None
@@ -430,7 +383,7 @@ class Orchestrator:
             # info, not warning: the error is returned to the caller, who reports it once
             log.info("workflow %s failed: %s", thread_id, error["message"])
             seconds = round(time.perf_counter() - step_started, 6)
-            node = _failed_node(exc)
+            node = failed_node(exc)
             if node is None:  # not an agent call's failure: the step(s) left pending
                 with contextlib.suppress(Exception):
                     node = ",".join((await graph.aget_state(config)).next) or None
@@ -449,7 +402,7 @@ class Orchestrator:
         elif pending:
             status = "running"  # stopped by something other than an interrupt: resumable
         else:
-            status = "failed" if _failed(final) else "completed"
+            status = "failed" if is_failed(final) else "completed"
         error = final.get("error") if status == "failed" and isinstance(final, dict) else None
         await self._set(
             thread_id, version, status=status, result=final, owner=None if status != "running"
@@ -459,9 +412,9 @@ class Orchestrator:
         WORKFLOW_RUNS.labels(workflow, status).inc()
         for question in interrupts:
             emit("question.raised", {**about, "interrupt_id": question["id"],
-                                     "kind": _question_kind(question["value"]),
-                                     "question": _question_text(question["value"])})
-        emit(f"workflow.{status}", {**about, **_error_fields(error)})
+                                     "kind": question_kind(question["value"]),
+                                     "question": question_text(question["value"])})
+        emit(f"workflow.{status}", {**about, **error_fields(error)})
         return RunResult(thread_id, workflow, status, final, interrupts, error)
 
     async def _record_failure(self, config: dict[str, Any], exc: BaseException) -> None:
@@ -519,92 +472,16 @@ class Orchestrator:
 
     async def history(self, thread_id: str) -> list[HistoryEntry]:
         """The workflow's checkpoints, oldest first, with their names."""
-        record = await self.runtime.workflows.get(thread_id)
-        names: dict[str, list[str]] = {}
-        for cp in await self.runtime.workflows.named_checkpoints(thread_id):
-            names.setdefault(cp.checkpoint_id, []).append(cp.name)
-        entries = []
-        graph = self.graph(record.workflow_type)
-        async for snap in graph.aget_state_history(self._config(thread_id)):
-            cid = snap.config["configurable"]["checkpoint_id"]
-            meta = snap.metadata or {}
-            entries.append(HistoryEntry(cid, int(meta.get("step", -1)), str(meta.get("source", "")),
-                                        snap.created_at or "", list(snap.next), names.get(cid, [])))
-        entries.reverse()
-        return entries
+        return await time_travel.history(self, thread_id)
 
     async def name_checkpoint(self, thread_id: str, name: str, checkpoint_id: str | None = None) -> str:
         """Label a checkpoint (default: the latest) so it can be found and restored by name."""
-        record = await self.runtime.workflows.get(thread_id)
-        if checkpoint_id is None:
-            snapshot = await self.graph(record.workflow_type).aget_state(self._config(thread_id))
-            checkpoint_id = snapshot.config["configurable"]["checkpoint_id"]
-        await self.runtime.workflows.name_checkpoint(thread_id, name, checkpoint_id)
-        return checkpoint_id
+        return await time_travel.name_checkpoint(self, thread_id, name, checkpoint_id)
 
     async def restore_checkpoint(self, thread_id: str, name: str) -> str:
         """Time travel to the checkpoint named ``name``: the thread's next ``resume`` continues
-        from there.
-
-        LangGraph forks it (``update_state`` as ``__copy__``): a copy of that checkpoint, with
-        its values, parent and next steps, is saved as the thread's newest, so the checkpoints
-        after it stay in the history (and can be restored in turn). What was written at that
-        checkpoint is not copied: the steps after it run again, and a question asked there is
-        asked again. The workflow row goes back to ``interrupted`` (paused until ``resume``; no
-        owner, so no ``recover`` picks it up on its own) without the result or error of the
-        later timeline.
-
-        Returns:
-            The restored checkpoint's id.
-
-        Raises:
-            WorkflowNotFound: no such thread id.
-            CheckpointNotFound: no checkpoint of that name (the message lists the names there
-                are), or it is no longer stored.
-            WorkflowBusy: the workflow is queued or running, or has a queued or running run.
-        """
-        from .errors import CheckpointNotFound
-
-        record = await self.runtime.workflows.get(thread_id)
-        named = {cp.name: cp for cp in await self.runtime.workflows.named_checkpoints(thread_id)}
-        if name not in named:
-            raise CheckpointNotFound(
-                f"workflow {thread_id} has no checkpoint named {name!r}; its named checkpoints: "
-                f"{', '.join(sorted(named)) or 'none'} (`orchestrator show {thread_id} "
-                "--history` lists its checkpoints)")
-        active = await self.runtime.db.fetchone(
-            "SELECT EXISTS (SELECT 1 FROM runs WHERE thread_id = %s "
-            "AND status IN ('queued', 'running')) AS busy", (thread_id,))
-        if record.status in ("queued", "running") or (active and active["busy"]):
-            raise WorkflowBusy(
-                f"workflow {thread_id} is {record.status} or has a run queued or running; "
-                "restore it once it has paused or ended (or cancel it first)")
-        target = named[name]
-        config = {"configurable": {"thread_id": thread_id, "checkpoint_ns": target.checkpoint_ns,
-                                   "checkpoint_id": target.checkpoint_id}}
-        if await self._saver.aget_tuple(config) is None:  # type: ignore[union-attr]
-            raise CheckpointNotFound(f"checkpoint {name!r} ({target.checkpoint_id}) of workflow "
-                                     f"{thread_id} is no longer stored")
-        try:  # held as running while it forks: a resume meanwhile is refused as busy
-            claimed = await self.runtime.workflows.update(
-                thread_id, record.version, status="running", owner=self.owner, heartbeat_at="now")
-        except StaleWorkflowVersion as exc:
-            raise WorkflowBusy(f"workflow {thread_id} was changed by another process") from exc
-        graph = self.graph(record.workflow_type)
-        try:
-            await graph.aupdate_state(config, None, as_node="__copy__")
-            snapshot = await graph.aget_state(self._config(thread_id))
-        except BaseException:
-            with contextlib.suppress(Exception):  # as it was; the failure is what is reported
-                await self._set(thread_id, claimed.version, status=record.status,
-                                owner=record.owner)
-            raise
-        await self._set(thread_id, claimed.version, status="interrupted", owner=None, result=None,
-                        error=None, current_step=(snapshot.next[0] if snapshot.next else "__end__"))
-        self.runtime.bus.emit("workflow.restored", {
-            "thread_id": thread_id, "workflow_type": record.workflow_type, "name": name,
-            "checkpoint_id": target.checkpoint_id})
-        return target.checkpoint_id
+        from there (:func:`orchestrator.time_travel.restore_checkpoint` says how)."""
+        return await time_travel.restore_checkpoint(self, thread_id, name)
 
     # -- owners --------------------------------------------------------------------------------
 
@@ -649,57 +526,3 @@ def _initial_input(spec: WorkflowSpec, validated: Any, record: WorkflowRecord) -
         "started_at": record.created_at.isoformat(),
         "updated_at": now_iso(),
     }
-
-
-def _question_kind(value: Any) -> str | None:
-    """The kind of an interrupt's question (``approval``...), None for a bare interrupt."""
-    return value.get("kind") if isinstance(value, dict) else None
-
-
-def _question_text(value: Any) -> str:
-    """What an interrupt asks, as text (a typed question's ``question``, or the value)."""
-    text = value.get("question") if isinstance(value, dict) else None
-    return str(text if text is not None else value)[:2000]
-
-
-def _error_fields(error: Any) -> dict[str, Any]:
-    """A final result's error as the ``code``/``message`` fields of ``workflow.failed``."""
-    if not error:
-        return {}
-    return dict(error) if isinstance(error, dict) else {"message": str(error)}
-
-
-def _failed_node(exc: BaseException) -> str | None:
-    """The node whose failure ended the run, when the failed agent call recorded it."""
-    for entry in failure_updates(exc).get("error_log", []):
-        node = str(entry.get("node") or "")
-        if node:
-            return node.split(":", 1)[0]  # a task key is "<node>:<task id>"
-    return None
-
-
-def _failed(final: Any) -> bool:
-    return isinstance(final, dict) and final.get("status") == "failed"
-
-
-class _ProgressTracker:
-    """Turns streamed node updates into :class:`Progress` events."""
-
-    def __init__(self, thread_id: str, callback: ProgressCallback | None) -> None:
-        self.thread_id = thread_id
-        self.callback = callback
-        self.total = 0
-        self.done: set[str] = set()
-
-    def update(self, node: str, update: Any) -> None:
-        if self.callback is None or not isinstance(update, dict):
-            return
-        subtasks = update.get("subtasks")
-        if isinstance(subtasks, list):
-            self.total = len(subtasks)
-        label = node
-        for key, status in (update.get("subtask_status") or {}).items():
-            if status in ("done", "failed", "skipped"):
-                self.done.add(key)
-                label = f"{node} {key}" + ("" if status == "done" else f" ({status})")
-        self.callback(Progress(self.thread_id, node, len(self.done), self.total, label))
