@@ -83,36 +83,31 @@ import logging
 import re
 import subprocess
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
-import yaml
 from psycopg.types.json import Jsonb
 from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Field,
     SecretStr,
-    ValidationError,
-    model_validator,
 )
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from orchestrator.contracts.base import problems
-from orchestrator.contracts.cicd import Command
 from orchestrator.contracts.repos import (
-    GitRef,
     RepositoryError,
     commit_of,
-    repository_top,
     run_git,
 )
-from orchestrator.errors import InvalidConfiguration, InvalidInput, OrchestratorError
+from orchestrator.errors import InvalidInput, OrchestratorError
 from orchestrator.service import audit
+from orchestrator.service.hook_config import (
+    GenericHooks,
+    GitHubHooks,
+    GitHubRepo,
+    HooksConfig,
+    load_hooks,
+)
 
 if TYPE_CHECKING:
     from orchestrator.service.app import ServerContext
@@ -124,116 +119,14 @@ __all__ = ["HooksConfig", "GitHubHooks", "GitHubRepo", "GenericHooks", "load_hoo
 log = logging.getLogger(__name__)
 
 MAX_BODY = 25 * 1024 * 1024
+"""GitHub caps a delivery at 25 MB; a larger body is refused before it is signed or read on."""
 #: how long a webhook waits for a fetch of a pull request's head, seconds
 _FETCH_TIMEOUT = 7.0
-"""GitHub caps a delivery at 25 MB; a larger body is refused before it is signed or read on."""
 
 _PR_ACTIONS = frozenset({"opened", "synchronize", "reopened"})
 _ACTIVE = ("queued", "running", "interrupted")
 _COMMAND = re.compile(r"^/(approve|reject)(?:\s+(.*))?$", re.IGNORECASE | re.DOTALL)
 _DELIVERY = re.compile(r"^[A-Za-z0-9._:-]{1,100}$")
-
-
-# --- the hooks file -------------------------------------------------------------------------
-
-
-def _repository(path: str) -> str:
-    repository_top(path)  # RepositoryError (a ValueError) names what is wrong
-    return path
-
-
-def _lower(value: str) -> str:
-    return value.lower()
-
-
-def _strong(value: SecretStr) -> SecretStr:
-    if len(value.get_secret_value()) < 16:
-        raise ValueError("a secret has at least 16 characters; make one with python -c "
-                         "'import secrets; print(secrets.token_hex(32))' and give the same to "
-                         "the sender")
-    return value
-
-
-Secret = Annotated[SecretStr, AfterValidator(_strong)]
-Login = Annotated[str, Field(pattern=r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})$"),
-                  AfterValidator(_lower)]
-RepoName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$"),
-                     AfterValidator(_lower)]
-
-
-class _Closed(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class GitHubRepo(_Closed):
-    """One repository: its local clone and what ``pr_deployment`` does with its PRs."""
-
-    path: Annotated[str, Field(min_length=1), AfterValidator(_repository)]
-    target: GitRef | None = None
-    test_command: Command | None = None
-    approval: Literal["required", "auto"] | None = None
-    reviewers: list[Login] = Field(default_factory=list)
-    #: the remote a pull request's head is fetched from when the clone does not have it yet
-    #: (``null``: never fetch; the delivery is refused with 409 until the clone has it)
-    fetch_from: GitRef | None = "origin"
-
-
-class GitHubHooks(_Closed):
-    secret: Secret
-    repos: dict[RepoName, GitHubRepo] = Field(min_length=1)
-
-    def repo(self, full_name: str) -> GitHubRepo | None:
-        return self.repos.get(full_name.lower())
-
-
-class GenericHooks(_Closed):
-    secret: Secret
-    workflows: list[str] = Field(min_length=1)
-
-
-class HooksConfig(_Closed):
-    github: GitHubHooks | None = None
-    generic: GenericHooks | None = None
-
-    @model_validator(mode="after")
-    def _some(self) -> HooksConfig:
-        if self.github is None and self.generic is None:
-            raise ValueError("neither a github nor a generic section: give at least one")
-        return self
-
-
-def load_hooks(path: str | Path) -> HooksConfig:
-    """Read and check the hooks file (the format is in this module's docstring).
-
-    Raises:
-        InvalidConfiguration: the file cannot be read, is not YAML, or a key is missing,
-            unknown or wrong; the message names each key and what to do.
-    """
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise InvalidConfiguration(
-            f"cannot read the hooks file {path}: {exc.strerror or exc}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        where = getattr(exc, "problem_mark", None)
-        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
-        raise InvalidConfiguration(
-            f"the hooks file {path} is not valid YAML{at}: "
-            f"{getattr(exc, 'problem', None) or exc}; fix it and start again") from None
-    if not isinstance(data, dict):
-        raise InvalidConfiguration(
-            f"the hooks file {path} must be a mapping with a github and/or a generic section, "
-            f"not {type(data).__name__}")
-    try:
-        return HooksConfig.model_validate(data)
-    except ValidationError as exc:
-        raise InvalidConfiguration(
-            f"the hooks file {path} is wrong: {problems(exc, 'hooks')}; fix these keys (the "
-            "format: the docstring of orchestrator/service/hooks.py, README 'Running as a "
-            "service') and start again") from None
 
 
 # --- signatures, bodies, replies ------------------------------------------------------------
