@@ -36,7 +36,7 @@ from orchestrator.errors import InvalidInput, OrchestratorError
 from orchestrator.service import audit
 from orchestrator.service.auth import Identity, TokenStore, check_role
 from orchestrator.service.console import session as console_session
-from orchestrator.service.openapi import document, operation_id
+from orchestrator.service.openapi import document, http_status, operation_id
 
 if TYPE_CHECKING:
     from orchestrator.facade import Orchestrator
@@ -48,16 +48,6 @@ log = logging.getLogger(__name__)
 
 RUN_STATUSES = ("queued", "running", "succeeded", "failed", "dead", "cancelled")
 WORKFLOW_STATUSES = ("queued", "running", "interrupted", "completed", "failed", "cancelled")
-
-#: HTTP status of an error code; any other InvalidInput is 422, anything else 500
-_HTTP_STATUS = {
-    "unauthorized": 401, "forbidden": 403,
-    "workflow_not_found": 404, "run_not_found": 404, "checkpoint_not_found": 404,
-    "dead_letter_not_found": 404,
-    "workflow_busy": 409, "workflow_exists": 409, "stale_workflow_version": 409,
-    "lease_lost": 409, "resource_locked": 409,
-}
-
 
 @dataclass
 class ServerContext:
@@ -406,8 +396,7 @@ def _serve(ctx: ServerContext, ep: Endpoint) -> Callable[[Request], Awaitable[Re
         except _BadRequest as exc:
             return _error(400, str(InvalidInput.code), str(exc))
         except OrchestratorError as exc:
-            status = _HTTP_STATUS.get(str(exc.code),
-                                      422 if isinstance(exc, InvalidInput) else 500)
+            status = http_status(exc)
             if status == 500:
                 log.warning("%s %s failed: %s", ep.method, request.url.path, exc)
             return _error(status, str(exc.code), str(exc))

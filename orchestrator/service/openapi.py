@@ -14,12 +14,28 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 from starlette.routing import BaseRoute, Route
 
+from orchestrator.errors import InvalidInput, OrchestratorError
 from orchestrator.service.auth import ROLES
 
 if TYPE_CHECKING:
     from orchestrator.service.app import Endpoint, Query
 
-__all__ = ["ErrorBody", "document", "operation_id"]
+__all__ = ["ErrorBody", "HTTP_STATUS", "document", "http_status", "operation_id"]
+
+#: the HTTP status of an error code, for the API and the console's pages alike
+HTTP_STATUS = {
+    "unauthorized": 401, "forbidden": 403,
+    "workflow_not_found": 404, "run_not_found": 404, "checkpoint_not_found": 404,
+    "dead_letter_not_found": 404,
+    "workflow_busy": 409, "workflow_exists": 409, "stale_workflow_version": 409,
+    "lease_lost": 409, "resource_locked": 409,
+}
+
+
+def http_status(exc: OrchestratorError) -> int:
+    """The HTTP status answering ``exc``: :data:`HTTP_STATUS`, else 422 for invalid input and
+    500 for anything else."""
+    return HTTP_STATUS.get(str(exc.code), 422 if isinstance(exc, InvalidInput) else 500)
 
 
 class ErrorBody(BaseModel):

@@ -21,30 +21,20 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoes
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
-from orchestrator.errors import Forbidden, InvalidInput, OrchestratorError
+from orchestrator.errors import Forbidden, OrchestratorError
 from orchestrator.service import audit
 from orchestrator.service.auth import ROLES, check_role
 from orchestrator.service.console.session import CSRF_HEADER, Session, check_csrf, current
+from orchestrator.service.openapi import http_status
 
 if TYPE_CHECKING:
     from orchestrator.service.app import ServerContext
 
-__all__ = ["TEMPLATES", "View", "page", "templates", "waited", "status_of"]
+__all__ = ["TEMPLATES", "View", "page", "templates", "waited"]
 
 log = logging.getLogger(__name__)
 
 TEMPLATES = Path(__file__).with_name("templates")
-
-#: the HTTP status of an error code on a page (as the API answers it); others 422/500
-_STATUS = {"unauthorized": 401, "forbidden": 403, "workflow_not_found": 404,
-           "run_not_found": 404, "checkpoint_not_found": 404, "dead_letter_not_found": 404,
-           "workflow_busy": 409, "workflow_exists": 409, "stale_workflow_version": 409,
-           "lease_lost": 409, "resource_locked": 409}
-
-
-def status_of(exc: OrchestratorError) -> int:
-    return _STATUS.get(str(exc.code), 422 if isinstance(exc, InvalidInput) else 500)
-
 
 def waited(since: datetime | None, now: datetime | None = None) -> str:
     """``since`` as a short age: ``42s``, ``7m``, ``3h 5m``, ``2d 4h``."""
@@ -139,7 +129,7 @@ def page(ctx: ServerContext, handler: Handler, *, role: str = "viewer"
         except Forbidden as exc:
             return _message(403, "Not allowed", str(exc))
         except OrchestratorError as exc:
-            return _message(status_of(exc), "Cannot do that", str(exc))
+            return _message(http_status(exc), "Cannot do that", str(exc))
         except Exception as exc:
             log.exception("%s %s failed", request.method, request.url.path)
             return _message(500, "Failed", f"{type(exc).__name__}: {exc}; the server's log has "
