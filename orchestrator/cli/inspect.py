@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import argparse
 import json
+from textwrap import indent
 from typing import Any, TextIO
 
 from ..questions import describe_question
 from .exits import EXIT_OK
-from .output import print_json, summarize
+from .output import format_repo_table, print_json, repo_rows, summarize
 from .parser import settings_for
 
 
@@ -69,6 +70,9 @@ def print_details(details: Any, history: list[Any] | None, args: argparse.Namesp
     for item in details.interrupts:
         for n, line in enumerate(describe_question(item["value"], r.thread_id)):
             out.write(f"{'waiting:' if n == 0 else '':<11}{line}\n")
+    rows = repo_rows(details.values.get("final_result"), r.result, details.values)
+    if rows:
+        out.write("\nrepositories:\n" + indent(format_repo_table(rows), "  "))
     if history is not None:
         out.write("\nhistory (oldest first):\n")
         for h in history:
