@@ -43,7 +43,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from orchestrator.agents.lib.depgraph.graph import DependencyGraph
-from orchestrator.agents.lib.depgraph.packages import _glob_regex
+from orchestrator.agents.lib.depgraph.packages import glob_regex
 
 __all__ = ["RepoCycleError", "RepoOrder", "manifest_dependencies", "order_repositories"]
 
@@ -236,8 +236,8 @@ def _workspace_targets(top: Path, globs: list[str], tops: dict[str, Path],
                        read_member: Callable[[Path], Iterator[Path]]) -> Iterator[Path]:
     """Other repositories' tops matched by ``globs``, then what the members inside ``top``
     point at (``read_member(folder)``)."""
-    include = [_glob_regex("", p) for p in globs if not p.startswith("!")]
-    exclude = [_glob_regex("", p[1:]) for p in globs if p.startswith("!")]
+    include = [glob_regex("", p) for p in globs if not p.startswith("!")]
+    exclude = [glob_regex("", p[1:]) for p in globs if p.startswith("!")]
 
     def wanted(rel: str) -> bool:
         return (any(r.fullmatch(rel) for r in include)

@@ -83,8 +83,8 @@ class _Packages:
                                               data)
         self.by_name: dict[str, _Package] = {}
         for root_folder, patterns in self._workspace_globs(repo, errors):
-            include = [_glob_regex(root_folder, p) for p in patterns if not p.startswith("!")]
-            exclude = [_glob_regex(root_folder, p[1:]) for p in patterns if p.startswith("!")]
+            include = [glob_regex(root_folder, p) for p in patterns if not p.startswith("!")]
+            exclude = [glob_regex(root_folder, p[1:]) for p in patterns if p.startswith("!")]
             for folder, package in self.by_folder.items():
                 if (package.name and package.name not in self.by_name
                         and any(r.fullmatch(folder) for r in include)
@@ -143,7 +143,7 @@ class _Packages:
         return package, subpath
 
 
-def _glob_regex(base: str, pattern: str) -> re.Pattern[str]:
+def glob_regex(base: str, pattern: str) -> re.Pattern[str]:
     """A workspace glob (``packages/*``, ``apps/**``, ``./tools/cli``) as a regex over
     repository-relative folders."""
     pattern = posixpath.normpath(pattern.strip().rstrip("/"))
