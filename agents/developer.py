@@ -7,6 +7,7 @@ Its request type (``develop``), payload and result are its contract,
 from __future__ import annotations
 
 import asyncio
+import difflib
 import hashlib
 import json
 import shlex
@@ -33,10 +34,11 @@ from orchestrator.contracts.developer import (
     DEVELOP,
     Develop,
     Developed,
+    PastFix,
     file_lock,
 )
 from orchestrator.errors import AgentErrorCode
-from orchestrator.llm import ModelAnswer, model_call
+from orchestrator.llm import ModelAnswer, PromptRef, model_call
 
 __all__ = ["agent"]
 
@@ -78,9 +80,11 @@ async def develop(payload: Develop, ctx: RequestContext) -> Developed:
     await ctx.check_fencing(file_lock(repo, task.file))
     attempt = payload.attempt
     before = await asyncio.to_thread(_sha256, path)
-    model = None  # the chat model that wrote the file, if one did
+    model = prompt = diff = None  # the chat model that wrote the file and its prompt, if one did
     if attempt > 1 and payload.evidence and before is not None:  # fix the file QA checked
-        action, detail, model = await _fix(repo, path, payload, ctx)
+        old = await asyncio.to_thread(_existing, path)
+        action, detail, model, prompt = await _fix(repo, path, payload, ctx)
+        diff = await asyncio.to_thread(_diff, task.file, old, path)
     elif task.content is not None:
         await asyncio.to_thread(_write, path, task.content)
         action, detail = "wrote", f"wrote {task.file}"
@@ -99,7 +103,7 @@ async def develop(payload: Develop, ctx: RequestContext) -> Developed:
                            blames_input=True)
     return Developed(file=task.file, action=action, changed=before != after, sha256=after,
                      detail=detail, attempt=attempt, model=model,
-                     tier=(payload.tier or "medium") if model else None)
+                     tier=(payload.tier or "medium") if model else None, prompt=prompt, diff=diff)
 
 
 async def _apply_patch(repo: Path, patch: str) -> tuple[str, str]:
@@ -140,7 +144,7 @@ async def _generate(repo: Path, path: Path, payload: Develop,
     # a fix task's file exists: the model must see what it changes
     current = await asyncio.to_thread(_existing, path)
     fields = await asyncio.to_thread(_context, repo, payload, current or "")
-    answer = await _ask(ctx, payload, "developer_write", "write", kind=task.kind or "new",
+    answer, _ = await _ask(ctx, payload, "developer_write", "write", kind=task.kind or "new",
                         description=task.description,
                         current=fenced_file(task.file, current and current[:_FILE_CHARS]),
                         **fields)
@@ -155,38 +159,71 @@ async def _generate(repo: Path, path: Path, payload: Develop,
 
 
 async def _fix(repo: Path, path: Path, payload: Develop,
-               ctx: RequestContext) -> tuple[str, str, str | None]:
-    """Fix the file from what QA found: the chat model rewrites it, else ruff's safe fixes."""
+               ctx: RequestContext) -> tuple[str, str, str | None, str | None]:
+    """Fix the file from what QA found: the chat model rewrites it (shown the repository's
+    similar past fixes the request carries), else ruff's safe fixes. Returns the action, its
+    detail, the model and the prompt version (None, None without a model)."""
     task = payload.task
     current = await asyncio.to_thread(path.read_text, encoding="utf-8", errors="replace")
     fields = await asyncio.to_thread(_context, repo, payload, current)
-    answer = await _ask(ctx, payload, "developer_fix", "fix", attempt=payload.attempt,
-                        description=task.description or "(none)", current=current,
-                        evidence=json.dumps(payload.evidence, indent=1)[:_EVIDENCE_CHARS],
-                        **fields)
+    answer, prompt = await _ask(ctx, payload, "developer_fix", "fix", attempt=payload.attempt,
+                                description=task.description or "(none)", current=current,
+                                evidence=json.dumps(payload.evidence, indent=1)[:_EVIDENCE_CHARS],
+                                similar=_past_fixes(payload.similar), **fields)
     if answer is not None:
         await asyncio.to_thread(_write, path, _file_text(answer.content))
-        return "model", f"{answer.model} rewrote the file from the QA evidence", answer.model
+        return ("model", f"{answer.model} rewrote the file from the QA evidence", answer.model,
+                str(prompt))
     if path.suffix in (".py", ".pyi"):
         done = await run([ruff_binary(), "check", "--fix", "--no-cache", "--exit-zero",
                           "--output-format", "concise", "--", str(path)], cwd=repo, timeout=120)
         summary = (done.stdout + done.stderr).strip().splitlines()
-        return "ruff-fix", summary[-1] if summary else "ruff found nothing to fix", None
-    return "none", f"no automatic fix for {path.suffix} files without a chat model", None
+        return "ruff-fix", summary[-1] if summary else "ruff found nothing to fix", None, None
+    return "none", f"no automatic fix for {path.suffix} files without a chat model", None, None
+
+
+def _past_fixes(similar: list[PastFix]) -> str:
+    """The similar past fixes as the fix prompt shows them, bounded in size."""
+    parts, total = [], 0
+    for n, past in enumerate(similar, 1):
+        how = (f"fixed {'at the first try' if past.first_time else 'after more tries'} by "
+               f"{past.prompt or 'no model (an automatic fix)'}"
+               f"{f' on tier {past.tier}' if past.tier else ''}")
+        part = (f"{n}. `{past.file}`{f' ({past.kind} task)' if past.kind else ''}, similarity "
+                f"{past.score:.2f}, {how}.\nWhat QA found:\n{past.failure[:_PAST_CHARS]}\n"
+                f"The fix:\n```diff\n{past.fix[:_PAST_CHARS]}\n```")
+        if total + len(part) > _PAST_TOTAL:
+            break
+        total += len(part)
+        parts.append(part)
+    return "\n\n".join(parts) or "(none)"
+
+
+def _diff(rel: str, old: str | None, path: Path) -> str:
+    """How a fix changed the file: a unified diff (3,000 characters at most)."""
+    new = _existing(path)
+    lines = difflib.unified_diff((old or "").splitlines(keepends=True),
+                                 (new or "").splitlines(keepends=True),
+                                 fromfile=f"a/{rel}", tofile=f"b/{rel}", n=1)
+    text = "".join(lines)
+    return text if len(text) <= _DIFF_CHARS else text[:_DIFF_CHARS] + "\n… (cut)"
 
 
 async def _ask(ctx: RequestContext, payload: Develop, prompt_name: str, purpose: str,
-               **fields: Any) -> ModelAnswer | None:
-    """One model call of the task's tier and budget; None when no model is configured."""
+               **fields: Any) -> tuple[ModelAnswer | None, PromptRef]:
+    """One model call of the task's tier and budget (None when no model is configured), and
+    the prompt's reference."""
     prompt, messages = render_prompt(prompt_name, file=payload.task.file,
                                      task_id=payload.task.id or payload.task.file, **fields)
     return await model_call(ctx, purpose=purpose, tier=payload.tier or "medium",
                             messages=messages, prompt=prompt, budget=payload.budget,
-                            model=payload.model)
+                            model=payload.model), prompt
 
 
 #: what a prompt carries at most: per context file, all context files, the QA evidence
 _FILE_CHARS, _CONTEXT_CHARS, _EVIDENCE_CHARS = 20_000, 60_000, 8_000
+#: a similar past fix: its failure and its diff each, all of them; a fix's recorded diff
+_PAST_CHARS, _PAST_TOTAL, _DIFF_CHARS = 1_500, 8_000, 3_000
 
 
 def _context(repo: Path, payload: Develop, current: str) -> dict[str, str]:

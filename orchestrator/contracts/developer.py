@@ -4,8 +4,8 @@ Request types:
 
 * ``develop`` (:data:`DEVELOP`) ``{"repo", "task": {"id", "file", "kind", "description",
   "content" | "patch" | "command"}, "attempt", "evidence"?, "timeout"?, "context"?, "tier"?,
-  "tier_reason"?, "budget"?, "model"?}`` → ``{"file", "action", "changed", "sha256", "detail",
-  "attempt", "model", "tier"}``. Guarded by :func:`file_lock` (``file:<repository>/<file>``):
+  "tier_reason"?, "budget"?, "model"?, "similar"?}`` → ``{"file", "action", "changed", "sha256",
+  "detail", "attempt", "model", "tier", "prompt", "diff"}``. Guarded by :func:`file_lock` (``file:<repository>/<file>``):
   the request must carry that lock's fencing token.
 
   The first attempt applies the task: ``content`` is written to the file, ``patch`` (a unified
@@ -19,7 +19,12 @@ Request types:
   ruff's safe automatic fixes (``ruff check --fix``), and other files cannot be fixed
   automatically (``changed`` is false, and QA will fail again). ``tier`` picks the model
   (``orchestrator.llm``; default ``medium``) unless ``model`` names one, ``budget`` bounds
-  what the calls may spend.
+  what the calls may spend. A fix request may carry ``similar``: the repository's past failures
+  most like this one (:class:`PastFix`: what QA found, how the file was changed, which prompt
+  version and tier fixed it, and whether first time), which the fix prompt shows the model;
+  ``plan_execution`` finds them (``orchestrator.learning.fixes``). A fix answers ``prompt``
+  (the template and version the model was asked with, when one was) and ``diff`` (how the
+  file changed, bounded), which are recorded as the fix's outcome.
 
 :class:`Task` is a plan's task as it travels: ``plan_execution``'s plan task
 (``orchestrator.workflows.plans.PlanTask``) is this model with the plan's own rules on top.
@@ -36,7 +41,7 @@ from orchestrator.contracts.base import Contract, Operation
 from orchestrator.contracts.repos import RepoPath
 from orchestrator.llm import BudgetSpec, Tier
 
-__all__ = ["AGENT_TYPE", "DEVELOP", "Develop", "Developed", "Task", "file_lock"]
+__all__ = ["AGENT_TYPE", "DEVELOP", "Develop", "Developed", "PastFix", "Task", "file_lock"]
 
 AGENT_TYPE = "developer"
 
@@ -62,6 +67,20 @@ class Task(Contract):
     estimate: float | None = Field(None, gt=0)
 
 
+class PastFix(Contract):
+    """A past failure of the repository like the one being fixed, and how it was fixed."""
+
+    file: str
+    kind: str | None = None
+    failure: str = Field(description="what QA found then (bounded)")
+    fix: str = Field(description="how the file was changed: a unified diff, or what was done")
+    prompt: str | None = Field(None, description="the prompt version that fixed it "
+                               "(NAME@VERSION), none when no model did")
+    tier: str | None = None
+    first_time: bool = Field(description="fixed by the first fix attempt after the failure")
+    score: float = Field(ge=0, le=1, description="trigram similarity to the failure at hand")
+
+
 class Develop(Contract):
     repo: RepoPath
     task: Task
@@ -75,6 +94,8 @@ class Develop(Contract):
     budget: BudgetSpec | None = Field(None, description="what the model calls may spend")
     model: str | None = Field(None, description="a model spec used instead of the tier's "
                               "(a budget question answered 'switch')")
+    similar: list[PastFix] = Field(default_factory=list, description="for a fix: similar past "
+                                   "failures of the repository and how they were fixed")
 
     @field_validator("attempt", "timeout", mode="before")
     @classmethod
@@ -92,6 +113,10 @@ class Developed(Contract):
     attempt: int
     model: str | None = Field(None, description="the chat model that wrote the file, if one did")
     tier: str | None = None
+    prompt: str | None = Field(None, description="the prompt template and version the model "
+                               "was asked with (NAME@VERSION), if one was")
+    diff: str | None = Field(None, description="a fix's change to the file, a unified diff "
+                             "(bounded); none for a first attempt")
 
 
 DEVELOP = Operation(AGENT_TYPE, "develop", Develop, Developed)
