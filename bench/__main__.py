@@ -19,7 +19,7 @@ import traceback
 
 from .common import Result, print_result
 
-MODULES = ("bus", "locks", "workflows", "depgraph", "cruiser", "apidocs", "prune", "fencing", "service", "browser", "console", "sse", "llm")
+MODULES = ("bus", "locks", "workflows", "depgraph", "cruiser", "apidocs", "prune", "fencing", "service", "browser", "console", "sse", "llm", "growth")
 
 
 async def _run(names: list[str], quick: bool) -> tuple[list[Result], list[str]]:

@@ -121,6 +121,7 @@ async def _memory(settings: Settings, n: int) -> None:
                    "in_flight": n, "agent_calls_waiting": ENTERED["calls"],
                    "start_s": round(time.perf_counter() - started, 2)}
         print("holding " + json.dumps(holding), flush=True)
+        held = time.perf_counter()  # drain_s: from here (released right after) to all ended
         # the benchmark releases the calls (sets the release key) once it has read the line
         results = await asyncio.gather(*runs)
         done = {**holding, "peak_rss_mb": round(_peak_rss_mb(), 1),
@@ -128,6 +129,7 @@ async def _memory(settings: Settings, n: int) -> None:
                 "completed": sum(r.status == "completed" for r in results),
                 "statuses": sorted({r.status for r in results}),
                 "total_s": round(time.perf_counter() - started, 2),
+                "drain_s": round(time.perf_counter() - held, 2),
                 "max_sampled_rss_mb": round(max(samples + [_rss_mb()]), 1),
                 "thread_ids": [r.thread_id for r in results] + [warm.thread_id]}
         print("done " + json.dumps(done), flush=True)

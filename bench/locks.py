@@ -98,7 +98,10 @@ async def _handover_rounds(rt: Runtime, resource: str, rounds: int, waiters: int
     """Hand-over latencies (seconds) between ``waiters + 1`` tasks of this process."""
     samples: list[float] = []
     last_release: list[float | None] = [None]
-    taken = asyncio.Event()  # set when a holding starts, so the previous holder may queue again
+    # resolved when the next holding starts, so the previous holder may queue again (a future
+    # made before the release: an Event set and cleared at once could be missed by a waiter
+    # not yet waiting, which then slept 1 s: every round with a single waiter)
+    taken: list[asyncio.Future[None]] = [asyncio.get_running_loop().create_future()]
     done = asyncio.Event()
     holdings = 0
 
@@ -115,8 +118,10 @@ async def _handover_rounds(rt: Runtime, resource: str, rounds: int, waiters: int
                     holdings += 1
                     if holdings > rounds:
                         done.set()
-                    taken.set()
-                    taken.clear()
+                    previous, taken[0] = taken[0], asyncio.get_running_loop().create_future()
+                    if not previous.done():
+                        previous.set_result(None)
+                    mine = taken[0]
                     await asyncio.sleep(hold_s)
                 last_release[0] = time.perf_counter()  # release returned: it is committed
             except Exception:
@@ -125,12 +130,8 @@ async def _handover_rounds(rt: Runtime, resource: str, rounds: int, waiters: int
                 return
             # queue again only once one of the others has it: every hand-over goes to a waiter
             while not done.is_set():
-                waiter = asyncio.ensure_future(taken.wait())
-                finished, _ = await asyncio.wait({waiter}, timeout=1.0)
-                if finished:
-                    break
-                waiter.cancel()
-                if last_release[0] is None:
+                finished, _ = await asyncio.wait({mine}, timeout=1.0)
+                if finished or last_release[0] is None:
                     break
 
     tasks = [asyncio.create_task(contender(i)) for i in range(waiters + 1)]

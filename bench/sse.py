@@ -21,14 +21,16 @@ fan-out p95 ≤ 100 ms with 500 subscribers; ≤ 2 Redis connections.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import psutil
 
@@ -39,7 +41,7 @@ from orchestrator.service.auth import TokenStore
 
 from .common import Result, percentile, run_standalone, settings, subprocess_env
 
-__all__ = ["run"]
+__all__ = ["run", "serving_console", "Console"]
 
 _TARGET = "fan-out p95 ≤ 100 ms with 500 subscribers; ≤ 2 Redis connections for the console"
 _CLIENT_PROCESSES = 2
@@ -205,27 +207,51 @@ async def _round(orch: Orchestrator, url: str, token: str, subscribers: int, rat
             "serve_redis_connections_during": during}
 
 
-async def run(quick: bool = False) -> list[Result]:
-    many, rate, seconds = (50, 10.0, 2.0) if quick else (500, 20.0, 10.0)
-    base = settings("sse", local_agents=False)
+class Console(NamedTuple):
+    """A running console: the publishing orchestrator, the serve process and a viewer token."""
+
+    orch: Orchestrator
+    url: str
+    token: str
+    serve_pid: int
+    redis_port: int | None
+
+    async def round(self, subscribers: int, rate: float, seconds: float) -> dict[str, Any]:
+        """One fan-out round (see :func:`_round`) on this console."""
+        return await _round(self.orch, self.url, self.token, subscribers, rate, seconds,
+                            self.serve_pid, self.redis_port)
+
+
+@contextlib.asynccontextmanager
+async def serving_console(base: Any) -> AsyncIterator[Console]:
+    """An orchestrator on ``base``, a viewer token and one ``orchestrator serve`` subprocess;
+    the process stopped, the token and the events stream deleted afterwards."""
     async with Orchestrator(base, agents=[]) as orch:
         token = (await TokenStore(orch.runtime.db, base.namespace).create("viewer"))[1]
         redis_port = orch.runtime.redis.connection_pool.connection_kwargs.get("port")
-        with tempfile.TemporaryDirectory(prefix="bench-sse-") as tmp:
-            proc, url = await _serve(base, Path(tmp) / "serve.log")
-            try:
-                one = await _round(orch, url, token, 1, rate, seconds, proc.pid, redis_port)
-                fan = await _round(orch, url, token, many, rate, seconds, proc.pid, redis_port)
-            finally:
-                proc.terminate()
+        try:
+            with tempfile.TemporaryDirectory(prefix="bench-sse-") as tmp:
+                proc, url = await _serve(base, Path(tmp) / "serve.log")
                 try:
-                    await asyncio.wait_for(proc.wait(), 30)
-                except TimeoutError:
-                    proc.kill()
-                    await proc.wait()
-        await orch.runtime.db.execute("DELETE FROM api_tokens WHERE namespace = %s",
-                                      (base.namespace,))
-        await orch.runtime.redis.delete(orch.runtime.bus.keys.events)
+                    yield Console(orch, url, token, proc.pid, redis_port)
+                finally:
+                    proc.terminate()
+                    try:
+                        await asyncio.wait_for(proc.wait(), 30)
+                    except TimeoutError:
+                        proc.kill()
+                        await proc.wait()
+        finally:
+            await orch.runtime.db.execute("DELETE FROM api_tokens WHERE namespace = %s",
+                                          (base.namespace,))
+            await orch.runtime.redis.delete(orch.runtime.bus.keys.events)
+
+
+async def run(quick: bool = False) -> list[Result]:
+    many, rate, seconds = (50, 10.0, 2.0) if quick else (500, 20.0, 10.0)
+    async with serving_console(settings("sse", local_agents=False)) as served:
+        one = await served.round(1, rate, seconds)
+        fan = await served.round(many, rate, seconds)
     console = fan["hub_redis_connections"] + max(
         0, fan["serve_redis_connections_during"] - fan["serve_redis_connections_before"])
     fan["console_redis_connections"] = console
