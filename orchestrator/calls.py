@@ -38,6 +38,7 @@ from .errors import (
     DeadLettered,
     OrchestratorError,
 )
+from .learning.store import record_call
 from .messages import AgentRequest, AgentResponse, Priority
 from .metrics import BUS_LATENCY, BUS_REQUESTS
 from .runtime import Runtime, current_attempt, current_runtime
@@ -278,6 +279,7 @@ async def _guarded_send(rt: Runtime, request: AgentRequest, timeout: float) -> A
     finally:
         rt.bus.emit("agent.answered", {**event, "status": status,
                                        "ms": round((time.perf_counter() - started) * 1000, 3)})
+        record_call(rt, request, status, time.perf_counter() - started)  # queued, no I/O
         await rt.breaker.record(request.target, healthy)
 
 

@@ -20,7 +20,9 @@
 * ``rollback`` sets traffic to 0, runs the rollback command and ends the rollout failed,
   with the evidence.
 
-The parent graph puts the spec in ``deploy`` and reads the outcome from ``canary``.
+The parent graph puts the spec in ``deploy`` and reads the outcome from ``canary``. Each
+stage observation and the rollout's end (completed, or rolled back and why) are recorded once
+in ``learn_canary`` (:mod:`orchestrator.learning.store`).
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from orchestrator.contracts.deployer import (
     deployment_lock,
 )
 from orchestrator.errors import AgentError, ResourceLocked
+from orchestrator.learning.store import run_store
 from orchestrator.locks.held import hold_lock, release_lock
 from orchestrator.metrics import CANARY_ROLLBACKS, CANARY_STAGE
 from orchestrator.questions import Answer, ask
@@ -100,6 +103,17 @@ async def validate_canary(deploy: dict[str, Any], *, subtask: str = "canary_vali
     spec = CanarySpec.model_validate(deploy)
     call = await VALIDATE.call(Validate(spec=spec), subtask=subtask)
     return {**spec.model_dump(mode="json"), **call.result.model_dump(mode="json")}, call.updates
+
+
+async def _learn(state: CanaryState, canary: dict[str, Any], event: str, **row: Any) -> None:
+    """Record a stage observation (``event`` "stage") or the end of the rollout ("end")."""
+    found = await run_store()
+    if found is None:
+        return
+    store, thread_id = found
+    write = store.record_canary_stage if event == "stage" else store.record_canary_end
+    await write(thread_id=thread_id, deployment=canary["deployment"],
+                workflow_type=state.get("workflow_type"), **row)
 
 
 def _spec(state: CanaryState) -> CanarySpec:
@@ -170,6 +184,9 @@ async def observe(state: CanaryState) -> dict[str, Any]:
     record = {"percent": canary["percent"], "verdict": result.verdict, "reason": result.reason,
               "samples": [s.model_dump(mode="json") for s in result.samples], "at": now_iso()}
     canary["stages"] = [*canary["stages"], record]
+    await _learn(state, canary, "stage", seq=len(canary["stages"]) - 1,
+                 percent=canary["percent"], verdict=result.verdict, reason=result.reason,
+                 holds=canary["holds"])
     _event("canary.observed", state, canary, verdict=result.verdict, reason=result.reason,
            samples=record["samples"])
     if result.verdict == "healthy":
@@ -240,6 +257,8 @@ async def rollback(state: CanaryState) -> dict[str, Any]:
     CANARY_STAGE.labels(spec.name).set(0)
     CANARY_ROLLBACKS.labels(spec.name, mode).inc()
     _event("canary.rollback", state, canary, mode=mode, reason=reason)
+    await _learn(state, canary, "end", verdict="rolled_back", percent=canary["percent"],
+                 reason=reason, mode=mode)
     canary.update(status="rolled_back", failed_at=canary["percent"], percent=0, reason=reason,
                   rollback={"mode": mode, **call.result.model_dump(mode="json")},
                   finished_at=now_iso())
@@ -249,6 +268,7 @@ async def rollback(state: CanaryState) -> dict[str, Any]:
 async def done(state: CanaryState) -> dict[str, Any]:
     spec, canary = _spec(state), dict(state["canary"])
     await release_lock(deployment_lock(spec.name))
+    await _learn(state, canary, "end", verdict="completed", percent=canary.get("percent"))
     canary.update(status="completed", finished_at=now_iso())
     return {"canary": canary, "updated_at": now_iso()}
 

@@ -59,6 +59,7 @@ from orchestrator.contracts.repos import (
 )
 from orchestrator.errors import BudgetExceeded
 from orchestrator.graphs import WorkflowSpec, validated_fields
+from orchestrator.learning.store import run_store
 from orchestrator.llm import BudgetPolicy, BudgetSpec
 from orchestrator.llm.policy import ask_budget
 from orchestrator.questions import Answer, ask
@@ -285,6 +286,7 @@ async def approve(state: PRDeploymentState) -> dict[str, Any]:
     answer = ask(ApprovalAnswer, kind="approval", question=question, context=context)
     decision = {"approved": answer.approve, "by": answer.by, "comment": answer.comment,
                 "at": now_iso()}
+    await _learn_review(state, answer.approve, answer.by)
     update: dict[str, Any] = {"decision": decision}
     if answer.approve is not True:
         update["final_result"] = {
@@ -292,6 +294,22 @@ async def approve(state: PRDeploymentState) -> dict[str, Any]:
             "reasons": [f"rejected by {answer.by}: {answer.comment or 'no comment'}"],
         }
     return update
+
+
+async def _learn_review(state: PRDeploymentState, approved: bool, by: str | None) -> None:
+    """Record which review rules the person merged in spite of (approved) or upheld, once per
+    branch put to them (``learn_reviews``)."""
+    found = await run_store()
+    if found is None:
+        return
+    review = (state.get("partial_results") or {}).get("review") or {}
+    rules = dict(review.get("counts") or {})
+    for comment in review.get("comments") or []:
+        key = f"comment:{comment.get('severity')}"
+        rules[key] = rules.get(key, 0) + 1
+    store, thread_id = found
+    await store.record_review(thread_id=thread_id, repo=state["repo"],
+                              branch=_delivered(state), rules=rules, approved=approved, by=by)
 
 
 def after_approve(state: PRDeploymentState) -> Literal["merge", "finish"]:

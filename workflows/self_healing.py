@@ -13,8 +13,14 @@
   comes back.
 * ``diagnose`` asks it which issue to treat (rules over the evidence, or a chat model when
   one is configured).
-* ``fix`` applies the runbook's action for that issue under the ``service:<name>`` lock: the
-  n-th attempt at an issue takes the n-th action of its list (the last one repeats).
+  It then chooses the runbook action to try (:mod:`orchestrator.learning.runbooks`): the
+  issue's actions a person's ``rules`` allow, ordered by their verified successes at that issue
+  on this service (a Beta-Bernoulli posterior whose prior is the runbook's order; seeded
+  sampling with ``exploration: {"seed": n}``); the best one not yet tried in this run, or the
+  runbook's last allowed action once all were. The choice and its reason go to
+  ``healing["choice"]`` and are appended to ``healing["choices"]``; with no allowed action it
+  escalates saying why.
+* ``fix`` applies the chosen action under the ``service:<name>`` lock.
 * ``escalate`` pauses with the evidence (``healing["escalation"]``: why, and what was seen)
   when the health or metrics URL answers 4xx (a misconfiguration: no restart is tried), when a
   fix did not work (a command exited non-zero, a started process died at once), or once
@@ -22,10 +28,14 @@
   ``{"action": {"type": "restart"|"command"|"wait", ...}, "by": ...}`` to try something, or
   ``{"give_up": true, "by": ..., "comment": ...}``. A malformed answer (a bare string, a
   typo'd key) is asked again, never taken as a give-up.
+
+Every fix is recorded once with what verification then found (``learn_healing``, see
+:mod:`orchestrator.learning.store`): what the next incident's choice learns from.
 """
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from langgraph.graph import END, START, StateGraph
@@ -48,6 +58,8 @@ from orchestrator.contracts.infrastructure import (
     service_lock,
 )
 from orchestrator.graphs import WorkflowSpec
+from orchestrator.learning.runbooks import Exploration, HealingRules, action_key, choose
+from orchestrator.learning.store import HealingOutcome, recording, run_store
 from orchestrator.metrics import HEALING_ATTEMPTS, HEALING_OUTCOMES
 from orchestrator.questions import Answer, ask
 
@@ -59,14 +71,23 @@ DEFAULT_RUNBOOK: dict[str, list[dict[str, Any]]] = {kind: [{"type": "restart"}] 
 
 def _action(value: Any) -> dict[str, Any]:
     """A runbook action as given (``"restart"`` is ``{"type": "restart"}``), checked against
-    the infrastructure agent's :class:`~orchestrator.contracts.infrastructure.FixAction`."""
+    the infrastructure agent's :class:`~orchestrator.contracts.infrastructure.FixAction`; an
+    optional ``name`` is what its outcomes are learned under."""
     if isinstance(value, str):
         value = {"type": value}
+    if isinstance(value, dict) and "name" in value:
+        if not isinstance(value["name"], str) or not value["name"].strip():
+            raise ValueError("an action's 'name' is a non-empty string")
     try:
-        FixAction.model_validate(value)
+        _fix_action(value)
     except ValidationError as exc:
         raise ValueError(problems(exc, "action")) from None
     return value
+
+
+def _fix_action(action: dict[str, Any]) -> FixAction:
+    """The agent's action: the runbook's without its ``name``."""
+    return FixAction.model_validate({k: v for k, v in action.items() if k != "name"})
 
 
 class SelfHealingInput(BaseModel):
@@ -87,6 +108,13 @@ class SelfHealingInput(BaseModel):
         None, description='{"command": [argv]} or {"start": [argv], "pid_file": path}')
     thresholds: Thresholds = Field(default_factory=Thresholds)
     verify_timeout: float = Field(15.0, ge=0, description="seconds a fix has to take effect")
+    rules: HealingRules = Field(
+        default_factory=HealingRules,
+        description='a person\'s rules, over what was learned: {"never": [{"service": "db", '
+        '"action": "restart"}]}')
+    exploration: Exploration | None = Field(
+        None, description='{"seed": n}: sample the learned order (Thompson) instead of '
+        "taking the best")
 
     @field_validator("runbook", mode="before")
     @classmethod
@@ -97,8 +125,16 @@ class SelfHealingInput(BaseModel):
         if unknown:
             raise ValueError(f"unknown issue kind(s) {', '.join(unknown)}; "
                              f"known: {', '.join(ISSUES)}")
-        return {kind: [_action(a) for a in (actions if isinstance(actions, list) else [actions])]
-                for kind, actions in value.items()}
+        runbook = {kind: [_action(a) for a in (acts if isinstance(acts, list) else [acts])]
+                   for kind, acts in value.items()}
+        for kind, actions in runbook.items():
+            keys = [action_key(a) for a in actions]
+            twice = sorted({k for k in keys if keys.count(k) > 1})
+            if twice:
+                raise ValueError(f"the runbook's {kind} actions {', '.join(twice)} appear twice "
+                                 "(outcomes are learned per action): give them distinct "
+                                 "'name's, or list each once")
+        return runbook
 
     @model_validator(mode="after")
     def _restart_given(self) -> SelfHealingInput:
@@ -118,6 +154,8 @@ class SelfHealingState(MultiAgentState, total=False):
     restart: dict[str, Any] | None
     thresholds: dict[str, float]
     verify_timeout: float
+    rules: dict[str, Any]
+    exploration: dict[str, Any] | None
     healing: dict[str, Any]
 
 
@@ -175,7 +213,39 @@ async def diagnose(state: SelfHealingState) -> dict[str, Any]:
     call = await DIAGNOSE.call(Diagnose(samples=healing["evidence"], kinds=kinds),
                                subtask=f"diagnose:{len(healing['attempts']) + 1}")
     healing["diagnosis"] = call.result.model_dump(mode="json")
+    choice = await _choose(state, healing)
+    healing.update(choice=choice, choices=[*healing.get("choices", []), choice])
+    if choice["action"] is None:  # escalate (after_diagnose), saying why
+        healing["escalation"] = {
+            "why": "no_allowed_action" if choice["excluded"] else "no_runbook_action",
+            "reason": choice["reason"], "evidence": healing["evidence"]}
     return merge_updates(call.updates, {"healing": healing})
+
+
+def _tried(attempts: list[dict[str, Any]], kind: str) -> set[str]:
+    """The keys of the runbook actions tried for ``kind`` in this run."""
+    return {a.get("action_key") or action_key(a["action"]) for a in attempts
+            if a["issue"] == kind and not a.get("manual")}
+
+
+async def _choose(state: SelfHealingState, healing: dict[str, Any]) -> dict[str, Any]:
+    """The runbook action to try for the diagnosed issue, learned from this service's
+    recorded outcomes (the runbook's order when they cannot be read), with its reason."""
+    service, kind = state["service"], healing["diagnosis"]["kind"]
+    number = len(healing["attempts"]) + 1
+    evidence: dict[str, tuple[int, int]] = {}
+    found = await run_store()
+    if found is not None:
+        async with recording("healing_evidence", service=service, issue=kind):
+            evidence = await found[0].healing_evidence(service, kind)
+    exploration = state.get("exploration")
+    choice = choose(
+        service=service, issue=kind, actions=(state.get("runbook") or {}).get(kind) or [],
+        evidence=evidence, tried=_tried(healing["attempts"], kind),
+        rules=HealingRules.model_validate(state.get("rules") or {}),
+        exploration=Exploration.model_validate(exploration) if exploration else None,
+        stream=f"{found[1] if found else '-'}|{number}")
+    return choice.as_state(attempt=number, at=now_iso())
 
 
 def _next_action(state: SelfHealingState) -> dict[str, Any] | None:
@@ -183,24 +253,36 @@ def _next_action(state: SelfHealingState) -> dict[str, Any] | None:
     manual = healing.get("manual_action")
     if manual:
         return manual
-    kind = healing["diagnosis"]["kind"]
-    actions = (state.get("runbook") or {}).get(kind) or []
-    if not actions:
-        return None
-    tried = sum(1 for a in healing["attempts"] if a["issue"] == kind and not a.get("manual"))
-    return actions[min(tried, len(actions) - 1)]
+    return (healing.get("choice") or {}).get("action")
 
 
-def _untried_action_left(state: SelfHealingState, kind: str, number: int) -> bool:
-    """Whether the runbook holds another action for ``kind`` than the ``number`` tried so far
-    (the last one repeats, and repeating a fix that failed outright would only fail again),
-    within ``max_attempts``."""
+def _untried_action_left(state: SelfHealingState, kind: str, key: str, number: int) -> bool:
+    """Whether the choice's order holds another allowed action for ``kind`` than those tried
+    so far and ``key`` (the last one repeats, and repeating a fix that failed outright would
+    only fail again), within ``max_attempts``."""
     if kind == "manual" or number >= int(state.get("max_attempts", 3)):
         return False
-    actions = (state.get("runbook") or {}).get(kind) or []
-    tried = sum(1 for a in state["healing"]["attempts"]
-                if a["issue"] == kind and not a.get("manual"))
-    return tried + 1 < len(actions)
+    tried = _tried(state["healing"]["attempts"], kind) | {key}
+    return any(k not in tried for k in (state["healing"].get("choice") or {}).get("order", []))
+
+
+async def _record(state: SelfHealingState, attempt: dict[str, Any], verified: bool) -> None:
+    """Record a fix and what verification found, once (never failing the run)."""
+    found = await run_store()
+    if found is None:
+        return
+    store, thread_id = found
+    healing = state["healing"]
+    issue = (healing.get("diagnosis") or {}).get("kind") or attempt["issue"]
+    recover_s = None
+    if verified and healing.get("started_at"):
+        recover_s = (datetime.fromisoformat(now_iso())
+                     - datetime.fromisoformat(healing["started_at"])).total_seconds()
+    await store.record_healing(HealingOutcome(
+        thread_id=thread_id, attempt=attempt["n"], service=state["service"], issue=issue,
+        action_key=attempt.get("action_key") or action_key(attempt["action"]),
+        action=attempt["action"], manual=bool(attempt.get("manual")),
+        fix_ok=bool(attempt["result"].get("ok")), verified=verified, recover_s=recover_s))
 
 
 def after_diagnose(state: SelfHealingState) -> Literal["fix", "escalate"]:
@@ -213,23 +295,25 @@ async def fix(state: SelfHealingState) -> dict[str, Any]:
     assert action is not None
     number = len(healing["attempts"]) + 1
     kind = healing["diagnosis"]["kind"] if not healing.get("manual_action") else "manual"
+    key = action_key(action)
     HEALING_ATTEMPTS.labels(state["service"], kind, action["type"]).inc()
     call = await FIX.call(
-        Fix(service=state["service"], action=FixAction.model_validate(action),
+        Fix(service=state["service"], action=_fix_action(action),
             restart=state.get("restart")),
         locks=[service_lock(state["service"])], subtask=f"fix:{number}",
     )
     done = call.result.model_dump(mode="json")
-    attempt = {"n": number, "issue": kind, "action": action, "result": done,
+    attempt = {"n": number, "issue": kind, "action": action, "action_key": key, "result": done,
                "manual": bool(healing.get("manual_action")), "at": now_iso()}
     escalation = None
-    if not call.result.ok and not _untried_action_left(state, kind, number):
+    if not call.result.ok and not _untried_action_left(state, kind, key, number):
         # it did not even run (a start that died at once, a failing command), and the runbook
         # has nothing else to try: a human has to look at why
         escalation = {"why": "fix_failed",
                       "reason": f"fix {number} ({action['type']}) did not work: "
                       f"{call.result.detail}",
                       "evidence": done}
+        await _record(state, attempt, verified=False)  # no verification follows
     healing.update(attempts=[*healing["attempts"], attempt], manual_action=None,
                    escalation=escalation)
     return merge_updates(call.updates, {
@@ -251,6 +335,7 @@ async def verify(state: SelfHealingState) -> dict[str, Any]:
     healthy, samples = call.result.healthy, call.result.model_dump(mode="json")["samples"]
     attempts = list(healing["attempts"])
     attempts[-1] = {**attempts[-1], "verified": healthy}
+    await _record(state, attempts[-1], verified=healthy)
     healing.update(attempts=attempts, evidence=samples,
                    status="healed" if healthy else "unhealthy",
                    escalation=_misconfiguration(state, samples))
