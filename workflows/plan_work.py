@@ -28,6 +28,7 @@ from orchestrator.contracts.developer import DEVELOP, Develop, Task, file_lock
 from orchestrator.contracts.planner import FILE_HASHES, FileHashes
 from orchestrator.contracts.qa import CHECK, Check, Checked
 from orchestrator.errors import AgentUnavailable, BudgetExceeded, CircuitOpen, OrchestratorError
+from orchestrator.learning.fixes import record_fix_for_job, similar_for_job
 from orchestrator.llm.policy import ask_budget
 from orchestrator.metrics import TASK_CACHE
 from orchestrator.runtime import current_runtime
@@ -63,7 +64,8 @@ async def develop_and_check(job: dict[str, Any]) -> dict[str, Any]:
         Develop(repo=repo, task=Task.model_validate(task), attempt=attempt,
                 evidence=job.get("evidence"), context=job.get("context") or [],
                 tier=job.get("tier"), tier_reason=job.get("tier_reason"),
-                budget=job.get("budget"), model=job.get("model")),
+                budget=job.get("budget"), model=job.get("model"),
+                similar=job.get("similar") or []),
         locks=[file_lock(repo, task["file"])], priority=priority,
         subtask=f"{task['id']}:develop:{attempt}",
     )
@@ -95,6 +97,7 @@ async def work(job: dict[str, Any]) -> dict[str, Any]:
     rec.update(tier=job.get("tier"), tier_reason=job.get("tier_reason"))
     started = time.time()
     decided: dict[str, Any] = {}  # what budget questions decided here, for the run's state
+    job = {**job, "similar": await similar_for_job(job)}  # a fix: the repo's similar past fixes
     while True:
         try:
             result, stale = await _develop(job)
@@ -115,11 +118,15 @@ async def work(job: dict[str, Any]) -> dict[str, Any]:
         except (_QAFailed, OrchestratorError) as exc:
             evidence = {**exc.evidence, "stage": "qa"} if isinstance(exc, _QAFailed) else {
                 "reason": str(exc), "code": exc.code, "stage": "develop"}
+            if isinstance(exc, _QAFailed):  # a fix QA failed again
+                await record_fix_for_job(job, exc.evidence.get("develop"), fixed=False)
             # a failed call records itself (error_log, agent_status) beside the task's outcome
             return merge_updates(failure_updates(exc), decided,
                                  _failed(job, rec, started, evidence), schema=PlanState)
     hit = _from_cache(result, job)
     TASK_CACHE.labels("hit" if hit else "miss").inc()
+    if not hit:  # a fix QA passed (a cache hit fixed nothing in this run)
+        await record_fix_for_job(job, result["develop"], fixed=True)
     finished = time.time()
     record = {"n": attempt, "outcome": "passed", "cache_hit": hit, "started": started,
               "finished": finished, "seconds": round(finished - started, 3),
