@@ -24,11 +24,12 @@ to analyze N files) by 10, a cost per item (memory per workflow, CPU per request
 
 Bounded: each ladder has a time bound; a size whose linear projection from the size below
 would pass it is skipped with a note, and a size still running at the bound is stopped. With
-``--profile`` the largest size runs under ``py-spy record --nonblocking`` (the venv's) attached
-to the processes that do the work; the top frames of each are summed up (that size's figures
-then include the sampler's cost).
+``--profile`` the two largest sizes run under ``py-spy record --nonblocking`` (the venv's)
+attached to the processes that do the work, and the top frames of each at the largest size
+measured are summed up (those sizes' figures then include the sampler's cost).
 
-    python -m bench.growth [--quick] [--profile] [--only bus workflows locks depgraph sse]
+    python -m bench.growth [--quick] [--profile] [--bound-factor F]
+                           [--only bus workflows locks depgraph sse]
 
 ``--quick``: the smallest sizes only (a smoke test). Uses ORCHESTRATOR_DATABASE_URL /
 ORCHESTRATOR_REDIS_URL (embedded services when unset); namespaces of its own, deleted after.
@@ -69,8 +70,8 @@ LADDERS: dict[str, tuple[int, ...]] = {
 _QUICK: dict[str, tuple[int, ...]] = {
     "bus": (1, 10), "workflows": (10,), "locks": (1, 10), "depgraph": (100, 1_000),
     "sse": (1, 10)}
-#: seconds each ladder may take (full run; quick: a half)
-_BOUNDS = {"bus": 90.0, "workflows": 200.0, "locks": 45.0, "depgraph": 120.0, "sse": 100.0}
+#: seconds each ladder may take (full run, 10 minutes in all; quick: a half; --bound-factor)
+_BOUNDS = {"bus": 75.0, "workflows": 300.0, "locks": 35.0, "depgraph": 100.0, "sse": 90.0}
 _SIZE_OF = {"bus": "in flight", "workflows": "in flight", "locks": "waiters",
             "depgraph": "files", "sse": "subscribers"}
 _SLACK = 1.25
@@ -119,7 +120,20 @@ class Ladder:
     series: list[Series]
     figures: dict[int, dict[str, Any]] = field(default_factory=dict)
     skipped: dict[int, str] = field(default_factory=dict)
-    profile: list[dict[str, Any]] = field(default_factory=list)
+    profiles: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
+
+    def sampled(self, spy: _Profiler, size: int, me: bool = False,
+                children: tuple[str, ...] = ()) -> contextlib.AbstractAsyncContextManager[Any]:
+        """The sampler on the two largest sizes (the largest may be skipped), else nothing."""
+        if size not in self.sizes[-2:]:
+            return contextlib.nullcontext()
+        return spy.record(self.profiles.setdefault(size, []), me=me, children=children)
+
+    @property
+    def profile(self) -> tuple[int, list[dict[str, Any]]] | None:
+        """The summaries of the largest size measured under the sampler."""
+        sizes = [k for k in self.profiles if k in self.figures]
+        return (max(sizes), self.profiles[max(sizes)]) if sizes else None
 
     def record(self, size: int, values: dict[str, float | None], raw: dict[str, Any]) -> None:
         for s in self.series:
@@ -139,7 +153,8 @@ class Ladder:
                      "worse_than_linear": flags,
                      "skipped": {str(k): v for k, v in self.skipped.items()},
                      "at_each_size": {str(k): v for k, v in self.figures.items()},
-                     **({"profile": self.profile} if self.profile else {})},
+                     **({"profile": {"size": self.profile[0], "processes": self.profile[1]}}
+                        if self.profile else {})},
             notes=notes)
 
 
@@ -337,8 +352,7 @@ async def _bus(sizes: tuple[int, ...], bound: _Bound, spy: _Profiler, quick: boo
                 total = max(200, 2 * n) if quick else 500 if n == 1 else max(1000, 3 * n)
                 # time ~ requests / throughput, which grows with what is in flight up to ~100
                 units = total / min(n, 100)
-                async with spy.record(ladder.profile, me=True, children=("bench._noop_worker",)) \
-                        if n == sizes[-1] else contextlib.nullcontext():
+                async with ladder.sampled(spy, n, me=True, children=("bench._noop_worker",)):
                     await _sized(ladder, bound, n, units, lambda n=n, t=total: measure(n, t))
     finally:
         await bus._delete_namespace(base, base.namespace)
@@ -381,7 +395,7 @@ async def _workflows(sizes: tuple[int, ...], bound: _Bound, spy: _Profiler,
     available_mb = psutil.virtual_memory().available / 2**20
 
     async def measure(n: int) -> tuple[dict[str, float | None], dict[str, Any]]:
-        result = await workflows._memory(base, n, threads)
+        result = await workflows._memory(base, n, threads, timeout=max(150.0, bound.remaining()))
         f = result.figures
         f["scaled_s"] = f["start_s"] + f["drain_s"]
         return {"runs/s": round(n / f["scaled_s"], 1),
@@ -397,9 +411,8 @@ async def _workflows(sizes: tuple[int, ...], bound: _Bound, spy: _Profiler,
                     ladder.skipped[n] = (f"skipped: would take more than half the "
                                          f"{available_mb:.0f} MB of memory available")
                     continue
-                async with spy.record(ladder.profile, children=(
-                        "bench._worker agent", "bench._worker memory")) \
-                        if n == sizes[-1] else contextlib.nullcontext():
+                async with ladder.sampled(spy, n, children=("bench._worker agent",
+                                                            "bench._worker memory")):
                     await _sized(ladder, bound, n, n, lambda n=n: measure(n))
     finally:
         await workflows._cleanup(base, threads)
@@ -427,9 +440,8 @@ async def _locks(sizes: tuple[int, ...], bound: _Bound, spy: _Profiler, quick: b
                     {"hand_overs": len(samples), "hold_ms": 1}
 
             for w in sizes:
-                async with spy.record(ladder.profile, me=True) \
-                        if w == sizes[-1] else contextlib.nullcontext():
-                    await _sized(ladder, bound, w, w + 1, lambda w=w: measure(w))
+                async with ladder.sampled(spy, w, me=True):
+                    await _sized(ladder, bound, w, rounds, lambda w=w: measure(w))
         finally:
             await rt.db.execute("DELETE FROM resource_locks WHERE namespace = %s",
                                 (base.namespace,))
@@ -450,8 +462,7 @@ async def _depgraph(sizes: tuple[int, ...], bound: _Bound, spy: _Profiler,
 
     for files in sizes:
         runs = 1 if files >= 100_000 else 3
-        async with spy.record(ladder.profile, me=True) \
-                if files == sizes[-1] else contextlib.nullcontext():
+        async with ladder.sampled(spy, files, me=True):
             await _sized(ladder, bound, files, files * (runs + 2),
                          lambda f=files, r=runs: measure(f, r))
     return ladder
@@ -477,8 +488,7 @@ async def _sse(sizes: tuple[int, ...], bound: _Bound, spy: _Profiler, quick: boo
                     "received": round(f["received"] / f["expected"], 4)}, f
 
         for n in sizes:
-            async with spy.record(ladder.profile, children=("orchestrator.cli serve",)) \
-                    if n == sizes[-1] else contextlib.nullcontext():
+            async with ladder.sampled(spy, n, children=("orchestrator.cli serve",)):
                 # the time is mostly the clients' start and the round's fixed length
                 await _sized(ladder, bound, n, 1, lambda n=n: measure(n))
     return ladder
@@ -535,11 +545,14 @@ def growth_table(ladders: list[Ladder]) -> str:
 def profile_text(ladders: list[Ladder]) -> str:
     lines = []
     for ladder in ladders:
-        for p in ladder.profile:
+        if ladder.profile is None:
+            continue
+        size, found = ladder.profile
+        for p in found:
             if "error" in p:
-                lines.append(f"{ladder.name} at {ladder.sizes[-1]:,}: {p['error']}")
+                lines.append(f"{ladder.name} at {size:,}: {p['error']}")
                 continue
-            lines.append(f"{ladder.name} at {ladder.sizes[-1]:,} — {p['process']} "
+            lines.append(f"{ladder.name} at {size:,} — {p['process']} "
                          f"({p['samples']} samples at 50 Hz):")
             lines.append("   own:  " + "; ".join(p["top_own"][:6]))
             lines.append("   ours: " + "; ".join(p["top_ours_inclusive"][:6]))
@@ -549,14 +562,14 @@ def profile_text(ladders: list[Ladder]) -> str:
 # -- the suite --------------------------------------------------------------------------------
 
 
-async def run(quick: bool = False, profile: bool = False,
-              only: list[str] | None = None) -> list[Result]:
+async def run(quick: bool = False, profile: bool = False, only: list[str] | None = None,
+              bound_factor: float = 1.0) -> list[Result]:
     spy = _Profiler(profile)
     ladders: list[Ladder] = []
     results: list[Result] = []
     for name in only or list(_RUNNERS):
         sizes = (_QUICK if quick else LADDERS)[name]
-        bound = _Bound(_BOUNDS[name] / (2 if quick else 1))
+        bound = _Bound(_BOUNDS[name] * bound_factor / (2 if quick else 1))
         ladder = await _RUNNERS[name](sizes, bound, spy, quick)
         ladders.append(ladder)
         results.append(ladder.result(quick, _NOTES[name]))
@@ -574,8 +587,10 @@ def main() -> int:
                         help="py-spy the largest size of each ladder; print the top frames")
     parser.add_argument("--only", nargs="+", choices=list(_RUNNERS), metavar="LADDER",
                         help=f"run only these ({', '.join(_RUNNERS)})")
+    parser.add_argument("--bound-factor", type=float, default=1.0, metavar="F",
+                        help="multiply each ladder's time bound by F (a busy machine)")
     args = parser.parse_args()
-    results = asyncio.run(run(args.quick, args.profile, args.only))
+    results = asyncio.run(run(args.quick, args.profile, args.only, args.bound_factor))
     for result in results:
         print_result(result)
     print(json.dumps({"results": [r.to_dict() for r in results]}))

@@ -352,24 +352,29 @@ async def _at_scale(base: Settings, n: int, threads: list[str]) -> Result:
 # -- memory ----------------------------------------------------------------------------------
 
 
-async def _memory(base: Settings, n: int, threads: list[str]) -> Result:
+async def _memory(base: Settings, n: int, threads: list[str],
+                  timeout: float | None = None) -> Result:
+    """``timeout`` (default 150 s): seconds to reach holding, and then to end; when given, the
+    agent calls' timeout too (they wait while the workflows are held)."""
     assert base.redis_url is not None
+    overrides = {**_SCALE_OVERRIDES, **({"request_timeout": timeout} if timeout else {})}
+    timeout = timeout or 150.0
     from ._worker import release_key
 
     redis = Redis.from_url(base.redis_url)
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bench._worker", "memory", str(n),
-        env=subprocess_env(base, **_SCALE_OVERRIDES), stdout=asyncio.subprocess.PIPE, stderr=None,
+        env=subprocess_env(base, **overrides), stdout=asyncio.subprocess.PIPE, stderr=None,
         limit=2**24)
     try:
         assert proc.stdout is not None
         await redis.delete(release_key(base.namespace))
-        line = await asyncio.wait_for(proc.stdout.readline(), 150)
+        line = await asyncio.wait_for(proc.stdout.readline(), timeout)
         if not line.startswith(b"holding "):
             raise RuntimeError(f"the orchestrator process failed before holding (said {line!r})")
         holding = json.loads(line[len(b"holding "):])
         await redis.rpush(release_key(base.namespace), *["go"] * 8)  # one per worker, and spare
-        line = await asyncio.wait_for(proc.stdout.readline(), 150)
+        line = await asyncio.wait_for(proc.stdout.readline(), timeout)
         if not line.startswith(b"done "):
             raise RuntimeError(f"the orchestrator process failed after holding (said {line!r})")
         done = json.loads(line[len(b"done "):])

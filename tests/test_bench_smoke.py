@@ -54,8 +54,9 @@ async def test_growth_runs_at_the_smallest_sizes_with_profiles(service_env, tmp_
         figures = result["figures"]
         measured = {size for series in figures["series"].values() for size in series}
         assert measured | set(figures["skipped"]) == {str(s) for s in figures["sizes"]}, figures
-        assert figures["profile"], figures  # one summary per process sampled, or why none
-        for summary in figures["profile"]:
+        profile = figures["profile"]  # the largest size measured: one summary per process
+        assert profile["size"] in figures["sizes"] and profile["processes"], figures
+        for summary in profile["processes"]:
             assert "top_own" in summary or "error" in summary, summary
 
 
