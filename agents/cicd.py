@@ -17,30 +17,40 @@ import asyncio
 import contextlib
 import fcntl
 import os
+import re
 import shlex
 import shutil
 import sys
 import tempfile
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 
-from orchestrator.agents.lib.proc import Completed, git, repo_rule, run
+from orchestrator.agents.lib.merges import attempt_merge, identity_options
+from orchestrator.agents.lib.proc import Completed, child_env, git, repo_rule, run
 from orchestrator.agents.lib.testrun import parse_test_counts, test_failures
 
 from orchestrator.agent import Agent, HandlerError, RequestContext
 from orchestrator.contracts.cicd import (
     AGENT_TYPE,
     MERGE,
+    MOVE_REF,
+    PREPARE_MERGE,
     RUN_COMMAND,
     RUN_TESTS,
     CommandOutcome,
     Conflicted,
     Merge,
     Merged,
+    MoveRef,
+    MoveRefOutcome,
+    PrepareConflicted,
+    Prepared,
+    PrepareMerge,
     RunCommand,
     RunTests,
     RunTestsOutcome,
+    Upstream,
     command_words,
 )
 from orchestrator.contracts.repos import (
@@ -57,7 +67,7 @@ __all__ = ["agent"]
 
 agent = Agent(
     AGENT_TYPE,
-    capabilities=["git", "worktree", "pytest", "merge"],
+    capabilities=["git", "worktree", "pytest", "merge", "prepare_merge", "move_ref"],
     version="1",
     description="test runs in git worktrees; merges under the repository lock",
 )
@@ -183,10 +193,50 @@ async def run_tests(payload: RunTests, ctx: RequestContext) -> RunTestsOutcome:
     repo = await repo_rule(repository_top, payload.repo)
     argv = _argv(payload.command)
     commit = await repo_rule(commit_of, repo, payload.ref)
-    async with _worktree(repo, commit) as tree:
+    upstreams = payload.upstreams or {}
+    _check_placeholders(argv, upstreams)
+    async with contextlib.AsyncExitStack() as stack:
+        paths = {name: await _upstream_path(stack, name, up) for name, up in upstreams.items()}
+        tree = await stack.enter_async_context(_worktree(repo, commit))
+        argv = [_placeheld(word, paths) for word in argv]
         ctx.log.info("running %s at %s (%s)", shlex.join(argv), payload.ref, commit[:12])
-        done = await run(argv, cwd=tree, timeout=payload.timeout, test_command=True)
+        done = await run(argv, cwd=tree, timeout=payload.timeout, test_command=True,
+                         env=_python_path(paths.values()) if paths else None)
     return RunTestsOutcome(**_outcome(done, argv, payload.timeout).model_dump(), commit=commit)
+
+
+_PLACEHOLDER = re.compile(r"\{upstream:([^{}]*)\}")
+
+
+def _check_placeholders(argv: list[str], upstreams: dict[str, Upstream]) -> None:
+    unknown = sorted({m for word in argv for m in _PLACEHOLDER.findall(word)} - set(upstreams))
+    if unknown:
+        raise HandlerError(AgentErrorCode.INVALID_INPUT, (
+            f"the command names {', '.join('{upstream:' + n + '}' for n in unknown)} but the "
+            f"request's upstreams are {', '.join(sorted(upstreams)) or '(none)'}"),
+            blames_input=True)
+
+
+def _placeheld(word: str, paths: dict[str, Path]) -> str:
+    """``word`` with each ``{upstream:NAME}`` replaced by NAME's path."""
+    return _PLACEHOLDER.sub(lambda m: str(paths[m.group(1)]), word)
+
+
+async def _upstream_path(stack: contextlib.AsyncExitStack, name: str, up: Upstream) -> Path:
+    """The folder of upstream ``name``: a worktree at its ref (removed with ``stack``), or the
+    repository's folder when the request gives no ref."""
+    repo = await repo_rule(repository_top, up.repo)
+    if up.ref is None:
+        return repo
+    commit = await repo_rule(commit_of, repo, up.ref)
+    return await stack.enter_async_context(_worktree(repo, commit))
+
+
+def _python_path(folders: Iterable[Path]) -> dict[str, str]:
+    """``PYTHONPATH`` with each folder (its ``src/`` when it has one) first."""
+    first = [str(f / "src") if (f / "src").is_dir() else str(f) for f in folders]
+    rest = child_env().get("PYTHONPATH")
+    return {"PYTHONPATH": os.pathsep.join([*first, *([rest] if rest else [])])}
 
 
 def _outcome(done: Completed, argv: list[str], timeout: float) -> CommandOutcome:
@@ -277,7 +327,7 @@ async def _merge_in_worktree(
 
 
 async def _merge_or_abort(tree: Path, source_commit: str, message: str) -> None:
-    done = await git(tree, *await _identity(tree), "merge", "--no-ff", "--no-edit",
+    done = await git(tree, *await identity_options(tree), "merge", "--no-ff", "--no-edit",
                      "-m", message, source_commit, check=False, timeout=300)
     if done.returncode == 0:
         return
@@ -289,9 +339,76 @@ async def _merge_or_abort(tree: Path, source_commit: str, message: str) -> None:
     raise HandlerError(AgentErrorCode.MERGE_FAILED, (done.stderr or done.stdout).strip(), blames_input=True)
 
 
-async def _identity(tree: Path) -> list[str]:
-    """The repository's own committer identity, else the orchestrator's (never overriding)."""
-    email = await git(tree, "config", "user.email", check=False)
-    if email.stdout.strip():
-        return []
-    return ["-c", "user.name=orchestrator", "-c", "user.email=orchestrator@localhost"]
+@agent.handler(PREPARE_MERGE)
+async def prepare_merge(payload: PrepareMerge, ctx: RequestContext) -> Prepared | PrepareConflicted:
+    """The merge commit of ``source`` into ``target``, in the object store alone."""
+    repo = await repo_rule(repository_top, payload.repo)
+    source, target = payload.source, payload.target
+    source_commit = await repo_rule(commit_of, repo, source)
+    target_commit = await repo_rule(branch_commit, repo, target)
+    already = await git(repo, "merge-base", "--is-ancestor", source_commit, target_commit,
+                        check=False)
+    if already.returncode == 0:
+        return Prepared(prepared=True, commit=target_commit, target_commit=target_commit,
+                        source_commit=source_commit, already_merged=True)
+    attempt = await attempt_merge(repo, source_commit, target_commit)
+    if attempt.conflicts:
+        files = [c.path for c in attempt.conflicts]
+        return PrepareConflicted(prepared=False, conflicts=files, reason=(
+            f"merging {source} into {target} conflicts in {', '.join(files)}; resolve it on "
+            "the source branch and run again"))
+    message = payload.message or f"Merge {source} into {target}"
+    commit = (await git(repo, *await identity_options(repo), "commit-tree", attempt.tree,
+                        "-p", target_commit, "-p", source_commit, "-m", message)).stdout.strip()
+    ctx.log.info("prepared %s into %s of %s: %s", source, target, repo, commit[:12])
+    return Prepared(prepared=True, commit=commit, target_commit=target_commit,
+                    source_commit=source_commit, already_merged=False)
+
+
+@agent.handler(MOVE_REF)
+async def move_ref(payload: MoveRef, ctx: RequestContext) -> MoveRefOutcome:
+    """Move a branch from ``old`` to ``new`` by compare-and-swap, under the repo lock."""
+    repo = await repo_rule(repository_top, payload.repo)
+    await ctx.check_fencing(repo_lock(repo))
+    ref, new, old = payload.ref, payload.new, payload.old
+    current = await repo_rule(branch_commit, repo, ref)
+    here = await repo_rule(checked_out, repo) == ref
+    if current == new:  # moved by an earlier run of this request: only the work tree may lag
+        if here:
+            await _follow(repo, old, new, healing=True)
+        return MoveRefOutcome(moved=True, already=True, current=current, reason=None)
+    if current != old:
+        return MoveRefOutcome(moved=False, already=False, current=current, reason=(
+            f"{ref} of {repo} is at {current[:12]}, not {old[:12]} as recorded: it was "
+            "pushed to meanwhile"))
+    if here:
+        problem = await repo_rule(dirty_target, repo, ref)
+        if problem:
+            raise HandlerError(AgentErrorCode.DIRTY_WORKTREE, problem, blames_input=True)
+    done = await git(repo, "update-ref", "-m", f"orchestrator: move {ref}", f"refs/heads/{ref}",
+                     new, old, check=False)
+    if done.returncode != 0:  # lost the compare-and-swap to a push right now
+        current = await repo_rule(branch_commit, repo, ref)
+        return MoveRefOutcome(moved=False, already=False, current=current, reason=(
+            f"{ref} of {repo} moved to {current[:12]} during the compare-and-swap"))
+    if here:
+        await _follow(repo, old, new, healing=False)
+    ctx.log.info("moved %s of %s from %s to %s", ref, repo, old[:12], new[:12])
+    return MoveRefOutcome(moved=True, already=False, current=new, reason=None)
+
+
+async def _follow(repo: Path, old: str, new: str, *, healing: bool) -> None:
+    """Bring the work tree of the checked-out branch from ``old``'s tree to ``new``'s (the
+    branch has moved). ``healing``: only when index and work tree are still exactly ``old``
+    (a crash between the move and this step), else they are someone's and left alone."""
+    if healing:
+        index = await git(repo, "diff-index", "--quiet", "--cached", old, "--", check=False)
+        files = await git(repo, "diff-files", "--quiet", check=False)
+        if index.returncode != 0 or files.returncode != 0 or old == new:
+            return
+    done = await git(repo, "read-tree", "-m", "-u", old, new, check=False)
+    if done.returncode != 0:
+        raise HandlerError(AgentErrorCode.GIT_FAILED, (
+            f"the branch of {repo} moved to {new[:12]} but its work tree could not follow: "
+            f"{(done.stderr or done.stdout).strip()}; run git -C {shlex.quote(str(repo))} "
+            f"reset --keep {new[:12]}"))

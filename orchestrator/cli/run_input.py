@@ -1,5 +1,5 @@
 """The input of ``orchestrator run``: ``--input FILE`` (or ``-`` for stdin) and ``--set KEY=VALUE``,
-read as bounded UTF-8 JSON."""
+read as bounded UTF-8 JSON (a FILE named ``*.yaml``/``*.yml``: YAML, without anchors/aliases)."""
 
 from __future__ import annotations
 
@@ -84,15 +84,41 @@ def _load_json(text: str, what: str, *, lenient: bool = False) -> Any:
     return loaded
 
 
+def _load_yaml(text: str, what: str) -> Any:
+    """``text`` read as YAML (safe types only; an alias is refused: expanded aliases can make a
+    small file a huge value), refused when it nests too deep."""
+    import yaml
+
+    class _NoAliases(yaml.SafeLoader):
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            if self.check_event(yaml.AliasEvent):
+                raise UsageError(f"{what}: YAML aliases (*name) are not accepted; write the "
+                                 "value out")
+            return super().compose_node(parent, index)
+
+    try:
+        loaded = yaml.load(text, Loader=_NoAliases)  # noqa: S506 (a SafeLoader)
+    except yaml.YAMLError as exc:
+        raise UsageError(f"{what} is not valid YAML: {exc}") from None
+    except RecursionError:
+        raise UsageError(f"{what} nests lists or objects more than {MAX_INPUT_DEPTH} levels "
+                         "deep") from None
+    if _too_deep(loaded, MAX_INPUT_DEPTH):
+        raise UsageError(f"{what} nests lists or objects more than {MAX_INPUT_DEPTH} levels deep")
+    return loaded
+
+
 def parse_input(args: argparse.Namespace, stdin: TextIO) -> dict[str, Any]:
     data: dict[str, Any] = {}
     size = 0
     if args.input:
         text = _read_input(args.input, stdin)
         size += len(text)
-        loaded = _load_json(text, f"--input {args.input}")
+        yaml_file = args.input.lower().endswith((".yaml", ".yml"))
+        loaded = (_load_yaml if yaml_file else _load_json)(text, f"--input {args.input}")
         if not isinstance(loaded, dict):
-            raise UsageError(f"--input {args.input} must hold a JSON object")
+            raise UsageError(f"--input {args.input} must hold a "
+                             f"{'YAML mapping' if yaml_file else 'JSON object'}")
         data.update(loaded)
     for item in args.set:
         key, sep, raw = _utf8(item, "--set").partition("=")
