@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from langchain_core.runnables import RunnableConfig
+from orchestrator.workflows.multi_repo_change import workflow as _multi_repo_change
 from orchestrator.workflows.parallel_docs import workflow as _parallel_docs
 from orchestrator.workflows.plan_execution import workflow as _plan_execution
 from orchestrator.workflows.pr_deployment import workflow as _pr_deployment
@@ -24,7 +25,8 @@ from orchestrator.graphs import WorkflowSpec, compile_workflow
 from orchestrator.runtime import Runtime, use_runtime
 from orchestrator.settings import Settings
 
-__all__ = ["parallel_docs", "plan_execution", "pr_deployment", "self_healing"]
+__all__ = ["multi_repo_change", "parallel_docs", "plan_execution", "pr_deployment",
+           "self_healing"]
 
 _runtime: Runtime | None = None
 _lock: asyncio.Lock | None = None
@@ -65,3 +67,4 @@ parallel_docs = _factory(_parallel_docs, "parallel_docs")
 pr_deployment = _factory(_pr_deployment, "pr_deployment")
 self_healing = _factory(_self_healing, "self_healing")
 plan_execution = _factory(_plan_execution, "plan_execution")
+multi_repo_change = _factory(_multi_repo_change, "multi_repo_change")
