@@ -19,7 +19,7 @@ import traceback
 
 from .common import Result, print_result
 
-MODULES = ("bus", "locks", "workflows", "depgraph", "cruiser", "apidocs", "prune", "fencing", "service", "browser", "console", "sse", "llm", "growth")
+MODULES = ("bus", "locks", "workflows", "depgraph", "cruiser", "apidocs", "prune", "fencing", "service", "browser", "console", "sse", "llm", "growth", "peers")
 
 
 async def _run(names: list[str], quick: bool) -> tuple[list[Result], list[str]]:
