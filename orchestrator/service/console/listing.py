@@ -32,6 +32,8 @@ class RunRow:
     attempts: int | None
     created_at: datetime
     updated_at: datetime
+    #: a running plan's ETA, as :func:`orchestrator.service.console.learning.eta_of` shows it
+    eta: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ re-renders: the same templates the pages include.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +19,7 @@ from starlette.routing import BaseRoute, Route
 from orchestrator.errors import InvalidInput
 from orchestrator.service.console import graph as drawing
 from orchestrator.service.console.inbox import question_of
+from orchestrator.service.console.learning import learned, with_etas
 from orchestrator.service.console.listing import ATTENTION, list_runs, run_row
 from orchestrator.service.console.timeline import thread_events
 from orchestrator.service.console.web import View, page
@@ -57,6 +59,7 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
     async def table_values(view: View) -> dict[str, Any]:
         chosen = filters(view)
         listed = await list_runs(db, namespace, size=PAGE_SIZE, **chosen)
+        listed = dataclasses.replace(listed, rows=await with_etas(ctx.orch, listed.rows))
         types = [r["workflow_type"] for r in await db.fetch(
             "SELECT DISTINCT workflow_type FROM workflows WHERE namespace = %s ORDER BY 1",
             (namespace,))]
@@ -76,6 +79,7 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
         row = await run_row(db, namespace, view.param("thread_id"))
         if row is None:
             return Response(status_code=204)
+        [row] = await with_etas(ctx.orch, [row])
         return view.render("fragments/run_row.html", row=row)
 
     async def run_values(view: View) -> dict[str, Any]:
@@ -111,6 +115,7 @@ def routes(ctx: ServerContext) -> list[BaseRoute]:
             "history": list(reversed(history)), "chosen": chosen, "state": _pretty(values),
             "runs": runs, "errors": errors, "pretty": _pretty,
             "question": await question_of(ctx, thread_id),
+            "learned": learned(record.workflow_type, record.status, values),
         }
 
     async def run_page(view: View) -> Response:
