@@ -3,7 +3,8 @@
 ``/console/`` lists workflows (:mod:`.listing`); ``/console/runs/{thread_id}`` shows one: its
 graph with each node's state (:mod:`.graph`), the timeline (:mod:`.timeline`), the state at
 any checkpoint (``?checkpoint=ID``), the named checkpoints with restore, the error log and the
-result. ``…/rows/{thread_id}`` and ``…/runs/{thread_id}/live`` are the fragments an event
+result, and what learning decided (:mod:`.learning`: the reason behind each runbook choice of a
+self_healing run; a running plan's ETA, in the list too). ``…/rows/{thread_id}`` and ``…/runs/{thread_id}/live`` are the fragments an event
 re-renders: the same templates the pages include.
 """
 
