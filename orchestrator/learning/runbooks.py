@@ -211,8 +211,9 @@ def choose(*, service: str, issue: str, actions: Sequence[Mapping[str, Any]],
             reason += f"; already tried in this run: {', '.join(f'`{k}`' for k in order if k in tried)}"
         elif len(ranked) > 1:
             runner_up = ranked[1]
-            reason += f"; next `{runner_up.key}`: {runner_up.successes} of " \
-                      f"{runner_up.successes + runner_up.failures}"
+            tried_n = runner_up.successes + runner_up.failures
+            reason += (f"; next `{runner_up.key}`: "
+                       + (f"{runner_up.successes} of {tried_n}" if tried_n else "untried"))
         if rng is not None:
             reason += (f" (explored: drew {best.score:.2f} from Beta({best.alpha:g}, "
                        f"{best.beta:g}), seed {exploration.seed})")  # type: ignore[union-attr]

@@ -1,5 +1,8 @@
 """A fast simulated service for the runbook-learning simulations (issue 17, item 5).
 
+Usage: python -m tests.support.healing_sim SERVICE SEED INCIDENTS [P_B] (settings from
+ORCHESTRATOR_* variables): runs the incidents through self_healing in that process.
+
 Each incident makes the service slow (``latency``) and draws, from the simulation's seeded
 generator, which runbook action cures it: ``B`` with probability ``p_b`` (0.9), else ``A``.
 So ``B`` fixes latency in 90% of incidents and ``A`` in 10%, and within one incident the other
@@ -97,3 +100,34 @@ def _typed(model: type, handler: Any) -> Any:
     async def run(payload: dict[str, Any], ctx: RequestContext) -> Any:
         return await handler(model.model_validate(payload), ctx)
     return run
+
+
+async def _main(service: str, seed: int, incidents: int, p_b: float = 0.9) -> None:
+    """Run ``incidents`` incidents of a simulated service through ``self_healing`` in this
+    process (settings from ``ORCHESTRATOR_*``), printing each run's first choice as JSON."""
+    import json
+
+    from orchestrator.agent import builtin_agents
+    from orchestrator.facade import Orchestrator
+    from orchestrator.settings import Settings
+
+    sims = SimServices()
+    sims.add(service, seed, p_b)
+    agents = {**builtin_agents(), "infrastructure": sims.agent()}
+    async with Orchestrator(Settings.from_env(), agents=list(agents.values())) as orch:
+        for _ in range(incidents):
+            sims[service].incident()
+            result = await orch.run("self_healing", sims.heal_input(service))
+            healing = (await orch.get(result.thread_id)).values["healing"]
+            print(json.dumps({"thread_id": result.thread_id,
+                              "outcome": result.final_result["outcome"],
+                              "attempts": result.final_result["attempts"],
+                              "first": healing["choices"][0]}), flush=True)
+
+
+if __name__ == "__main__":
+    import asyncio
+    import sys
+
+    asyncio.run(_main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]),
+                      *(float(a) for a in sys.argv[4:5])))
