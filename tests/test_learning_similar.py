@@ -2,7 +2,9 @@
 failure like the one at hand and leaves unlike ones out; the fix request of a real
 plan_execution run carries the repository's similar past fixes (how they were fixed, which
 prompt version fixed them first time) into the developer's prompt, and each fix attempt's
-outcome is recorded once. Real PostgreSQL; the chat model is an in-process fake."""
+outcome is recorded once; a failure that took two fix attempts is fixed at the first the next
+time, by a model that follows the past fix its prompt shows. Real PostgreSQL; the chat models
+are in-process fakes."""
 
 from __future__ import annotations
 
@@ -199,3 +201,57 @@ async def test_the_fix_request_carries_the_similar_past_fixes_of_the_repository(
         "SELECT count(*) AS n FROM learn_fixes WHERE namespace = %s AND task_id = 'shout' "
         "AND fixed AND first_time", (ns,))
     assert count["n"] == 2
+
+
+# --- a fix that learns: the second time, the past fix makes the first fix attempt right -------
+
+_HALF = "def shout(text: str) -> str:\n    return text.upper()\n"
+
+
+def _learner(messages: list[BaseMessage]) -> str:
+    """A model that fixes shout.py in two tries (capitals first, then the '!'), unless its
+    prompt shows a past fix of this failure that adds the '!': then it follows it at once."""
+    asked = messages[-1].content
+    if "Fix the file `app/shout.py`" in asked:
+        past = asked.split("Similar failures of this repository fixed before")[1]
+        if '+    return text.upper() + "!"' in past or "return text.upper()\n" in asked.split(
+                "The file now:")[1].split("The files it depends on")[0]:
+            return _SHOUT
+        return _HALF
+    if "`app/shout.py`" in asked:
+        return _SHOUT_WRONG
+    return ""
+
+
+_LEARNER = UsageFakeChatModel(respond=_learner, model_name="learner")
+
+
+def learner() -> UsageFakeChatModel:
+    return _LEARNER
+
+
+async def test_a_failure_fixed_in_two_tries_is_fixed_at_the_first_the_next_time(
+        orchestrator_factory, tmp_path) -> None:
+    """The recorded outcome changes the next decision: the same failure took two fix attempts
+    the first time; the next run's fix request carries that fix, and the first fix attempt
+    is right (learn stats: first-try rate of developer_fix@2 from 0 to 1 fix in 2)."""
+    orch = await orchestrator_factory(chat_model=f"{HERE}:learner")
+    db, ns = orch.runtime.db, orch.settings.namespace
+    repo = _repo(tmp_path / "repo")
+    first = await orch.run("plan_execution", {"plan": _plan(repo)})
+    assert first.status == "completed", first
+    assert first.final_result["tasks"]["shout"]["attempts"] == 3
+    shutil.rmtree(repo / "app")
+    second = await orch.run("plan_execution", {"plan": _plan(repo)})
+    assert second.status == "completed", second
+    assert second.final_result["tasks"]["shout"]["attempts"] == 2
+    rows = await db.fetch(
+        "SELECT thread_id, attempt, fixed, first_time FROM learn_fixes WHERE namespace = %s "
+        "AND task_id = 'shout' ORDER BY recorded_at, id", (ns,))
+    assert [(r["thread_id"], r["attempt"], r["fixed"], r["first_time"]) for r in rows] == [
+        (first.thread_id, 2, False, False), (first.thread_id, 3, True, False),
+        (second.thread_id, 2, True, True)]
+    stats = await fix_stats(db, ns, repo=str(repo))
+    assert stats["prompt"] == [{"prompt": "developer_fix@2", "attempts": 3, "fixed": 2,
+                                "first_time": 1, "fixed_rate": 0.6667,
+                                "first_time_rate": 0.3333}]
