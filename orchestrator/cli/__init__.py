@@ -32,6 +32,7 @@ from .exits import (
     UsageError,
 )
 from .inspect import cmd_graphs, cmd_ls, cmd_show
+from .learn import cmd_learn
 from .maintenance import cmd_prune, cmd_restore
 from .parser import build_parser
 from .plan import cmd_plan
@@ -47,7 +48,7 @@ log = logging.getLogger(__name__)
 
 _USES_SERVICES = {"prune", "restore",
                   "run", "resume", "recover", "ls", "show", "agents", "worker", "locks", "dlq",
-                  "db", "serve", "cancel", "token", "audit", "costs"}
+                  "db", "serve", "cancel", "token", "audit", "costs", "learn"}
 
 _COMMANDS = {
     "prune": cmd_prune, "restore": cmd_restore,
@@ -56,6 +57,7 @@ _COMMANDS = {
     "locks": cmd_locks, "dlq": cmd_dlq, "db": cmd_db, "services": cmd_services,
     "analyze": cmd_analyze, "serve": cmd_serve, "plan": cmd_plan, "estimate": cmd_estimate,
     "cancel": cmd_cancel, "token": cmd_token, "audit": cmd_audit, "costs": cmd_costs,
+    "learn": cmd_learn,
 }
 
 

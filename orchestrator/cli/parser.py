@@ -229,6 +229,30 @@ def build_parser() -> argparse.ArgumentParser:
                        help="print the ledger's rows (thread_id, model, input_tokens, "
                        "output_tokens, cost_usd...) as one JSON array")
 
+    learn = sub.add_parser("learn", help="what was learned from outcomes: stats, reset")
+    learn_sub = learn.add_subparsers(dest="learn_command", metavar="ACTION")
+    learn_stats = learn_sub.add_parser(
+        "stats", help="success rates of fixes and plan tasks (by prompt version, tier, kind), "
+        "healing (by service, issue, action), agent calls, canaries, review answers",
+        description="A filter narrows the sections that have its dimension and leaves the "
+        "others out.")
+    learn_stats.add_argument("--service", metavar="S", help="one service's healing and canary")
+    learn_stats.add_argument("--kind", metavar="K", help="one issue kind or task kind")
+    learn_stats.add_argument("--repo", metavar="R", help="one repository's tasks and fixes")
+    learn_stats.add_argument("--json", action="store_true",
+                             help="print one JSON object with a key per section")
+    learn_reset = learn_sub.add_parser(
+        "reset", help="forget outcome records (needs --yes)",
+        description="Deletes outcome records: what was learned from them goes back to the "
+        "defaults (the runbook's own order, plan estimates, no past fixes).")
+    forget = learn_reset.add_mutually_exclusive_group()
+    forget.add_argument("--service", metavar="S", help="that service's healing records")
+    forget.add_argument("--repo", metavar="R", help="that repository's task and fix records")
+    forget.add_argument("--all", action="store_true", help="every record of the namespace")
+    learn_reset.add_argument("--yes", action="store_true", help="really delete them")
+    learn_reset.add_argument("--json", action="store_true",
+                             help="print the rows deleted per table as JSON")
+
     db = sub.add_parser("db", help="database schema")
     db_sub = db.add_subparsers(dest="db_command", metavar="ACTION")
     db_sub.add_parser("migrate", help="apply pending SQL migrations (re-running is a no-op)")
