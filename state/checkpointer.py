@@ -18,8 +18,8 @@ __all__ = ["make_checkpointer", "FencedSaver"]
 
 class FencedSaver(AsyncPostgresSaver):
     """``AsyncPostgresSaver`` whose writes check the run's fence (:data:`WRITE_FENCE`) when
-    the service sets one: first in the write's own pipeline (one implicit transaction), one
-    statement more.
+    the service sets one, in the write's own pipeline (one implicit transaction): its first
+    statement carries the check (see :meth:`orchestrator.service.fencing.Fence.cursor`).
 
     The saver makes every write (``aput``, ``aput_writes``, ``adelete_thread``) on a
     ``_cursor(pipeline=True)``, so that is where the fence goes; reads and unfenced writes are
@@ -38,8 +38,7 @@ class FencedSaver(AsyncPostgresSaver):
         async with _ainternal.get_connection(self.conn) as conn:
             try:
                 async with conn.pipeline(), conn.cursor(binary=True, row_factory=dict_row) as cur:
-                    await fence.check(cur)
-                    yield cur
+                    yield fence.cursor(cur)
             except psycopg.Error as exc:
                 if (refused := fence.refusal(exc, "checkpoint")) is None:
                     raise

@@ -49,6 +49,10 @@ class WriteFence(Protocol):
         follow on the same cursor)."""
         ...
 
+    def cursor(self, cur: Any) -> Any:
+        """``cur`` (in the caller's pipeline) with its first write checking the fence."""
+        ...
+
     def refusal(self, exc: BaseException, what: str) -> BaseException | None:
         """The error to raise instead of ``exc`` when ``exc`` is the check's refusal (counted
         and logged); ``None`` for any other error."""

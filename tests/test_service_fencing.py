@@ -201,3 +201,47 @@ async def test_a_runner_stopped_inside_a_fenced_write_does_not_hide_its_run_from
                 await conn.execute("SELECT 1")
     assert swept == 1, "the sweeper never got the frozen runner's run"
     assert (await svc.get_run(run.run_id)).status == "queued"
+
+
+async def test_each_kind_of_checkpoint_write_carries_the_check_in_its_own_statements(
+    service: RunService,
+) -> None:
+    """The check folded into the saver's INSERTs (a blob channel first, then the checkpoint;
+    writes) and sent before any other statement (a thread's deletion): a stale fence's
+    writes are all refused and store nothing, the holder's all go through."""
+    await service.submit("approval", {"change": "x"}, "fence-fold")
+    old = await _claim(service, "r1")
+    await _expire(service, old)
+    assert await service.queue.sweep() == 1
+    new = await _claim(service, "r2")
+    saver = make_checkpointer(service.orch.runtime.db)
+    config = {"configurable": {"thread_id": "fence-fold", "checkpoint_ns": ""}}
+    checkpoint = empty_checkpoint()
+    checkpoint["channel_values"] = {"state": {"items": [1, 2, 3]}, "step": 1}
+    versions = {"state": "00000001", "step": "00000001"}
+    checkpoint["channel_versions"] = dict(versions)
+    stale = Fence("fence-fold", old.run_id, old.lease_epoch, "r1")
+    assert stale.fenced_query(saver.UPSERT_CHECKPOINT_BLOBS_SQL) is not None
+    assert stale.fenced_query("DELETE FROM checkpoints WHERE thread_id = %s") is None
+    with fenced(stale):
+        with pytest.raises(LeaseLost):
+            await saver.aput(config, checkpoint, {"source": "loop", "step": 1}, versions)
+        with pytest.raises(LeaseLost):
+            await saver.aput_writes({"configurable": {**config["configurable"],
+                                                      "checkpoint_id": checkpoint["id"]}},
+                                    [("state", {"z": 1}), ("custom", "zombie")], "task-z")
+    db = service.orch.runtime.db
+    counts = "SELECT (SELECT count(*) FROM {t} WHERE thread_id = %s)"
+    for table in ("checkpoints", "checkpoint_blobs", "checkpoint_writes"):
+        row = await db.fetchone(counts.format(t=table), ("fence-fold",))
+        assert list(row.values())[0] == 0, table
+    holder = Fence("fence-fold", new.run_id, new.lease_epoch, "r2")
+    with fenced(holder):
+        stored = await saver.aput(config, checkpoint, {"source": "loop", "step": 1}, versions)
+        await saver.aput_writes(stored, [("state", {"z": 1}), ("custom", "held")], "task-1")
+    got = await saver.aget_tuple(config)
+    assert got.checkpoint["channel_values"]["state"] == {"items": [1, 2, 3]}
+    assert ("task-1", "custom", "held") in got.pending_writes
+    with fenced(stale), pytest.raises(LeaseLost):
+        await saver.adelete_thread("fence-fold")
+    assert (await saver.aget_tuple(config)) is not None

@@ -3,13 +3,18 @@
 A runner executes a run under ``(run_id, lease_epoch, runner)``; every claim of the run bumps
 the epoch. While it executes, :func:`fenced` sets that :class:`Fence` for the task, and every
 checkpoint write (:class:`orchestrator.state.checkpointer.FencedSaver`) and workflow-row update
-(:meth:`orchestrator.state.store.WorkflowStateManager.update`) first runs
-``orchestrator_fence()`` (``sql/006_runs.sql``) in the write's own transaction: the run must
+(:meth:`orchestrator.state.store.WorkflowStateManager.update`) runs ``orchestrator_fence()``
+(``sql/006_runs.sql``) in the write's own transaction, before it writes anything: the run must
 still be ``running`` under that runner and epoch with an unexpired lease. If not, the
 transaction is rolled back and the write refused with :class:`LeaseLost`, logged and counted
 (``orchestrator_fenced_writes_refused_total``). The check holds a share lock on the run's row
 until the write commits, so a takeover (sweep, then a claim with a new epoch) happens wholly
 before or wholly after each write.
+
+A checkpoint write's check is part of its first statement (:meth:`Fence.cursor`): the saver's
+``INSERT ... VALUES (...)`` becomes ``INSERT ... SELECT ... FROM orchestrator_fence(...)``, so
+a fenced write sends as many statements as an unfenced one. Any other first statement gets
+the check as a statement of its own before it.
 
 Outside the service no fence is set and writes are exactly as before.
 """
@@ -19,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import re
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +43,9 @@ log = logging.getLogger(__name__)
 #: What ``orchestrator_fence()`` raises when the lease is not held.
 FENCE_SQLSTATE = "OF001"
 _CHECK = "SELECT orchestrator_fence({}, {}, {})"
+# An INSERT whose rows are one VALUES list of placeholders (LangGraph's saver's statements)
+_INSERT_VALUES = re.compile(r"(\s*INSERT\s+INTO\s+\w+\s*\([^)]*\))\s*VALUES\s*"
+                            r"\(((?:\s*%s\s*,)*\s*%s\s*)\)(.*)", re.S | re.I)
 
 
 @dataclass(frozen=True)
@@ -80,6 +89,27 @@ class Fence:
         return sql.SQL(_CHECK).format(sql.Literal(self.run_id), sql.Literal(self.epoch),
                                       sql.Literal(self.runner)).as_bytes()
 
+    @functools.cached_property
+    def _fenced_queries(self) -> dict[str, str | None]:
+        return {}
+
+    def fenced_query(self, query: str) -> str | None:
+        """``query`` with the check folded in, when it is an ``INSERT ... VALUES (%s, ...)``:
+        its row is selected from ``orchestrator_fence(...)`` (one row, or the error), so the
+        statement checks the lease before it writes. None for any other statement."""
+        cache = self._fenced_queries
+        if query not in cache:
+            found = _INSERT_VALUES.fullmatch(query)
+            call = self._check.decode()[len("SELECT "):].replace("%", "%%")
+            cache[query] = (f"{found.group(1)} SELECT {found.group(2)} FROM {call} AS fence"
+                            f"{found.group(3)}" if found else None)
+        return cache[query]
+
+    def cursor(self, cur: psycopg.AsyncCursor[Any]) -> _FencingCursor:
+        """``cur`` (in a pipeline: one implicit transaction) with its first write checking the
+        lease: folded into the statement when :meth:`fenced_query` can, else sent before it."""
+        return _FencingCursor(cur, self)
+
     def refusal(self, exc: BaseException, what: str) -> LeaseLost | None:
         """``LeaseLost`` (counted, logged) when ``exc`` is the check's refusal, else None."""
         if not isinstance(exc, psycopg.Error) or exc.sqlstate != FENCE_SQLSTATE:
@@ -89,6 +119,43 @@ class Fence:
                     "(epoch %s, runner %s)", what, self.thread_id, self.run_id, self.epoch,
                     self.runner)
         return LeaseLost(self.thread_id, self.run_id, self.epoch)
+
+
+class _FencingCursor:
+    """A cursor whose first statement checks a :class:`Fence` (see :meth:`Fence.cursor`); the
+    statements after it run in the same transaction, under the share lock the check took."""
+
+    def __init__(self, cur: psycopg.AsyncCursor[Any], fence: Fence) -> None:
+        self._cur = cur
+        self._fence = fence
+        self._checked = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._cur, name)
+
+    async def _first(self, query: Any) -> Any:
+        self._checked = True
+        fenced = self._fence.fenced_query(query) if isinstance(query, str) else None
+        if fenced is None:
+            await self._fence.check(self._cur)
+            return query
+        return fenced
+
+    async def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
+        if not self._checked:
+            if params is None:  # no placeholders to fold the check into: it goes first
+                self._checked = True
+                await self._fence.check(self._cur)
+            else:
+                query = await self._first(query)
+        return await self._cur.execute(query, params, **kwargs)
+
+    async def executemany(self, query: Any, params_seq: Any, **kwargs: Any) -> Any:
+        if not self._checked:
+            params_seq = list(params_seq)
+            if params_seq:  # no rows, no statement: the next one checks
+                query = await self._first(query)
+        return await self._cur.executemany(query, params_seq, **kwargs)
 
 
 @contextlib.contextmanager
