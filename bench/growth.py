@@ -206,6 +206,8 @@ async def _sized(ladder: Ladder, bound: _Bound, size: int, units: float,
     except TimeoutError:
         ladder.skipped[size] = f"stopped: still running at this ladder's bound of " \
                                f"{bound.seconds:.0f} s (+30 s)"
+        print(f"   {ladder.name} at {size:,}: {ladder.skipped[size]}", file=sys.stderr,
+              flush=True)
         return False
     elapsed = time.perf_counter() - started
     raw["wall_s"] = round(elapsed, 2)
@@ -249,17 +251,15 @@ class _Profiler:
                     "--format", "raw", "--output", str(out),
                     stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL), out)
 
-            async def watch() -> None:  # until a child matched each pattern
-                seen: set[str] = set()
-                while len(seen) < len(children):
+            async def watch() -> None:  # children matching a pattern, as they start
+                while True:
                     for child in psutil.Process().children(recursive=True):
                         with contextlib.suppress(psutil.Error):
                             line = " ".join(child.cmdline())
-                            hit = next((p for p in children if p in line), None)
+                            hit = any(p in line for p in children)
                             if hit and child.pid not in spies and "py-spy" not in line:
-                                seen.add(hit)
-                                await attach(child.pid, " ".join(child.cmdline()[1:5]))
-                    await asyncio.sleep(0.25)
+                                await attach(child.pid, " ".join(child.cmdline()[1:4]))
+                    await asyncio.sleep(0.5)
 
             if me:
                 await attach(os.getpid(), "this process (python -m bench.growth)")
@@ -291,10 +291,16 @@ def _frame(text: str) -> str:
     return f"{head} ({where.rstrip(')').rsplit(':', 1)[0]})"
 
 
+#: leaf frames of an event loop waiting for I/O (the non-blocking sampler cannot tell idle
+#: threads apart): counted apart, not as work; and the entry points every stack shares
+_WAITING = {"EpollSelector.select (selectors.py)", "_worker (concurrent/futures/thread.py)"}
+_OUTER = {"<module>", "main"}
+
+
 def _summarize(name: str, path: Path, top: int = 8) -> dict[str, Any]:
     own: Counter[str] = Counter()
     ours: Counter[str] = Counter()
-    total = 0
+    total = waiting = 0
     if not path.exists():
         return {"process": name, "samples": 0, "error": "py-spy wrote nothing"}
     for line in path.read_text(errors="replace").splitlines():
@@ -304,15 +310,20 @@ def _summarize(name: str, path: Path, top: int = 8) -> dict[str, Any]:
         n = int(count)
         frames = [_frame(f) for f in stack.split(";")]
         total += n
+        if frames[-1] in _WAITING:
+            waiting += n
+            continue
         own[frames[-1]] += n
         for f in set(frames):
-            if "(orchestrator/" in f or "(bench/" in f or "/orchestrator/" in f:
+            if ("(orchestrator/" in f or "(bench/" in f) and f.split(" (")[0] not in _OUTER:
                 ours[f] += n
 
     def share(counter: Counter[str]) -> list[str]:
         return [f"{100 * n / total:.1f}% {f}" for f, n in counter.most_common(top)]
 
-    return {"process": name, "samples": total, "top_own": share(own) if total else [],
+    return {"process": name, "samples": total,
+            "waiting_in_select": round(waiting / total, 3) if total else None,
+            "top_own": share(own) if total else [],
             "top_ours_inclusive": share(ours) if total else []}
 
 
@@ -488,7 +499,8 @@ async def _sse(sizes: tuple[int, ...], bound: _Bound, spy: _Profiler, quick: boo
                     "received": round(f["received"] / f["expected"], 4)}, f
 
         for n in sizes:
-            async with ladder.sampled(spy, n, children=("orchestrator.cli serve",)):
+            async with ladder.sampled(spy, n, children=("orchestrator.cli serve",
+                                                        "bench.sse subscribers")):
                 # the time is mostly the clients' start and the round's fixed length
                 await _sized(ladder, bound, n, 1, lambda n=n: measure(n))
     return ladder
@@ -553,7 +565,8 @@ def profile_text(ladders: list[Ladder]) -> str:
                 lines.append(f"{ladder.name} at {size:,}: {p['error']}")
                 continue
             lines.append(f"{ladder.name} at {size:,} — {p['process']} "
-                         f"({p['samples']} samples at 50 Hz):")
+                         f"({p['samples']} samples at 50 Hz, "
+                         f"{100 * (p['waiting_in_select'] or 0):.0f}% waiting in select):")
             lines.append("   own:  " + "; ".join(p["top_own"][:6]))
             lines.append("   ours: " + "; ".join(p["top_ours_inclusive"][:6]))
     return "\n".join(lines)
