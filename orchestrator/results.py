@@ -45,13 +45,15 @@ class RunResult:
 
 @dataclass(frozen=True)
 class Progress:
-    """One finished graph step, for progress display: ``done`` of ``total`` subtasks."""
+    """One finished graph step, for progress display: ``done`` of ``total`` subtasks, and the
+    run's latest ``eta`` when its workflow gives one (``plan_execution``)."""
 
     thread_id: str
     node: str
     done: int
     total: int
     label: str
+    eta: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -121,6 +123,7 @@ class ProgressTracker:
         self.callback = callback
         self.total = 0
         self.done: set[str] = set()
+        self.eta: dict[str, Any] | None = None
 
     def update(self, node: str, update: Any) -> None:
         if self.callback is None or not isinstance(update, dict):
@@ -128,9 +131,12 @@ class ProgressTracker:
         subtasks = update.get("subtasks")
         if isinstance(subtasks, list):
             self.total = len(subtasks)
+        if isinstance(update.get("eta"), dict):
+            self.eta = update["eta"]
         label = node
         for key, status in (update.get("subtask_status") or {}).items():
             if status in ("done", "failed", "skipped"):
                 self.done.add(key)
                 label = f"{node} {key}" + ("" if status == "done" else f" ({status})")
-        self.callback(Progress(self.thread_id, node, len(self.done), self.total, label))
+        self.callback(Progress(self.thread_id, node, len(self.done), self.total, label,
+                               self.eta))

@@ -9,7 +9,9 @@ pause in one step: ``pause_until`` keeps the later deadline.) :func:`route_dispa
 chosen task to ``work`` with what that needs: the files it depends on, the run's budget, and
 its model tier (:func:`orchestrator.llm.tiers.choose_tier`, from the lines it writes, its
 dependents and dependencies in the task graph, new or fix, and the attempt: a retry moves up
-a tier), which ``work`` records in the task's state.
+a tier), which ``work`` records in the task's state. Each time it starts tasks (and when the
+last has ended) it revises the run's ``eta``: the remaining tasks replayed in its own order
+with their learned durations (:func:`orchestrator.learning.eta.forecast`).
 """
 
 from __future__ import annotations
@@ -24,10 +26,11 @@ from orchestrator.workflows.plans import PlanState, PlanTask, plan_of
 
 from orchestrator.contracts import developer, planner, qa
 from orchestrator.errors import AgentUnavailable
+from orchestrator.learning.eta import forecast
 from orchestrator.llm.tiers import choose_tier
 from orchestrator.runtime import current_runtime
 
-__all__ = ["dispatch", "route_dispatch"]
+__all__ = ["dispatch", "route_dispatch", "task_size"]
 
 # work also asks the planner (is a cache hit still true?)
 _WORKERS = (developer.AGENT_TYPE, qa.AGENT_TYPE, planner.AGENT_TYPE)
@@ -51,6 +54,13 @@ def _ready(state: PlanState, now: float) -> tuple[list[str], float | None]:
     return ready, soonest
 
 
+def _eta(state: PlanState, max_parallel: int) -> dict[str, Any]:
+    """The run's ETA now: its remaining tasks replayed in this node's order (see
+    :mod:`orchestrator.learning.eta`)."""
+    return forecast(state["tasks"], max_parallel=max_parallel, now=time.time(),
+                    order=lambda tasks: _ready({"tasks": tasks}, float("inf"))[0])
+
+
 async def dispatch(state: PlanState) -> dict[str, Any]:
     if state.get("final_result"):  # a budget question answered "stop"
         return {"route": {"next": "report"}}
@@ -67,7 +77,8 @@ async def dispatch(state: PlanState) -> dict[str, Any]:
         ready, soonest = _ready(state, time.time())
     if ready:
         chosen = ready[:plan.max_parallel]
-        return {"route": {"next": "work", "tasks": chosen, "at": now_iso()}}
+        return {"route": {"next": "work", "tasks": chosen, "at": now_iso()},
+                "eta": _eta(state, plan.max_parallel)}
     if soonest is not None:
         return {"route": {"next": "dispatch"}}
     dead = [t for t, rec in tasks.items() if rec["status"] == "dead"]
@@ -76,7 +87,7 @@ async def dispatch(state: PlanState) -> dict[str, Any]:
     blocked = [t for t, rec in tasks.items() if rec["status"] in ("pending", "retry")]
     if blocked:  # cannot happen: every dependency ends done, dead or skipped
         raise RuntimeError(f"tasks blocked with nothing running: {blocked}")
-    return {"route": {"next": "integrate"}}
+    return {"route": {"next": "integrate"}, "eta": _eta(state, plan.max_parallel)}
 
 
 async def _wait_for_agents(until: float) -> list[str]:
@@ -105,7 +116,7 @@ def route_dispatch(state: PlanState) -> list[Send] | str:
         last = attempts[-1] if attempts else None
         task = plan.task(task_id)
         tier, tier_reason = choose_tier(
-            _size(task), fan_in=sum(1 for r in tasks.values() if task_id in r["deps"]),
+            task_size(task), fan_in=sum(1 for r in tasks.values() if task_id in r["deps"]),
             fan_out=len(rec["deps"]), is_new=task.kind == "new", attempt=len(attempts) + 1)
         sends.append(Send("work", {
             "task": task.model_dump(mode="json"),
@@ -122,6 +133,7 @@ def route_dispatch(state: PlanState) -> list[Send] | str:
             "repo": plan.repo,
             "test_command": plan.test_command,
             "key": rec["key"],
+            "size": task_size(task),  # recorded with the attempt (orchestrator.learning)
             "record": rec,
             "max_attempts": rec["budget"],
             "retry_delay": plan.retry_delay,
@@ -131,7 +143,7 @@ def route_dispatch(state: PlanState) -> list[Send] | str:
     return sends
 
 
-def _size(task: PlanTask) -> int:
+def task_size(task: PlanTask) -> int:
     """Lines the task writes, as far as the plan says (0: not known, a description)."""
     text = task.content if task.content is not None else task.patch
     return len(text.splitlines()) if text else 0

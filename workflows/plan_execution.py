@@ -12,7 +12,11 @@
   ``depends_on``), the import cycles the plan does not allow (an error listing them), the
   batches, the critical path and each task's rank — the critical path (the longest chain,
   weighted by estimates) first, fixes before new work, then the longest way to the end. It
-  only maps that onto the task records, with each task's cache key.
+  only maps that onto the task records, with each task's cache key. A task's weight is its
+  ``estimate``, else its duration learned from earlier runs
+  (:mod:`orchestrator.learning.durations`), else 1; its record keeps the expected seconds
+  and how they were found (``estimate_s``, ``estimate_basis``), from which ``dispatch``
+  revises the run's ``eta`` each time it starts tasks.
 * ``dispatch`` (``plan_dispatch``) starts the ready tasks — every dependency done, which means
   it passed QA — in the planner's order, at most ``max_parallel`` at once; retries (fix tasks)
   go first. It waits out a retry's back-off, a paused circuit breaker, or a missing agent.
@@ -46,7 +50,7 @@ from typing import Any, Literal
 from langgraph.graph import END, START, StateGraph
 from orchestrator.state.schema import merge_updates, now_iso
 from orchestrator.workflows.canary import canary_graph, validate_canary
-from orchestrator.workflows.plan_dispatch import dispatch, route_dispatch
+from orchestrator.workflows.plan_dispatch import dispatch, route_dispatch, task_size
 from orchestrator.workflows.plan_report import report
 from orchestrator.workflows.plan_work import work
 from orchestrator.workflows.plans import Plan, PlanError, PlanState, load_plan, parse_plan, plan_of
@@ -58,6 +62,7 @@ from orchestrator.contracts.cicd import RUN_COMMAND, RunCommand
 from orchestrator.contracts.planner import ANALYZE_PLAN, AnalyzePlan, PlanTaskNode
 from orchestrator.errors import AgentError, AgentErrorCode
 from orchestrator.graphs import WorkflowSpec, validated_fields
+from orchestrator.learning.durations import Estimate, TaskKey, estimate_tasks
 from orchestrator.llm import BudgetPolicy, BudgetSpec
 from orchestrator.questions import Answer, ask
 from orchestrator.runtime import current_runtime
@@ -124,14 +129,44 @@ def _cache_keys(plan: Plan, deps: dict[str, list[str]], versions: dict[str, str]
     return keys
 
 
+async def learned_estimates(plan: Plan) -> dict[str, Estimate]:
+    """Each task's duration learned from the earlier runs in this namespace (never raises)."""
+    rt = await current_runtime()
+    return await estimate_tasks(rt.db, rt.settings.namespace, plan.repo, [
+        TaskKey(t.id, t.kind, t.file, task_size(t)) for t in plan.tasks])
+
+
+def task_weights(plan: Plan, learned: dict[str, Estimate]) -> dict[str, float]:
+    """The critical path's weight of each task: its plan ``estimate``, else its learned
+    duration in seconds, else 1 (as with no learning)."""
+    return {t.id: t.estimate or max(learned[t.id].seconds or 1.0, 0.001) for t in plan.tasks}
+
+
+def estimate_fields(plan: Plan, learned: dict[str, Estimate]) -> dict[str, dict[str, Any]]:
+    """``estimate_s`` and ``estimate_basis`` of each task's record: learned seconds first
+    (and ``estimate_spread``, how much they vary: the ETA's), else the plan's ``estimate``
+    (taken as seconds), else unknown."""
+    out = {}
+    for t in plan.tasks:
+        est = learned[t.id]
+        out[t.id] = ({"estimate_s": round(est.seconds, 3), "estimate_basis": est.basis,
+                      "estimate_spread": round(est.spread, 4)}
+                     if est.seconds is not None else
+                     {"estimate_s": t.estimate, "estimate_basis": "plan estimate"}
+                     if t.estimate else {"estimate_s": None, "estimate_basis": "none"})
+    return out
+
+
 async def analyze(state: PlanState) -> dict[str, Any]:
     plan = plan_of(state)
+    learned = await learned_estimates(plan)
+    weights = task_weights(plan, learned)
     call = await ANALYZE_PLAN.call(AnalyzePlan(
         repo=plan.repo, files={t.file: t.content for t in plan.tasks},
         # the imports a patch adds are edges too (its + lines, on top of the file)
         patches={t.file: t.patch for t in plan.tasks if t.patch is not None},
         tasks=[PlanTaskNode(id=t.id, file=t.file, kind=t.kind, depends_on=t.depends_on,
-                            weight=t.estimate or 1.0) for t in plan.tasks],
+                            weight=weights[t.id]) for t in plan.tasks],
         allowed_cycles=plan.allowed_cycles), subtask="analyze")
     found, graph = call.result, call.result.task_graph
     if graph is None:
@@ -151,8 +186,10 @@ async def analyze(state: PlanState) -> dict[str, Any]:
         versions[agent_type] = discovered[0].version if discovered else "?"
     keys = _cache_keys(plan, {t: place.deps for t, place in graph.tasks.items()}, versions,
                        graph.batches)
+    estimates = estimate_fields(plan, learned)
     tasks = {t.id: {"status": "pending", "attempts": [], **shown["tasks"][t.id],
-                    "key": keys[t.id], "budget": plan.max_attempts} for t in plan.tasks}
+                    "key": keys[t.id], "budget": plan.max_attempts, "weight": weights[t.id],
+                    **estimates[t.id]} for t in plan.tasks}
     analysis = {**{k: shown[k] for k in ("edges", "batches", "critical_path", "allowed")},
                 "file_edges": [list(edge) for edge in found.edges],
                 "unresolved": found.unresolved}

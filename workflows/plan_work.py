@@ -29,6 +29,7 @@ from orchestrator.contracts.planner import FILE_HASHES, FileHashes
 from orchestrator.contracts.qa import CHECK, Check, Checked
 from orchestrator.errors import AgentUnavailable, BudgetExceeded, CircuitOpen, OrchestratorError
 from orchestrator.learning.fixes import record_fix_for_job, similar_for_job
+from orchestrator.learning.tasks import record_attempt
 from orchestrator.llm.policy import ask_budget
 from orchestrator.metrics import TASK_CACHE
 from orchestrator.runtime import current_runtime
@@ -79,7 +80,7 @@ async def develop_and_check(job: dict[str, Any]) -> dict[str, Any]:
     result = {"develop": developed.result.model_dump(mode="json"), "qa": _qa_summary(qa),
               "developer": developed.agent_id, "qa_agent": checked.agent_id,
               "computed_by": job["thread_id"], "started": started, "finished": time.time(),
-              "updates": updates}
+              "request_id": developed.request_id, "updates": updates}
     if not qa.passed:
         found = qa.model_dump(mode="json", include={"findings", "tests"})
         raise _QAFailed({**result, "reason": qa.reason, **found}, updates)
@@ -121,8 +122,12 @@ async def work(job: dict[str, Any]) -> dict[str, Any]:
             if isinstance(exc, _QAFailed):  # a fix QA failed again
                 await record_fix_for_job(job, exc.evidence.get("develop"), fixed=False)
             # a failed call records itself (error_log, agent_status) beside the task's outcome
-            return merge_updates(failure_updates(exc), decided,
-                                 _failed(job, rec, started, evidence), schema=PlanState)
+            failed = _failed(job, rec, started, evidence)
+            # the attempt's outcome, once (orchestrator.learning.tasks)
+            await record_attempt(job, failed["tasks"][task_id]["attempts"][-1],
+                                 exc.evidence.get("request_id") if isinstance(exc, _QAFailed)
+                                 else None)
+            return merge_updates(failure_updates(exc), decided, failed, schema=PlanState)
     hit = _from_cache(result, job)
     TASK_CACHE.labels("hit" if hit else "miss").inc()
     if not hit:  # a fix QA passed (a cache hit fixed nothing in this run)
@@ -137,6 +142,7 @@ async def work(job: dict[str, Any]) -> dict[str, Any]:
     if stale:
         record["stale_hits"] = stale
     rec.update(status="done", attempts=[*rec["attempts"], record])
+    await record_attempt(job, record, result.get("request_id"))
     return merge_updates(
         {} if hit else result.get("updates"),  # a cache hit made no call of this run
         decided,

@@ -135,7 +135,8 @@ class PlanState(MultiAgentState, total=False):
     and why), and what happened after (dead letters, pauses, integration, canary). ``budget``
     is the run's :class:`~orchestrator.llm.BudgetSpec` (``budget_usd``, ``budget_policy``),
     ``budget_model`` the model a budget question switched to, ``budget_decisions`` the
-    answers to those questions."""
+    answers to those questions. ``eta`` is the run's forecast, revised at each dispatch
+    (:func:`orchestrator.learning.eta.forecast`)."""
 
     plan: dict[str, Any]
     analysis: dict[str, Any]
@@ -152,6 +153,7 @@ class PlanState(MultiAgentState, total=False):
     budget: Annotated[dict[str, Any], merge_dicts]
     budget_model: Annotated[str | None, _latest]
     budget_decisions: Annotated[list[dict[str, Any]], append_list]
+    eta: dict[str, Any]
 
 
 def plan_of(state: Mapping[str, Any]) -> Plan:

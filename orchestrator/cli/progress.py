@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any, TextIO
+
+from orchestrator.learning.eta import describe
 
 
 class LogHandler(logging.StreamHandler):  # type: ignore[type-arg]
@@ -27,7 +30,8 @@ class LogHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
 
 class ProgressPrinter:
-    """Progress on a terminal: one rewritten line per finished step."""
+    """Progress on a terminal: one rewritten line per finished step, ending with the run's
+    ETA when its workflow gives one (``[3/12] work models · ETA 4m05s``)."""
 
     def __init__(self, stream: TextIO) -> None:
         self.stream = stream
@@ -44,9 +48,10 @@ class ProgressPrinter:
         if not self.enabled:
             return
         count = f"[{progress.done}/{progress.total}] " if progress.total else ""
+        eta = describe(getattr(progress, "eta", None), time.time())
         with self.lock:
             self.erase()
-            self.line = f"{count}{progress.label}"[:120]
+            self.line = f"{count}{progress.label}"[:100] + (f" · {eta}" if eta else "")
             self.draw()
 
     def draw(self) -> None:
