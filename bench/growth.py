@@ -456,6 +456,7 @@ async def _locks(sizes: tuple[int, ...], bound: _Bound, spy: _Profiler, quick: b
         finally:
             await rt.db.execute("DELETE FROM resource_locks WHERE namespace = %s",
                                 (base.namespace,))
+    await bus._delete_namespace(base, base.namespace)  # the runtime's events stream
     return ladder
 
 
