@@ -15,7 +15,7 @@ A plan is YAML or JSON::
           ...                      # them: the developer's chat model writes the file from
                                    # the description (a model must be configured)
         depends_on: [settings]     # besides what the import analysis finds
-        estimate: 3                # weighs the critical path
+        estimate: 3                # seconds: weighs the critical path (default: learned)
     allowed_cycles:                # import cycles the plan accepts, as [task, task] edges
       - [models, services]
     deploy: {...}                  # a canary rollout once integration passed
