@@ -17,6 +17,7 @@ What counts as a failure is the caller's business: timeouts, transient and agent
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -86,47 +87,57 @@ if state == 'half_open' and tonumber(s[3] or '0') < tonumber(ARGV[1]) then
 end
 return {0, state, retry_at, now, calls, failures, 0}
 """
-# KEYS: state, window. ARGV: ok, bucket ms, buckets, min calls, ratio, cooldown ms, probes,
-# key ttl ms. Returns {state, retry_at ms, calls, failures, change}: change 1 opened,
-# 2 re-opened by a failed probe, 3 closed by successful probes, 0 none.
+# Outcomes of calls, many at once (in order). KEYS: state, window per item. ARGV: bucket ms,
+# buckets, min calls, ratio, cooldown ms, probes, key ttl ms, then per item ok (1/0) and how
+# many such outcomes (successes seen closed are counted together). Returns per item
+# {state, retry_at ms, calls, failures, change}: change 1 opened, 2 re-opened by a failed
+# probe, 3 closed by successful probes, 0 none.
 _RECORD_LUA = _NOW + _SUM + """
-local ok = ARGV[1] == '1'
-local function open(calls, failures, change)
-  local retry_at = now + tonumber(ARGV[6])
-  redis.call('HSET', KEYS[1], 'state', 'open', 'opened_at', now, 'retry_at', retry_at,
+local bucket, nbuckets, ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[7]
+local function open(sk, calls, failures, change)
+  local retry_at = now + tonumber(ARGV[5])
+  redis.call('HSET', sk, 'state', 'open', 'opened_at', now, 'retry_at', retry_at,
              'calls', calls, 'failures', failures, 'issued', 0, 'successes', 0)
-  redis.call('PEXPIRE', KEYS[1], ARGV[8])
+  redis.call('PEXPIRE', sk, ttl)
   return {'open', retry_at, calls, failures, change}
 end
-local s = redis.call('HMGET', KEYS[1], 'state', 'retry_at', 'successes')
-local state, retry_at = s[1] or 'closed', tonumber(s[2] or '0')
-if state == 'open' then  -- a late outcome of a call let through before it opened
-  return {state, retry_at, 0, 0, 0}
-elseif state == 'half_open' then
-  local successes = tonumber(s[3] or '0')
-  if not ok then return open(successes + 1, 1, 2) end
-  if successes + 1 < tonumber(ARGV[7]) then
-    redis.call('HINCRBY', KEYS[1], 'successes', 1)
-    return {state, retry_at, successes + 1, 0, 0}
+local function record(sk, wk, ok, n)
+  local s = redis.call('HMGET', sk, 'state', 'retry_at', 'successes')
+  local state, retry_at = s[1] or 'closed', tonumber(s[2] or '0')
+  if state == 'open' then  -- a late outcome of a call let through before it opened
+    return {state, retry_at, 0, 0, 0}
+  elseif state == 'half_open' then
+    local successes = tonumber(s[3] or '0')
+    if not ok then return open(sk, successes + 1, 1, 2) end
+    if successes + n < tonumber(ARGV[6]) then
+      redis.call('HINCRBY', sk, 'successes', n)
+      return {state, retry_at, successes + n, 0, 0}
+    end
+    redis.call('DEL', sk, wk)
+    redis.call('HSET', sk, 'state', 'closed')
+    redis.call('PEXPIRE', sk, ttl)
+    return {'closed', 0, successes + n, 0, 3}
   end
-  redis.call('DEL', KEYS[1], KEYS[2])
-  redis.call('HSET', KEYS[1], 'state', 'closed')
-  redis.call('PEXPIRE', KEYS[1], ARGV[8])
-  return {'closed', 0, successes + 1, 0, 3}
+  local idx = math.floor(now / bucket)
+  local fresh = redis.call('HINCRBY', wk, 'c' .. idx, n) == n
+  if not ok then redis.call('HINCRBY', wk, 'f' .. idx, n) end
+  redis.call('PEXPIRE', wk, bucket * (nbuckets + 1))
+  redis.call('HSETNX', sk, 'state', 'closed')
+  redis.call('PEXPIRE', sk, ttl)
+  if ok and not fresh then return {state, 0, 0, 0, 0} end
+  local calls, failures = window_counts(wk, bucket, nbuckets, true)
+  if not ok and calls >= tonumber(ARGV[3]) and failures > tonumber(ARGV[4]) * calls then
+    return open(sk, calls, failures, 1)
+  end
+  return {state, 0, calls, failures, 0}
 end
-local bucket = tonumber(ARGV[2])
-local idx = math.floor(now / bucket)
-local fresh = redis.call('HINCRBY', KEYS[2], 'c' .. idx, 1) == 1
-if not ok then redis.call('HINCRBY', KEYS[2], 'f' .. idx, 1) end
-redis.call('PEXPIRE', KEYS[2], bucket * (tonumber(ARGV[3]) + 1))
-redis.call('HSETNX', KEYS[1], 'state', 'closed')
-redis.call('PEXPIRE', KEYS[1], ARGV[8])
-if ok and not fresh then return {state, 0, 0, 0, 0} end
-local calls, failures = window_counts(KEYS[2], bucket, tonumber(ARGV[3]), true)
-if not ok and calls >= tonumber(ARGV[4]) and failures > tonumber(ARGV[5]) * calls then
-  return open(calls, failures, 1)
+local out = {}
+for i = 1, #KEYS / 2 do
+  local a = 7 + i * 2 - 1
+  local res = record(KEYS[i * 2 - 1], KEYS[i * 2], ARGV[a] == '1', tonumber(ARGV[a + 1]))
+  for _, v in ipairs(res) do out[#out + 1] = v end
 end
-return {state, 0, calls, failures, 0}
+return out
 """
 # KEYS: state, window. ARGV: bucket ms, buckets. Returns {state, opened_at, retry_at, calls,
 # failures}: calls and failures of the live window, or those that opened it.
@@ -180,7 +191,13 @@ class CircuitBreaker:
     its outcome after; instances on any connection or process share the same circuits. The
     process whose record opens or closes a circuit publishes ``breaker.opened`` /
     ``breaker.closed`` through ``emit`` (see :mod:`orchestrator.bus.events`).
+
+    :meth:`record_soon` takes a success off the caller's path when it cannot change the
+    circuit; :meth:`close` writes what it queued.
     """
+
+    #: How long queued successes wait, so that the calls of that time share one script call.
+    record_linger = 0.02
 
     def __init__(
         self, redis: aioredis.Redis, namespace: str, policy: BreakerPolicy = BreakerPolicy(),
@@ -198,6 +215,9 @@ class CircuitBreaker:
         longest = policy.cooldown + 2 * max(policy.cooldown, policy.window)
         self._ttl_ms = int(longest * 1000) + 60_000
         self._closed_seen: dict[str, float] = {}  # target -> when it was last seen closed
+        # successes queued by record_soon (target -> how many), written by one flusher task
+        self._pending: dict[str, int] = {}
+        self._flusher: asyncio.Task[None] | None = None
         self._before = redis.register_script(_BEFORE_LUA)
         self._record = redis.register_script(_RECORD_LUA)
         self._read = redis.register_script(_READ_LUA)
@@ -245,21 +265,90 @@ class CircuitBreaker:
             target=target, state=state, retry_at=datetime.fromtimestamp(retry_at / 1000, UTC),
         )
 
+    def record_soon(self, target: str, ok: bool) -> bool:
+        """Queue the outcome of a call to ``target`` when it cannot change the circuit: a
+        success while this process saw the circuit closed within ``closed_cache`` (in a closed
+        circuit a success only adds to the window). Queued successes are written together,
+        ``record_linger`` seconds later and before any outcome :meth:`record` writes, so the
+        window counts them in order. Returns False, queuing nothing, for any other outcome:
+        then await :meth:`record`."""
+        if not ok or self.policy.closed_cache <= 0:
+            return False
+        seen = self._closed_seen.get(target)
+        if seen is None or time.monotonic() - seen >= self.policy.closed_cache:
+            return False
+        self._pending[target] = self._pending.get(target, 0) + 1
+        if self._flusher is None:
+            self._flusher = asyncio.get_running_loop().create_task(
+                self._flush_later(), name="breaker-records")
+        return True
+
+    async def _flush_later(self) -> None:
+        try:
+            await asyncio.sleep(self.record_linger)
+            if self._pending:
+                await self._write([])
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # Redis away: successes are only counts; the next write
+            log.debug("writing queued breaker records failed: %s", exc)  # retries them
+        finally:
+            if self._flusher is asyncio.current_task():
+                self._flusher = None
+
+    async def flush(self) -> None:
+        """Write the queued successes now (on closing, or before reading the state)."""
+        task, self._flusher = self._flusher, None
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+            await asyncio.wait({task})  # a write it had begun gives its items back
+        if self._pending:
+            await self._write([])
+
+    async def close(self) -> None:
+        """Write what is queued, bounded: Redis may be gone."""
+        try:
+            async with asyncio.timeout(2):
+                await self.flush()
+        except Exception as exc:
+            log.debug("breaker records queued at close not written: %s", exc)
+
     async def record(self, target: str, ok: bool) -> None:
-        """Record the outcome of a call to ``target`` that :meth:`before_call` let through.
+        """Record the outcome of a call to ``target`` that :meth:`before_call` let through
+        (after the successes :meth:`record_soon` queued, in the same round trip).
 
         Args:
             ok: False for failures that say the agent is unhealthy (timeouts, transient or
                 agent errors); permanent errors of the input itself should be recorded as True
                 or not recorded. Outcomes arriving while the circuit is open are ignored.
         """
+        await self._write([(target, ok)])
+
+    async def _write(self, outcomes: list[tuple[str, bool]]) -> None:
+        """Write the queued successes, then ``outcomes``, in one script call."""
+        pending, self._pending = self._pending, {}
+        items = [(target, True, n) for target, n in pending.items()]
+        items += [(target, ok, 1) for target, ok in outcomes]
         p = self.policy
-        raw_state, _retry_at, calls, failures, change = await self._record(
-            keys=self._keys(target),
-            args=[1 if ok else 0, self._bucket_ms, self._buckets, p.min_calls,
-                  repr(p.failure_ratio), int(p.cooldown * 1000), p.probes, self._ttl_ms],
-        )
-        self._observe(target, _text(raw_state))
+        keys: list[str] = []
+        args: list[Any] = [self._bucket_ms, self._buckets, p.min_calls, repr(p.failure_ratio),
+                           int(p.cooldown * 1000), p.probes, self._ttl_ms]
+        for target, ok, n in items:
+            keys += self._keys(target)
+            args += [1 if ok else 0, n]
+        try:
+            flat = await self._record(keys=keys, args=args)
+        except BaseException:
+            for target, n in pending.items():  # tried again with the next write
+                self._pending[target] = self._pending.get(target, 0) + n
+            raise
+        for i, (target, _ok, _n) in enumerate(items):
+            raw_state, _retry_at, calls, failures, change = flat[i * 5:i * 5 + 5]
+            self._observe(target, _text(raw_state))
+            self._changed(target, change, calls, failures)
+
+    def _changed(self, target: str, change: int, calls: int, failures: int) -> None:
+        p = self.policy
         if change == 1:
             log.warning("circuit for %s opened: %d of %d calls failed in %gs; refusing calls "
                         "for %gs", target, failures, calls, p.window, p.cooldown)
@@ -284,11 +373,14 @@ class CircuitBreaker:
         An open circuit whose cool-down has passed stays ``"open"`` until the next
         :meth:`before_call` lets a probe through.
         """
+        if self._pending:
+            await self.flush()
         raw = await self.redis.hget(self._keys(target)[0], "state")
         return self._observe(target, _text(raw) if raw is not None else "closed")
 
     async def reset(self, target: str) -> None:
         """Close the circuit of ``target`` and forget its window."""
+        self._pending.pop(target, None)
         await self.redis.delete(*self._keys(target))
         self._observe(target, "closed")
         log.info("circuit for %s reset", target)
@@ -297,6 +389,8 @@ class CircuitBreaker:
     async def snapshot(self) -> dict[str, dict[str, Any]]:
         """Every target with a circuit in this namespace: its state, window counts (or those
         that opened it), and ``opened_at``/``retry_at`` (ISO 8601, UTC) when not closed."""
+        if self._pending:
+            await self.flush()
         prefix = f"{self.namespace}:breaker:"
         escaped = "".join("\\" + c if c in "*?[]\\" else c for c in prefix)
         result: dict[str, dict[str, Any]] = {}

@@ -280,7 +280,10 @@ async def _guarded_send(rt: Runtime, request: AgentRequest, timeout: float) -> A
         rt.bus.emit("agent.answered", {**event, "status": status,
                                        "ms": round((time.perf_counter() - started) * 1000, 3)})
         record_call(rt, request, status, time.perf_counter() - started)  # queued, no I/O
-        await rt.breaker.record(request.target, healthy)
+        # a success seen closed is queued (it cannot change the circuit); anything else is
+        # written before the call returns, so the next call sees the circuit it opened
+        if not rt.breaker.record_soon(request.target, healthy):
+            await rt.breaker.record(request.target, healthy)
 
 
 def _healthy(response: AgentResponse) -> bool:

@@ -151,6 +151,7 @@ class Runtime:
                 process_id = new_process_id()
                 runtime = cls(settings, db, redis, database_url=database_url,
                               process_id=process_id)
+                stack.push_async_callback(runtime.breaker.close)  # its queued records
                 await stack.enter_async_context(runtime.bus)
                 await runtime.locks.start()
                 stack.push_async_callback(runtime.locks.close)

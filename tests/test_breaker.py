@@ -223,3 +223,41 @@ def test_policy_is_validated() -> None:
         BreakerPolicy(probes=0)
     with pytest.raises(ValueError):
         BreakerPolicy(failure_ratio=1.0)
+
+
+async def test_successes_seen_closed_leave_the_call_path_and_still_count_first(
+    make_breaker,
+) -> None:
+    """record_soon queues a success of a circuit seen closed (nothing else); the queued
+    successes are written within the linger on their own, and before a failure that record
+    writes: a failure ratio is never judged without the successes that came before it."""
+    policy = BreakerPolicy(window=5, min_calls=2, failure_ratio=0.5, cooldown=30, probes=2)
+    breaker, other = make_breaker(policy), make_breaker(policy)
+    assert not breaker.record_soon("docs", True)  # never seen: record it now
+    await breaker.before_call("docs")  # closed, seen just now
+    assert not breaker.record_soon("docs", False)  # a failure is always written at once
+    for _ in range(3):
+        assert breaker.record_soon("docs", True)
+    await asyncio.sleep(breaker.record_linger * 10)
+    assert (await other.snapshot())["docs"]["calls"] == 3  # written without a flush
+    await breaker.before_call("code")
+    for _ in range(2):
+        assert breaker.record_soon("code", True)
+    await breaker.record("code", False)
+    await breaker.record("code", False)  # 2 of 4 failed: not above the ratio (2 of 2 would be)
+    snap = (await other.snapshot())["code"]
+    assert (snap["state"], snap["calls"], snap["failures"]) == ("closed", 4, 2)
+    await breaker.record("code", False)  # 3 of 5
+    assert await other.state("code") == "open"
+    assert not breaker.record_soon("code", True)  # seen open
+    uncached = make_breaker(BreakerPolicy(window=5, min_calls=2, closed_cache=0))
+    await uncached.before_call("docs")
+    assert not uncached.record_soon("docs", True)
+
+
+async def test_queued_successes_are_written_on_close(make_breaker) -> None:
+    breaker, other = make_breaker(), make_breaker()
+    await breaker.before_call("docs")
+    assert breaker.record_soon("docs", True) and breaker.record_soon("docs", True)
+    await breaker.close()
+    assert (await other.snapshot())["docs"]["calls"] == 2
