@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.errors import InvalidInput
+from orchestrator.calls import call_agent
+from orchestrator.errors import AgentError, InvalidInput
 from orchestrator.testing import resume, run_until_interrupt
 
-from .support.fixture_repo import git
+from .support.fixture_repo import add_branch, git
 from .support.multi_repo import change_input, make_independent_repos, make_multi_repos, tip
 from .support.processes import ORCHESTRATOR_CMD
 
@@ -189,3 +190,27 @@ def test_the_cli_runs_the_change_from_a_yaml_file(repos, service_env, tmp_path) 
                           f"changes=[{{\"repo\": \"{tmp_path}\", \"source\": \"x\"}}]"],
                          env=service_env, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "is not a git repository" in bad.stderr, bad.stderr
+
+
+async def test_the_cicd_operations_refuse_what_they_must(orchestrator, repos) -> None:
+    lib = repos["lib"]
+    add_branch(lib, "clash", {"tests/test_lib.py": "def test_nothing():\n    pass\n"})
+    (lib / "tests" / "test_lib.py").write_text("def test_other():\n    pass\n")
+    git(lib, "commit", "-qam", "main changes the test")
+    before = tip(lib)
+    clash = await call_agent("cicd", "prepare_merge", {"repo": str(lib), "source": "clash"},
+                             runtime=orchestrator.runtime)
+    assert clash.result["prepared"] is False
+    assert clash.result["conflicts"] == ["tests/test_lib.py"]
+    made = await call_agent("cicd", "prepare_merge", {"repo": str(lib), "source": "change"},
+                            runtime=orchestrator.runtime)
+    assert made.result["prepared"] is True and made.result["target_commit"] == before
+    assert tip(lib) == before  # prepared in the object store: no ref moved
+    move = {"repo": str(lib), "ref": "main", "new": made.result["commit"], "old": before}
+    with pytest.raises(AgentError, match="requires holding its lock"):
+        await call_agent("cicd", "move_ref", move, runtime=orchestrator.runtime)
+    with pytest.raises(AgentError, match=r"\{upstream:nope\}"):
+        await call_agent("cicd", "run_tests", {
+            "repo": str(lib), "ref": "main", "command": "python -m pytest {upstream:nope}"},
+            runtime=orchestrator.runtime)
+    assert tip(lib) == before
