@@ -214,3 +214,25 @@ async def test_the_cicd_operations_refuse_what_they_must(orchestrator, repos) ->
             "repo": str(lib), "ref": "main", "command": "python -m pytest {upstream:nope}"},
             runtime=orchestrator.runtime)
     assert tip(lib) == before
+
+
+def test_a_yaml_input_file_is_read_as_yaml_without_aliases(tmp_path) -> None:
+    import argparse
+    import io
+
+    from orchestrator.cli.exits import UsageError
+    from orchestrator.cli.run_input import parse_input
+
+    good = tmp_path / "change.yml"
+    good.write_text("mode: parallel\nchanges:\n  - {repo: lib, source: change}\n")
+    args = argparse.Namespace(input=str(good), set=["atomic=false"])
+    assert parse_input(args, io.StringIO()) == {
+        "mode": "parallel", "atomic": False, "changes": [{"repo": "lib", "source": "change"}]}
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("a: &a [x, x]\nb: [*a, *a]\n")
+    with pytest.raises(UsageError, match="aliases"):
+        parse_input(argparse.Namespace(input=str(bomb), set=[]), io.StringIO())
+    listed = tmp_path / "list.yaml"
+    listed.write_text("- 1\n")
+    with pytest.raises(UsageError, match="must hold a YAML mapping"):
+        parse_input(argparse.Namespace(input=str(listed), set=[]), io.StringIO())
