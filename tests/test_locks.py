@@ -209,3 +209,39 @@ async def _timed_acquire(rt, resource: str) -> float:
     started = time.monotonic()
     async with rt.locks.acquire(resource, "here", wait_timeout=10):
         return time.monotonic() - started
+
+
+async def test_a_release_notifies_other_processes_only_while_someone_waits(
+    rt, orchestrator_settings,
+) -> None:
+    """A lock nobody waits for (or only a try that does not wait) is released without a NOTIFY;
+    once a waiter was refused, releases NOTIFY until its deadline: a held lock's too."""
+    from psycopg import AsyncConnection
+
+    from orchestrator.locks.waiting import CHANNEL
+
+    async with await AsyncConnection.connect(orchestrator_settings.database_url,
+                                             autocommit=True) as listener:
+        await listener.execute(f"LISTEN {CHANNEL}")
+
+        async def notified(resource: str) -> bool:
+            async for note in listener.notifies(timeout=0.3):
+                if note.payload.endswith(resource):
+                    return True
+            return False
+
+        async with rt.locks.acquire("repo:/quiet", "a"):
+            assert await rt.locks.try_acquire("repo:/quiet", "b", ttl=5) is None
+        assert not await notified("repo:/quiet")
+
+        lease = await rt.locks.try_acquire("repo:/wanted", "a", ttl=30)
+        assert lease is not None
+        waiter = asyncio.create_task(_timed_acquire(rt, "repo:/wanted"))
+        await asyncio.sleep(0.2)
+        assert await rt.locks.release(lease)
+        assert await notified("repo:/wanted")
+        assert await asyncio.wait_for(waiter, 10) < 2.0
+        # within the waiter's deadline (10 s) a workflow's held lock notifies too
+        await rt.locks.hold("repo:/wanted", "workflow:w", 30)
+        assert await rt.locks.release_held("repo:/wanted", "workflow:w")
+        assert await notified("repo:/wanted")

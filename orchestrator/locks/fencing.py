@@ -49,9 +49,11 @@ WHERE namespace = %(ns)s AND resource = %(resource)s AND (holder IS NULL OR expi
 RETURNING token, expires_at"""
 
 # One attempt: take the lock if it is free or expired (creating its row the first time),
-# else report who holds it and for how long. The UPDATE locks only a row it takes, so a
-# refused attempt writes nothing; if it lost a race for a row it saw free (it then holds a
-# row lock until its commit, which is all it wrote), its commit need not wait for the disk.
+# else report who holds it and for how long. The UPDATE locks only a row it takes; a refused
+# attempt of a waiter (``wait`` > 0: seconds it will wait at most) writes only
+# ``wanted_until`` (its deadline, so that releases before then send their NOTIFY), and a
+# refused attempt that will not wait writes nothing. A refused attempt's commit need not wait
+# for the disk (it hands out no token).
 ACQUIRE = """
 WITH taken AS (
     UPDATE resource_locks
@@ -67,6 +69,12 @@ WITH taken AS (
         SELECT 1 FROM resource_locks WHERE namespace = %(ns)s AND resource = %(resource)s)
     ON CONFLICT (namespace, resource) DO NOTHING
     RETURNING token, expires_at
+), wanted AS (
+    UPDATE resource_locks
+    SET wanted_until = GREATEST(wanted_until, now() + make_interval(secs => %(wait)s))
+    WHERE namespace = %(ns)s AND resource = %(resource)s AND %(wait)s > 0
+      AND NOT EXISTS (SELECT 1 FROM taken) AND NOT EXISTS (SELECT 1 FROM created)
+    RETURNING holder, expires_at
 )
 SELECT token, expires_at, NULL::text AS holder, NULL::float8 AS left_s, NULL::text AS sc
 FROM taken
@@ -76,8 +84,13 @@ UNION ALL
 SELECT NULL::bigint, NULL::timestamptz, holder,
        GREATEST(EXTRACT(EPOCH FROM expires_at - now()), 0)::float8,
        set_config('synchronous_commit', 'off', true)
+FROM wanted
+UNION ALL
+SELECT NULL::bigint, NULL::timestamptz, holder,
+       GREATEST(EXTRACT(EPOCH FROM expires_at - now()), 0)::float8,
+       set_config('synchronous_commit', 'off', true)
 FROM resource_locks
-WHERE namespace = %(ns)s AND resource = %(resource)s
+WHERE namespace = %(ns)s AND resource = %(resource)s AND %(wait)s <= 0
   AND NOT EXISTS (SELECT 1 FROM taken) AND NOT EXISTS (SELECT 1 FROM created)"""
 
 # Take a lock from a holder whose process is known to be dead, if it still holds it.

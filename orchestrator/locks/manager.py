@@ -59,20 +59,25 @@ _TIMEOUT = LOCK_ACQUISITIONS.labels("timeout")
 _REFUSED = LOCK_ACQUISITIONS.labels("refused")
 
 # Release (see the module docstring for why its commit does not wait for the disk).
-_RELEASE = """
+# A release wakes the waiters of other processes (NOTIFY) only while one may be waiting
+# (``wanted_until``, sql/016): a lock nobody waits for wakes no listener.
+_NOTIFY_IF_WANTED = ("CASE WHEN wanted_until > now() THEN (SELECT true FROM pg_notify(%s, %s)) "
+                     "ELSE false END AS notified")
+
+_RELEASE = f"""
 UPDATE resource_locks SET holder = NULL, expires_at = NULL
 WHERE namespace = %s AND resource = %s AND holder = %s AND token = %s
-RETURNING pg_notify(%s, %s) AS notified, set_config('synchronous_commit', 'off', true) AS sc"""
+RETURNING {_NOTIFY_IF_WANTED}, set_config('synchronous_commit', 'off', true) AS sc"""
 
 _RENEW = """
 UPDATE resource_locks SET expires_at = now() + make_interval(secs => %s)
 WHERE namespace = %s AND resource = %s AND holder = %s AND token = %s
 RETURNING expires_at"""
 
-_RELEASE_HELD = """
+_RELEASE_HELD = f"""
 UPDATE resource_locks SET holder = NULL, expires_at = NULL
 WHERE namespace = %s AND resource = %s AND holder = %s
-RETURNING pg_notify(%s, %s) AS notified, token"""
+RETURNING {_NOTIFY_IF_WANTED}, token"""
 
 
 @dataclass
@@ -166,15 +171,17 @@ class ResourceLockManager(Waking):
     # -- acquiring -----------------------------------------------------------------------------
 
     async def _attempt(
-        self, resource: str, holder: str, ttl: float, *, first: bool = False
+        self, resource: str, holder: str, ttl: float, *, first: bool = False, wait: float = 0.0
     ) -> tuple[Lease | None, str | None, float]:
         """One attempt: (the lease, None, 0) if taken, else (None, holder, seconds it has left).
 
         The holder is None when the row changed under the attempt: look again at once.
         ``first``: try the plain UPDATE first (the uncontended case: a fifth cheaper than
-        ``fencing.ACQUIRE``), and ``fencing.ACQUIRE`` only if it took nothing.
+        ``fencing.ACQUIRE``), and ``fencing.ACQUIRE`` only if it took nothing. ``wait``: how
+        long the caller will wait for the lock if refused (its releases before then NOTIFY).
         """
-        params = {"ns": self.namespace, "resource": resource, "holder": holder, "ttl": ttl}
+        params = {"ns": self.namespace, "resource": resource, "holder": holder, "ttl": ttl,
+                  "wait": wait}
         async with self.db.pool.connection() as conn:
             if first:
                 cur = await conn.execute(fencing.TAKE, params, prepare=True)
@@ -244,8 +251,9 @@ class ResourceLockManager(Waking):
             # In the queue before looking, so a release during the attempt is not missed.
             fut = self._enqueue(resource, first=contended)
             try:
-                lease, current, left = await self._attempt(resource, holder, ttl,
-                                                           first=not contended)
+                lease, current, left = await self._attempt(
+                    resource, holder, ttl, first=not contended,
+                    wait=max(deadline - time.monotonic(), 0.0))
                 if lease is not None:
                     _ACQUIRED.inc()
                     LOCK_WAIT_SECONDS.observe(time.monotonic() - started)
@@ -343,8 +351,9 @@ class ResourceLockManager(Waking):
             except BaseException:
                 self._forget_own_notify(own)  # if it was sent, let its echo wake a waiter
                 raise
-        if row is None:
+        if row is None or not row["notified"]:
             self._forget_own_notify(own)
+        if row is None:
             return False
         self._wake_one(lease.resource)  # committed: the next waiter here need not wait for NOTIFY
         self._event("lock.released", lease)
@@ -442,8 +451,9 @@ class ResourceLockManager(Waking):
             except BaseException:
                 self._forget_own_notify(own)
                 raise
-        if row is None:
+        if row is None or not row["notified"]:
             self._forget_own_notify(own)
+        if row is None:
             return False
         self._wake_one(resource)
         if self._emit is not None:
