@@ -31,6 +31,7 @@ class Claims:
     response_retention: int
     _responses: Coalescer[tuple[Any, ...], None]
     _claim_many: AsyncScript
+    _convert_many: AsyncScript
     _respond_many: AsyncScript
     _renew_many: AsyncScript
 
@@ -57,42 +58,59 @@ class Claims:
         return stored if stored.request_id == request_id else None
 
     async def claim_or_replay(
-        self, request_id: str, owner: str, ttl_ms: int, attempt: int = 1
+        self, request_id: str, owner: str, ttl_ms: int, attempt: int = 1, message_id: str = ""
     ) -> tuple[str, AgentResponse | None]:
         """Atomically: the stored response a delivery of ``attempt`` gets, if there is one
         (``"stored"``: a success, or an error stored for this same attempt), else a claim on
-        executing the request (``"claimed"``), else ``"busy"`` (another consumer holds it)."""
-        return (await self.claim_many([(request_id, owner, attempt)], ttl_ms))[0]
+        executing the request (``"claimed"``: free, or queued with the delivered stream entry
+        ``message_id``), else ``"busy"`` (another consumer holds it)."""
+        return (await self.claim_many([(request_id, owner, attempt, message_id)], ttl_ms))[0]
 
     async def claim_many(
-        self, claims: Sequence[tuple[str, str, int]], ttl_ms: int
+        self, claims: Sequence[tuple[str, str, int, str]], ttl_ms: int
     ) -> list[tuple[str, AgentResponse | None]]:
-        """:meth:`claim_or_replay` for many (request id, owner, attempt) in one round trip (the
-        requests a consumer read together); one outcome per claim, in order."""
+        """:meth:`claim_or_replay` for many (request id, owner, attempt, message id) in one
+        round trip (the requests a consumer read together); one outcome per claim, in order."""
         if not claims:
             return []
         keys: list[str] = []
         args: list[str | int] = []
-        for request_id, owner, attempt in claims:
+        for request_id, owner, attempt, message_id in claims:
             keys += [self.keys.response(request_id),
                      self.keys.error_response(request_id, attempt),
                      self.keys.inflight(request_id)]
-            args += [owner, ttl_ms]
+            args += [owner, ttl_ms, message_id]
         codes, *stored_blobs = await self._claim_many(keys=keys, args=args)
         blobs = iter(stored_blobs)
         out: list[tuple[str, AgentResponse | None]] = []
-        for (request_id, owner, attempt), kind in zip(claims, to_text(codes), strict=True):
+        for (request_id, owner, attempt, message_id), kind in zip(claims, to_text(codes),
+                                                                   strict=True):
             if kind == "1":
                 stored = self._load_stored(next(blobs), request_id)
                 if stored is None:  # unreadable or unsigned stored answer: execute again
                     await self.redis.delete(self.keys.response(request_id),
                                             self.keys.error_response(request_id, attempt))
-                    out.append(await self.claim_or_replay(request_id, owner, ttl_ms, attempt))
+                    out.append(await self.claim_or_replay(request_id, owner, ttl_ms, attempt,
+                                                          message_id))
                 else:
                     out.append(("stored", stored))
             else:
                 out.append(("claimed" if kind == "2" else "busy", None))
         return out
+
+    async def convert_claims(self, claims: dict[str, tuple[str, str]], ttl_ms: int) -> list[str]:
+        """Make claims queued with their stream entries (request id -> (``q:<message id>``,
+        owner)) their owners' own, with ``ttl_ms``, in one round trip (so that a dead owner is
+        recognised, and renewals find them); returns the request ids whose queued claim was no
+        longer there (answered meanwhile, or lost)."""
+        if not claims:
+            return []
+        ids = list(claims)
+        lost = await self._convert_many(
+            keys=[self.keys.inflight(request_id) for request_id in ids],
+            args=[*(owner for _, owner in claims.values()),
+                  *(queued for queued, _ in claims.values()), ttl_ms])
+        return [ids[int(i) - 1] for i in lost]
 
     async def renew_execution(self, request_id: str, owner: str, ttl_ms: int) -> None:
         await self.renew_executions({request_id: owner}, ttl_ms)

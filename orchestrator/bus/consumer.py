@@ -15,7 +15,7 @@ from redis.exceptions import ResponseError
 
 from ..messages import PRIORITIES, AgentRequest
 from .keys import BusKeys
-from .wire import FIELD, SIG, DecodeFailure, decode_request, to_text, verified
+from .wire import CLAIM, FIELD, SIG, DecodeFailure, decode_request, to_text, verified
 
 __all__ = ["BlockingReader", "Consumer", "Delivery"]
 
@@ -38,6 +38,15 @@ class Delivery:
     #: deadline, a bad field) but names both: its requester is told of the dead letter
     #: instead of waiting out its timeout
     answer_to: tuple[str, str] | None = None
+    #: the entry was sent with its execution claim queued (``q:<message id>``; see
+    #: ``SEND_LUA``): its first delivery holds that claim without claiming it
+    queued_claim: bool = False
+
+    @property
+    def holds_queued_claim(self) -> bool:
+        """Whether this delivery holds its entry's queued claim: the stream's first delivery
+        of an entry sent with one (a later delivery claims it, see ``CLAIM_MANY_LUA``)."""
+        return self.queued_claim and self.delivery_count == 1 and self.request is not None
 
 
 class BlockingReader:
@@ -136,18 +145,21 @@ class Consumer:
             stream, n = to_text(flat[i]), int(flat[i + 1])
             i += 2
             for _ in range(n):
-                mid, raw, sig = flat[i], flat[i + 1], flat[i + 2]
-                i += 3
+                mid, raw, sig, claim = flat[i], flat[i + 1], flat[i + 2], flat[i + 3]
+                i += 4
                 fields = {FIELD: raw} if raw is not None else {}
                 if sig is not None:
                     fields[SIG] = sig
+                if claim is not None:
+                    fields[CLAIM] = claim
                 out.append(self._delivery(stream, to_text(mid), fields, 1))
         return out
 
     def _delivery(self, stream: str, mid: str, fields: dict[bytes, bytes], count: int) -> Delivery:
         raw, sig = fields.get(FIELD), fields.get(SIG)
         try:
-            return Delivery(stream, mid, decode_request(fields, self.secret), raw, None, sig, count)
+            return Delivery(stream, mid, decode_request(fields, self.secret), raw, None, sig, count,
+                            queued_claim=fields.get(CLAIM) == b"1")
         except DecodeFailure as exc:
             return Delivery(stream, mid, None, raw, str(exc), sig, count,
                             self._answer_address(fields))

@@ -20,6 +20,7 @@ from .keys import BusKeys
 from .requester import Requester
 from .scripts import (
     CLAIM_MANY_LUA,
+    CONVERT_LUA,
     POLL_REPLIES_LUA,
     READ_LUA,
     RENEW_LUA,
@@ -71,13 +72,13 @@ class EventBus(Requester, Consumer, Claims, DeadLetters, Events):
                                         secret=self.secret, maxlen=events_maxlen)
         # Writes made by many tasks at once go out together (see Coalescer).
         self._claim_many = redis.register_script(CLAIM_MANY_LUA)
+        self._convert_many = redis.register_script(CONVERT_LUA)
         self._respond_many = redis.register_script(RESPOND_LUA)
         self._read_new = redis.register_script(READ_LUA)
         self._renew_many = redis.register_script(RENEW_LUA)
         self._send_many = redis.register_script(SEND_LUA)
         self._poll_replies = redis.register_script(POLL_REPLIES_LUA)
-        self._sends: Coalescer[tuple[str, dict[bytes, bytes]], Any] = Coalescer(
-            self._flush_sends, "bus-sends")
+        self._sends: Coalescer[Any, Any] = Coalescer(self._flush_sends, "bus-sends")
         self._responses: Coalescer[tuple[Any, ...], None] = Coalescer(
             self._flush_responses, "bus-responses")
 

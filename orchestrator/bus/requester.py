@@ -7,6 +7,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
@@ -26,6 +27,22 @@ __all__ = ["Requester"]
 log = logging.getLogger(__name__)
 
 _REPLY_BATCH = 500
+#: How long a claim queued with a request outlives the request's deadline: no consumer starts
+#: a request after its deadline, so the claim lasts as long as its entry can be executed, with
+#: this much room for the clocks of requester, Redis and worker to differ.
+QUEUED_CLAIM_MARGIN_S = 60.0
+
+# (request stream, encoded fields, request id, attempt, queued claim ttl ms)
+_Send = tuple[str, dict[bytes, bytes], str, int, int]
+
+
+def _claim_ttl_ms(request: AgentRequest) -> int:
+    """The ttl of the execution claim queued with ``request`` (0: none, for a request
+    without a deadline: its consumer claims it when it reads it)."""
+    if request.deadline is None:
+        return 0
+    left = (request.deadline - datetime.now(UTC)).total_seconds()
+    return int((max(left, 0.0) + QUEUED_CLAIM_MARGIN_S) * 1000)
 _TRIM_EVERY = 200
 _TRIM_AFTER_S = 1.0
 
@@ -41,7 +58,7 @@ class Requester:
     requests_maxlen: int
     _waiters: dict[str, asyncio.Future[AgentResponse]]
     _closing: bool
-    _sends: Coalescer[tuple[str, dict[bytes, bytes]], Any]
+    _sends: Coalescer[_Send, Any]
     _send_many: AsyncScript
     _poll_replies: AsyncScript
 
@@ -58,14 +75,19 @@ class Requester:
             fut = asyncio.get_running_loop().create_future()
             self._waiters[request.request_id] = fut
         await self._sends.submit((self.keys.requests(request.target, request.priority),
-                                  encode(request, self.secret)))
+                                  encode(request, self.secret), request.request_id,
+                                  request.attempt, _claim_ttl_ms(request)))
         return fut
 
-    async def _flush_sends(self, items: list[tuple[str, dict[bytes, bytes]]]) -> list[Any]:
+    async def _flush_sends(self, items: list[_Send]) -> list[Any]:
+        keys: list[str] = []
         args: list[bytes | int] = [self.requests_maxlen]
-        for _stream, fields in items:
-            args += [fields[FIELD], fields.get(SIG, b"")]
-        failed = await self._send_many(keys=[stream for stream, _ in items], args=args)
+        for stream, fields, request_id, attempt, ttl_ms in items:
+            keys += [stream, self.keys.response(request_id),
+                     self.keys.error_response(request_id, attempt),
+                     self.keys.inflight(request_id)]
+            args += [fields[FIELD], fields.get(SIG, b""), ttl_ms]
+        failed = await self._send_many(keys=keys, args=args)
         outcomes: list[Any] = [None] * len(items)
         for index, problem in zip(failed[::2], failed[1::2], strict=True):
             outcomes[int(index)] = ResponseError(to_text(problem))

@@ -11,10 +11,13 @@ from pydantic import ValidationError
 from ..errors import ErrorCode, OrchestratorError
 from ..messages import AgentRequest, AgentResponse, Event
 
-__all__ = ["DecodeFailure", "FIELD", "SIG", "decode_request", "encode", "to_text", "verified"]
+__all__ = ["CLAIM", "DecodeFailure", "FIELD", "SIG", "decode_request", "encode", "to_text",
+           "verified"]
 
 FIELD = b"m"
 SIG = b"s"
+#: set (to ``1``) on a request entry sent with its execution claim queued (see SEND_LUA)
+CLAIM = b"c"
 
 
 def to_text(value: bytes | str) -> str:

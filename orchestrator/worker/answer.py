@@ -45,7 +45,7 @@ class _Answering(_Claims, _Executing):
                                        reason=delivery.problem or "undecodable")
             return
         if delivery.delivery_count > self.max_deliveries and not await self._claim_live(
-            request.request_id
+            request.request_id, delivery.message_id
         ):
             BUS_DEAD_LETTERS.labels(agent.agent_type, "max_deliveries").inc()
             reason = (f"delivered {delivery.delivery_count} times (max_deliveries is "
@@ -59,7 +59,8 @@ class _Answering(_Claims, _Executing):
                 (state, stored), claimed = claimed, None
             else:
                 state, stored = await self.bus.claim_or_replay(
-                    request.request_id, claim, self.claim_ttl_ms, request.attempt)
+                    request.request_id, claim, self.claim_ttl_ms, request.attempt,
+                    delivery.message_id)
                 if state == "claimed":
                     self._executing.add(request.request_id)
                     self._claims[request.request_id] = claim
@@ -96,10 +97,12 @@ class _Answering(_Claims, _Executing):
                         request, agent_id, earlier), agent_type=agent.agent_type, store=False)
                     return
             response = await self._execute(agent, agent_id, request)
+            self._release_queued(request.request_id)  # the answer ends an unconverted claim
             await self._respond_through_outage(delivery, request, response, agent.agent_type)
         finally:
             self._executing.discard(request.request_id)
             self._claims.pop(request.request_id, None)
+            self._release_queued(request.request_id)
         self.handled += 1
 
     async def _respond_through_outage(

@@ -16,6 +16,11 @@ from .state import _WorkerState
 
 log = logging.getLogger(__name__)
 
+#: How long a handler runs on the claim queued with its request before that claim is made its
+#: worker's own: as soon as it first waits. A handler that returns without waiting (a no-op,
+#: a refusal) is answered first, which ends the claim: no round trip at all.
+CONVERT_AFTER_S = 0.0
+
 
 class _Claims(_WorkerState):
     async def _claim_batch(
@@ -24,21 +29,28 @@ class _Claims(_WorkerState):
         """Claim the readable first deliveries among ``deliveries`` together; by message id.
         The others (and all of them when Redis fails here) are claimed by their own tasks."""
         claim = self._claim_prefix + self.agent_ids[agent.agent_type]
-        batch = [d for d in deliveries if d.request is not None
-                 and d.delivery_count <= self.max_deliveries]
+        out: dict[str, tuple[str, AgentResponse | None]] = {}
+        batch = []
+        for d in deliveries:
+            if d.request is None or d.delivery_count > self.max_deliveries:
+                continue
+            if d.holds_queued_claim and d.request.request_id not in self._executing:
+                self._hold_queued(d.request.request_id, d.message_id, claim)
+                out[d.message_id] = ("claimed", None)
+            else:
+                batch.append(d)
         if not batch:
-            return {}
+            return out
         try:
             outcomes = await self.bus.claim_many(
-                [(d.request.request_id, claim, d.request.attempt)
+                [(d.request.request_id, claim, d.request.attempt, d.message_id)
                  for d in batch if d.request is not None],
                 self.claim_ttl_ms)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             log.warning("claiming %d %s requests failed: %s", len(batch), agent.agent_type, exc)
-            return {}
-        out = {}
+            return out
         for delivery, outcome in zip(batch, outcomes, strict=True):
             if outcome[0] == "claimed" and delivery.request is not None:
                 # running here from now on (see _claim_live), renewed until answered
@@ -47,13 +59,75 @@ class _Claims(_WorkerState):
             out[delivery.message_id] = outcome
         return out
 
-    async def _claim_live(self, request_id: str) -> bool:
-        """Whether a live consumer holds the execution claim on ``request_id``."""
+    def _hold_queued(self, request_id: str, message_id: str, owner: str) -> None:
+        """Run ``request_id`` on the claim its stream entry ``message_id`` was sent with
+        (``q:<message id>``, taken atomically with the entry: SEND_LUA), delivered here first:
+        no round trip before its handler. A handler still running once it first waits has the
+        claim made ``owner``'s (then renewed like any claim, and a dead owner recognised at
+        once, as before); one that returned already is answered, which ends the claim.
+
+        Should this process die before the conversion lands (a handler's first steps), the
+        claim stays queued: its entry, taken over by a reclaimer after the visibility timeout,
+        carries it on (CLAIM_MANY_LUA); a re-sent copy of the request waits for that."""
+        self._executing.add(request_id)
+        self._queued[request_id] = (f"q:{message_id}", owner)
+        self._convert_timers[request_id] = asyncio.get_running_loop().call_later(
+            CONVERT_AFTER_S, self._convert_due, request_id)
+
+    def _release_queued(self, request_id: str) -> None:
+        """The handler ended: its queued claim (if unconverted) ended with its answer."""
+        self._queued.pop(request_id, None)
+        self._due.discard(request_id)
+        timer = self._convert_timers.pop(request_id, None)
+        if timer is not None:
+            timer.cancel()
+
+    def _convert_due(self, request_id: str) -> None:
+        self._convert_timers.pop(request_id, None)
+        if request_id not in self._queued:
+            return
+        self._due.add(request_id)
+        if self._converter is None:
+            self._converter = asyncio.create_task(self._convert(), name="claim-converter")
+
+    async def _convert(self) -> None:
+        """Convert the due queued claims, all in one round trip a time (until none is due)."""
+        try:
+            while self._due:
+                due = {r: self._queued[r] for r in self._due if r in self._queued}
+                self._due.clear()
+                if not due:
+                    continue
+                try:
+                    lost = set(await self.bus.convert_claims(due, self.claim_ttl_ms))
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # tried again in a moment: the queued claim lasts
+                    log.warning("converting %d queued claims failed: %s", len(due), exc)
+                    await asyncio.sleep(CONVERT_AFTER_S)
+                    self._due.update(r for r in due if r in self._queued)
+                    continue
+                for request_id, (queued, owner) in due.items():
+                    if self._queued.pop(request_id, None) is None:
+                        continue  # answered meanwhile: its claim ended with it
+                    if request_id in lost:
+                        self._claims[request_id] = queued
+                        self._claim_lost(request_id, queued)
+                    else:
+                        self._claims[request_id] = owner  # renewed from now on
+        finally:
+            self._converter = None
+
+    async def _claim_live(self, request_id: str, message_id: str = "") -> bool:
+        """Whether a live consumer holds the execution claim on ``request_id``. A claim queued
+        with the stream entry ``message_id`` being handled here is not: the stream delivered
+        that entry here, so whoever had it before let it go (it is dropped)."""
         owner = await self.bus.claim_owner(request_id)
         if owner is None:
             return False
         ours = owner.startswith(self._claim_prefix) and request_id not in self._executing
-        if ours or _owner_dead(owner):  # ours but not running here: left by a failed attempt
+        left = bool(message_id) and owner == f"q:{message_id}"
+        if ours or left or _owner_dead(owner):  # ours but not running here: a failed attempt
             await self.bus.break_claim(request_id, owner)
             return False
         return True

@@ -75,6 +75,13 @@ class _WorkerState:
         self._inflight: set[asyncio.Task[None]] = set()
         self._executing: set[str] = set()  # request ids this process is executing now
         self._claims: dict[str, str] = {}  # request id -> claim, of handlers running now
+        # request id -> (its queued claim "q:<message id>", the owner it becomes) of handlers
+        # running on the claim their entry was sent with, until it is converted (see
+        # _Claims._hold_queued), and the timers that convert them
+        self._queued: dict[str, tuple[str, str]] = {}
+        self._convert_timers: dict[str, asyncio.TimerHandle] = {}
+        self._converter: asyncio.Task[None] | None = None
+        self._due: set[str] = set()
         # message id -> (stream, agent type) of the deliveries being handled here: their idle
         # time is kept fresh (see _renew_claims), so no reclaimer takes them over
         self._running: dict[str, tuple[str, str]] = {}
