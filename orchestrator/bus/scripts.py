@@ -5,6 +5,7 @@ __all__ = [
     "BREAK_LUA",
     "CLAIM_MANY_LUA",
     "CONVERT_LUA",
+    "PUBLISH_LUA",
     "POLL_REPLIES_LUA",
     "READ_LUA",
     "RENEW_LUA",
@@ -199,4 +200,15 @@ return lost
 BREAK_LUA = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
+"""
+
+# Append events to the events stream (KEYS[1]), in order, in one command: ARGV[1] is the
+# stream's cap, then per event its 'm' and 's' ('' when unsigned) fields.
+PUBLISH_LUA = """
+local cap = ARGV[1]
+for i = 2, #ARGV, 2 do
+  if ARGV[i + 1] == '' then redis.call('XADD', KEYS[1], 'MAXLEN', '~', cap, '*', 'm', ARGV[i])
+  else redis.call('XADD', KEYS[1], 'MAXLEN', '~', cap, '*', 'm', ARGV[i], 's', ARGV[i + 1]) end
+end
+return (#ARGV - 1) / 2
 """
