@@ -30,7 +30,8 @@ def run_cli(*argv: str, stdin: str = "") -> tuple[int, str, str]:
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["run", "no_such_flow"], "unknown workflow 'no_such_flow'; known workflows: parallel_docs"),
+        (["run", "no_such_flow"], "unknown workflow 'no_such_flow'; known workflows: multi_repo_change, "
+         "parallel_docs"),
         (["run", "parallel_docs", "--set", "package=json"], "missing input field 'output'"),
         (["run", "parallel_docs", "--set", "package=/does/not/exist", "--set", "output=x"],
          "package folder /does/not/exist does not exist"),

@@ -132,7 +132,7 @@ _BARRIER = '''import os
 import time
 from pathlib import Path
 
-BARRIER = Path({folder!r})
+BARRIER = Path({folder!r})  # noqa: E501
 
 
 def test_runs_beside_the_others():
