@@ -152,6 +152,7 @@ class Runtime:
                 runtime = cls(settings, db, redis, database_url=database_url,
                               process_id=process_id)
                 stack.push_async_callback(runtime.breaker.close)  # its queued records
+                stack.push_async_callback(_flush_learning, runtime)  # queued call records
                 await stack.enter_async_context(runtime.bus)
                 await runtime.locks.start()
                 stack.push_async_callback(runtime.locks.close)
@@ -256,3 +257,11 @@ def emit_event(event_type: str, data: dict[str, Any]) -> None:
     except RuntimeError:  # not inside a graph node
         thread_id = None
     runtime.bus.emit(event_type, {"thread_id": thread_id, **data})
+
+
+async def _flush_learning(runtime: Runtime) -> None:
+    """Write the agent-call records still queued (before the pool they are written with
+    closes)."""
+    from .learning.store import flush_calls
+
+    await flush_calls(runtime)

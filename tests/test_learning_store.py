@@ -12,6 +12,7 @@ from orchestrator.state.db import Database
 from orchestrator.state.migrations import migrate
 from psycopg import OperationalError
 
+from orchestrator.facade import Orchestrator
 from orchestrator.learning.store import (
     RECORD_FAILURES,
     CallRecorder,
@@ -221,3 +222,18 @@ async def test_forget_deletes_a_service_or_everything(store) -> None:
                                     "learn_reviews": 1}
     assert await store.healing_stats() == [] and await store.review_stats() == []
 
+
+
+async def test_call_records_queued_when_the_runtime_closes_are_written(orchestrator_settings,
+                                                                      store) -> None:
+    """Closing the runtime writes what is still queued before its pool closes (a process that
+    ends right after a workflow keeps the records of its last calls)."""
+    sims = SimServices()
+    sims.add("web", seed=1)
+    async with Orchestrator(orchestrator_settings, agents=[sims.agent()]) as orch:
+        result = await orch.run("self_healing", sims.heal_input("web"))  # healthy: one probe
+        lost_before = failures("calls")
+    rows = await store.db.fetch("SELECT request_type FROM learn_calls WHERE namespace = %s "
+                                "AND thread_id = %s", (store.namespace, result.thread_id))
+    assert [r["request_type"] for r in rows] == ["probe"]
+    assert failures("calls") == lost_before
