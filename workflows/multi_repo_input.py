@@ -28,10 +28,7 @@ from orchestrator.contracts.cicd import UPSTREAM_NAME, Command
 from orchestrator.contracts.repos import (
     GitRef,
     RepoPath,
-    RepositoryError,
-    branch_commit,
-    commit_of,
-    dirty_target,
+    merge_refs_problem,
     repository_top,
 )
 from orchestrator.llm import BudgetPolicy
@@ -67,17 +64,7 @@ class Change(BaseModel):
         if self.name is None:
             self.name = Path(self.repo).name
         where = f"change {self.name!r}"
-        try:
-            commit_of(self.repo, self.source)
-        except RepositoryError as exc:
-            raise ValueError(f"{where}: source {exc}") from None
-        try:
-            branch_commit(self.repo, self.target)
-        except RepositoryError as exc:
-            raise ValueError(f"{where}: target {exc}") from None
-        if self.source == self.target:
-            raise ValueError(f"{where}: source and target are the same branch")
-        problem = dirty_target(self.repo, self.target)
+        problem = merge_refs_problem(self.repo, self.source, self.target)
         if problem:
             raise ValueError(f"{where}: {problem}")
         return self

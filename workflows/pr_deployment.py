@@ -50,10 +50,7 @@ from orchestrator.contracts.conflicts import RESOLVE_CONFLICT, ResolveConflict
 from orchestrator.contracts.repos import (
     GitRef,
     RepoPath,
-    RepositoryError,
-    branch_commit,
-    commit_of,
-    dirty_target,
+    merge_refs_problem,
     repo_lock,
     repository_top,
 )
@@ -97,17 +94,7 @@ class PRDeploymentInput(BaseModel):
 
     @model_validator(mode="after")
     def _refs(self) -> PRDeploymentInput:
-        try:
-            commit_of(self.repo, self.source)
-        except RepositoryError as exc:
-            raise ValueError(f"source {exc}") from None
-        try:
-            branch_commit(self.repo, self.target)
-        except RepositoryError as exc:
-            raise ValueError(f"target {exc}") from None
-        if self.source == self.target:
-            raise ValueError("source and target are the same branch")
-        problem = dirty_target(self.repo, self.target)
+        problem = merge_refs_problem(self.repo, self.source, self.target)
         if problem:
             raise ValueError(problem)
         return self

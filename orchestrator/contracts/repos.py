@@ -25,7 +25,8 @@ from pydantic import AfterValidator, Field
 from orchestrator.childenv import child_environment
 
 __all__ = ["GIT_ENV", "GitRef", "RepoPath", "RepositoryError", "branch_commit", "checked_out",
-           "commit_of", "dirty_target", "repo_lock", "repository_top", "run_git", "uncommitted"]
+           "commit_of", "dirty_target", "merge_refs_problem", "repo_lock", "repository_top",
+           "run_git", "uncommitted"]
 
 GIT_ENV: dict[str, str] = {"GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C"}
 """Added to every git child's environment: never ask for credentials, messages in English."""
@@ -145,6 +146,23 @@ def dirty_target(repo: str | Path, target: str) -> str | None:
     return (f"target {target!r} is checked out in {repo} with uncommitted changes to {shown}; "
             f"commit or stash them (git -C {shlex.quote(str(repo))} stash), or check out "
             "another branch there, then run again")
+
+
+def merge_refs_problem(repo: str | Path, source: str, target: str) -> str | None:
+    """Why ``source`` cannot be merged into ``target`` of ``repo`` as a delivery, or None:
+    ``source`` must name a commit, ``target`` an existing branch other than ``source``, and
+    ``target``, when checked out in the work tree, must have no uncommitted changes there."""
+    try:
+        commit_of(repo, source)
+    except RepositoryError as exc:
+        return f"source {exc}"
+    try:
+        branch_commit(repo, target)
+    except RepositoryError as exc:
+        return f"target {exc}"
+    if source == target:
+        return "source and target are the same branch"
+    return dirty_target(repo, target)
 
 
 def repo_lock(repo: str | Path) -> str:
