@@ -57,6 +57,7 @@ from .results import (
 )
 from .runtime import ATTEMPT_KEY, Runtime, use_runtime
 from .settings import Settings
+from .tasks import cancel_and_wait, cancel_requested
 
 __all__ = ["Orchestrator", "RunResult", "Progress", "WorkflowDetails", "HistoryEntry"]
 
@@ -112,9 +113,8 @@ class Orchestrator:
     async def __aexit__(self, *exc: object) -> None:
         # the events still queued are sent when the runtime's bus closes (within bounds)
         if self._heartbeat is not None:
-            self._heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._heartbeat
+            # a cancellation a library swallowed mid-heartbeat ends the loop at its next turn
+            await cancel_and_wait(self._heartbeat)
         if self._stack is not None:
             await self._stack.aclose()
         self._stack = None
@@ -486,7 +486,9 @@ class Orchestrator:
     # -- owners --------------------------------------------------------------------------------
 
     async def _heartbeat_loop(self) -> None:
-        while True:
+        # ends on a cancellation even when the database driver swallowed it (closing waits
+        # for this task: a loop that went on would hold the close forever)
+        while not cancel_requested():
             await asyncio.sleep(self.settings.workflow_lease / 3)
             try:
                 await self.runtime.workflows.heartbeat(self.owner)

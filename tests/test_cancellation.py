@@ -85,3 +85,32 @@ async def test_closing_a_coalescer_does_not_swallow_the_callers_cancellation() -
     done, _ = await asyncio.wait({task}, timeout=3)
     assert done == {task} and task.cancelled()
     assert not went_on.is_set(), "close() swallowed the owner's cancellation"
+
+
+async def test_closing_the_facade_ends_a_heartbeat_whose_cancellation_was_swallowed(
+        orchestrator_settings) -> None:
+    """A heartbeat write that swallows the cancellation (as a driver can when the cancel
+    lands as its query completes) used to leave the lease loop running, and closing the
+    Orchestrator waited for it forever."""
+    from orchestrator.facade import Orchestrator
+
+    settings = orchestrator_settings.model_copy(update={"workflow_lease": 0.15})
+    orch = Orchestrator(settings, agents=[])
+    await orch.__aenter__()
+    store = orch.runtime.workflows
+    real = store.heartbeat
+    beating = asyncio.Event()
+
+    async def swallowing_heartbeat(owner: str) -> Any:
+        beating.set()
+        try:
+            await asyncio.sleep(0.2)  # the cancel lands while this "query" runs
+            return await real(owner)
+        except asyncio.CancelledError:
+            return 0
+
+    store.heartbeat = swallowing_heartbeat  # type: ignore[method-assign]
+    await asyncio.wait_for(beating.wait(), 5)
+    async with asyncio.timeout(5):
+        await orch.__aexit__(None, None, None)
+    assert orch._heartbeat is not None and orch._heartbeat.done()
