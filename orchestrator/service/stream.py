@@ -23,7 +23,6 @@ client gets ``event: reload`` first, then live events.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 from collections.abc import AsyncIterator
@@ -42,6 +41,7 @@ from orchestrator.bus.keys import BusKeys
 from orchestrator.bus.wire import DecodeFailure, to_text, verified
 from orchestrator.errors import InvalidInput
 from orchestrator.messages import Event
+from orchestrator.tasks import cancel_and_wait, cancel_requested
 
 if TYPE_CHECKING:
     from orchestrator.runtime import Runtime
@@ -167,9 +167,7 @@ class EventHub:
     async def stop(self) -> None:
         """Stop reading and end every subscriber's response."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
         for sub in list(self.subscribers):
             self._end(sub)
@@ -224,7 +222,7 @@ class EventHub:
     async def _read(self) -> None:
         assert self._conn is not None
         failures = 0
-        while True:
+        while not cancel_requested():  # redis-py can swallow a cancel that lands as a read ends
             try:
                 replies = await self._conn.xread({self.keys.events: self._position},
                                                  count=self.batch, block=self.block_ms)
