@@ -7,12 +7,12 @@ nothing and raises :class:`StaleWorkflowVersion`.
 from __future__ import annotations
 
 import logging
-from contextlib import AbstractAsyncContextManager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol
 
+import psycopg
 from orchestrator.state.db import Database, Row
 from orchestrator.state.errors import (
     CheckpointNotFound,
@@ -20,11 +20,10 @@ from orchestrator.state.errors import (
     WorkflowExists,
     WorkflowNotFound,
 )
-from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
 
 __all__ = ["WorkflowRecord", "WorkflowStateManager", "WorkflowStatus", "NamedCheckpoint",
-           "WriteFence", "WRITE_FENCE"]
+           "WriteFence", "WRITE_FENCE", "FENCE_CALL", "INSERT_WORKFLOW"]
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +38,9 @@ class WriteFence(Protocol):
     lease of the service's run that executes the thread
     (:class:`orchestrator.service.fencing.Fence`)."""
 
-    def guard(self, conn: AsyncConnection[Row], what: str) -> AbstractAsyncContextManager[None]:
-        """A pipeline on ``conn`` whose writes commit only if the fence holds (else it
-        raises), in one implicit transaction."""
+    @property
+    def params(self) -> tuple[Any, ...]:
+        """The parameters of :data:`FENCE_CALL`."""
         ...
 
     async def check(self, cur: Any) -> None:
@@ -59,6 +58,20 @@ class WriteFence(Protocol):
         ...
 
 
+#: The check as a ``FROM`` item of a write's own statement (with :attr:`WriteFence.params`):
+#: one row when the run's lease still holds, else it raises (``sql/006_runs.sql``), taking
+#: a share lock on the run's row until the write commits.
+FENCE_CALL = "orchestrator_fence(%s::bigint, %s::bigint, %s::text)"
+
+#: A new workflow row at version 1 (thread id, namespace, type, status, input, owner); nothing
+#: when the thread id is taken. Also the first half of the service's submit (one statement
+#: with its run: :meth:`orchestrator.service.queue.RunQueue.submit`).
+INSERT_WORKFLOW = """
+    INSERT INTO workflows (thread_id, namespace, workflow_type, status, input, owner,
+                           heartbeat_at)
+    VALUES (%s, %s, %s, %s, %s, %s, now())
+    ON CONFLICT (thread_id) DO NOTHING"""
+
 #: The fence of the run the current task executes, set by the service around a run; ``None``
 #: everywhere else (the CLI, Python use), where writes are unfenced.
 WRITE_FENCE: ContextVar[WriteFence | None] = ContextVar("orchestrator_write_fence", default=None)
@@ -67,6 +80,7 @@ WORKFLOW_COLUMNS = _COLUMNS = (
     "thread_id, namespace, workflow_type, status, current_step, participating_agents, input, "
     "result, error, owner, heartbeat_at, version, created_at, updated_at, attempt"
 )
+_COLUMN_NAMES = tuple(_COLUMNS.split(", "))
 _UPDATABLE = frozenset(
     {"status", "current_step", "participating_agents", "result", "error", "owner", "heartbeat_at",
      "attempt"}
@@ -129,26 +143,16 @@ class WorkflowStateManager:
         input: dict[str, Any],
         *,
         owner: str | None,
-        status: Literal["running", "queued"] = "running",
-        conn: AsyncConnection[Row] | None = None,
     ) -> WorkflowRecord:
-        """Insert a new workflow at version 1: ``running`` under ``owner``, or ``queued`` for
-        the service (on ``conn``, in the transaction that queues its start).
+        """Insert a new workflow at version 1, ``running`` under ``owner`` (the service queues
+        one with its run: :meth:`orchestrator.service.queue.RunQueue.submit`).
 
         Raises:
             WorkflowExists: a workflow with this thread id already exists (a ValueError).
         """
-        query = f"""
-            INSERT INTO workflows (thread_id, namespace, workflow_type, status, input, owner,
-                                   heartbeat_at)
-            VALUES (%s, %s, %s, %s, %s, %s, now())
-            ON CONFLICT (thread_id) DO NOTHING
-            RETURNING {_COLUMNS}"""
-        params = (thread_id, self.namespace, workflow_type, status, Jsonb(input), owner)
-        if conn is None:
-            row = await self.db.fetchone(query, params)
-        else:
-            row = await (await conn.execute(query, params)).fetchone()
+        query = f"{INSERT_WORKFLOW} RETURNING {_COLUMNS}"
+        row = await self.db.fetchone(
+            query, (thread_id, self.namespace, workflow_type, "running", Jsonb(input), owner))
         if row is None:
             raise WorkflowExists(thread_id)
         return WorkflowRecord.from_row(row)
@@ -199,17 +203,22 @@ class WorkflowStateManager:
             assignments.append(f"{key} = %s")
             params.append(Jsonb(value) if key in _JSON and value is not None else value)
         assignments += ["version = version + 1", "updated_at = now()"]
+        # in a run of the service, the fence's check is the statement's FROM item: one
+        # statement checks and updates (a refused check changes nothing)
+        fence = WRITE_FENCE.get()
         query = f"""
             UPDATE workflows SET {", ".join(assignments)}
+            {"" if fence is None else f"FROM {FENCE_CALL} AS fence"}
             WHERE thread_id = %s AND namespace = %s AND version = %s
-            RETURNING {_COLUMNS}"""
-        values = (*params, thread_id, self.namespace, expected_version)
-        fence = WRITE_FENCE.get()
-        if fence is None:
+            RETURNING {", ".join(f"workflows.{c}" for c in _COLUMN_NAMES)}"""
+        values = (*params, *(() if fence is None else fence.params), thread_id,
+                  self.namespace, expected_version)
+        try:
             row = await self.db.fetchone(query, values)
-        else:  # one round trip: the fence check and the update, pipelined in one transaction
-            async with self.db.connection() as conn, fence.guard(conn, "workflow"):
-                row = await (await conn.execute(query, values)).fetchone()
+        except psycopg.Error as exc:
+            if fence is None or (refused := fence.refusal(exc, "workflow")) is None:
+                raise
+            raise refused from None
         if row is not None:
             return WorkflowRecord.from_row(row)
         current = await self.get(thread_id)  # raises WorkflowNotFound

@@ -329,3 +329,30 @@ async def test_queued_retried_and_dead_runs_are_in_the_events_stream(
                                  ("run.queued", replayed.run_id, "bo", None)]
     assert events[-1].data["workflow_type"] == "approval"
     assert "went away" in events[-2].data["error"]["message"]
+
+
+async def test_an_ended_run_wakes_the_runners_only_when_a_run_of_its_thread_waits(
+    service: RunService,
+) -> None:
+    """A run's end tells the runners (NOTIFY) only when its thread has a run queued behind it,
+    which its end made claimable; a notification for nothing costs every runner a claim."""
+    notes = service.queue.listen()
+    note = asyncio.ensure_future(anext(notes))
+    await asyncio.sleep(0.2)  # LISTEN is issued by the first anext
+    await service.submit("approval", {"change": "x"}, f"{P}n-1")
+    assert await asyncio.wait_for(note, 5) == "run"  # the submit's
+    alone = await _claim_until(service.queue, "r1")
+    note = asyncio.ensure_future(anext(notes))
+    assert await service.queue.finish(alone, "r1", outcome="interrupted")
+    done, _ = await asyncio.wait({note}, timeout=0.5)
+    assert not done, "the end of a run with nothing behind it woke the runners"
+
+    await service.submit("approval", {"change": "y"}, f"{P}n-2")
+    assert await asyncio.wait_for(note, 5) == "run"
+    running = await _claim_until(service.queue, "r1")
+    await service.cancel(f"{P}n-2")  # a cancel run queued behind the running one
+    assert await asyncio.wait_for(anext(notes), 5) == "run"
+    assert await asyncio.wait_for(anext(notes), 5) == f"cancel:{P}n-2"
+    assert await service.queue.finish(running, "r1", outcome="interrupted")
+    assert await asyncio.wait_for(anext(notes), 5) == "run"
+    await notes.aclose()

@@ -11,10 +11,12 @@ transaction is rolled back and the write refused with :class:`LeaseLost`, logged
 until the write commits, so a takeover (sweep, then a claim with a new epoch) happens wholly
 before or wholly after each write.
 
-A checkpoint write's check is part of its first statement (:meth:`Fence.cursor`): the saver's
-``INSERT ... VALUES (...)`` becomes ``INSERT ... SELECT ... FROM orchestrator_fence(...)``, so
-a fenced write sends as many statements as an unfenced one. Any other first statement gets
-the check as a statement of its own before it.
+Each write is one statement that checks and writes: ``orchestrator_fence(...)``
+(``FENCE_CALL``) is a ``FROM`` item of the workflow row's ``UPDATE`` and of the checkpoint
+writes the saver sends as one statement (:mod:`orchestrator.state.checkpointer`). A saver write
+of another shape goes as a pipeline (one implicit transaction) on :meth:`Fence.cursor`, whose
+first statement carries the check: folded into an ``INSERT ... VALUES (...)`` as ``INSERT ...
+SELECT ... FROM orchestrator_fence(...)``, or sent before any other statement.
 
 Outside the service no fence is set and writes are exactly as before.
 """
@@ -25,7 +27,7 @@ import contextlib
 import functools
 import logging
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,27 +59,10 @@ class Fence:
     epoch: int
     runner: str
 
-    @contextlib.asynccontextmanager
-    async def guard(self, conn: psycopg.AsyncConnection[Any], what: str) -> AsyncIterator[None]:
-        """A pipeline on ``conn`` (autocommit) whose first statement checks the lease.
-
-        What a pipeline sends up to its sync is one implicit transaction: a failed check
-        skips the writes after it and rolls everything back, and the check's share lock on the
-        run's row is held until the writes commit. No BEGIN/COMMIT and no round trip of its
-        own (measured: an explicit transaction made a fenced step ~35% slower than the
-        unfenced saver's).
-
-        Raises:
-            LeaseLost: the lease is no longer held; nothing was written.
-        """
-        try:
-            async with conn.pipeline(), conn.cursor() as cur:
-                await self.check(cur)
-                yield
-        except psycopg.Error as exc:
-            if (refused := self.refusal(exc, what)) is None:
-                raise
-            raise refused from None
+    @property
+    def params(self) -> tuple[int, int, str]:
+        """The parameters of ``FENCE_CALL`` (:mod:`orchestrator.state.store`)."""
+        return self.run_id, self.epoch, self.runner
 
     async def check(self, cur: psycopg.AsyncCursor[Any]) -> None:
         """Send the check on ``cur``: a statement of literals made once per run, so each write

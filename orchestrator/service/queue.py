@@ -32,7 +32,8 @@ from psycopg.types.json import Jsonb
 from orchestrator.errors import InvalidInput, RunNotFound, WorkflowNotFound
 from orchestrator.settings import Settings
 from orchestrator.state.db import Database, Row
-from orchestrator.state.store import WORKFLOW_COLUMNS, WorkflowRecord
+from orchestrator.state.errors import WorkflowExists
+from orchestrator.state.store import INSERT_WORKFLOW, WORKFLOW_COLUMNS, WorkflowRecord
 
 __all__ = ["RunQueue", "RunRecord", "CHANNEL", "RUN_KINDS", "RUN_STATUSES"]
 
@@ -103,6 +104,34 @@ class RunQueue:
 
     # -- enqueueing (RunService) ---------------------------------------------------------------
 
+    async def submit(self, thread_id: str, workflow_type: str, input: dict[str, Any], *,
+                     priority: int = 0, requested_by: str | None = None) -> RunRecord:
+        """A new workflow (``queued``) and its start run, and the runners told: one statement,
+        one round trip (a submit is on the path of every run: measured, the transaction of
+        two statements took 3 round trips and ~1.5 ms on a loaded machine).
+
+        Raises:
+            WorkflowExists: the thread id is taken (nothing was stored).
+        """
+        row = await self.db.fetchone(
+            f"""
+            WITH wf AS ({INSERT_WORKFLOW} RETURNING thread_id, workflow_type),
+            changed AS (
+                INSERT INTO runs (namespace, thread_id, kind, payload, priority, max_attempts,
+                                  requested_by, status)
+                SELECT %s, wf.thread_id, 'start', '{{}}'::jsonb, %s, %s, %s, 'queued' FROM wf
+                RETURNING {_FIELDS}),
+            told AS (SELECT pg_notify('{CHANNEL}', %s) FROM changed)
+            SELECT {', '.join('c.' + f.strip() for f in _FIELDS.split(','))}, wf.workflow_type
+            FROM changed c JOIN wf ON wf.thread_id = c.thread_id LEFT JOIN told ON true""",
+            (thread_id, self.namespace, workflow_type, "queued", Jsonb(input), None,
+             self.namespace, priority, self.settings.run_max_attempts, requested_by,
+             self.namespace),
+        )
+        if row is None:
+            raise WorkflowExists(thread_id)
+        return RunRecord.from_row(row)
+
     async def enqueue(
         self,
         conn: psycopg.AsyncConnection[Row],
@@ -124,15 +153,14 @@ class RunQueue:
                                   requested_by, status, outcome, finished_at)
                 VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s,
                         CASE WHEN %s::text IS NULL THEN NULL ELSE now() END)
-                RETURNING {_FIELDS})
-            {_WITH_TYPE}""",
+                RETURNING {_FIELDS}),
+            told AS (SELECT pg_notify('{CHANNEL}', %s) FROM changed WHERE %s::text IS NULL)
+            {_WITH_TYPE} LEFT JOIN told ON true""",
             (self.namespace, thread_id, kind, Jsonb(payload or {}), priority,
              self.settings.run_max_attempts, requested_by,
-             "queued" if done is None else "succeeded", done, done),
+             "queued" if done is None else "succeeded", done, done, self.namespace, done),
         )
         row = await cur.fetchone()
-        if done is None:
-            await conn.execute(_NOTIFY, (self.namespace,))
         assert row is not None
         return RunRecord.from_row(row)
 
@@ -248,17 +276,24 @@ class RunQueue:
         return await self._end(run, runner, "cancelled", "cancelled")
 
     async def _end(self, run: RunRecord, runner: str, status: str, outcome: str) -> bool:
-        async with self.db.transaction() as conn:
-            cur = await conn.execute(
-                """
+        # one statement: the run ended and, when the thread has a run queued behind it (now
+        # claimable), the runners told (the NOTIFY goes out when the statement commits; one
+        # for nothing would cost every runner a claim, and the commit the notify queue's lock)
+        row = await self.db.fetchone(
+            f"""
+            WITH ended AS (
                 UPDATE runs SET status = %s, outcome = %s, finished_at = now(),
                     lease_expires_at = NULL
-                WHERE run_id = %s AND runner = %s AND lease_epoch = %s AND status = 'running'""",
-                (status, outcome, run.run_id, runner, run.lease_epoch),
-            )
-            if cur.rowcount:  # the thread's next run is claimable now
-                await conn.execute(_NOTIFY, (self.namespace,))
-            return cur.rowcount == 1
+                WHERE run_id = %s AND runner = %s AND lease_epoch = %s AND status = 'running'
+                RETURNING thread_id),
+            told AS (
+                SELECT pg_notify('{CHANNEL}', %s) FROM ended e
+                WHERE EXISTS (SELECT 1 FROM runs o WHERE o.thread_id = e.thread_id
+                              AND o.status = 'queued'))
+            SELECT 1 AS ended FROM ended LEFT JOIN told ON true""",
+            (status, outcome, run.run_id, runner, run.lease_epoch, self.namespace),
+        )
+        return row is not None
 
     async def fail(self, run: RunRecord, runner: str, error: dict[str, Any]) -> RunRecord | None:
         """``run`` raised ``error``: back to the queue after ``run_retry_backoff * 2**(n-1)``

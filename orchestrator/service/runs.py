@@ -48,19 +48,15 @@ class RunService:
     async def submit(self, workflow: str, input: dict[str, Any], thread_id: str | None = None,
                      *, priority: int = 0, by: str | None = None) -> RunRecord:
         """Queue a new run of ``workflow``: its row (``queued``) and its start run are written
-        in one transaction.
+        in one statement.
 
         Raises:
             InvalidInput: unknown workflow, bad input, bad or used thread id (nothing stored).
         """
         thread_id, validated = await self.orch.prepare_start(workflow, input, thread_id)
         try:
-            async with self.orch.runtime.db.transaction() as conn:
-                await self._workflows.create(thread_id, workflow,
-                                             validated.model_dump(mode="json"), owner=None,
-                                             status="queued", conn=conn)
-                run = await self.queue.enqueue(conn, thread_id, "start", priority=priority,
-                                               requested_by=by)
+            run = await self.queue.submit(thread_id, workflow, validated.model_dump(mode="json"),
+                                          priority=priority, requested_by=by)
         except WorkflowExists:
             raise thread_id_in_use(thread_id) from None
         log.info("queued run %s: start %s as workflow %s (by %s)", run.run_id, workflow,
