@@ -181,6 +181,39 @@ async def test_missed_heartbeats_make_an_agent_offline(orchestrator_settings) ->
         assert len(await registry.discover("ghost")) == 2
 
 
+async def test_callers_missing_the_live_cache_together_share_one_query(
+    orchestrator_settings,
+) -> None:
+    """Thousands of calls waiting when the cache of live agents expires ask the database once,
+    not once each; a registration while that query runs is not hidden by its older answer."""
+    async with Runtime.open(orchestrator_settings, agents=[]) as rt:
+        registry = AgentRegistry(rt.db, rt.settings.namespace, offline_after=5.0)
+        queries = 0
+        gate = asyncio.Event()
+        discover = registry.discover
+
+        async def counted(*args, **kwargs):
+            nonlocal queries
+            queries += 1
+            found = await discover(*args, **kwargs)
+            await gate.wait()  # answered, not yet returned: a registration comes meanwhile
+            return found
+
+        registry.discover = counted  # type: ignore[method-assign]
+        waiting = [asyncio.ensure_future(registry.has_live("solo", max_age=0.0))
+                   for _ in range(500)]
+        await asyncio.sleep(0.05)
+        await registry.register("solo-1", "solo", capabilities=[])  # while the query waits
+        gate.set()
+        assert await asyncio.gather(*waiting) == [False] * 500  # asked before it registered
+        assert queries == 1
+        # the answer that predates the registration was not cached: the next caller asks
+        assert await registry.has_live("solo", max_age=60.0) is True
+        assert queries == 2
+        assert await registry.has_live("solo", max_age=60.0) is True  # cached now
+        assert queries == 2
+
+
 async def test_duplicate_deliveries_across_consumers_execute_once(orchestrator_settings) -> None:
     """The same request ids sent repeatedly, from two processes, to three consumers: each id
     is executed exactly once and every send is answered with that one result."""
