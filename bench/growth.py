@@ -138,6 +138,8 @@ class Ladder:
 
     def result(self, quick: bool, notes: str) -> Result:
         flags = [f for s in self.series for f in s.flagged()]
+        flags += [f"{size:,}: {why}" for size, why in self.skipped.items()
+                  if why.startswith("failed")]
         return Result(
             f"growth_{self.name}", _TARGET, None if quick else not flags,
             figures={"size": _SIZE_OF[self.name], "sizes": list(self.sizes),
@@ -201,6 +203,11 @@ async def _sized(ladder: Ladder, bound: _Bound, size: int, units: float,
     except TimeoutError:
         ladder.skipped[size] = f"stopped: still running at this ladder's bound of " \
                                f"{bound.seconds:.0f} s (+30 s)"
+        print(f"   {ladder.name} at {size:,}: {ladder.skipped[size]}", file=sys.stderr,
+              flush=True)
+        return False
+    except Exception as exc:  # a size that breaks is a finding: flagged, the larger not tried
+        ladder.skipped[size] = f"failed: {type(exc).__name__}: {exc}"[:400]
         print(f"   {ladder.name} at {size:,}: {ladder.skipped[size]}", file=sys.stderr,
               flush=True)
         return False

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import json
 import sys
@@ -364,24 +365,33 @@ async def _memory(base: Settings, n: int, threads: list[str],
     redis = Redis.from_url(base.redis_url)
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bench._worker", "memory", str(n),
-        env=subprocess_env(base, **overrides), stdout=asyncio.subprocess.PIPE, stderr=None,
-        limit=2**24)
+        env=subprocess_env(base, **overrides), stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, limit=2**24)
+    assert proc.stdout is not None and proc.stderr is not None
+    said: collections.deque[str] = collections.deque(maxlen=1)  # its last error, for the reason
+    echo = asyncio.create_task(_echo(proc.stderr, said))
+
+    async def failed(when: str, line: bytes) -> RuntimeError:
+        await asyncio.wait({echo}, timeout=10)  # its stderr, to its end
+        return RuntimeError(f"the orchestrator process failed {when} holding (said {line!r}"
+                            f"{'; ' + said[-1] if said else ''})")
+
     try:
-        assert proc.stdout is not None
         await redis.delete(release_key(base.namespace))
         line = await asyncio.wait_for(proc.stdout.readline(), timeout)
         if not line.startswith(b"holding "):
-            raise RuntimeError(f"the orchestrator process failed before holding (said {line!r})")
+            raise await failed("before", line)
         holding = json.loads(line[len(b"holding "):])
         await redis.rpush(release_key(base.namespace), *["go"] * 8)  # one per worker, and spare
         line = await asyncio.wait_for(proc.stdout.readline(), timeout)
         if not line.startswith(b"done "):
-            raise RuntimeError(f"the orchestrator process failed after holding (said {line!r})")
+            raise await failed("after", line)
         done = json.loads(line[len(b"done "):])
         threads.extend(done.pop("thread_ids"))
         await asyncio.wait_for(proc.wait(), 60)
     finally:
         await _stop(proc)
+        echo.cancel()
         await redis.aclose()
     peak = done["peak_rss_mb"]
     per_workflow_kb = (holding["rss_holding_mb"] - holding["rss_idle_mb"]) * 1024 / n
@@ -394,6 +404,16 @@ async def _memory(base: Settings, n: int, threads: list[str],
               "in flight = started, each waiting in its 5 agent calls (blocked in the agent "
               "workers or queued for them); rss_idle: after one warm-up workflow",
     )
+
+
+async def _echo(stream: asyncio.StreamReader, said: collections.deque[str]) -> None:
+    """Pass a child's stderr through to ours, keeping its last exception line."""
+    async for raw in stream:
+        sys.stderr.buffer.write(raw)
+        sys.stderr.flush()
+        line = raw.decode(errors="replace").strip()
+        if line and not raw.startswith((b" ", b"\t")) and ("Error" in line or "Exception" in line):
+            said.append(line[:300])
 
 
 # -- the suite -------------------------------------------------------------------------------

@@ -70,3 +70,25 @@ def test_growth_flags_what_grows_worse_than_linear() -> None:
     table = growth_table([Ladder("depgraph", (1_000, 10_000, 100_000), [total])])
     assert "| depgraph (files) | analyze (s) | 1,000: 1 · 10,000: 9 · 100,000: 200 |" in table
     assert "**yes**" in table
+
+
+async def test_a_size_that_fails_is_flagged_and_ends_nothing_else() -> None:
+    """A size whose measurement raises (10,000 workflows in one process ran out of pool
+    connections) is recorded as failed, flagged, and the run goes on instead of crashing."""
+    from bench.growth import Ladder, Series, _Bound, _sized
+
+    ladder = Ladder("workflows", (100, 1000), [Series("runs/s", "wf/s", "rate")])
+
+    async def fine():
+        return {"runs/s": 30.0}, {}
+
+    async def breaks():
+        raise RuntimeError("PoolTimeout: couldn't get a connection after 30.00 sec")
+
+    bound = _Bound(60)
+    assert await _sized(ladder, bound, 100, 100, fine)
+    assert not await _sized(ladder, bound, 1000, 1000, breaks)
+    result = ladder.result(False, "")
+    assert result.met is False
+    assert result.figures["skipped"]["1000"].startswith("failed: RuntimeError: PoolTimeout")
+    assert any("1,000: failed" in flag for flag in result.figures["worse_than_linear"])
