@@ -358,7 +358,9 @@ async def _memory(base: Settings, n: int, threads: list[str],
     """``timeout`` (default 150 s): seconds to reach holding, and then to end; when given, the
     agent calls' timeout too (they wait while the workflows are held)."""
     assert base.redis_url is not None
-    overrides = {**_SCALE_OVERRIDES, **({"request_timeout": timeout} if timeout else {})}
+    # the calls and (thousands of workflows waiting on 20 connections) the pool wait too
+    overrides = {**_SCALE_OVERRIDES,
+                 **({"request_timeout": timeout, "pool_timeout": timeout} if timeout else {})}
     timeout = timeout or 150.0
     from ._worker import release_key
 

@@ -132,6 +132,7 @@ class Runtime:
                     # a session stuck in a transaction past a run's lease is ended: a stopped
                     # runner must not keep its run's fence row locked from the sweeper
                     Database.connect(database_url, max_size=settings.pool_max_size,
+                                     timeout=settings.pool_timeout,
                                      idle_in_transaction_timeout=settings.run_lease)
                 )
                 await migrate(db)

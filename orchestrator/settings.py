@@ -137,6 +137,11 @@ class Settings(BaseModel):
         15.0, gt=0, description="a running workflow whose owner is silent this long is orphaned"
     )
     pool_max_size: int = Field(10, ge=2, description="PostgreSQL pool size per process")
+    pool_timeout: float = Field(
+        30.0, gt=0,
+        description="seconds a statement waits for a free PostgreSQL connection before it fails "
+                    "(a checkpoint write that fails so fails its workflow, which can be resumed)",
+    )
     redis_max_connections: int = Field(
         64, ge=4, description="Redis connections per process (callers wait for a free one)"
     )
