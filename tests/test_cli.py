@@ -319,13 +319,15 @@ def test_bad_arguments_exit_2_naming_them(env, argv, message) -> None:
     assert "ORCHESTRATOR_DATABASE_URL" not in err
 
 
-async def test_an_empty_thread_id_is_refused_by_the_api_too(orchestrator_factory) -> None:
+async def test_an_empty_thread_id_is_refused_by_the_api_too(orchestrator_factory,
+                                                             tmp_path) -> None:
     from orchestrator.errors import InvalidInput
 
     orch = await orchestrator_factory()
     for bad in ("", "a\x00b"):
         with pytest.raises(InvalidInput, match="must be 1-200 printable characters"):
-            await orch.run("parallel_docs", {"package": "json", "output": "/tmp/x"}, bad)
+            await orch.run("parallel_docs", {"package": "json", "output": str(tmp_path / "docs")},
+                           bad)
 
 
 def test_version() -> None:

@@ -218,11 +218,13 @@ async def test_cli_server_errors(service_env, monkeypatch) -> None:
 # -- cancel without a server ---------------------------------------------------------------------
 
 
-async def test_cli_cancel_without_a_server(orchestrator, service_env, monkeypatch) -> None:
+async def test_cli_cancel_without_a_server(orchestrator, service_env, monkeypatch,
+                                           tmp_path) -> None:
     from orchestrator.service.runs import RunService
 
     runs = RunService(orchestrator)
-    await runs.submit("parallel_docs", {"package": "json", "output": "/tmp/x"}, f"{P}loc-1")
+    await runs.submit("parallel_docs", {"package": "json", "output": str(tmp_path / "docs")},
+                      f"{P}loc-1")
     code, out, err = await run_cli(monkeypatch, service_env, "cancel", f"{P}loc-1")
     assert code == 0 and f"cancel of {P}loc-1 requested" in out, err
     assert (await orchestrator.runtime.workflows.get(f"{P}loc-1")).status == "cancelled"
