@@ -25,7 +25,10 @@ from .support.processes import alive, read_pid
 
 async def test_a_healthy_service_needs_nothing(orchestrator, start_service) -> None:
     service = await start_service()
-    result = await orchestrator.run("self_healing", heal_input(service))
+    # a loaded machine (CI, tests in parallel) can answer /health slower than the 200 ms
+    # default, which is "degraded" by the rules; this test is about a service that is fine
+    result = await orchestrator.run("self_healing",
+                                    heal_input(service, thresholds={"latency_ms": 5000}))
     assert result.status == "completed"
     assert result.final_result["outcome"] == "healthy"
     assert result.final_result["attempts"] == 0
