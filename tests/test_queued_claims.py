@@ -116,3 +116,26 @@ async def test_an_entry_whose_consumer_died_carries_its_claim_to_the_reclaimer(
             answers = await asyncio.wait_for(asyncio.gather(first, copy), 15)
         assert [a.status for a in answers] == ["success", "success"]
         assert counts == Counter({request.request_id: 1})
+
+
+async def test_a_conversion_that_fails_is_retried_after_a_pause_not_at_once(
+    orchestrator_settings,
+) -> None:
+    """Redis refusing the conversion of a queued claim: it is tried again after a pause (the
+    queued claim lasts meanwhile), not in a loop that spins the worker's CPU; the request is
+    still answered once."""
+    counts: Counter[str] = Counter()
+    tries = 0
+    async with Runtime.open(orchestrator_settings, agents=[]) as rt:
+        async def refused(claims, ttl_ms):
+            nonlocal tries
+            tries += 1
+            raise ConnectionError("Redis away")
+
+        rt.bus.convert_claims = refused  # type: ignore[method-assign]
+        request = _request(rt, "qf")
+        async with Worker(rt.bus, rt.registry, [stand_in("qf", _counting(counts, 0.5))]):
+            waiting = await rt.bus.send(request)
+            assert (await asyncio.wait_for(waiting, 10)).status == "success"
+        assert counts == Counter({request.request_id: 1})
+        assert 1 <= tries <= 5, f"{tries} conversions tried while one handler ran 0.5 s"

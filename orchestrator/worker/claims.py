@@ -20,6 +20,9 @@ log = logging.getLogger(__name__)
 #: worker's own: as soon as it first waits. A handler that returns without waiting (a no-op,
 #: a refusal) is answered first, which ends the claim: no round trip at all.
 CONVERT_AFTER_S = 0.0
+#: How long a conversion that failed (Redis away) waits before it is tried again; the queued
+#: claim lasts until its request's deadline meanwhile.
+CONVERT_RETRY_S = 0.2
 
 
 class _Claims(_WorkerState):
@@ -92,6 +95,7 @@ class _Claims(_WorkerState):
 
     async def _convert(self) -> None:
         """Convert the due queued claims, all in one round trip a time (until none is due)."""
+        outage = Outage("converting queued execution claims", log)
         try:
             while self._due:
                 due = {r: self._queued[r] for r in self._due if r in self._queued}
@@ -103,10 +107,11 @@ class _Claims(_WorkerState):
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # tried again in a moment: the queued claim lasts
-                    log.warning("converting %d queued claims failed: %s", len(due), exc)
-                    await asyncio.sleep(CONVERT_AFTER_S)
+                    outage.failed(exc)
+                    await asyncio.sleep(CONVERT_RETRY_S)
                     self._due.update(r for r in due if r in self._queued)
                     continue
+                outage.over()
                 for request_id, (queued, owner) in due.items():
                     if self._queued.pop(request_id, None) is None:
                         continue  # answered meanwhile: its claim ended with it
