@@ -27,6 +27,8 @@ __all__ = ["Requester"]
 log = logging.getLogger(__name__)
 
 _REPLY_BATCH = 500
+_TRIM_EVERY = 200
+_TRIM_AFTER_S = 1.0
 #: How long a claim queued with a request outlives the request's deadline: no consumer starts
 #: a request after its deadline, so the claim lasts as long as its entry can be executed, with
 #: this much room for the clocks of requester, Redis and worker to differ.
@@ -43,8 +45,7 @@ def _claim_ttl_ms(request: AgentRequest) -> int:
         return 0
     left = (request.deadline - datetime.now(UTC)).total_seconds()
     return int((max(left, 0.0) + QUEUED_CLAIM_MARGIN_S) * 1000)
-_TRIM_EVERY = 200
-_TRIM_AFTER_S = 1.0
+
 
 
 class Requester:

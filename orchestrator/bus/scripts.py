@@ -19,14 +19,16 @@ __all__ = [
 # For many requests at once (those read together). Per request: KEYS its stored success,
 # its stored error for the request's attempt, and its inflight key; ARGV the owner, the
 # claim's ttl ms and the stream entry's id ('' when unknown): a claim queued with that very
-# entry (``q:<entry id>``, see SEND_LUA) is taken over. A stored success answers every attempt; a stored error only its own attempt
-# (its key names the attempt). Returns {codes, stored...}: codes has one character per
-# request, 1 (stored: its stored response follows, in order), 2 (claimed) or 3 (busy: another
-# consumer holds the claim) — a compact reply, cheap to parse.
+# entry (``q:<entry id>``, see SEND_LUA) is taken over. A stored success answers every
+# attempt; a stored error only its own attempt (its key names the attempt). Returns
+# {codes, stored...}: codes has one character per request, 1 (stored: its stored response
+# follows, in order), 2 (claimed) or 3 (busy: another consumer holds the claim) — a compact
+# reply, cheap to parse.
 CLAIM_MANY_LUA = """
 local codes, out = {}, {''}
 for i = 1, #KEYS / 3 do
-  local k, a = i * 3 - 2, i * 3 - 2
+  local k = i * 3 - 2  -- three KEYS and three ARGV per request: the same offset in both
+  local a = k
   local stored = redis.call('GET', KEYS[k]) or redis.call('GET', KEYS[k + 1])
   if stored then
     codes[#codes + 1] = '1'
