@@ -4,43 +4,28 @@ reports a figure at each of its smallest sizes or says why it skipped one."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
+
+from .support.bench_runs import assert_every_result_reports, run_module, run_quick
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.mark.timeout(300)
 async def test_every_growth_ladder_runs_at_its_smallest_sizes(service_env, tmp_path) -> None:
-    import asyncio
-
-    summary = tmp_path / "growth.json"
-    done = await asyncio.to_thread(
-        subprocess.run, [sys.executable, "-m", "bench", "--quick", "--json", str(summary),
-                         "--only", "growth"],
-        env=service_env, capture_output=True, text=True, timeout=280)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    document = json.loads(summary.read_text())
-    assert document["crashed"] == []
+    _, document = await run_quick(service_env, tmp_path / "growth.json", ["growth"], timeout=280)
+    assert_every_result_reports(document)
     names = {r["benchmark"] for r in document["results"]}
     assert names == {"growth_bus", "growth_workflows", "growth_locks", "growth_depgraph",
                      "growth_sse"}
-    for result in document["results"]:
-        assert result["figures"] or result["notes"], result  # it measured something, or said why
 
 
 async def test_growth_runs_at_the_smallest_sizes_with_profiles(service_env, tmp_path) -> None:
     """``python -m bench.growth --quick --profile`` on two ladders: each reports a figure at
     each of its sizes (or says why it skipped one), and py-spy summaries of the largest size."""
-    import asyncio
-
-    done = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "bench.growth", "--quick", "--profile", "--only", "bus", "locks"],
-        env=service_env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    done = await run_module(service_env, "bench.growth", "--quick", "--profile", "--only", "bus",
+                            "locks", timeout=300)
     assert "| what | figure | at each size | growth per x10 |" in done.stdout
     results = json.loads(done.stdout.strip().splitlines()[-1])["results"]
     assert [r["benchmark"] for r in results] == ["growth_bus", "growth_locks"]

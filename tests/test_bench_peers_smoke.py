@@ -3,11 +3,9 @@ set up answers or says why, and the peers' arithmetic."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
 import pytest
+
+from .support.bench_runs import run_quick
 
 pytestmark = pytest.mark.slow
 
@@ -17,16 +15,10 @@ async def test_peers_run_and_report(service_env, tmp_path) -> None:
     """``python -m bench --quick --only peers``: every system set up answers, each result
     carries its figures per system (with lost and duplicated counts), and the peer table is
     printed; no figure is judged. A peer that could not be set up must say why."""
-    import asyncio
-
-    summary = tmp_path / "peers.json"
-    done = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "bench", "--quick", "--only", "peers", "--json", str(summary)],
-        env=service_env, capture_output=True, text=True, timeout=380)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    done, document = await run_quick(service_env, tmp_path / "peers.json", ["peers"],
+                                     timeout=380)
     assert "| work | ours | Celery" in done.stdout
-    results = {r["benchmark"]: r for r in json.loads(summary.read_text())["results"]}
+    results = {r["benchmark"]: r for r in document["results"]}
     assert set(results) == {"peer_round_trip", "peer_throughput", "peer_workflow_one_at_a_time",
                             "peer_workflows_100_at_once"}
     trips, batches = results["peer_round_trip"]["figures"], results["peer_throughput"]["figures"]
