@@ -93,8 +93,8 @@ async def _acquire_release(rt: Runtime, n: int) -> list[Result]:
     figures["parts_ratio"] = {k: round(v["median_ms"] / sel, 3) for k, v in parts.items()}
     # The least any lock with crash-safe fencing tokens can cost here: one durable write to
     # acquire, and at least one round trip (a SELECT 1) to release.
-    figures["floor_ratio"] = round((parts["durable_write"]["median_ms"] + sel) / sel, 3)
     floor = parts["durable_write"]["median_ms"] + sel
+    figures["floor_ratio"] = round(floor / sel, 3)
     write_floor = parts["durable_write"]["median_ms"] + parts["async_write"]["median_ms"]
     to_floor = figures["median_ms"] / floor
     return [Result(

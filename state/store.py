@@ -80,7 +80,8 @@ WORKFLOW_COLUMNS = _COLUMNS = (
     "thread_id, namespace, workflow_type, status, current_step, participating_agents, input, "
     "result, error, owner, heartbeat_at, version, created_at, updated_at, attempt"
 )
-_COLUMN_NAMES = tuple(_COLUMNS.split(", "))
+# the columns an UPDATE ... FROM returns (qualified: the FROM item has columns of its own)
+_UPDATED_COLUMNS = ", ".join(f"workflows.{c}" for c in _COLUMNS.split(", "))
 _UPDATABLE = frozenset(
     {"status", "current_step", "participating_agents", "result", "error", "owner", "heartbeat_at",
      "attempt"}
@@ -210,7 +211,7 @@ class WorkflowStateManager:
             UPDATE workflows SET {", ".join(assignments)}
             {"" if fence is None else f"FROM {FENCE_CALL} AS fence"}
             WHERE thread_id = %s AND namespace = %s AND version = %s
-            RETURNING {", ".join(f"workflows.{c}" for c in _COLUMN_NAMES)}"""
+            RETURNING {_UPDATED_COLUMNS}"""
         values = (*params, *(() if fence is None else fence.params), thread_id,
                   self.namespace, expected_version)
         try:
