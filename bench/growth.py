@@ -200,14 +200,10 @@ async def _sized(ladder: Ladder, bound: _Bound, size: int, units: float,
     try:
         async with asyncio.timeout(bound.remaining() + 30):
             values, raw = await measure()
-    except TimeoutError:
-        ladder.skipped[size] = f"stopped: still running at this ladder's bound of " \
-                               f"{bound.seconds:.0f} s (+30 s)"
-        print(f"   {ladder.name} at {size:,}: {ladder.skipped[size]}", file=sys.stderr,
-              flush=True)
-        return False
     except Exception as exc:  # a size that breaks is a finding: flagged, the larger not tried
-        ladder.skipped[size] = f"failed: {type(exc).__name__}: {exc}"[:400]
+        ladder.skipped[size] = (
+            f"stopped: still running at this ladder's bound of {bound.seconds:.0f} s (+30 s)"
+            if isinstance(exc, TimeoutError) else f"failed: {type(exc).__name__}: {exc}"[:400])
         print(f"   {ladder.name} at {size:,}: {ladder.skipped[size]}", file=sys.stderr,
               flush=True)
         return False
