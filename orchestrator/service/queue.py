@@ -49,8 +49,9 @@ _FIELDS = ("run_id, namespace, thread_id, kind, payload, status, priority, not_b
            "max_attempts, runner, lease_epoch, lease_expires_at, requested_by, created_at, "
            "started_at, finished_at, error, outcome")
 # every statement that returns runs returns them with their workflow's type
-_WITH_TYPE = f"SELECT {', '.join('c.' + f.strip() for f in _FIELDS.split(','))}, " \
-             "w.workflow_type FROM changed c JOIN workflows w ON w.thread_id = c.thread_id"
+_CHANGED = ", ".join("c." + f.strip() for f in _FIELDS.split(","))  # of "changed c"
+_WITH_TYPE = f"SELECT {_CHANGED}, w.workflow_type " \
+             "FROM changed c JOIN workflows w ON w.thread_id = c.thread_id"
 _SELECT = f"SELECT {', '.join('r.' + f.strip() for f in _FIELDS.split(','))}, " \
           "w.workflow_type FROM runs r JOIN workflows w ON w.thread_id = r.thread_id"
 _NOTIFY = f"SELECT pg_notify('{CHANNEL}', %s)"
@@ -122,7 +123,7 @@ class RunQueue:
                 SELECT %s, wf.thread_id, 'start', '{{}}'::jsonb, %s, %s, %s, 'queued' FROM wf
                 RETURNING {_FIELDS}),
             told AS (SELECT pg_notify('{CHANNEL}', %s) FROM changed)
-            SELECT {', '.join('c.' + f.strip() for f in _FIELDS.split(','))}, wf.workflow_type
+            SELECT {_CHANGED}, wf.workflow_type
             FROM changed c JOIN wf ON wf.thread_id = c.thread_id LEFT JOIN told ON true""",
             (thread_id, self.namespace, workflow_type, "queued", Jsonb(input), None,
              self.namespace, priority, self.settings.run_max_attempts, requested_by,
