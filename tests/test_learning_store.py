@@ -223,7 +223,6 @@ async def test_forget_deletes_a_service_or_everything(store) -> None:
     assert await store.healing_stats() == [] and await store.review_stats() == []
 
 
-
 async def test_call_records_queued_when_the_runtime_closes_are_written(orchestrator_settings,
                                                                       store) -> None:
     """Closing the runtime writes what is still queued before its pool closes (a process that
