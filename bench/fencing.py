@@ -73,7 +73,7 @@ async def _fenced_writes(rt: Runtime, rounds: int, steps: int) -> Result:
     for _ in range(_WRITERS):
         run = await queue.claim("bench-runner")
         assert run is not None
-        fences.append(Fence(run.thread_id, run.run_id, run.lease_epoch, "bench-runner"))
+        fences.append(Fence.of(run, "bench-runner"))
     fenced_threads = [f.thread_id for f in fences]
     plain = AsyncPostgresSaver(rt.db.pool)  # type: ignore[arg-type]
     plain.lock = contextlib.nullcontext()  # type: ignore[assignment]  # as make_checkpointer

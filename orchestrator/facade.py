@@ -235,6 +235,8 @@ class Orchestrator:
         event: str | None = None,
         answered_by: str | None = None,
         on_progress: ProgressCallback | None = None,
+        claimed: bool = False,
+        checkpointed: bool | None = None,
     ) -> RunResult:
         """Run ``record``'s workflow on from where it stands: the one path of :meth:`resume`,
         :meth:`recover` and the service's runs.
@@ -244,7 +246,8 @@ class Orchestrator:
         (crash, failure, a queued start) the graph carries on from its last checkpoint,
         re-running only the unfinished tasks, or from its input when it has none. The row is
         claimed first (compare-and-set: ``running``, this process, a new attempt unless it was
-        never started).
+        never started), unless the caller did (``claimed``). The run's last write of the row
+        is made with ``last``: in the service it ends the run too.
 
         Args:
             strict: an answer that cannot be used raises :class:`InvalidAnswer`; when false
@@ -253,6 +256,10 @@ class Orchestrator:
             event: the event published once the row is claimed.
             answered_by: who gave ``value`` (the service's caller), for the
                 ``question.answered`` event; default: the answer's own ``by``.
+            claimed: ``record`` is the row as the caller already claimed it for this attempt
+                (the service's run claim sets it ``running`` in the claim's own statement).
+            checkpointed: whether the thread has a checkpoint, when the caller knows (the
+                claim does): without one and without ``value`` there is no state to read.
 
         Raises:
             InvalidAnswer: (strict) ``value`` does not fit the pending question, is missing, or
@@ -260,11 +267,14 @@ class Orchestrator:
             WorkflowBusy: another process claimed the row first.
         """
         thread_id = record.thread_id
-        snapshot = await self.graph(record.workflow_type).aget_state(self._config(thread_id))
-        answer = bool(snapshot.interrupts) and (strict or value is not None)
+        snapshot = (None if checkpointed is False and value is None
+                    else await self.graph(record.workflow_type).aget_state(
+                        self._config(thread_id)))
+        pending = snapshot.interrupts if snapshot is not None else ()
+        answer = bool(pending) and (strict or value is not None)
         try:
             if answer:
-                check_answer(thread_id, [i.value for i in snapshot.interrupts], value)
+                check_answer(thread_id, [i.value for i in pending], value)
             elif value is not None:
                 raise InvalidAnswer(
                     f"workflow {thread_id} ({record.status}) waits for no answer, so this one "
@@ -279,24 +289,24 @@ class Orchestrator:
         # a new attempt: stored errors are not replayed to it (a queued start is the first)
         attempt = {} if record.status == "queued" else {"attempt": "next"}
         try:
-            record = await self.runtime.workflows.update(
-                thread_id, record.version, status="running", owner=self.owner, heartbeat_at="now",
-                error=None, **attempt,
-            )
+            if not claimed:
+                record = await self.runtime.workflows.update(
+                    thread_id, record.version, status="running", owner=self.owner,
+                    heartbeat_at="now", error=None, **attempt,
+                )
         except StaleWorkflowVersion as exc:
             raise WorkflowBusy(f"workflow {thread_id} was claimed by another process") from exc
         # one answer answers every pending question (check_answer fitted it to each): parallel
         # branches asking the same question (a budget, from each task) wait on one answer, and
         # LangGraph takes several only by interrupt id
-        resume = (value if len(snapshot.interrupts) <= 1
-                  else {question.id: value for question in snapshot.interrupts})
+        resume = (value if len(pending) <= 1 else {question.id: value for question in pending})
         graph_input: Any = (Command(resume=resume) if answer
                             else await self._restart_input(record, snapshot))
         about = {"thread_id": thread_id, "workflow_type": record.workflow_type}
         if event is not None:
             self.runtime.bus.emit(event, about)
         if answer:
-            for question in snapshot.interrupts:
+            for question in pending:
                 self.runtime.bus.emit("question.answered", {
                     **about, "kind": question_kind(question.value), "interrupt_id": question.id,
                     "by": answered_by or (value.get("by") if isinstance(value, dict) else None)})
@@ -304,9 +314,10 @@ class Orchestrator:
 
     async def _restart_input(self, record: WorkflowRecord, snapshot: Any) -> Any:
         """What carries a workflow on from its last checkpoint: nothing (LangGraph re-runs the
-        unfinished tasks), or, when it was killed after its row was written but before its
-        first checkpoint, its input again (kept by the row)."""
-        if snapshot.created_at is not None:
+        unfinished tasks), or, when it has none (a queued start, or one killed after its row
+        was written but before its first checkpoint; ``snapshot`` None: known to have none),
+        its input again (kept by the row)."""
+        if snapshot is not None and snapshot.created_at is not None:
             return None
         spec = get_workflow(record.workflow_type, self._extra)
         validated = await asyncio.to_thread(validate_input, spec, record.input)
@@ -391,7 +402,8 @@ class Orchestrator:
             with contextlib.suppress(Exception):  # the run's failure is reported all the same
                 await self._record_failure(config, exc)
             with contextlib.suppress(Exception):
-                await self._set(thread_id, version, status="failed", error=error, owner=None)
+                await self._set(thread_id, version, status="failed", error=error, owner=None,
+                                last=True)
             WORKFLOW_RUNS.labels(workflow, "failed").inc()
             emit("workflow.failed", {**about, **error})
             return RunResult(thread_id, workflow, "failed", None, [], error)
@@ -407,7 +419,7 @@ class Orchestrator:
         await self._set(
             thread_id, version, status=status, result=final, owner=None if status != "running"
             else self.owner, current_step=(pending[0] if pending else "__end__"),
-            participating_agents=agents, error=error,
+            participating_agents=agents, error=error, last=True,
         )
         WORKFLOW_RUNS.labels(workflow, status).inc()
         for question in interrupts:
@@ -440,8 +452,11 @@ class Orchestrator:
         await self._saver.aput_writes(  # type: ignore[union-attr]
             saved.config, [*earlier, *updates.items()], NULL_TASK_ID)
 
-    async def _set(self, thread_id: str, version: int, **changes: Any) -> int:
-        record = await self.runtime.workflows.update(thread_id, version, **changes)
+    async def _set(self, thread_id: str, version: int, *, last: bool = False,
+                   **changes: Any) -> int:
+        """The row's compare-and-set; ``last``: the run's last write (in the service, it ends
+        the run too)."""
+        record = await self.runtime.workflows.update(thread_id, version, last=last, **changes)
         return record.version
 
     @staticmethod

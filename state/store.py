@@ -57,6 +57,15 @@ class WriteFence(Protocol):
         and logged); ``None`` for any other error."""
         ...
 
+    def ending(self, outcome: str) -> tuple[str, tuple[Any, ...]]:
+        """CTEs (and their parameters) that end the fenced run, its workflow left
+        ``outcome``, after a CTE ``wf`` (the workflow's last write) and only if it wrote."""
+        ...
+
+    def ended(self, outcome: str) -> None:
+        """Told that a write ended the run (with the CTEs of :meth:`ending`)."""
+        ...
+
 
 #: The check as a ``FROM`` item of a write's own statement (with :attr:`WriteFence.params`):
 #: one row when the run's lease still holds, else it raises (``sql/006_runs.sql``), taking
@@ -173,12 +182,14 @@ class WorkflowStateManager:
         except WorkflowNotFound:
             return None
 
-    async def update(self, thread_id: str, expected_version: int, **changes: Any) -> WorkflowRecord:
+    async def update(self, thread_id: str, expected_version: int, *, last: bool = False,
+                     **changes: Any) -> WorkflowRecord:
         """Compare-and-set: apply ``changes`` only if the row is still at ``expected_version``.
 
         ``heartbeat_at="now"`` sets the database's time; ``attempt="next"`` counts one more
         attempt. Inside a run of the service (:data:`WRITE_FENCE` set) the update is made only
-        if the run's lease still holds, checked in the same transaction.
+        if the run's lease still holds, checked in the same transaction; and ``last`` (the
+        run's last write, with the workflow's ``status``) ends the run in the same statement.
 
         Returns:
             The updated record, at ``expected_version + 1``.
@@ -212,8 +223,16 @@ class WorkflowStateManager:
             {"" if fence is None else f"FROM {FENCE_CALL} AS fence"}
             WHERE thread_id = %s AND namespace = %s AND version = %s
             RETURNING {_UPDATED_COLUMNS}"""
-        values = (*params, *(() if fence is None else fence.params), thread_id,
-                  self.namespace, expected_version)
+        values: tuple[Any, ...] = (*params, *(() if fence is None else fence.params), thread_id,
+                                   self.namespace, expected_version)
+        ending = fence is not None and last
+        if ending:
+            assert fence is not None
+            if "status" not in changes:
+                raise ValueError("a run's last write sets the workflow's status")
+            ctes, more = fence.ending(changes["status"])
+            query = f"WITH wf AS ({query}), {ctes} SELECT wf.* FROM wf LEFT JOIN told ON true"
+            values += more
         try:
             row = await self.db.fetchone(query, values)
         except psycopg.Error as exc:
@@ -221,6 +240,9 @@ class WorkflowStateManager:
                 raise
             raise refused from None
         if row is not None:
+            if ending:
+                assert fence is not None
+                fence.ended(changes["status"])
             return WorkflowRecord.from_row(row)
         current = await self.get(thread_id)  # raises WorkflowNotFound
         raise StaleWorkflowVersion(thread_id, expected_version, current.version)

@@ -77,7 +77,7 @@ async def console(orchestrator_factory) -> AsyncIterator[Console]:
     runners: list[Runner] = []
 
     async def start_runner() -> Runner:
-        runner = Runner(runs, RunQueue(orch.runtime.db, orch.settings), concurrency=2,
+        runner = Runner(runs, runs.queue, concurrency=2,
                         run_lease=orch.settings.run_lease, poll_interval=0.2)
         await runner.start()
         runners.append(runner)

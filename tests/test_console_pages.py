@@ -20,7 +20,6 @@ from orchestrator.service import audit
 from orchestrator.service.app import ServerContext, create_app
 from orchestrator.service.auth import TokenStore
 from orchestrator.service.console.session import COOKIE
-from orchestrator.service.queue import RunQueue
 from orchestrator.service.runner import Runner
 from orchestrator.service.runs import RunService
 from orchestrator.testing import stand_in
@@ -88,7 +87,7 @@ async def console(orchestrator_factory) -> AsyncIterator[Console]:
 
 @pytest.fixture
 async def runner(console) -> AsyncIterator[Runner]:
-    one = Runner(console.runs, RunQueue(console.orch.runtime.db, console.orch.settings),
+    one = Runner(console.runs, console.runs.queue,
                  concurrency=2, run_lease=console.orch.settings.run_lease, poll_interval=0.2)
     await one.start()
     yield one

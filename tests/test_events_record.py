@@ -247,9 +247,7 @@ async def test_the_services_answerer_is_recorded_and_its_cancel_too(orchestrator
         while (run := await service.queue.claim("r1")) is None:
             assert time.monotonic() < deadline, "no run became claimable"
             await asyncio.sleep(0.02)
-        result = await service.execute(run, "r1")
-        await service.queue.finish(run, "r1", outcome=result.status)
-        return result
+        return await service.execute(run, "r1")
 
     await service.submit("guarded", {"item": "v3"}, thread, by="ci")
     assert (await execute_next()).status == "interrupted"

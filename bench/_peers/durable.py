@@ -3,10 +3,11 @@ service's path, DBOS Transact and bare LangGraph + ``AsyncPostgresSaver``.
 
 * ours: the graph of ``bench.workflows.steps_spec`` (10 nodes, each bumping a counter) as
   ``orchestrator serve`` runs a submitted workflow: :meth:`RunService.submit` (the workflow row
-  and its run, one transaction), :meth:`RunQueue.claim`, :meth:`RunService.execute` (every
-  checkpoint and workflow write fenced by the run's lease) and :meth:`RunQueue.finish`: the
-  runner's own calls, in this process, without the wait for its wake-up (NOTIFY) and with a
-  lease long enough that no renewal is due.
+  and its run, one statement), :meth:`RunQueue.claim` (the run and its workflow set running,
+  one statement) and :meth:`RunService.execute` (every checkpoint and workflow write fenced by
+  the run's lease; the last one ends the run): the runner's own calls, in this process,
+  without the wait for its wake-up (NOTIFY) and with a lease long enough that no renewal is
+  due.
 * DBOS: :func:`bench._peers.dbos_flow.ten_steps` awaited in this process, its system database
   a scratch database of its own on the same server (created by DBOS, dropped afterwards).
 * bare: the same graph compiled with LangGraph's ``AsyncPostgresSaver`` on a pool of its own
@@ -75,12 +76,11 @@ async def durable_systems(base: Settings, notes: list[str]) -> AsyncIterator[lis
             if result.status != "completed":
                 raise RuntimeError(f"workflow {run.thread_id} ended {result.status}: "
                                    f"{result.error}")
-            await runs.queue.finish(run, runner, outcome=result.status)
 
         systems.append(Durable(
             "ours", metadata.version("langgraph-orchestrator"),
-            f"RunService.submit -> RunQueue.claim -> RunService.execute (fenced) -> "
-            f"RunQueue.finish; durability={settings.durability}, "
+            f"RunService.submit -> RunQueue.claim -> RunService.execute (fenced; its last "
+            f"write ends the run); durability={settings.durability}, "
             f"pool_max_size={settings.pool_max_size}", ours))
 
         try:

@@ -18,6 +18,9 @@ of another shape goes as a pipeline (one implicit transaction) on :meth:`Fence.c
 first statement carries the check: folded into an ``INSERT ... VALUES (...)`` as ``INSERT ...
 SELECT ... FROM orchestrator_fence(...)``, or sent before any other statement.
 
+A run's last write (its workflow's final status) also ends the run, in the same statement
+(:meth:`Fence.ending`): the runner then has nothing more to record.
+
 Outside the service no fence is set and writes are exactly as before.
 """
 
@@ -28,8 +31,8 @@ import functools
 import logging
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import sql
@@ -37,6 +40,11 @@ from psycopg import sql
 from orchestrator.errors import LeaseLost
 from orchestrator.metrics import FENCED_WRITES_REFUSED
 from orchestrator.state.store import WRITE_FENCE
+
+from .queue import end_run, run_status
+
+if TYPE_CHECKING:
+    from .queue import RunRecord
 
 __all__ = ["Fence", "fenced", "FENCE_SQLSTATE"]
 
@@ -50,7 +58,7 @@ _INSERT_VALUES = re.compile(r"(\s*INSERT\s+INTO\s+\w+\s*\([^)]*\))\s*VALUES\s*"
                             r"\(((?:\s*%s\s*,)*\s*%s\s*)\)(.*)", re.S | re.I)
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class Fence:
     """The lease a runner executes one run under."""
 
@@ -58,6 +66,15 @@ class Fence:
     run_id: int
     epoch: int
     runner: str
+    #: the run's namespace (its runners are told when it ends); needed by :meth:`ending`
+    namespace: str | None = None
+    #: the outcome recorded by the write that ended the run (:meth:`ended`), if one did
+    ended_as: str | None = field(default=None, init=False)
+
+    @classmethod
+    def of(cls, run: RunRecord, runner: str) -> Fence:
+        """The fence of ``run`` as ``runner`` claimed it."""
+        return cls(run.thread_id, run.run_id, run.lease_epoch, runner, run.namespace)
 
     @property
     def params(self) -> tuple[int, int, str]:
@@ -94,6 +111,22 @@ class Fence:
         """``cur`` (in a pipeline: one implicit transaction) with its first write checking the
         lease: folded into the statement when :meth:`fenced_query` can, else sent before it."""
         return _FencingCursor(cur, self)
+
+    def ending(self, outcome: str) -> tuple[str, tuple[Any, ...]]:
+        """The CTEs (and their parameters) that end the run, its workflow left ``outcome``,
+        in the statement of the workflow's last write: that write is a CTE ``wf`` returning
+        the row, and the run ends only when it does (the fence's check, a ``FROM`` item of
+        ``wf``, holds the run's row until the statement commits)."""
+        if self.namespace is None:
+            raise ValueError(f"the fence of run {self.run_id} has no namespace: make it with "
+                             "Fence.of(run, runner) to end the run in its last write")
+        return (end_run(after=" AND EXISTS (SELECT 1 FROM wf)"),
+                (run_status(outcome), outcome, self.run_id, self.runner, self.epoch,
+                 self.namespace))
+
+    def ended(self, outcome: str) -> None:
+        """Note that a write ended the run, leaving its workflow ``outcome``."""
+        self.ended_as = outcome
 
     def refusal(self, exc: BaseException, what: str) -> LeaseLost | None:
         """``LeaseLost`` (counted, logged) when ``exc`` is the check's refusal, else None."""

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -35,7 +35,8 @@ from orchestrator.state.db import Database, Row
 from orchestrator.state.errors import WorkflowExists
 from orchestrator.state.store import INSERT_WORKFLOW, WORKFLOW_COLUMNS, WorkflowRecord
 
-__all__ = ["RunQueue", "RunRecord", "CHANNEL", "RUN_KINDS", "RUN_STATUSES"]
+__all__ = ["RunQueue", "RunRecord", "ClaimedWorkflow", "CHANNEL", "RUN_KINDS", "RUN_STATUSES",
+           "end_run"]
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,22 @@ _WITH_TYPE = f"SELECT {_CHANGED}, w.workflow_type " \
 _SELECT = f"SELECT {', '.join('r.' + f.strip() for f in _FIELDS.split(','))}, " \
           "w.workflow_type FROM runs r JOIN workflows w ON w.thread_id = r.thread_id"
 _NOTIFY = f"SELECT pg_notify('{CHANNEL}', %s)"
+# the workflow row as the claim leaves it (CTE "wf"), in columns of their own ("wf_<column>")
+_QUALIFIED = ", ".join(f"w.{c}" for c in WORKFLOW_COLUMNS.split(", "))
+_CLAIMED = ", ".join(f"wf.{c} AS wf_{c}" for c in WORKFLOW_COLUMNS.split(", "))
+# A run's end (status, outcome; run, runner, epoch), as CTEs ``ended`` and ``told`` of a
+# statement: the runners are told (NOTIFY, when it commits) only when a run of the thread
+# waits behind it, now claimable (one for nothing would cost every runner a claim, and the
+# commit the notify queue's lock). ``{after}``: more conditions of the run's UPDATE.
+_END_RUN = f"""
+    ended AS (
+        UPDATE runs SET status = %s, outcome = %s, finished_at = now(), lease_expires_at = NULL
+        WHERE run_id = %s AND runner = %s AND lease_epoch = %s AND status = 'running'{{after}}
+        RETURNING thread_id),
+    told AS (
+        SELECT pg_notify('{CHANNEL}', %s) FROM ended e
+        WHERE EXISTS (SELECT 1 FROM runs o WHERE o.thread_id = e.thread_id
+                      AND o.status = 'queued'))"""
 _CLAIM_TRIES = 3  # a claim that loses a race for a thread tries the next run this many times
 
 
@@ -82,6 +99,8 @@ class RunRecord:
     finished_at: datetime | None
     error: dict[str, Any] | None
     outcome: str | None
+    #: the workflow as the claim that returned this run left it (claims only)
+    claimed: ClaimedWorkflow | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def from_row(cls, row: Row) -> RunRecord:
@@ -89,19 +108,54 @@ class RunRecord:
 
     def to_dict(self) -> dict[str, Any]:
         data = dict(self.__dict__)
+        del data["claimed"]
         for key, value in data.items():
             if isinstance(value, datetime):
                 data[key] = value.isoformat()
         return data
 
 
-class RunQueue:
-    """The SQL of the run queue, for one namespace."""
+@dataclass(frozen=True)
+class ClaimedWorkflow:
+    """A claimed run's workflow, read (and set ``running``) by the claim's own statement, so
+    that the runner starts without reading it again."""
 
-    def __init__(self, db: Database, settings: Settings) -> None:
+    #: the row after the claim
+    record: WorkflowRecord
+    #: its status before the claim (``queued``: never started)
+    was: str
+    #: whether the claim set it ``running`` for this attempt: it is a start, recover or resume
+    #: of a workflow that is not ended (nor waiting for an answer, but for a resume)
+    started: bool
+    #: whether the thread has a checkpoint (a run got that far before)
+    checkpointed: bool
+
+
+def end_run(after: str = "") -> str:
+    """The CTEs ``ended`` and ``told`` that end a run (see ``_END_RUN``); parameters: the
+    run's status and outcome, its id, runner and epoch, then the namespace."""
+    return _END_RUN.format(after=after)
+
+
+def run_status(outcome: str) -> str:
+    """The status of a run that ended leaving its workflow ``outcome``: ``failed`` when the
+    workflow failed, else ``succeeded``."""
+    return "failed" if outcome == "failed" else "succeeded"
+
+
+class RunQueue:
+    """The SQL of the run queue, for one namespace.
+
+    Args:
+        owner: the process the claimed runs execute in (its :attr:`Orchestrator.owner`), which
+            a claim writes as their workflows' owner; default: the claiming runner's id.
+    """
+
+    def __init__(self, db: Database, settings: Settings, *, owner: str | None = None) -> None:
         self.db = db
         self.settings = settings
         self.namespace = settings.namespace
+        self.owner = owner
 
     # -- enqueueing (RunService) ---------------------------------------------------------------
 
@@ -212,18 +266,23 @@ class RunQueue:
     # -- runners -------------------------------------------------------------------------------
 
     async def claim(self, runner: str) -> RunRecord | None:
-        """Claim the next runnable run for ``runner``, or ``None``.
+        """Claim the next runnable run for ``runner``, or ``None``; the run comes with its
+        workflow (:attr:`RunRecord.claimed`), which the same statement sets ``running`` (owner
+        :attr:`owner`, a new attempt unless it was never started) when the run is to go on
+        with it: one round trip where reading the row, then writing it, took three.
 
         Runnable: queued, ``not_before`` passed, its thread has no running run and no older
         queued one. Two claimers can still pick two runs of one thread at once; the unique
-        index refuses the second, which then tries the next run.
+        index refuses the second, which then tries the next run. A run whose workflow row is
+        locked (a cancel or an enqueue of its thread in progress) waits for the next claim:
+        the claim never waits for a row lock, so it cannot deadlock with them.
         """
         for _ in range(_CLAIM_TRIES):
             try:
                 row = await self.db.fetchone(
                     f"""
                     WITH candidate AS (
-                        SELECT r.run_id FROM runs r
+                        SELECT r.run_id FROM runs r JOIN workflows w ON w.thread_id = r.thread_id
                         WHERE r.namespace = %(ns)s AND r.status = 'queued'
                           AND r.not_before <= now()
                           AND NOT EXISTS (
@@ -233,21 +292,43 @@ class RunQueue:
                                      OR (o.status = 'queued' AND o.run_id < r.run_id)))
                         ORDER BY r.priority DESC, r.not_before, r.run_id
                         LIMIT 1
-                        FOR UPDATE SKIP LOCKED
+                        FOR UPDATE OF r SKIP LOCKED FOR NO KEY UPDATE OF w SKIP LOCKED
                     ), changed AS (
                         UPDATE runs SET status = 'running', runner = %(runner)s,
                             lease_epoch = lease_epoch + 1, attempts = attempts + 1,
                             lease_expires_at = now() + %(lease)s * interval '1 second',
                             started_at = now()
                         FROM candidate WHERE runs.run_id = candidate.run_id
-                        RETURNING runs.*)
-                    {_WITH_TYPE}""",
-                    {"ns": self.namespace, "runner": runner, "lease": self.settings.run_lease},
+                        RETURNING runs.*
+                    ), started AS (
+                        UPDATE workflows w SET status = 'running', owner = %(owner)s,
+                            heartbeat_at = now(), error = NULL,
+                            attempt = w.attempt + CASE WHEN w.status = 'queued' THEN 0 ELSE 1 END,
+                            version = w.version + 1, updated_at = now()
+                        FROM changed c
+                        WHERE w.thread_id = c.thread_id AND c.kind <> 'cancel'
+                          AND w.status NOT IN ('completed', 'cancelled')
+                          AND (w.status <> 'interrupted' OR c.kind = 'resume')
+                        RETURNING {_QUALIFIED}
+                    ), wf AS (
+                        SELECT * FROM started
+                        UNION ALL
+                        SELECT {_QUALIFIED} FROM workflows w JOIN changed c
+                            ON w.thread_id = c.thread_id
+                        WHERE NOT EXISTS (SELECT 1 FROM started))
+                    SELECT {_CHANGED}, b.workflow_type, b.status AS wf_was, {_CLAIMED},
+                        EXISTS (SELECT 1 FROM started) AS wf_started,
+                        EXISTS (SELECT 1 FROM checkpoints k WHERE k.thread_id = c.thread_id
+                                AND k.checkpoint_ns = '') AS wf_checkpointed
+                    FROM changed c JOIN workflows b ON b.thread_id = c.thread_id CROSS JOIN wf
+                    """,
+                    {"ns": self.namespace, "runner": runner, "lease": self.settings.run_lease,
+                     "owner": self.owner or runner},
                 )
             except psycopg.errors.UniqueViolation:
                 log.debug("claim by %s lost a race for a thread; trying the next run", runner)
                 continue
-            return RunRecord.from_row(row) if row is not None else None
+            return None if row is None else _claimed(row)
         return None
 
     async def renew(self, runner: str, held: dict[int, int]) -> set[int]:
@@ -269,29 +350,16 @@ class RunQueue:
     async def finish(self, run: RunRecord, runner: str, *, outcome: str) -> bool:
         """Record that ``run`` ended, leaving its workflow ``outcome`` (its status): the run
         is ``failed`` when the workflow failed, else ``succeeded``."""
-        status = "failed" if outcome == "failed" else "succeeded"
-        return await self._end(run, runner, status, outcome)
+        return await self._end(run, runner, run_status(outcome), outcome)
 
     async def end_cancelled(self, run: RunRecord, runner: str) -> bool:
         """Record that ``runner`` stopped ``run`` on a cancel."""
         return await self._end(run, runner, "cancelled", "cancelled")
 
     async def _end(self, run: RunRecord, runner: str, status: str, outcome: str) -> bool:
-        # one statement: the run ended and, when the thread has a run queued behind it (now
-        # claimable), the runners told (the NOTIFY goes out when the statement commits; one
-        # for nothing would cost every runner a claim, and the commit the notify queue's lock)
+        # one statement: the run ended and, when a run of the thread waits, the runners told
         row = await self.db.fetchone(
-            f"""
-            WITH ended AS (
-                UPDATE runs SET status = %s, outcome = %s, finished_at = now(),
-                    lease_expires_at = NULL
-                WHERE run_id = %s AND runner = %s AND lease_epoch = %s AND status = 'running'
-                RETURNING thread_id),
-            told AS (
-                SELECT pg_notify('{CHANNEL}', %s) FROM ended e
-                WHERE EXISTS (SELECT 1 FROM runs o WHERE o.thread_id = e.thread_id
-                              AND o.status = 'queued'))
-            SELECT 1 AS ended FROM ended LEFT JOIN told ON true""",
+            f"WITH {end_run()} SELECT 1 AS ended FROM ended LEFT JOIN told ON true",
             (status, outcome, run.run_id, runner, run.lease_epoch, self.namespace),
         )
         return row is not None
@@ -480,3 +548,17 @@ class RunQueue:
         if run_id is not None and deleted == 0:
             raise RunNotFound(run_id)
         return deleted
+
+
+def _claimed(row: Row) -> RunRecord:
+    """A claim's row: the run's columns, then its workflow's (``wf_``)."""
+    run = {k: v for k, v in row.items() if not k.startswith("wf_")}
+    workflow = {k[3:]: v for k, v in row.items() if k.startswith("wf_")}
+    claimed = ClaimedWorkflow(
+        record=WorkflowRecord.from_row({k: workflow.pop(k) for k in _WORKFLOW_FIELDS}),
+        was=workflow["was"], started=workflow["started"],
+        checkpointed=workflow["checkpointed"])
+    return RunRecord(**run, claimed=claimed)
+
+
+_WORKFLOW_FIELDS = WORKFLOW_COLUMNS.split(", ")

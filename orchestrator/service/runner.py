@@ -57,7 +57,8 @@ class Runner:
 
     Args:
         runs: executes a claimed run (with the fence of its lease) and records cancellations.
-        queue: claims, renews, finishes, fails and hands back runs.
+        queue: claims, renews, fails and hands back runs (a run's end is recorded by
+            ``runs.execute``).
         concurrency: runs executed at once.
         run_lease: seconds a claim holds without renewal (``settings.run_lease``).
         poll_interval: the longest wait for work without a notification.
@@ -233,9 +234,7 @@ class Runner:
                 outcome = "error"
                 await self._fail(run, exc)
             else:
-                outcome = result.status
-                if not await self.queue.finish(run, self.id, outcome=result.status):
-                    outcome = f"{result.status} (lease lost before it was recorded)"
+                outcome = result.status  # recorded by execute
         except asyncio.CancelledError:
             raise
         except Exception:  # recording the outcome failed: the lease expires, the sweeper acts

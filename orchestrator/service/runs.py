@@ -6,7 +6,7 @@ Callers queue runs (:meth:`~RunService.submit`, :meth:`~RunService.resume`,
 refused here, before anything is stored: bad input, an answer that does not fit the pending
 question, a thread that already has a run queued. Runners :meth:`~RunService.execute` the runs
 they claim through the facade's one path (:meth:`Orchestrator.proceed`), fenced by the run's
-lease (:mod:`orchestrator.service.fencing`).
+lease (:mod:`orchestrator.service.fencing`), and record their ends.
 """
 
 from __future__ import annotations
@@ -14,14 +14,20 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from orchestrator.errors import InvalidAnswer, InvalidInput, StaleWorkflowVersion, WorkflowBusy
+from orchestrator.errors import (
+    InvalidAnswer,
+    InvalidInput,
+    LeaseLost,
+    StaleWorkflowVersion,
+    WorkflowBusy,
+)
 from orchestrator.facade import Orchestrator, ProgressCallback, RunResult, thread_id_in_use
 from orchestrator.questions import check_answer, is_question
 from orchestrator.state.errors import WorkflowExists
 from orchestrator.state.store import WorkflowRecord
 
 from .fencing import Fence, fenced
-from .queue import RunQueue, RunRecord
+from .queue import ClaimedWorkflow, RunQueue, RunRecord
 
 __all__ = ["RunService"]
 
@@ -37,7 +43,7 @@ class RunService:
 
     def __init__(self, orch: Orchestrator) -> None:
         self.orch = orch
-        self.queue = RunQueue(orch.runtime.db, orch.settings)
+        self.queue = RunQueue(orch.runtime.db, orch.settings, owner=orch.owner)
 
     @property
     def _workflows(self) -> Any:
@@ -166,8 +172,8 @@ class RunService:
     async def execute(self, run: RunRecord, runner: str, *,
                       on_progress: ProgressCallback | None = None) -> RunResult:
         """Do ``run`` (as claimed by ``runner``) through the facade, every write fenced by its
-        lease; ``on_progress`` is called after each finished step (a draining runner stops the
-        run there).
+        lease, and record its end; ``on_progress`` is called after each finished step (a
+        draining runner stops the run there).
 
         start: from the workflow's input, or from its checkpoint if an earlier runner got that
         far; resume: the queued answer if its question is still pending and it still fits,
@@ -175,22 +181,39 @@ class RunService:
         the workflow ``cancelled``. A workflow already ended (or a start/recover of one that
         waits for an answer) is left as it is.
 
+        A run from :meth:`RunQueue.claim` brings its workflow row, already ``running`` when it
+        goes on (:attr:`RunRecord.claimed`); the workflow's last write ends the run in the
+        same statement. Otherwise the run's end is recorded after.
+
         Raises:
-            LeaseLost: a fenced write was refused; the run is another runner's now.
+            LeaseLost: a fenced write, or the record of the run's end, was refused; the run is
+                another runner's now.
         """
-        fence = Fence(run.thread_id, run.run_id, run.lease_epoch, runner)
+        fence = Fence.of(run, runner)
         with fenced(fence):
+            result = await self._go_on(run, on_progress)
+        if fence.ended_as is None and not await self.queue.finish(run, runner,
+                                                                   outcome=result.status):
+            raise LeaseLost(run.thread_id, run.run_id, run.lease_epoch)
+        return result
+
+    async def _go_on(self, run: RunRecord, on_progress: ProgressCallback | None) -> RunResult:
+        claimed = run.claimed
+        if claimed is None:  # not from a claim (a run read back): its workflow as it is now
             record = await self._workflows.get(run.thread_id)
-            if run.kind == "cancel" or record.status == "cancelled":
-                return await self._end_cancelled(record)
-            if record.status == "completed" or (record.status == "interrupted"
-                                                and run.kind != "resume"):
-                return _as_it_is(record)
-            value = run.payload.get("value") if run.kind == "resume" else None
-            event = "workflow.started" if record.status == "queued" else "workflow.resumed"
-            return await self.orch.proceed(record, value, strict=False, event=event,
-                                           answered_by=run.payload.get("by"),
-                                           on_progress=on_progress)
+            claimed = ClaimedWorkflow(record, record.status, started=False, checkpointed=None)
+        record = claimed.record
+        if run.kind == "cancel" or record.status == "cancelled":
+            return await self._end_cancelled(record)
+        if record.status == "completed" or (record.status == "interrupted"
+                                            and run.kind != "resume"):
+            return _as_it_is(record)
+        value = run.payload.get("value") if run.kind == "resume" else None
+        event = "workflow.started" if claimed.was == "queued" else "workflow.resumed"
+        return await self.orch.proceed(record, value, strict=False, event=event,
+                                       answered_by=run.payload.get("by"),
+                                       on_progress=on_progress, claimed=claimed.started,
+                                       checkpointed=claimed.checkpointed)
 
     async def cancelled(self, run: RunRecord, runner: str) -> bool:
         """Record that ``runner`` stopped ``run`` on a cancel: the workflow ends ``cancelled``
@@ -199,7 +222,7 @@ class RunService:
         Raises:
             LeaseLost: the workflow write was refused.
         """
-        with fenced(Fence(run.thread_id, run.run_id, run.lease_epoch, runner)):
+        with fenced(Fence.of(run, runner)):
             await self._end_cancelled(await self._workflows.get(run.thread_id))
         return await self.queue.end_cancelled(run, runner)
 
