@@ -22,7 +22,7 @@ from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from langgraph.types import Command
 from pydantic import BaseModel
 
-from orchestrator.state.checkpointer import make_checkpointer
+from orchestrator.state.checkpointer import known_empty, make_checkpointer
 from orchestrator.state.schema import now_iso
 from orchestrator.state.store import WorkflowRecord
 
@@ -310,7 +310,8 @@ class Orchestrator:
                 self.runtime.bus.emit("question.answered", {
                     **about, "kind": question_kind(question.value), "interrupt_id": question.id,
                     "by": answered_by or (value.get("by") if isinstance(value, dict) else None)})
-        return await self._invoke(record, graph_input, on_progress)
+        return await self._invoke(record, graph_input, on_progress,
+                                  empty=checkpointed is False)
 
     async def _restart_input(self, record: WorkflowRecord, snapshot: Any) -> Any:
         """What carries a workflow on from its last checkpoint: nothing (LangGraph re-runs the
@@ -338,8 +339,11 @@ class Orchestrator:
         return results
 
     async def _invoke(
-        self, record: WorkflowRecord, graph_input: Any, on_progress: ProgressCallback | None
+        self, record: WorkflowRecord, graph_input: Any, on_progress: ProgressCallback | None,
+        *, empty: bool = False,
     ) -> RunResult:
+        """Run the graph on ``graph_input`` and record how it ended; ``empty``: the thread is
+        known to have no checkpoint (LangGraph's first read is not sent)."""
         thread_id, workflow = record.thread_id, record.workflow_type
         about = {"thread_id": thread_id, "workflow_type": workflow}
         emit = self.runtime.bus.emit
@@ -355,7 +359,8 @@ class Orchestrator:
         last_values: dict[str, Any] | None = None
         paused = False
         try:
-            with use_runtime(self.runtime):
+            with use_runtime(self.runtime), (known_empty(thread_id) if empty
+                                             else contextlib.nullcontext()):
                 # "values" gives the final state, so a run that ends without an interrupt
                 # needs no get_state afterwards (measured: ~1.4 ms of a 40 ms 10-step run)
                 async for mode, chunk in graph.astream(

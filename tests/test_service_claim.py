@@ -158,3 +158,31 @@ async def test_a_claim_never_waits_for_a_locked_workflow_row(service: RunService
         assert len(await service.queue.open_runs(conn, f"{P}f")) == 1
     run = await service.queue.claim("r1")
     assert run is not None and run.thread_id == f"{P}f"
+
+
+async def test_a_fresh_run_reads_no_checkpoint_before_it_writes_one(
+    service: RunService, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The claim found the thread without a checkpoint: LangGraph's first read of the run is
+    answered without the database. A run of a thread that has one reads it."""
+    sent: list[str] = []
+    execute = psycopg.AsyncCursor.execute
+
+    async def spy(self: Any, query: Any, params: Any = None, **kw: Any) -> Any:
+        text = query.decode() if isinstance(query, bytes) else str(query)
+        if "checkpoint_blobs" in text:
+            sent.append("read" if text.lstrip().lower().startswith("select") else "write")
+        return await execute(self, query, params, **kw)
+
+    await service.submit("approval", {"change": "g"}, f"{P}g")
+    run = await service.queue.claim("r1")
+    monkeypatch.setattr(psycopg.AsyncCursor, "execute", spy)
+    assert (await service.execute(run, "r1")).status == "interrupted"
+    # writes, then the one read of the paused run's state (its question)
+    assert sent[0] == "write" and sent.count("read") == 1, sent
+    sent.clear()
+    await service.resume(f"{P}g", {"approve": True}, by="ana")
+    run = await service.queue.claim("r1")
+    assert run.claimed is not None and run.claimed.checkpointed
+    assert (await service.execute(run, "r1")).status == "completed"
+    assert sent[0] == "read", sent  # the answer's run reads the state it goes on from

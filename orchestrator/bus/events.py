@@ -85,8 +85,11 @@ log = logging.getLogger(__name__)
 QUEUE_CAPACITY = 10_000
 #: Most events sent in one round trip.
 BATCH = 500
-#: How long the first event of a batch waits for others to join it (seconds).
-LINGER_S = 0.005
+#: How long the first event of a batch waits for others to join it (seconds). A send costs
+#: the process ~0.3 ms of CPU whatever it carries: at 5 ms, a 10-step workflow of ~20 ms paid
+#: 4-5 sends (~1.5 ms of CPU, 8% of its process's); at 25 ms, about one (measured: ~1 ms less
+#: CPU per workflow). Observers (the console, SSE) see an event at most this much later.
+LINGER_S = 0.025
 #: How long one round trip may take before its events are counted as lost.
 SEND_TIMEOUT_S = 5.0
 
