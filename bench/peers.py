@@ -91,7 +91,8 @@ class _Sizes:
     defaults: bool  # also measure arq's and Dramatiq's default polling
 
 
-_FULL = _Sizes(3, 300, {"dramatiq_default": 60, "arq_default": 6}, 1000, 20, 100,
+# 60 workflows a round, one at a time: with 20, a round's median moved ±15% between runs
+_FULL = _Sizes(3, 300, {"dramatiq_default": 60, "arq_default": 6}, 1000, 60, 100,
                (75.0, 90.0, 60.0), True)
 _QUICK = _Sizes(2, 10, {}, 50, 2, 5, (20.0, 20.0, 15.0), False)
 
