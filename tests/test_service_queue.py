@@ -172,6 +172,9 @@ async def test_release_hands_a_run_back_without_counting_the_attempt(service: Ru
     assert not await service.queue.release(run, "r1")  # not its lease any more
     again = await _claim_until(service.queue, "r2")
     assert again.run_id == run.run_id and again.attempts == 1 and again.lease_epoch == 2
+    # its workflow was queued again, unstarted: the next claim starts it, first attempt
+    assert again.claimed is not None and again.claimed.was == "queued"
+    assert again.claimed.record.attempt == run.claimed.record.attempt
 
 
 async def test_submit_writes_the_workflow_row_and_its_run_in_one_transaction(

@@ -401,7 +401,9 @@ class RunQueue:
 
     async def release(self, run: RunRecord, runner: str) -> bool:
         """Hand ``run`` back at once (a draining runner): queued, this attempt not counted,
-        in its old place (its ``not_before`` is kept: it goes before the runs queued since)."""
+        in its old place (its ``not_before`` is kept: it goes before the runs queued since).
+        A workflow its claim started from ``queued`` and that nothing wrote since is ``queued``
+        again."""
         async with self.db.transaction() as conn:
             cur = await conn.execute(
                 """
@@ -411,6 +413,13 @@ class RunQueue:
                 (run.run_id, runner, run.lease_epoch),
             )
             if cur.rowcount:
+                claimed = run.claimed
+                if claimed is not None and claimed.started and claimed.was == "queued":
+                    await conn.execute(
+                        "UPDATE workflows SET status = 'queued', owner = NULL, "
+                        "version = version + 1, updated_at = now() "
+                        "WHERE thread_id = %s AND version = %s",
+                        (run.thread_id, claimed.record.version))
                 await conn.execute(_NOTIFY, (self.namespace,))
             return cur.rowcount == 1
 
