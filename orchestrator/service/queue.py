@@ -36,7 +36,7 @@ from orchestrator.state.errors import WorkflowExists
 from orchestrator.state.store import INSERT_WORKFLOW, WORKFLOW_COLUMNS, WorkflowRecord
 
 __all__ = ["RunQueue", "RunRecord", "ClaimedWorkflow", "CHANNEL", "RUN_KINDS", "RUN_STATUSES",
-           "end_run"]
+           "end_run", "run_status"]
 
 log = logging.getLogger(__name__)
 
