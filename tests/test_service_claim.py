@@ -14,24 +14,17 @@ import pytest
 
 from orchestrator.errors import StaleWorkflowVersion
 from orchestrator.service.runs import RunService
-from orchestrator.testing import stand_in
 
-from .support.graphs_for_tests import approval
+from .support.graphs_for_tests import approval_service
 
 #: thread ids are unique in the whole database (every namespace): this module's own prefix
 P = f"cl{uuid.uuid4().hex[:6]}-"
 _OF_RUNS = re.compile(r"\b(workflows|runs)\b")
 
 
-async def _review(payload: dict[str, Any], ctx: Any) -> dict[str, Any]:
-    return {"verdict": "looks fine"}
-
-
 @pytest.fixture
 async def service(orchestrator_factory: Any) -> RunService:
-    orch = await orchestrator_factory(stand_ins=[stand_in("reviewer", _review)], builtin=False,
-                                      workflows={"approval": approval})
-    return RunService(orch)
+    return await approval_service(orchestrator_factory)
 
 
 async def _row(svc: RunService, table: str, key: str, value: Any) -> dict[str, Any]:

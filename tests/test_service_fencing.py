@@ -20,7 +20,7 @@ from orchestrator.service.queue import RunRecord
 from orchestrator.service.runs import RunService
 from orchestrator.testing import stand_in
 
-from .support.graphs_for_tests import approval
+from .support.graphs_for_tests import approval, approval_service
 
 
 def _refused(what: str) -> float:
@@ -28,15 +28,9 @@ def _refused(what: str) -> float:
                                      {"what": what}) or 0.0
 
 
-async def _review(payload: dict[str, Any], ctx: Any) -> dict[str, Any]:
-    return {"verdict": "fine"}
-
-
 @pytest.fixture
 async def service(orchestrator_factory: Any) -> RunService:
-    orch = await orchestrator_factory(stand_ins=[stand_in("reviewer", _review)], builtin=False,
-                                      workflows={"approval": approval})
-    return RunService(orch)
+    return await approval_service(orchestrator_factory)
 
 
 async def _claim(svc: RunService, runner: str) -> RunRecord:

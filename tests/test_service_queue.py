@@ -15,23 +15,16 @@ from orchestrator.state.db import Database
 from orchestrator.errors import InvalidAnswer, InvalidInput, RunNotFound, WorkflowBusy
 from orchestrator.service.queue import RunQueue, RunRecord
 from orchestrator.service.runs import RunService
-from orchestrator.testing import stand_in
 
-from .support.graphs_for_tests import approval
+from .support.graphs_for_tests import approval, approval_service
 
 #: thread ids are unique in the whole database (every namespace): this module's own prefix
 P = f"q{uuid.uuid4().hex[:6]}-"
 
 
-async def _review(payload: dict[str, Any], ctx: Any) -> dict[str, Any]:
-    return {"verdict": "looks fine"}
-
-
 @pytest.fixture
 async def service(orchestrator_factory: Any) -> RunService:
-    orch = await orchestrator_factory(stand_ins=[stand_in("reviewer", _review)], builtin=False,
-                                      workflows={"approval": approval})
-    return RunService(orch)
+    return await approval_service(orchestrator_factory)
 
 
 async def _sql(svc: RunService, query: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:

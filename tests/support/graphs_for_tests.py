@@ -57,6 +57,21 @@ _builder.add_edge("finish", END)
 approval = WorkflowSpec("approval", _builder, ApprovalInput, "review, then wait for a human")
 
 
+async def _looks_fine(payload: dict[str, Any], ctx: Any) -> dict[str, Any]:
+    return {"verdict": "looks fine"}
+
+
+async def approval_service(orchestrator_factory: Any) -> Any:
+    """A ``RunService`` over an orchestrator (the tests' ``orchestrator_factory``) that runs
+    ``approval``, its reviewer a stand-in that finds every change fine."""
+    from orchestrator.service.runs import RunService
+    from orchestrator.testing import stand_in
+
+    orch = await orchestrator_factory(stand_ins=[stand_in("reviewer", _looks_fine)],
+                                      builtin=False, workflows={"approval": approval})
+    return RunService(orch)
+
+
 class FlakyInput(BaseModel):
     mode: str
 
