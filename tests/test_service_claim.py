@@ -179,3 +179,23 @@ async def test_a_fresh_run_reads_no_checkpoint_before_it_writes_one(
     assert run.claimed is not None and run.claimed.checkpointed
     assert (await service.execute(run, "r1")).status == "completed"
     assert sent[0] == "read", sent  # the answer's run reads the state it goes on from
+
+
+async def test_a_cancel_during_a_runs_row_write_does_not_deadlock(service: RunService) -> None:
+    """A fenced row write holds its run's row (the fence's share lock), then writes the
+    workflow's; a cancel holds the workflow's row, then reads the thread's runs. Neither may
+    wait for the other's first lock (PostgreSQL would break the deadlock after a second by
+    failing one of them)."""
+    await service.submit("approval", {"change": "h"}, f"{P}h")
+    run = await service.queue.claim("r1")
+    db = service.orch.runtime.db
+    async with db.transaction() as write:  # a run's row write, between its two locks
+        await write.execute("SELECT orchestrator_fence(%s, %s, %s)",
+                            (run.run_id, run.lease_epoch, "r1"))
+        cancel = asyncio.ensure_future(service.cancel(f"{P}h", by="ana"))
+        await asyncio.wait({cancel}, timeout=0.5)  # it takes the workflow's row meanwhile
+        await asyncio.wait_for(write.execute(
+            "UPDATE workflows SET current_step = 'x', version = version + 1 "
+            "WHERE thread_id = %s", (f"{P}h",)), 10)
+    queued = await asyncio.wait_for(cancel, 10)
+    assert (queued.kind, queued.status) == ("cancel", "queued")  # behind the running run

@@ -255,10 +255,15 @@ class RunQueue:
 
     async def open_runs(self, conn: psycopg.AsyncConnection[Row], thread_id: str) -> list[RunRecord]:
         """The thread's queued and running runs, oldest first, locked until ``conn``'s
-        transaction ends."""
+        transaction ends against claims (``FOR KEY SHARE``: a claim's ``FOR UPDATE SKIP
+        LOCKED`` passes them by).
+
+        Not ``FOR UPDATE``: the caller holds the workflow's row (:meth:`lock_thread`), and a
+        running run's fenced row write holds the run's row (the fence's share lock) while it
+        waits for the workflow's; waiting for the run's row here would deadlock with it."""
         cur = await conn.execute(
             f"{_SELECT} WHERE r.thread_id = %s AND r.status IN ('queued', 'running') "
-            "ORDER BY r.run_id FOR UPDATE OF r",
+            "ORDER BY r.run_id FOR KEY SHARE OF r",
             (thread_id,),
         )
         return [RunRecord.from_row(r) for r in await cur.fetchall()]
