@@ -286,16 +286,16 @@ class Orchestrator:
             log.warning("workflow %s: the queued answer was not used (%s); carrying on from "
                         "its last checkpoint", thread_id, exc.problem)
             answer = False
-        # a new attempt: stored errors are not replayed to it (a queued start is the first)
-        attempt = {} if record.status == "queued" else {"attempt": "next"}
-        try:
-            if not claimed:
+        if not claimed:
+            # a new attempt: stored errors are not replayed to it (a queued start is the first)
+            attempt = {} if record.status == "queued" else {"attempt": "next"}
+            try:
                 record = await self.runtime.workflows.update(
                     thread_id, record.version, status="running", owner=self.owner,
                     heartbeat_at="now", error=None, **attempt,
                 )
-        except StaleWorkflowVersion as exc:
-            raise WorkflowBusy(f"workflow {thread_id} was claimed by another process") from exc
+            except StaleWorkflowVersion as exc:
+                raise WorkflowBusy(f"workflow {thread_id} was claimed by another process") from exc
         # one answer answers every pending question (check_answer fitted it to each): parallel
         # branches asking the same question (a budget, from each task) wait on one answer, and
         # LangGraph takes several only by interrupt id

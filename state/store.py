@@ -225,12 +225,11 @@ class WorkflowStateManager:
             RETURNING {_UPDATED_COLUMNS}"""
         values: tuple[Any, ...] = (*params, *(() if fence is None else fence.params), thread_id,
                                    self.namespace, expected_version)
-        ending = fence is not None and last
-        if ending:
-            assert fence is not None
+        ending = fence if last else None  # the run's last write ends the run too
+        if ending is not None:
             if "status" not in changes:
                 raise ValueError("a run's last write sets the workflow's status")
-            ctes, more = fence.ending(changes["status"])
+            ctes, more = ending.ending(changes["status"])
             query = f"WITH wf AS ({query}), {ctes} SELECT wf.* FROM wf LEFT JOIN told ON true"
             values += more
         try:
@@ -240,9 +239,8 @@ class WorkflowStateManager:
                 raise
             raise refused from None
         if row is not None:
-            if ending:
-                assert fence is not None
-                fence.ended(changes["status"])
+            if ending is not None:
+                ending.ended(changes["status"])
             return WorkflowRecord.from_row(row)
         current = await self.get(thread_id)  # raises WorkflowNotFound
         raise StaleWorkflowVersion(thread_id, expected_version, current.version)

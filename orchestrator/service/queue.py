@@ -56,9 +56,10 @@ _WITH_TYPE = f"SELECT {_CHANGED}, w.workflow_type " \
 _SELECT = f"SELECT {', '.join('r.' + f.strip() for f in _FIELDS.split(','))}, " \
           "w.workflow_type FROM runs r JOIN workflows w ON w.thread_id = r.thread_id"
 _NOTIFY = f"SELECT pg_notify('{CHANNEL}', %s)"
+_WORKFLOW_FIELDS = WORKFLOW_COLUMNS.split(", ")
 # the workflow row as the claim leaves it (CTE "wf"), in columns of their own ("wf_<column>")
-_QUALIFIED = ", ".join(f"w.{c}" for c in WORKFLOW_COLUMNS.split(", "))
-_CLAIMED = ", ".join(f"wf.{c} AS wf_{c}" for c in WORKFLOW_COLUMNS.split(", "))
+_QUALIFIED = ", ".join(f"w.{c}" for c in _WORKFLOW_FIELDS)
+_CLAIMED = ", ".join(f"wf.{c} AS wf_{c}" for c in _WORKFLOW_FIELDS)
 # A run's end (status, outcome; run, runner, epoch), as CTEs ``ended`` and ``told`` of a
 # statement: the runners are told (NOTIFY, when it commits) only when a run of the thread
 # waits behind it, now claimable (one for nothing would cost every runner a claim, and the
@@ -573,6 +574,3 @@ def _claimed(row: Row) -> RunRecord:
         was=workflow["was"], started=workflow["started"],
         checkpointed=workflow["checkpointed"])
     return RunRecord(**run, claimed=claimed)
-
-
-_WORKFLOW_FIELDS = WORKFLOW_COLUMNS.split(", ")
